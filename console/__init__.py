@@ -1,0 +1,1 @@
+"""Autoloader Console: the Django project package and the HTMX console."""

@@ -1,0 +1,138 @@
+"""The API's one exception handler: domain errors and DRF errors become `{detail, error_code}`."""
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from ingestions.errors import AutoloaderError
+
+logger = logging.getLogger("ingestions.api")
+
+# One table: error code -> HTTP status. Codes not listed are server errors.
+STATUS_BY_ERROR_CODE = {
+    "VALIDATION_ERROR": status.HTTP_400_BAD_REQUEST,
+    "CONFIRMATION_REQUIRED": status.HTTP_400_BAD_REQUEST,
+    "NOT_AUTHENTICATED": status.HTTP_401_UNAUTHORIZED,
+    "AUTHENTICATION_FAILED": status.HTTP_401_UNAUTHORIZED,
+    "INSUFFICIENT_PERMISSIONS": status.HTTP_403_FORBIDDEN,
+    "TENANT_NOT_FOUND": status.HTTP_403_FORBIDDEN,
+    "INGESTION_NOT_FOUND": status.HTTP_404_NOT_FOUND,
+    "RUN_NOT_FOUND": status.HTTP_404_NOT_FOUND,
+    "NOT_FOUND": status.HTTP_404_NOT_FOUND,
+    "METHOD_NOT_ALLOWED": status.HTTP_405_METHOD_NOT_ALLOWED,
+    "NOT_ACCEPTABLE": status.HTTP_406_NOT_ACCEPTABLE,
+    "RUN_IN_PROGRESS": status.HTTP_409_CONFLICT,
+    "RUN_NOT_CANCELLABLE": status.HTTP_409_CONFLICT,
+    "INGESTION_EXISTS": status.HTTP_409_CONFLICT,
+    "UNSUPPORTED_MEDIA_TYPE": status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    "RATE_LIMITED": status.HTTP_429_TOO_MANY_REQUESTS,
+    "CLUSTER_UNAVAILABLE": status.HTTP_500_INTERNAL_SERVER_ERROR,
+    "ENGINE_ERROR": status.HTTP_500_INTERNAL_SERVER_ERROR,
+    "INTERNAL_ERROR": status.HTTP_500_INTERNAL_SERVER_ERROR,
+}
+
+_DRF_ERROR_CODES = [
+    (exceptions.NotAuthenticated, "NOT_AUTHENTICATED", ""),
+    (
+        exceptions.AuthenticationFailed,
+        "AUTHENTICATION_FAILED",
+        "Send 'Authorization: Bearer <token>'.",
+    ),
+    (exceptions.PermissionDenied, "INSUFFICIENT_PERMISSIONS", "Contact an admin of your tenant."),
+    (exceptions.NotFound, "NOT_FOUND", ""),
+    (exceptions.MethodNotAllowed, "METHOD_NOT_ALLOWED", ""),
+    (exceptions.NotAcceptable, "NOT_ACCEPTABLE", ""),
+    (exceptions.UnsupportedMediaType, "UNSUPPORTED_MEDIA_TYPE", "Send JSON."),
+    (exceptions.Throttled, "RATE_LIMITED", "Wait before retrying."),
+    (exceptions.ParseError, "VALIDATION_ERROR", "The body must be valid JSON."),
+]
+
+
+def error_response(
+    *, detail: str, error_code: str, help_text: str = "", extra: dict | None = None, headers=None
+) -> Response:
+    body = {"detail": detail, "error_code": error_code}
+    if help_text:
+        body["help"] = help_text
+    body.update(extra or {})
+    return Response(
+        body,
+        status=STATUS_BY_ERROR_CODE.get(error_code, status.HTTP_500_INTERNAL_SERVER_ERROR),
+        headers=headers,
+    )
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, AutoloaderError):
+        headers = {}
+        if getattr(exc, "current_run_id", None):
+            headers["X-Current-Run-ID"] = exc.current_run_id
+        return error_response(
+            detail=exc.detail,
+            error_code=exc.error_code,
+            help_text=exc.help,
+            extra=exc.extra,
+            headers=headers,
+        )
+    if isinstance(exc, exceptions.ValidationError):
+        return error_response(
+            detail=_validation_summary(exc.detail),
+            error_code="VALIDATION_ERROR",
+            extra={"errors": exc.detail},
+        )
+    if isinstance(exc, DjangoValidationError):
+        errors = (
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
+        return error_response(
+            detail=_validation_summary(errors),
+            error_code="VALIDATION_ERROR",
+            extra={"errors": errors},
+        )
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    if isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    for exc_class, error_code, help_text in _DRF_ERROR_CODES:
+        if isinstance(exc, exc_class):
+            headers = {}
+            if getattr(exc, "auth_header", None):
+                headers["WWW-Authenticate"] = exc.auth_header
+            if getattr(exc, "wait", None):
+                headers["Retry-After"] = str(int(exc.wait))
+            response = error_response(
+                detail=str(exc.detail), error_code=error_code, help_text=help_text, headers=headers
+            )
+            response.status_code = exc.status_code
+            return response
+    if isinstance(exc, exceptions.APIException):
+        response = error_response(detail=str(exc.detail), error_code="INTERNAL_ERROR")
+        response.status_code = exc.status_code
+        return response
+    # Not swallowed: logged with its traceback, answered as JSON so clients can parse it.
+    logger.exception("unhandled API error", exc_info=exc)
+    return error_response(detail="Internal server error.", error_code="INTERNAL_ERROR")
+
+
+def _validation_summary(errors) -> str:
+    """A one-line reading of field errors: 'source.format: "xml" is not a valid choice.'"""
+    parts: list[str] = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(prefix, item)
+        else:
+            parts.append(
+                f"{prefix}: {value}" if prefix and prefix != "non_field_errors" else str(value)
+            )
+
+    walk("", errors)
+    return "Invalid request. " + " ".join(parts[:5]) if parts else "Invalid request."

@@ -1,0 +1,1 @@
+"""The domain: tenants, ingestions, processed-file history, runs, sources and engines."""

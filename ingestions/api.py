@@ -1,0 +1,368 @@
+"""REST views of the granular API: ingestions, runs and processed-file history.
+
+Views translate HTTP to service calls and back; the rules live in services and selectors.
+"""
+
+from django.db import transaction
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .engines import ENGINE_CHOICES
+from .engines.base import validate_table_name
+from .errors import AutoloaderError, PermissionDeniedError
+from .models import PUBLIC_ID_VALIDATOR, Ingestion, RunTrigger, SourceFormat
+from .runs import run_cancel, run_request
+from .selectors import (
+    ingestion_get,
+    ingestion_list,
+    processed_file_list,
+    run_get,
+    run_latest,
+    run_list,
+    runs_by_pk,
+    table_state,
+)
+from .serializers import (
+    IngestionOutputSerializer,
+    ProcessedFileOutputSerializer,
+    RunOutputSerializer,
+    StrictSerializer,
+)
+from .services import (
+    ingestion_create,
+    ingestion_delete,
+    ingestion_update,
+    processed_files_clear,
+)
+from .tenancy import tenant_for_request
+
+
+class ConfirmationRequiredError(AutoloaderError):
+    """A destructive call came without `confirm: true`."""
+
+    error_code = "CONFIRMATION_REQUIRED"
+    help = "This operation is destructive. Explicitly set confirm=true to proceed."
+
+
+ERROR_SCHEMA = inline_serializer(
+    name="Error",
+    fields={
+        "detail": serializers.CharField(),
+        "error_code": serializers.CharField(),
+        "help": serializers.CharField(required=False),
+    },
+)
+COMMON_ERRORS = {
+    401: OpenApiResponse(ERROR_SCHEMA, description="NOT_AUTHENTICATED / AUTHENTICATION_FAILED"),
+    403: OpenApiResponse(ERROR_SCHEMA, description="INSUFFICIENT_PERMISSIONS"),
+    404: OpenApiResponse(ERROR_SCHEMA, description="INGESTION_NOT_FOUND / RUN_NOT_FOUND"),
+}
+
+
+def confirmed(request) -> bool:
+    """`confirm` must be the JSON boolean true (body) or the literal `true` (query string)."""
+    body = request.data if isinstance(request.data, dict) else {}
+    return body.get("confirm") is True or request.query_params.get("confirm") == "true"
+
+
+class TenantAPIView(APIView):
+    """Resolves the caller's tenant and checks Django permissions against it."""
+
+    @property
+    def tenant(self):
+        return tenant_for_request(self.request)
+
+    def require(self, permission: str, obj=None) -> None:
+        if not self.request.user.has_perm(f"ingestions.{permission}", obj or self.tenant):
+            raise PermissionDeniedError(
+                f"Your role does not allow this action ({permission.replace('_', ' ')})."
+            )
+
+    def get_ingestion(self, ingestion_id: str, permission: str) -> Ingestion:
+        # Not found before forbidden: another tenant's ingestion must look absent.
+        ingestion = ingestion_get(tenant=self.tenant, ingestion_id=ingestion_id)
+        self.require(permission, ingestion)
+        return ingestion
+
+
+def ingestion_payload(ingestions, *, with_tables: bool = True) -> list[dict]:
+    """Serialize ingestions with their table state and last run, in a bounded query count."""
+    ingestions = list(ingestions)
+    last_runs = runs_by_pk(getattr(ingestion, "latest_run_pk", None) for ingestion in ingestions)
+    context = {
+        "last_runs": {
+            ingestion.pk: last_runs.get(getattr(ingestion, "latest_run_pk", None))
+            for ingestion in ingestions
+        },
+        "tables": {ingestion.pk: table_state(ingestion=ingestion) for ingestion in ingestions}
+        if with_tables
+        else {},
+    }
+    return IngestionOutputSerializer(ingestions, many=True, context=context).data
+
+
+def one_ingestion_payload(ingestion: Ingestion) -> dict:
+    context = {
+        "last_runs": {ingestion.pk: run_latest(ingestion=ingestion)},
+        "tables": {ingestion.pk: table_state(ingestion=ingestion)},
+    }
+    return IngestionOutputSerializer(ingestion, context=context).data
+
+
+class SourceInputSerializer(StrictSerializer):
+    uri = serializers.CharField(max_length=1024)
+    format = serializers.ChoiceField(choices=SourceFormat.choices)
+    pattern = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    options = serializers.DictField(required=False, default=dict)
+
+
+class DestinationInputSerializer(StrictSerializer):
+    table = serializers.CharField(max_length=129)
+
+    def validate_table(self, value: str) -> str:
+        try:
+            return validate_table_name(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class IngestionListCreateApi(TenantAPIView):
+    class Pagination(LimitOffsetPagination):
+        default_limit = 50
+        max_limit = 500
+
+    class InputSerializer(StrictSerializer):
+        id = serializers.CharField(required=False, validators=[PUBLIC_ID_VALIDATOR])
+        name = serializers.CharField(max_length=200)
+        source = SourceInputSerializer()
+        destination = DestinationInputSerializer()
+        engine = serializers.ChoiceField(choices=ENGINE_CHOICES, default="iceberg")
+        cost_per_gb_usd = serializers.DecimalField(
+            max_digits=10, decimal_places=4, min_value=0, required=False
+        )
+        protected = serializers.BooleanField(default=False)
+
+    @extend_schema(
+        operation_id="ingestions_list",
+        responses={200: IngestionOutputSerializer(many=True), **COMMON_ERRORS},
+    )
+    def get(self, request):
+        self.require("view_ingestion")
+        paginator = self.Pagination()
+        page = paginator.paginate_queryset(ingestion_list(tenant=self.tenant), request, view=self)
+        return paginator.get_paginated_response(ingestion_payload(page))
+
+    @extend_schema(
+        operation_id="ingestions_create",
+        request=InputSerializer,
+        responses={
+            201: IngestionOutputSerializer,
+            400: OpenApiResponse(ERROR_SCHEMA, description="VALIDATION_ERROR"),
+            409: OpenApiResponse(ERROR_SCHEMA, description="INGESTION_EXISTS"),
+            **COMMON_ERRORS,
+        },
+    )
+    def post(self, request):
+        self.require("add_ingestion")
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        ingestion = ingestion_create(
+            tenant=self.tenant,
+            actor=request.user,
+            public_id=data.get("id"),
+            name=data["name"],
+            source_uri=data["source"]["uri"],
+            source_format=data["source"]["format"],
+            source_pattern=data["source"].get("pattern", ""),
+            source_options=data["source"].get("options", {}),
+            destination_table=data["destination"]["table"],
+            engine=data["engine"],
+            cost_per_gb_usd=data.get("cost_per_gb_usd"),
+            protected=data["protected"],
+        )
+        return Response(one_ingestion_payload(ingestion), status=status.HTTP_201_CREATED)
+
+
+class IngestionDetailApi(TenantAPIView):
+    class SourceUpdateSerializer(StrictSerializer):
+        uri = serializers.CharField(max_length=1024, required=False)
+        format = serializers.ChoiceField(choices=SourceFormat.choices, required=False)
+        pattern = serializers.CharField(max_length=255, required=False, allow_blank=True)
+        options = serializers.DictField(required=False)
+
+    class InputSerializer(StrictSerializer):
+        name = serializers.CharField(max_length=200, required=False)
+        source = serializers.DictField(required=False)
+        cost_per_gb_usd = serializers.DecimalField(
+            max_digits=10, decimal_places=4, min_value=0, required=False
+        )
+        protected = serializers.BooleanField(required=False)
+        destination = serializers.DictField(required=False)
+
+        def validate_destination(self, value):
+            raise serializers.ValidationError(
+                "The destination table cannot change; create a new ingestion instead."
+            )
+
+        def validate_source(self, value):
+            source = IngestionDetailApi.SourceUpdateSerializer(data=value)
+            source.is_valid(raise_exception=True)
+            return source.validated_data
+
+    @extend_schema(
+        operation_id="ingestions_retrieve",
+        responses={200: IngestionOutputSerializer, **COMMON_ERRORS},
+    )
+    def get(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
+        return Response(one_ingestion_payload(ingestion))
+
+    @extend_schema(
+        operation_id="ingestions_update",
+        request=InputSerializer,
+        responses={200: IngestionOutputSerializer, 400: ERROR_SCHEMA, **COMMON_ERRORS},
+    )
+    def patch(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "change_ingestion")
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        source = data.pop("source", {})
+        for key in ("uri", "format", "pattern", "options"):
+            if key in source:
+                data[f"source_{key}"] = source[key]
+        ingestion = ingestion_update(ingestion=ingestion, data=data)
+        return Response(one_ingestion_payload(ingestion))
+
+    @extend_schema(
+        operation_id="ingestions_destroy",
+        responses={204: None, 409: ERROR_SCHEMA, **COMMON_ERRORS},
+    )
+    def delete(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "delete_ingestion")
+        ingestion_delete(ingestion=ingestion)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class IngestionRunApi(TenantAPIView):
+    @extend_schema(
+        operation_id="ingestions_run",
+        request=None,
+        responses={
+            202: RunOutputSerializer,
+            409: OpenApiResponse(ERROR_SCHEMA, description="RUN_IN_PROGRESS (with current_run_id)"),
+            **COMMON_ERRORS,
+        },
+    )
+    def post(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "run_ingestion")
+        run = run_request(ingestion=ingestion, actor=request.user, trigger=RunTrigger.API)
+        return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class IngestionRunsApi(TenantAPIView):
+    class Pagination(LimitOffsetPagination):
+        default_limit = 50
+        max_limit = 500
+
+    @extend_schema(
+        operation_id="ingestions_runs_list",
+        responses={200: RunOutputSerializer(many=True), **COMMON_ERRORS},
+    )
+    def get(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "view_run")
+        paginator = self.Pagination()
+        page = paginator.paginate_queryset(run_list(ingestion=ingestion), request, view=self)
+        return paginator.get_paginated_response(RunOutputSerializer(page, many=True).data)
+
+
+class RunDetailApi(TenantAPIView):
+    @extend_schema(
+        operation_id="runs_retrieve", responses={200: RunOutputSerializer, **COMMON_ERRORS}
+    )
+    def get(self, request, run_id: str):
+        run = run_get(tenant=self.tenant, run_id=run_id)
+        self.require("view_run", run.ingestion)
+        return Response(RunOutputSerializer(run).data)
+
+
+class RunCancelApi(TenantAPIView):
+    @extend_schema(
+        operation_id="runs_cancel",
+        request=None,
+        responses={
+            202: RunOutputSerializer,
+            409: OpenApiResponse(ERROR_SCHEMA, description="RUN_NOT_CANCELLABLE"),
+            **COMMON_ERRORS,
+        },
+    )
+    def post(self, request, run_id: str):
+        run = run_get(tenant=self.tenant, run_id=run_id)
+        self.require("run_ingestion", run.ingestion)
+        run = run_cancel(run=run)
+        return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ProcessedFilesApi(TenantAPIView):
+    class Pagination(CursorPagination):
+        ordering = "id"
+        page_size = 100
+        page_size_query_param = "page_size"
+        max_page_size = 1000
+
+    @extend_schema(
+        operation_id="ingestions_processed_files_list",
+        responses={200: ProcessedFileOutputSerializer(many=True), **COMMON_ERRORS},
+    )
+    def get(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "view_processedfile")
+        paginator = self.Pagination()
+        page = paginator.paginate_queryset(
+            processed_file_list(ingestion=ingestion), request, view=self
+        )
+        return paginator.get_paginated_response(ProcessedFileOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="ingestions_processed_files_clear",
+        parameters=[
+            OpenApiParameter(
+                "confirm", bool, description='Must be true (or body {"confirm": true}).'
+            )
+        ],
+        request=inline_serializer("ClearHistoryRequest", {"confirm": serializers.BooleanField()}),
+        responses={
+            200: inline_serializer(
+                "ClearHistoryResponse",
+                {
+                    "status": serializers.CharField(),
+                    "ingestion_id": serializers.CharField(),
+                    "files_cleared": serializers.IntegerField(),
+                },
+            ),
+            400: OpenApiResponse(ERROR_SCHEMA, description="CONFIRMATION_REQUIRED"),
+            409: OpenApiResponse(ERROR_SCHEMA, description="RUN_IN_PROGRESS"),
+            **COMMON_ERRORS,
+        },
+    )
+    def delete(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "clear_history_ingestion")
+        if not confirmed(request):
+            raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
+        with transaction.atomic():
+            files_cleared = processed_files_clear(ingestion=ingestion)
+        return Response(
+            {
+                "status": "success",
+                "ingestion_id": ingestion.public_id,
+                "files_cleared": files_cleared,
+            }
+        )

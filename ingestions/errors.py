@@ -1,0 +1,117 @@
+"""Domain errors of ingestions: plain exceptions, each with an error code the API maps to HTTP."""
+
+
+class AutoloaderError(Exception):
+    """Base of every domain error; `error_code` and `help` reach the API client as they are."""
+
+    error_code = "INTERNAL_ERROR"
+    help = ""
+
+    def __init__(self, message: str = "", **extra):
+        super().__init__(message or (self.__doc__ or "").strip())
+        self.extra = extra
+
+    @property
+    def detail(self) -> str:
+        return str(self)
+
+
+class IngestionNotFoundError(AutoloaderError):
+    """No ingestion with this id is visible to the caller's tenant."""
+
+    error_code = "INGESTION_NOT_FOUND"
+    help = "Check the ingestion id; list yours with GET /api/v1/ingestions."
+
+
+class RunNotFoundError(AutoloaderError):
+    """No run with this id is visible to the caller's tenant."""
+
+    error_code = "RUN_NOT_FOUND"
+    help = "Check the run id; list an ingestion's runs with GET /api/v1/ingestions/{id}/runs."
+
+
+class RunInProgressError(AutoloaderError):
+    """The ingestion already has a queued or running run."""
+
+    error_code = "RUN_IN_PROGRESS"
+    help = "Wait for the current run to complete or cancel it first."
+
+    def __init__(self, message: str = "", *, current_run_id: str):
+        super().__init__(message, current_run_id=current_run_id)
+        self.current_run_id = current_run_id
+
+
+class RunNotCancellableError(AutoloaderError):
+    """The run has already finished and cannot be cancelled."""
+
+    error_code = "RUN_NOT_CANCELLABLE"
+    help = "Only QUEUED or RUNNING runs can be cancelled."
+
+
+class IngestionConflictError(AutoloaderError):
+    """An ingestion with this id already exists in the tenant."""
+
+    error_code = "INGESTION_EXISTS"
+    help = "Choose another id, or omit it to get a generated one."
+
+
+class PermissionDeniedError(AutoloaderError):
+    """The caller's role does not allow this action."""
+
+    error_code = "INSUFFICIENT_PERMISSIONS"
+    help = "Ask an admin of your tenant for a role that allows it."
+
+
+class RunCancelledError(AutoloaderError):
+    """The run was cancelled by a user while it executed."""
+
+    error_code = "RUN_CANCELLED"
+
+
+class RunOwnershipLostError(AutoloaderError):
+    """Another worker took the run over (this one was presumed dead); stop without committing."""
+
+    error_code = "RUN_OWNERSHIP_LOST"
+
+
+class SourceUnavailableError(AutoloaderError):
+    """The source location does not exist, is not a directory, or cannot be listed."""
+
+    error_code = "SOURCE_UNAVAILABLE"
+    help = "Check the source URI and that the service can read it."
+
+
+class FileReadError(AutoloaderError):
+    """A source file could not be read or parsed in the ingestion's format."""
+
+    error_code = "FILE_READ_ERROR"
+    help = "Fix or remove the file, or adjust the ingestion's format and reader options."
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"Cannot read {path}: {reason}", path=path, reason=reason)
+        self.path = path
+        self.reason = reason
+
+
+class SchemaMismatchError(AutoloaderError):
+    """The data does not fit the target table's schema."""
+
+    error_code = "SCHEMA_MISMATCH"
+    help = (
+        "Only additive changes and safe widenings are applied automatically; "
+        "fix the file or full-refresh the table to take a new schema."
+    )
+
+
+class EngineUnavailableError(AutoloaderError):
+    """The table engine (catalog or cluster) cannot be reached."""
+
+    error_code = "CLUSTER_UNAVAILABLE"
+    help = "Retry later; if it persists, check the catalog and warehouse settings."
+
+
+class EngineError(AutoloaderError):
+    """The table engine refused or failed an operation."""
+
+    error_code = "ENGINE_ERROR"
+    help = "Read the message for the engine's reason and retry once it is fixed."

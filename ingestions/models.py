@@ -1,0 +1,248 @@
+"""Models of the domain: tenants and memberships, ingestions, processed-file history, runs."""
+
+import secrets
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+
+PUBLIC_ID_VALIDATOR = RegexValidator(
+    r"^[a-z0-9][a-z0-9-]{1,62}$",
+    "Use 2-63 lowercase letters, digits and dashes, starting with a letter or digit.",
+)
+
+
+def validate_destination_table(value: str) -> None:
+    from .engines.base import validate_table_name
+
+    try:
+        validate_table_name(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def new_public_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+def new_ingestion_id() -> str:
+    return new_public_id("ing")
+
+
+def new_run_id() -> str:
+    return new_public_id("run")
+
+
+class Tenant(models.Model):
+    slug = models.SlugField(max_length=63, unique=True)
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer", "Viewer"
+    OPERATOR = "operator", "Operator"
+    ADMIN = "admin", "Admin"
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "tenant"], name="one_membership_per_tenant")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant} ({self.role})"
+
+
+class SourceFormat(models.TextChoices):
+    CSV = "csv", "CSV"
+    JSON = "json", "JSON lines"
+    PARQUET = "parquet", "Parquet"
+
+
+class Ingestion(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ingestions")
+    public_id = models.CharField(
+        max_length=63, default=new_ingestion_id, validators=[PUBLIC_ID_VALIDATOR]
+    )
+    name = models.CharField(max_length=200)
+    source_uri = models.CharField(max_length=1024)
+    source_format = models.CharField(max_length=16, choices=SourceFormat.choices)
+    source_pattern = models.CharField(max_length=255, blank=True, default="")
+    source_options = models.JSONField(default=dict, blank=True)
+    destination_table = models.CharField(max_length=129, validators=[validate_destination_table])
+    engine = models.CharField(max_length=32, default="iceberg")
+    cost_per_gb_usd = models.DecimalField(max_digits=10, decimal_places=4, default=0.25)
+    protected = models.BooleanField(
+        default=False, help_text="Refuse destructive operations (423 TABLE_PROTECTED)."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "public_id"], name="ingestion_public_id_unique_per_tenant"
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "destination_table"],
+                name="ingestion_table_unique_per_tenant",
+            ),
+        ]
+        permissions = [
+            ("run_ingestion", "Can trigger and cancel runs"),
+            ("fresh_start_ingestion", "Can fresh-start an ingestion (drop table, keep history)"),
+            ("full_refresh_ingestion", "Can fully refresh an ingestion"),
+            ("drop_table_ingestion", "Can drop an ingestion's table"),
+            ("clear_history_ingestion", "Can clear an ingestion's processed-file history"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.name})"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    PARTIAL_SUCCESS = "PARTIAL_SUCCESS"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class RunTrigger(models.TextChoices):
+    MANUAL = "manual"
+    API = "api"
+    FULL_REFRESH = "full_refresh"
+    FRESH_START = "fresh_start"
+    SCHEDULE = "schedule"
+
+
+class Run(models.Model):
+    public_id = models.CharField(max_length=63, unique=True, default=new_run_id)
+    ingestion = models.ForeignKey(Ingestion, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    trigger = models.CharField(max_length=16, choices=RunTrigger.choices, default=RunTrigger.API)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    files_found = models.PositiveIntegerField(default=0)
+    files_loaded = models.PositiveIntegerField(default=0)
+    files_failed = models.PositiveIntegerField(default=0)
+    failed_files = models.JSONField(default=list, blank=True)
+    rows_written = models.BigIntegerField(default=0)
+    bytes_read = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    cancel_requested = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    worker_id = models.CharField(max_length=64, blank=True, default="")
+    task_id = models.CharField(max_length=64, blank=True, default="")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["ingestion", "-created_at"], name="run_by_ingestion")]
+        constraints = [
+            # The database, not the code, guarantees a single active run per ingestion:
+            # two racing requests cannot both insert one.
+            models.UniqueConstraint(
+                fields=["ingestion"],
+                condition=Q(status__in=["QUEUED", "RUNNING"]),
+                name="one_active_run_per_ingestion",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_RUN_STATUSES
+
+    @property
+    def progress(self) -> float:
+        if self.status == RunStatus.SUCCESS:
+            return 1.0
+        if not self.files_found:
+            return 0.0
+        return round(min(1.0, (self.files_loaded + self.files_failed) / self.files_found), 4)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if not self.started_at or not self.finished_at:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class BatchStatus(models.TextChoices):
+    PENDING = "PENDING"  # written before the Iceberg commit
+    COMMITTED = "COMMITTED"  # the commit is in the table and the files are in the history
+    ABANDONED = "ABANDONED"  # the commit never reached the table; the files load again
+
+
+class RunBatch(models.Model):
+    """One Iceberg commit of a run: the unit of the exactly-once protocol (DESIGN §5.1)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="batches")
+    batch_key = models.CharField(max_length=96, unique=True)
+    status = models.CharField(max_length=16, choices=BatchStatus.choices)
+    table_name = models.CharField(max_length=129)
+    files = models.JSONField(default=list)  # [{"path", "size_bytes", "modified_at", "rows"}]
+    rows = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    snapshot_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    committed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status"], name="runbatch_by_status")]
+
+    def __str__(self) -> str:
+        return self.batch_key
+
+
+class ProcessedFile(models.Model):
+    ingestion = models.ForeignKey(
+        Ingestion, on_delete=models.CASCADE, related_name="processed_files"
+    )
+    path = models.CharField(max_length=1024)
+    size_bytes = models.BigIntegerField(default=0)
+    modified_at = models.DateTimeField(null=True, blank=True)
+    etag = models.CharField(max_length=128, blank=True, default="")
+    rows = models.BigIntegerField(default=0)
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    loaded_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["ingestion", "path"], name="processed_file_once")
+        ]
+
+    def __str__(self) -> str:
+        return self.path

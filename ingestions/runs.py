@@ -1,0 +1,456 @@
+"""Runs: request, cancel, execute with the exactly-once batch protocol, recover dead workers.
+
+The exactly-once protocol (DESIGN §5.1): every batch of files is recorded as a PENDING
+`RunBatch` before it is committed to Iceberg, the commit carries the batch key in its
+snapshot summary, and the history rows are written together with the batch's COMMITTED
+mark. A worker that dies anywhere leaves either no snapshot (the batch is ABANDONED and
+its files load again) or a snapshot naming the batch (the history is completed from the
+batch record). Recovery reads the table's snapshots to decide, never guesses.
+"""
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pyarrow as pa
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from .engines import Engine, load_engine
+from .errors import (
+    AutoloaderError,
+    RunCancelledError,
+    RunInProgressError,
+    RunNotCancellableError,
+    RunOwnershipLostError,
+)
+from .models import (
+    BatchStatus,
+    Ingestion,
+    ProcessedFile,
+    Run,
+    RunBatch,
+    RunStatus,
+    RunTrigger,
+)
+from .selectors import processed_file_paths, run_active
+from .sources import SourceFile, list_source_files, read_source_file
+from .sources.readers import conform_to_schema, with_metadata_columns
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_RUN_KEY = "autoloader.run-id"
+SNAPSHOT_BATCH_KEY = "autoloader.batch-key"
+SNAPSHOT_INGESTION_KEY = "autoloader.ingestion-id"
+
+
+# --- requesting and cancelling ---------------------------------------------------------
+
+
+def run_request(*, ingestion: Ingestion, actor=None, trigger: str = RunTrigger.API) -> Run:
+    """Queue a run of `ingestion` for the worker.
+
+    The run row and its task row are inserted in one transaction, so a run is never queued
+    without a task to execute it, and the conditional unique constraint refuses a second
+    active run even when two requests race.
+
+    Raises:
+        RunInProgressError: the ingestion already has a queued or running run.
+    """
+    from .tasks import execute_run
+
+    requested_by = actor if getattr(actor, "is_authenticated", False) else None
+    try:
+        with transaction.atomic():
+            run = Run.objects.create(
+                ingestion=ingestion, trigger=trigger, requested_by=requested_by
+            )
+            result = execute_run.enqueue(run.public_id)
+            run.task_id = str(result.id)
+            run.save(update_fields=["task_id"])
+    except IntegrityError:
+        active = run_active(ingestion=ingestion)
+        if active is None:
+            raise
+        raise RunInProgressError(
+            "A run is already in progress for this ingestion", current_run_id=active.public_id
+        ) from None
+    logger.info("run %s queued for %s (%s)", run.public_id, ingestion.public_id, trigger)
+    return run
+
+
+def run_cancel(*, run: Run) -> Run:
+    """Cancel a run: a queued one at once, a running one at its next batch boundary.
+
+    Raises:
+        RunNotCancellableError: the run has already finished.
+    """
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        if run.status == RunStatus.QUEUED:
+            run.status = RunStatus.CANCELLED
+            run.finished_at = timezone.now()
+            run.error = "Cancelled before it started."
+            run.save(update_fields=["status", "finished_at", "error"])
+        elif run.status == RunStatus.RUNNING:
+            run.cancel_requested = True
+            run.save(update_fields=["cancel_requested"])
+        else:
+            raise RunNotCancellableError(
+                f"Run {run.public_id} has already finished ({run.status})."
+            )
+    return run
+
+
+# --- executing -------------------------------------------------------------------------
+
+
+def run_execute(*, run_id: str, engine: Engine | None = None) -> Run | None:
+    """Execute or resume a run in this process; returns the finished run, or None.
+
+    None means there was nothing to do: the run was cancelled while queued, finished
+    already, or is held by a live worker.
+    """
+    worker_id = uuid.uuid4().hex
+    run = _claim(run_id=run_id, worker_id=worker_id)
+    if run is None:
+        logger.info("run %s not claimed (finished, cancelled or held by a live worker)", run_id)
+        return None
+    heartbeat = _Heartbeat(run_pk=run.pk, worker_id=worker_id)
+    heartbeat.start()
+    try:
+        engine = engine or load_engine(run.ingestion.engine)
+        _RunExecutor(run=run, engine=engine, heartbeat=heartbeat).execute()
+    except RunOwnershipLostError:
+        logger.warning("run %s was taken over by another worker; stopping", run_id)
+        return Run.objects.get(pk=run.pk)
+    except RunCancelledError:
+        _finish(run, worker_id, RunStatus.CANCELLED, error="Cancelled by user.")
+    except AutoloaderError as exc:
+        _finish(run, worker_id, RunStatus.FAILED, error=str(exc))
+    except Exception as exc:  # the run must end FAILED with a readable error, whatever broke
+        logger.exception("run %s failed", run_id)
+        _finish(run, worker_id, RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        heartbeat.stop()
+    return Run.objects.get(pk=run.pk)
+
+
+def _claim(*, run_id: str, worker_id: str) -> Run | None:
+    """Take the run for this worker: a queued run, or a running one whose worker went silent."""
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=settings.AUTOLOADER_RUN_STALE_SECONDS)
+    claimable = Q(status=RunStatus.QUEUED) | Q(
+        status=RunStatus.RUNNING, heartbeat_at__lt=stale_before
+    )
+    claimed = Run.objects.filter(claimable, public_id=run_id).update(
+        status=RunStatus.RUNNING,
+        worker_id=worker_id,
+        heartbeat_at=now,
+        started_at=Coalesce("started_at", now),
+        attempts=F("attempts") + 1,
+        # A resumed run retries the files that failed before; loaded files stay counted.
+        files_failed=0,
+        failed_files=[],
+    )
+    if not claimed:
+        return None
+    return Run.objects.select_related("ingestion").get(public_id=run_id)
+
+
+def _finish(run: Run, worker_id: str, status: str, *, error: str = "") -> None:
+    Run.objects.filter(pk=run.pk, worker_id=worker_id).update(
+        status=status, error=error[:4000], finished_at=timezone.now(), heartbeat_at=timezone.now()
+    )
+    logger.info("run %s finished %s %s", run.public_id, status, error)
+
+
+class _Heartbeat:
+    """Keeps the run's heartbeat fresh from a thread, so a long commit never looks dead.
+
+    It also notices when the run was handed to another worker (the reaper re-queued it):
+    the executor then stops before its next commit.
+    """
+
+    def __init__(self, *, run_pk: int, worker_id: str):
+        self.run_pk = run_pk
+        self.worker_id = worker_id
+        self.lost = False
+        self._stop = threading.Event()
+        self._interval = max(0.2, settings.AUTOLOADER_RUN_STALE_SECONDS / 6)
+        self._thread = threading.Thread(target=self._loop, name="run-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> None:
+        updated = Run.objects.filter(
+            pk=self.run_pk, worker_id=self.worker_id, status=RunStatus.RUNNING
+        ).update(heartbeat_at=timezone.now())
+        if not updated:
+            self.lost = True
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    self.beat()
+                except Exception:  # a locked or restarting database: try again next beat
+                    logger.warning("heartbeat of run %s failed", self.run_pk, exc_info=True)
+        finally:
+            connection.close()
+
+    def check(self) -> None:
+        if self.lost:
+            raise RunOwnershipLostError()
+
+
+@dataclass
+class _LoadedFile:
+    source: SourceFile
+    rows: int
+
+
+class _RunExecutor:
+    """Loads an ingestion's new files in batches, each one Iceberg commit."""
+
+    def __init__(self, *, run: Run, engine: Engine, heartbeat: _Heartbeat):
+        self.run = run
+        self.ingestion = run.ingestion
+        self.engine = engine
+        self.heartbeat = heartbeat
+        self.table_name = self.ingestion.destination_table
+
+    def execute(self) -> None:
+        batches_recover(ingestion=self.ingestion, engine=self.engine)
+        listing = list_source_files(
+            uri=self.ingestion.source_uri, pattern=self.ingestion.source_pattern or None
+        )
+        history = processed_file_paths(ingestion=self.ingestion)
+        new_files = [source for source in listing if source.path not in history]
+        self.run.refresh_from_db(fields=["files_loaded"])
+        Run.objects.filter(pk=self.run.pk).update(
+            files_found=self.run.files_loaded + len(new_files)
+        )
+        failed: list[dict] = []
+        for batch in _split_batches(new_files):
+            self._check_cancel()
+            batch_failures = self._load_batch(batch)
+            failed.extend(batch_failures)
+            if batch_failures:
+                Run.objects.filter(pk=self.run.pk).update(
+                    files_failed=len(failed), failed_files=failed
+                )
+        self.run.refresh_from_db()
+        if failed and self.run.files_loaded == 0 and len(failed) == len(new_files):
+            status, error = RunStatus.FAILED, f"All {len(failed)} files failed to load."
+        elif failed:
+            status, error = RunStatus.PARTIAL_SUCCESS, f"{len(failed)} files failed to load."
+        else:
+            status, error = RunStatus.SUCCESS, ""
+        _finish(self.run, self.heartbeat.worker_id, status, error=error)
+
+    def _check_cancel(self) -> None:
+        self.heartbeat.check()
+        if Run.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+            raise RunCancelledError()
+
+    def _load_batch(self, batch: list[SourceFile]) -> list[dict]:
+        """Read the batch's files and commit the good ones as one snapshot; returns failures."""
+        ingested_at = timezone.now()
+        target_schema = self.engine.table_schema(self.table_name)
+        parts: list[pa.Table] = []
+        loaded: list[_LoadedFile] = []
+        failures: list[dict] = []
+        for source in batch:
+            try:
+                data = read_source_file(
+                    uri=self.ingestion.source_uri,
+                    path=source.path,
+                    file_format=self.ingestion.source_format,
+                    options=self.ingestion.source_options or {},
+                )
+                data = with_metadata_columns(data, source_file=source.path, ingested_at=ingested_at)
+                if target_schema is not None:
+                    data = conform_to_schema(data, target_schema)
+                else:
+                    # First load: the first good file decides the schema, the others fit it.
+                    target_schema = data.schema
+            except AutoloaderError as exc:
+                failures.append(
+                    {"path": source.path, "error": str(exc), "error_code": exc.error_code}
+                )
+                continue
+            parts.append(data)
+            loaded.append(_LoadedFile(source=source, rows=data.num_rows))
+        if parts:
+            self._check_cancel()
+            self._commit(pa.concat_tables(parts, promote_options="permissive"), loaded)
+        return failures
+
+    def _commit(self, data: pa.Table, loaded: list[_LoadedFile]) -> None:
+        batch = RunBatch.objects.create(
+            run=self.run,
+            batch_key=f"{self.run.public_id}.{uuid.uuid4().hex[:12]}",
+            status=BatchStatus.PENDING,
+            table_name=self.table_name,
+            files=[
+                {
+                    "path": item.source.path,
+                    "size_bytes": item.source.size_bytes,
+                    "modified_at": item.source.modified_at.isoformat()
+                    if item.source.modified_at
+                    else None,
+                    "rows": item.rows,
+                }
+                for item in loaded
+            ],
+            rows=data.num_rows,
+            bytes=sum(item.source.size_bytes for item in loaded),
+        )
+        self.heartbeat.check()
+        try:
+            snapshot_id = self.engine.append(
+                self.table_name,
+                data,
+                properties={
+                    SNAPSHOT_RUN_KEY: self.run.public_id,
+                    SNAPSHOT_BATCH_KEY: batch.batch_key,
+                    SNAPSHOT_INGESTION_KEY: self.ingestion.public_id,
+                },
+            )
+        except Exception:
+            # The commit may or may not have reached the table: let the table decide.
+            batch_resolve(batch=batch, engine=self.engine)
+            raise
+        batch_mark_committed(batch=batch, snapshot_id=snapshot_id)
+
+
+def _split_batches(files: list[SourceFile]) -> list[list[SourceFile]]:
+    max_files = max(1, settings.AUTOLOADER_BATCH_MAX_FILES)
+    max_bytes = max(1, settings.AUTOLOADER_BATCH_MAX_BYTES)
+    batches: list[list[SourceFile]] = []
+    current: list[SourceFile] = []
+    current_bytes = 0
+    for source in files:
+        if current and (len(current) >= max_files or current_bytes + source.size_bytes > max_bytes):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(source)
+        current_bytes += source.size_bytes
+    if current:
+        batches.append(current)
+    return batches
+
+
+# --- the batch protocol ----------------------------------------------------------------
+
+
+def batch_mark_committed(*, batch: RunBatch, snapshot_id: int | None) -> None:
+    """Write the batch's files into the history and mark it COMMITTED, in one transaction."""
+    from datetime import datetime
+
+    now = timezone.now()
+    with transaction.atomic():
+        updated = RunBatch.objects.filter(pk=batch.pk, status=BatchStatus.PENDING).update(
+            status=BatchStatus.COMMITTED, snapshot_id=snapshot_id, committed_at=now
+        )
+        if not updated:
+            return  # someone else completed (or abandoned) it already
+        ProcessedFile.objects.bulk_create(
+            [
+                ProcessedFile(
+                    ingestion_id=batch.run.ingestion_id,
+                    path=item["path"],
+                    size_bytes=item["size_bytes"],
+                    modified_at=datetime.fromisoformat(item["modified_at"])
+                    if item.get("modified_at")
+                    else None,
+                    rows=item.get("rows", 0),
+                    run_id=batch.run_id,
+                    loaded_at=now,
+                )
+                for item in batch.files
+            ],
+            batch_size=1000,
+        )
+        Run.objects.filter(pk=batch.run_id).update(
+            files_loaded=F("files_loaded") + len(batch.files),
+            rows_written=F("rows_written") + batch.rows,
+            bytes_read=F("bytes_read") + batch.bytes,
+        )
+
+
+def batch_resolve(*, batch: RunBatch, engine: Engine) -> str:
+    """Decide a PENDING batch from the table itself: committed if a snapshot names it."""
+    snapshot = engine.find_snapshot(batch.table_name, key=SNAPSHOT_BATCH_KEY, value=batch.batch_key)
+    if snapshot is not None:
+        batch_mark_committed(batch=batch, snapshot_id=snapshot.snapshot_id)
+        return BatchStatus.COMMITTED
+    RunBatch.objects.filter(pk=batch.pk, status=BatchStatus.PENDING).update(
+        status=BatchStatus.ABANDONED
+    )
+    return BatchStatus.ABANDONED
+
+
+def batches_recover(*, ingestion: Ingestion, engine: Engine) -> dict[str, int]:
+    """Resolve every PENDING batch an interrupted run of `ingestion` left behind."""
+    outcome = {BatchStatus.COMMITTED: 0, BatchStatus.ABANDONED: 0}
+    pending = RunBatch.objects.filter(
+        run__ingestion=ingestion, status=BatchStatus.PENDING
+    ).select_related("run")
+    for batch in pending:
+        outcome[batch_resolve(batch=batch, engine=engine)] += 1
+    if any(outcome.values()):
+        logger.info("recovered batches of %s: %s", ingestion.public_id, outcome)
+    return outcome
+
+
+# --- recovering runs whose worker died -------------------------------------------------
+
+
+def runs_recover_stale() -> list[str]:
+    """Re-queue runs whose worker died, so a live worker resumes them.
+
+    A RUNNING run with a stale heartbeat goes back to QUEUED with a fresh task (its worker
+    id cleared, so a worker that was only slow stops before its next commit). A QUEUED run
+    whose task is no longer waiting (its worker died between taking the task and claiming
+    the run) gets a fresh task too.
+    """
+    from django_tasks_db.models import DBTaskResult
+
+    from .tasks import execute_run
+
+    stale_before = timezone.now() - timedelta(seconds=settings.AUTOLOADER_RUN_STALE_SECONDS)
+    requeued: list[str] = []
+    for run in Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=stale_before):
+        with transaction.atomic():
+            taken = Run.objects.filter(
+                pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=stale_before
+            ).update(status=RunStatus.QUEUED, worker_id="")
+            if taken:
+                result = execute_run.enqueue(run.public_id)
+                Run.objects.filter(pk=run.pk).update(task_id=str(result.id))
+                requeued.append(run.public_id)
+    for run in Run.objects.filter(status=RunStatus.QUEUED, created_at__lt=stale_before):
+        waiting = DBTaskResult.objects.filter(id=run.task_id, status="READY").exists()
+        if not waiting:
+            with transaction.atomic():
+                result = execute_run.enqueue(run.public_id)
+                Run.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
+                    task_id=str(result.id)
+                )
+            requeued.append(run.public_id)
+    if requeued:
+        logger.warning("re-queued runs whose worker died: %s", ", ".join(requeued))
+    close_old_connections()
+    return requeued

@@ -1,0 +1,106 @@
+"""Reads of the domain, always scoped to a tenant, with the joins their callers need."""
+
+from django.db.models import Count, Max, Min, OuterRef, QuerySet, Subquery, Sum
+
+from .errors import IngestionNotFoundError, RunNotFoundError
+from .models import ACTIVE_RUN_STATUSES, Ingestion, ProcessedFile, Run, Tenant
+
+
+def ingestion_list(*, tenant: Tenant) -> QuerySet[Ingestion]:
+    """Ingestions of a tenant, each annotated with its latest run's primary key."""
+    latest_run = Run.objects.filter(ingestion=OuterRef("pk")).order_by("-created_at", "-id")
+    return Ingestion.objects.filter(tenant=tenant).annotate(
+        latest_run_pk=Subquery(latest_run.values("pk")[:1])
+    )
+
+
+def ingestion_get(*, tenant: Tenant, ingestion_id: str) -> Ingestion:
+    """One ingestion by public id.
+
+    Raises:
+        IngestionNotFoundError: no such ingestion in this tenant (another tenant's included).
+    """
+    try:
+        return Ingestion.objects.select_related("tenant").get(tenant=tenant, public_id=ingestion_id)
+    except Ingestion.DoesNotExist:
+        raise IngestionNotFoundError("Ingestion not found") from None
+
+
+def runs_by_pk(pks) -> dict[int, Run]:
+    return {run.pk: run for run in Run.objects.filter(pk__in=[pk for pk in pks if pk])}
+
+
+def run_list(*, ingestion: Ingestion) -> QuerySet[Run]:
+    return Run.objects.filter(ingestion=ingestion).select_related("ingestion")
+
+
+def run_get(*, tenant: Tenant, run_id: str) -> Run:
+    """One run by public id.
+
+    Raises:
+        RunNotFoundError: no such run in this tenant (another tenant's included).
+    """
+    try:
+        return Run.objects.select_related("ingestion", "ingestion__tenant").get(
+            public_id=run_id, ingestion__tenant=tenant
+        )
+    except Run.DoesNotExist:
+        raise RunNotFoundError("Run not found") from None
+
+
+def run_active(*, ingestion: Ingestion) -> Run | None:
+    return Run.objects.filter(ingestion=ingestion, status__in=ACTIVE_RUN_STATUSES).first()
+
+
+def run_latest(*, ingestion: Ingestion) -> Run | None:
+    return Run.objects.filter(ingestion=ingestion).order_by("-created_at", "-id").first()
+
+
+def processed_file_list(*, ingestion: Ingestion) -> QuerySet[ProcessedFile]:
+    return ProcessedFile.objects.filter(ingestion=ingestion).select_related("run")
+
+
+def processed_file_paths(*, ingestion: Ingestion) -> set[str]:
+    """Every path in the history, as one set (one query; the history can be millions long)."""
+    return set(
+        ProcessedFile.objects.filter(ingestion=ingestion).values_list("path", flat=True).iterator()
+    )
+
+
+def processed_file_summary(*, ingestion: Ingestion) -> dict:
+    """Count, total bytes, oldest and newest path of the history, in one query."""
+    summary = ProcessedFile.objects.filter(ingestion=ingestion).aggregate(
+        count=Count("id"), total_bytes=Sum("size_bytes"), oldest=Min("path"), newest=Max("path")
+    )
+    summary["total_bytes"] = summary["total_bytes"] or 0
+    return summary
+
+
+def table_state(*, ingestion: Ingestion) -> dict:
+    """The destination table's state from the engine's metadata (never a scan).
+
+    An unreachable engine does not fail the caller: the state says so in `error`.
+    """
+    from .engines import load_engine
+    from .errors import AutoloaderError
+
+    try:
+        info = load_engine(ingestion.engine).describe_table(ingestion.destination_table)
+    except AutoloaderError as exc:
+        return {
+            "exists": None,
+            "row_count": None,
+            "size_bytes": None,
+            "file_count": None,
+            "snapshot_id": None,
+            "last_updated_at": None,
+            "error": str(exc),
+        }
+    return {
+        "exists": info.exists,
+        "row_count": info.row_count,
+        "size_bytes": info.size_bytes,
+        "file_count": info.file_count,
+        "snapshot_id": info.snapshot_id,
+        "last_updated_at": info.last_updated_at,
+    }

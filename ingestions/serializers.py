@@ -1,0 +1,117 @@
+"""JSON shapes of ingestions, runs and history, shared by every API view that returns them."""
+
+from rest_framework import serializers
+
+from .models import Ingestion, ProcessedFile, Run
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses unknown fields: a typo in a request must not be silently ignored."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class TableOutputSerializer(serializers.Serializer):
+    exists = serializers.BooleanField(allow_null=True)
+    row_count = serializers.IntegerField(allow_null=True)
+    size_bytes = serializers.IntegerField(allow_null=True)
+    file_count = serializers.IntegerField(allow_null=True)
+    snapshot_id = serializers.IntegerField(allow_null=True)
+    last_updated_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField(required=False)
+
+
+class RunOutputSerializer(serializers.ModelSerializer):
+    run_id = serializers.CharField(source="public_id")
+    ingestion_id = serializers.CharField(source="ingestion.public_id")
+    progress = serializers.FloatField()
+    duration_seconds = serializers.FloatField(allow_null=True)
+    failed_files = serializers.ListField(child=serializers.DictField())
+    run_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Run
+        fields = [
+            "run_id",
+            "ingestion_id",
+            "status",
+            "trigger",
+            "files_found",
+            "files_loaded",
+            "files_failed",
+            "failed_files",
+            "rows_written",
+            "bytes_read",
+            "progress",
+            "cancel_requested",
+            "attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration_seconds",
+            "error",
+            "run_url",
+        ]
+
+    def get_run_url(self, run: Run) -> str:
+        return f"/api/v1/runs/{run.public_id}"
+
+
+class IngestionOutputSerializer(serializers.ModelSerializer):
+    """An ingestion with its table's state and last run (both given in the context)."""
+
+    id = serializers.CharField(source="public_id")
+    source = serializers.SerializerMethodField()
+    destination = serializers.SerializerMethodField()
+    cost_per_gb_usd = serializers.FloatField()
+    table = serializers.SerializerMethodField()
+    last_run = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Ingestion
+        fields = [
+            "id",
+            "name",
+            "source",
+            "destination",
+            "engine",
+            "cost_per_gb_usd",
+            "protected",
+            "created_at",
+            "updated_at",
+            "table",
+            "last_run",
+        ]
+
+    def get_source(self, ingestion: Ingestion) -> dict:
+        return {
+            "uri": ingestion.source_uri,
+            "format": ingestion.source_format,
+            "pattern": ingestion.source_pattern or None,
+            "options": ingestion.source_options,
+        }
+
+    def get_destination(self, ingestion: Ingestion) -> dict:
+        return {"table": ingestion.destination_table}
+
+    def get_table(self, ingestion: Ingestion) -> dict | None:
+        tables = self.context.get("tables", {})
+        return tables.get(ingestion.pk)
+
+    def get_last_run(self, ingestion: Ingestion) -> dict | None:
+        last_runs = self.context.get("last_runs", {})
+        run = last_runs.get(ingestion.pk)
+        return RunOutputSerializer(run).data if run is not None else None
+
+
+class ProcessedFileOutputSerializer(serializers.ModelSerializer):
+    run_id = serializers.CharField(source="run.public_id", allow_null=True, default=None)
+
+    class Meta:
+        model = ProcessedFile
+        fields = ["path", "size_bytes", "modified_at", "rows", "run_id", "loaded_at"]

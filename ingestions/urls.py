@@ -1,0 +1,25 @@
+"""URLs of the granular REST API (mounted under /api/v1/)."""
+
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("ingestions", api.IngestionListCreateApi.as_view(), name="api-ingestions"),
+    path("ingestions/<str:ingestion_id>", api.IngestionDetailApi.as_view(), name="api-ingestion"),
+    path(
+        "ingestions/<str:ingestion_id>/run", api.IngestionRunApi.as_view(), name="api-ingestion-run"
+    ),
+    path(
+        "ingestions/<str:ingestion_id>/runs",
+        api.IngestionRunsApi.as_view(),
+        name="api-ingestion-runs",
+    ),
+    path(
+        "ingestions/<str:ingestion_id>/processed-files",
+        api.ProcessedFilesApi.as_view(),
+        name="api-processed-files",
+    ),
+    path("runs/<str:run_id>", api.RunDetailApi.as_view(), name="api-run"),
+    path("runs/<str:run_id>/cancel", api.RunCancelApi.as_view(), name="api-run-cancel"),
+]

@@ -1,0 +1,1 @@
+"""Refresh operations: plan and execute full refresh, fresh start, drop table, clear history."""

@@ -1,0 +1,8 @@
+"""App config of refresh operations."""
+
+from django.apps import AppConfig
+
+
+class RefreshConfig(AppConfig):
+    name = "refresh"
+    verbose_name = "Refresh operations"

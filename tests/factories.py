@@ -1,0 +1,52 @@
+"""factory_boy factories for the domain."""
+
+import factory
+from django.contrib.auth import get_user_model
+
+from ingestions.models import Ingestion, Membership, Role, Tenant
+
+
+class TenantFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Tenant
+        django_get_or_create = ("slug",)
+
+    slug = factory.Sequence(lambda n: f"tenant-{n}")
+    name = factory.LazyAttribute(lambda tenant: tenant.slug.title())
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user-{n}")
+    password = factory.PostGenerationMethodCall("set_password", "correct-horse-battery")
+
+    @factory.post_generation
+    def save_password(self, create, extracted, **kwargs):
+        if create:
+            self.save()
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+
+    user = factory.SubFactory(UserFactory)
+    tenant = factory.SubFactory(TenantFactory)
+    role = Role.VIEWER
+
+
+class IngestionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Ingestion
+
+    tenant = factory.SubFactory(TenantFactory)
+    name = factory.Sequence(lambda n: f"Ingestion {n}")
+    public_id = factory.Sequence(lambda n: f"ing-test-{n}")
+    source_uri = "/nonexistent"
+    source_format = "csv"
+    source_pattern = ""
+    destination_table = factory.Sequence(lambda n: f"raw.table_{n}")
