@@ -3,7 +3,7 @@
 | variable | default | meaning |
 |---|---|---|
 | AUTOLOADER_DATA_DIR | ./var | where everything the product writes goes by default |
-| DJANGO_SECRET_KEY | random, in $DATA_DIR/secret_key (DEBUG only) | required if DEBUG=0 |
+| DATABASE_URL | sqlite:///$DATA_DIR/autoloader.sqlite3 | state DB (PostgreSQL in production) |
 | AUTOLOADER_CATALOG_URI | sqlite:///$DATA_DIR/catalog.db | pyiceberg SQL catalog |
 | AUTOLOADER_CATALOG_NAME | autoloader | Iceberg catalog name |
 | AUTOLOADER_WAREHOUSE | file://$DATA_DIR/warehouse | Iceberg warehouse location |
