@@ -16,22 +16,34 @@ logger = logging.getLogger("ingestions.api")
 STATUS_BY_ERROR_CODE = {
     "VALIDATION_ERROR": status.HTTP_400_BAD_REQUEST,
     "CONFIRMATION_REQUIRED": status.HTTP_400_BAD_REQUEST,
+    "DRY_RUN_REQUIRED": status.HTTP_400_BAD_REQUEST,
     "NOT_AUTHENTICATED": status.HTTP_401_UNAUTHORIZED,
     "AUTHENTICATION_FAILED": status.HTTP_401_UNAUTHORIZED,
     "INSUFFICIENT_PERMISSIONS": status.HTTP_403_FORBIDDEN,
+    "CSRF_FAILED": status.HTTP_403_FORBIDDEN,
     "TENANT_NOT_FOUND": status.HTTP_403_FORBIDDEN,
     "INGESTION_NOT_FOUND": status.HTTP_404_NOT_FOUND,
     "RUN_NOT_FOUND": status.HTTP_404_NOT_FOUND,
+    "OPERATION_NOT_FOUND": status.HTTP_404_NOT_FOUND,
     "NOT_FOUND": status.HTTP_404_NOT_FOUND,
     "METHOD_NOT_ALLOWED": status.HTTP_405_METHOD_NOT_ALLOWED,
     "NOT_ACCEPTABLE": status.HTTP_406_NOT_ACCEPTABLE,
     "RUN_IN_PROGRESS": status.HTTP_409_CONFLICT,
     "RUN_NOT_CANCELLABLE": status.HTTP_409_CONFLICT,
     "INGESTION_EXISTS": status.HTTP_409_CONFLICT,
+    "REFRESH_IN_PROGRESS": status.HTTP_409_CONFLICT,
+    "PLAN_STALE": status.HTTP_409_CONFLICT,
+    "OPERATION_NOT_RESUMABLE": status.HTTP_409_CONFLICT,
+    "IDEMPOTENCY_KEY_IN_USE": status.HTTP_409_CONFLICT,
+    "IDEMPOTENCY_KEY_REUSED": status.HTTP_422_UNPROCESSABLE_ENTITY,
+    "TABLE_PROTECTED": status.HTTP_423_LOCKED,
     "UNSUPPORTED_MEDIA_TYPE": status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     "RATE_LIMITED": status.HTTP_429_TOO_MANY_REQUESTS,
     "CLUSTER_UNAVAILABLE": status.HTTP_500_INTERNAL_SERVER_ERROR,
     "ENGINE_ERROR": status.HTTP_500_INTERNAL_SERVER_ERROR,
+    "SPARK_ERROR": status.HTTP_500_INTERNAL_SERVER_ERROR,
+    "PARTIAL_FAILURE": status.HTTP_500_INTERNAL_SERVER_ERROR,
+    "REFRESH_API_DISABLED": status.HTTP_503_SERVICE_UNAVAILABLE,
     "INTERNAL_ERROR": status.HTTP_500_INTERNAL_SERVER_ERROR,
 }
 
@@ -71,6 +83,8 @@ def api_exception_handler(exc, context):
         headers = {}
         if getattr(exc, "current_run_id", None):
             headers["X-Current-Run-ID"] = exc.current_run_id
+        if getattr(exc, "retry_after", None):
+            headers["Retry-After"] = str(exc.retry_after)
         return error_response(
             detail=exc.detail,
             error_code=exc.error_code,
@@ -97,6 +111,12 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound()
     if isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    if isinstance(exc, exceptions.PermissionDenied) and "CSRF" in str(exc.detail):
+        return error_response(
+            detail=str(exc.detail),
+            error_code="CSRF_FAILED",
+            help_text="Send the X-CSRFToken header from the page, or use a Bearer token.",
+        )
     for exc_class, error_code, help_text in _DRF_ERROR_CODES:
         if isinstance(exc, exc_class):
             headers = {}

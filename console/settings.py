@@ -10,10 +10,16 @@
 | DJANGO_DEBUG | 1 | 0 for production |
 | DJANGO_SECRET_KEY | random, in $DATA_DIR/secret_key (DEBUG only) | required if DEBUG=0 |
 | DJANGO_ALLOWED_HOSTS | localhost,127.0.0.1,[::1] | comma separated |
+| AUTOLOADER_S3_ENDPOINT_URL, _REGION, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY | AWS_* variables | S3 |
+| AUTOLOADER_SPARK_MASTER | local[*] | Spark master or Spark Connect sc://host:port |
+| AUTOLOADER_SPARK_CATALOG | spark_catalog | Spark catalog of the spark engine's tables |
+| AUTOLOADER_SPARK_CONF | {} | JSON object of Spark configuration, passed verbatim |
 """
 
+import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -132,7 +138,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-autoloader.sqlite3")}
+    # Tests use a file (worker processes must share it), one per test process so that
+    # concurrent test runs never share a database.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(Path(tempfile.gettempdir()) / f"autoloader-test-{os.getpid()}.sqlite3")
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -214,6 +224,62 @@ AUTOLOADER_RUN_STALE_SECONDS = env_float("AUTOLOADER_RUN_STALE_SECONDS", 120.0)
 # How often the worker looks for runs whose worker died.
 AUTOLOADER_REAPER_INTERVAL_SECONDS = env_float("AUTOLOADER_REAPER_INTERVAL_SECONDS", 15.0)
 AUTOLOADER_DEFAULT_COST_PER_GB_USD = env_float("AUTOLOADER_DEFAULT_COST_PER_GB_USD", 0.25)
+
+# --- Refresh operations ----------------------------------------------------------------
+# Off -> the refresh endpoints answer 503 REFRESH_API_DISABLED (the granular API stays).
+ENABLE_REFRESH_OPERATIONS_API = env_bool("ENABLE_REFRESH_OPERATIONS_API", True)
+# Warnings in previews and responses.
+REFRESH_HIGH_COST_USD = env_float("REFRESH_HIGH_COST_USD", 100.0)
+REFRESH_LARGE_OPERATION_FILES = env_int("REFRESH_LARGE_OPERATION_FILES", 1000)
+# Above this estimated cost the call must carry a recent dry-run's plan_id ...
+REFRESH_PLAN_REQUIRED_ABOVE_USD = env_float("REFRESH_PLAN_REQUIRED_ABOVE_USD", 500.0)
+# ... made at most this many seconds ago, and is refused if the impact grew by more than this.
+REFRESH_PLAN_TTL_SECONDS = env_int("REFRESH_PLAN_TTL_SECONDS", 15 * 60)
+REFRESH_PLAN_MAX_GROWTH = env_float("REFRESH_PLAN_MAX_GROWTH", 0.10)
+# Duration estimates use each ingestion's measured throughput; this until it has one.
+REFRESH_DEFAULT_THROUGHPUT_MB_PER_S = env_float("REFRESH_DEFAULT_THROUGHPUT_MB_PER_S", 20.0)
+# An operation still "in progress" after this long was interrupted (its process died).
+REFRESH_STALE_SECONDS = env_int("REFRESH_STALE_SECONDS", 600)
+# Executions per user, django-ratelimit syntax; dry-runs are not counted.
+REFRESH_RATE_LIMITS = {
+    "full_refresh": os.environ.get("REFRESH_RATE_FULL_REFRESH", "5/h"),
+    "fresh_start": os.environ.get("REFRESH_RATE_FRESH_START", "10/h"),
+    "drop_table": os.environ.get("REFRESH_RATE_DROP_TABLE", "10/h"),
+    "clear_processed_files": os.environ.get("REFRESH_RATE_CLEAR_PROCESSED_FILES", "10/h"),
+    "resume": os.environ.get("REFRESH_RATE_RESUME", "20/h"),
+}
+RATELIMIT_USE_CACHE = "default"  # the database cache: shared by every web process
+IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)
+# `/metrics` answers a scraper presenting `Authorization: Bearer <this>`, or a staff login.
+AUTOLOADER_METRICS_TOKEN = os.environ.get("AUTOLOADER_METRICS_TOKEN", "")
+
+# --- Scaling out: S3, the Spark engine, production static files (docs/deploy.md) -------
+# S3 for sources (s3://bucket/prefix) and for the Iceberg warehouse. Empty values fall back
+# to the standard AWS variables (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), then to the AWS default chain (~/.aws, instance
+# profile). Credentials live in the environment only, never in the database.
+AUTOLOADER_S3_ENDPOINT_URL = os.environ.get("AUTOLOADER_S3_ENDPOINT_URL", "")
+AUTOLOADER_S3_REGION = os.environ.get("AUTOLOADER_S3_REGION", "")
+AUTOLOADER_S3_ACCESS_KEY_ID = os.environ.get("AUTOLOADER_S3_ACCESS_KEY_ID", "")
+AUTOLOADER_S3_SECRET_ACCESS_KEY = os.environ.get("AUTOLOADER_S3_SECRET_ACCESS_KEY", "")
+# Spark engine: local[*], spark://host:7077, k8s://https://host:443, yarn, or Spark Connect
+# sc://host:15002. The catalog holding the tables: spark_catalog (Spark's built-in one) or
+# a catalog named in AUTOLOADER_SPARK_CONF, e.g. an Iceberg catalog "lake".
+AUTOLOADER_SPARK_MASTER = os.environ.get("AUTOLOADER_SPARK_MASTER", "local[*]")
+AUTOLOADER_SPARK_CATALOG = os.environ.get("AUTOLOADER_SPARK_CATALOG", "spark_catalog")
+# Spark configuration passed through verbatim, as a JSON object of strings, e.g.
+# {"spark.sql.catalog.lake": "org.apache.iceberg.spark.SparkCatalog", ...}.
+AUTOLOADER_SPARK_CONF = {
+    str(key): str(value)
+    for key, value in json.loads(os.environ.get("AUTOLOADER_SPARK_CONF") or "{}").items()
+}
+if not DEBUG:
+    # Hashed, compressed copies made by `collectstatic` (`make serve` runs it), served by
+    # WhiteNoise with far-future cache headers.
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
 
 # --- Production hardening (on whenever DEBUG is off) -----------------------------------
 SESSION_COOKIE_HTTPONLY = True

@@ -3,27 +3,24 @@
 Views translate HTTP to service calls and back; the rules live in services and selectors.
 """
 
-from django.db import transaction
 from drf_spectacular.utils import (
-    OpenApiParameter,
     OpenApiResponse,
     extend_schema,
     inline_serializer,
 )
 from rest_framework import serializers, status
-from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .engines import ENGINE_CHOICES
 from .engines.base import validate_table_name
-from .errors import AutoloaderError, PermissionDeniedError
+from .errors import PermissionDeniedError
 from .models import PUBLIC_ID_VALIDATOR, Ingestion, RunTrigger, SourceFormat
 from .runs import run_cancel, run_request
 from .selectors import (
     ingestion_get,
     ingestion_list,
-    processed_file_list,
     run_get,
     run_latest,
     run_list,
@@ -32,7 +29,6 @@ from .selectors import (
 )
 from .serializers import (
     IngestionOutputSerializer,
-    ProcessedFileOutputSerializer,
     RunOutputSerializer,
     StrictSerializer,
 )
@@ -40,17 +36,8 @@ from .services import (
     ingestion_create,
     ingestion_delete,
     ingestion_update,
-    processed_files_clear,
 )
 from .tenancy import tenant_for_request
-
-
-class ConfirmationRequiredError(AutoloaderError):
-    """A destructive call came without `confirm: true`."""
-
-    error_code = "CONFIRMATION_REQUIRED"
-    help = "This operation is destructive. Explicitly set confirm=true to proceed."
-
 
 ERROR_SCHEMA = inline_serializer(
     name="Error",
@@ -65,12 +52,6 @@ COMMON_ERRORS = {
     403: OpenApiResponse(ERROR_SCHEMA, description="INSUFFICIENT_PERMISSIONS"),
     404: OpenApiResponse(ERROR_SCHEMA, description="INGESTION_NOT_FOUND / RUN_NOT_FOUND"),
 }
-
-
-def confirmed(request) -> bool:
-    """`confirm` must be the JSON boolean true (body) or the literal `true` (query string)."""
-    body = request.data if isinstance(request.data, dict) else {}
-    return body.get("confirm") is True or request.query_params.get("confirm") == "true"
 
 
 class TenantAPIView(APIView):
@@ -310,59 +291,3 @@ class RunCancelApi(TenantAPIView):
         self.require("run_ingestion", run.ingestion)
         run = run_cancel(run=run)
         return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
-
-
-class ProcessedFilesApi(TenantAPIView):
-    class Pagination(CursorPagination):
-        ordering = "id"
-        page_size = 100
-        page_size_query_param = "page_size"
-        max_page_size = 1000
-
-    @extend_schema(
-        operation_id="ingestions_processed_files_list",
-        responses={200: ProcessedFileOutputSerializer(many=True), **COMMON_ERRORS},
-    )
-    def get(self, request, ingestion_id: str):
-        ingestion = self.get_ingestion(ingestion_id, "view_processedfile")
-        paginator = self.Pagination()
-        page = paginator.paginate_queryset(
-            processed_file_list(ingestion=ingestion), request, view=self
-        )
-        return paginator.get_paginated_response(ProcessedFileOutputSerializer(page, many=True).data)
-
-    @extend_schema(
-        operation_id="ingestions_processed_files_clear",
-        parameters=[
-            OpenApiParameter(
-                "confirm", bool, description='Must be true (or body {"confirm": true}).'
-            )
-        ],
-        request=inline_serializer("ClearHistoryRequest", {"confirm": serializers.BooleanField()}),
-        responses={
-            200: inline_serializer(
-                "ClearHistoryResponse",
-                {
-                    "status": serializers.CharField(),
-                    "ingestion_id": serializers.CharField(),
-                    "files_cleared": serializers.IntegerField(),
-                },
-            ),
-            400: OpenApiResponse(ERROR_SCHEMA, description="CONFIRMATION_REQUIRED"),
-            409: OpenApiResponse(ERROR_SCHEMA, description="RUN_IN_PROGRESS"),
-            **COMMON_ERRORS,
-        },
-    )
-    def delete(self, request, ingestion_id: str):
-        ingestion = self.get_ingestion(ingestion_id, "clear_history_ingestion")
-        if not confirmed(request):
-            raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
-        with transaction.atomic():
-            files_cleared = processed_files_clear(ingestion=ingestion)
-        return Response(
-            {
-                "status": "success",
-                "ingestion_id": ingestion.public_id,
-                "files_cleared": files_cleared,
-            }
-        )

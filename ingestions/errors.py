@@ -115,3 +115,14 @@ class EngineError(AutoloaderError):
 
     error_code = "ENGINE_ERROR"
     help = "Read the message for the engine's reason and retry once it is fixed."
+
+
+class RefreshInProgressError(AutoloaderError):
+    """Another refresh operation on this ingestion has not finished."""
+
+    error_code = "REFRESH_IN_PROGRESS"
+    help = "Wait for the current operation to finish; see GET /api/v1/refresh-operations/{id}."
+
+    def __init__(self, message: str = "", *, current_operation_id: str):
+        super().__init__(message, current_operation_id=current_operation_id)
+        self.current_operation_id = current_operation_id

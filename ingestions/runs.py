@@ -24,6 +24,7 @@ from django.utils import timezone
 from .engines import Engine, load_engine
 from .errors import (
     AutoloaderError,
+    RefreshInProgressError,
     RunCancelledError,
     RunInProgressError,
     RunNotCancellableError,
@@ -52,21 +53,33 @@ SNAPSHOT_INGESTION_KEY = "autoloader.ingestion-id"
 # --- requesting and cancelling ---------------------------------------------------------
 
 
-def run_request(*, ingestion: Ingestion, actor=None, trigger: str = RunTrigger.API) -> Run:
+def run_request(
+    *,
+    ingestion: Ingestion,
+    actor=None,
+    trigger: str = RunTrigger.API,
+    for_refresh_operation: bool = False,
+) -> Run:
     """Queue a run of `ingestion` for the worker.
 
     The run row and its task row are inserted in one transaction, so a run is never queued
     without a task to execute it, and the conditional unique constraint refuses a second
-    active run even when two requests race.
+    active run even when two requests race. The ingestion row is locked meanwhile, the
+    same lock a refresh operation takes to start, so a run and a refresh cannot interleave.
 
     Raises:
         RunInProgressError: the ingestion already has a queued or running run.
+        RefreshInProgressError: a refresh operation is changing the ingestion (unless this
+            run is that operation's own step).
     """
     from .tasks import execute_run
 
     requested_by = actor if getattr(actor, "is_authenticated", False) else None
     try:
         with transaction.atomic():
+            ingestion_lock(ingestion)
+            if not for_refresh_operation:
+                _refuse_during_refresh(ingestion)
             run = Run.objects.create(
                 ingestion=ingestion, trigger=trigger, requested_by=requested_by
             )
@@ -82,6 +95,27 @@ def run_request(*, ingestion: Ingestion, actor=None, trigger: str = RunTrigger.A
         ) from None
     logger.info("run %s queued for %s (%s)", run.public_id, ingestion.public_id, trigger)
     return run
+
+
+def ingestion_lock(ingestion: Ingestion) -> None:
+    """Lock the ingestion's row until the end of the current transaction.
+
+    Runs and refresh operations take this lock to start, so their checks (is a run active?
+    is a refresh in flight?) and their inserts cannot interleave. On SQLite the IMMEDIATE
+    transaction mode already serializes writers.
+    """
+    list(Ingestion.objects.select_for_update().filter(pk=ingestion.pk).values_list("pk"))
+
+
+def _refuse_during_refresh(ingestion: Ingestion) -> None:
+    # The reverse relation of refresh.RefreshOperation: a run must not load into a table
+    # that a refresh operation is dropping.
+    in_flight = ingestion.refresh_operations.filter(status="in_progress").first()
+    if in_flight is not None:
+        raise RefreshInProgressError(
+            "A refresh operation is in progress on this ingestion",
+            current_operation_id=in_flight.public_id,
+        )
 
 
 def run_cancel(*, run: Run) -> Run:

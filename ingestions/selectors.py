@@ -68,9 +68,15 @@ def processed_file_paths(*, ingestion: Ingestion) -> set[str]:
 
 
 def processed_file_summary(*, ingestion: Ingestion) -> dict:
-    """Count, total bytes, oldest and newest path of the history, in one query."""
+    """Count, total bytes, first and last path (in path order, which dated folders make
+    chronological) and load-time range of the history, in one query."""
     summary = ProcessedFile.objects.filter(ingestion=ingestion).aggregate(
-        count=Count("id"), total_bytes=Sum("size_bytes"), oldest=Min("path"), newest=Max("path")
+        count=Count("id"),
+        total_bytes=Sum("size_bytes"),
+        oldest=Min("path"),
+        newest=Max("path"),
+        oldest_loaded_at=Min("loaded_at"),
+        newest_loaded_at=Max("loaded_at"),
     )
     summary["total_bytes"] = summary["total_bytes"] or 0
     return summary

@@ -103,17 +103,11 @@ def ingestion_delete(*, ingestion: Ingestion) -> None:
     ingestion.delete()
 
 
-def processed_files_clear(*, ingestion: Ingestion) -> int:
+def history_delete(*, ingestion: Ingestion) -> int:
     """Delete the whole processed-file history of an ingestion; returns how many rows went.
 
-    Raises:
-        RunInProgressError: a run is active (its commits would race the delete).
+    Only refresh operations call this, after checking that no run is active.
     """
-    active = run_active(ingestion=ingestion)
-    if active is not None:
-        raise RunInProgressError(
-            "Cannot clear the history while ingestion is running", current_run_id=active.public_id
-        )
-    # A raw delete: no per-row signals or cascades exist for history rows, and it is one
-    # statement even for millions of rows.
+    # A raw delete: history rows have no signals or cascades, and it stays one statement
+    # even for millions of rows.
     return ingestion.processed_files.all()._raw_delete(ingestion.processed_files.db)

@@ -15,11 +15,6 @@ urlpatterns = [
         api.IngestionRunsApi.as_view(),
         name="api-ingestion-runs",
     ),
-    path(
-        "ingestions/<str:ingestion_id>/processed-files",
-        api.ProcessedFilesApi.as_view(),
-        name="api-processed-files",
-    ),
     path("runs/<str:run_id>", api.RunDetailApi.as_view(), name="api-run"),
     path("runs/<str:run_id>/cancel", api.RunCancelApi.as_view(), name="api-run-cancel"),
 ]

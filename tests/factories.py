@@ -50,3 +50,28 @@ class IngestionFactory(factory.django.DjangoModelFactory):
     source_format = "csv"
     source_pattern = ""
     destination_table = factory.Sequence(lambda n: f"raw.table_{n}")
+
+
+class RunFactory(factory.django.DjangoModelFactory):
+    """A run row as the worker would leave it; pass `status=` (QUEUED by default)."""
+
+    class Meta:
+        model = "ingestions.Run"
+
+    ingestion = factory.SubFactory(IngestionFactory)
+
+
+class ProcessedFileFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "ingestions.ProcessedFile"
+
+    ingestion = factory.SubFactory(IngestionFactory)
+    path = factory.Sequence(lambda n: f"part-{n:04d}.csv")
+    size_bytes = 1024
+
+    @factory.lazy_attribute
+    def loaded_at(self):
+        # Imported here so this addition stays an append to the module.
+        from django.utils import timezone
+
+        return timezone.now()

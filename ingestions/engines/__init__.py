@@ -9,6 +9,7 @@ __all__ = [
     "Engine",
     "SnapshotInfo",
     "TableInfo",
+    "iceberg_io_properties",
     "load_engine",
     "validate_table_name",
 ]
@@ -24,15 +25,15 @@ def load_engine(name: str = "iceberg") -> Engine:
     # Read at call time, not import time, so tests and commands can override the settings.
     from django.conf import settings
 
-    engine_settings = {
-        "catalog_name": settings.AUTOLOADER_CATALOG_NAME,
-        "catalog_uri": settings.AUTOLOADER_CATALOG_URI,
-        "warehouse": settings.AUTOLOADER_WAREHOUSE,
-    }
     if name == "iceberg":
         from ingestions.engines.iceberg import IcebergEngine
 
-        return IcebergEngine(**engine_settings)
+        return IcebergEngine(
+            catalog_name=settings.AUTOLOADER_CATALOG_NAME,
+            catalog_uri=settings.AUTOLOADER_CATALOG_URI,
+            warehouse=settings.AUTOLOADER_WAREHOUSE,
+            properties=iceberg_io_properties(),
+        )
     if name == "spark":
         try:
             import pyspark  # noqa: F401
@@ -42,5 +43,29 @@ def load_engine(name: str = "iceberg") -> Engine:
             ) from exc
         from ingestions.engines.spark import SparkEngine
 
-        return SparkEngine(**engine_settings)
+        return SparkEngine(
+            master=settings.AUTOLOADER_SPARK_MASTER,
+            catalog=settings.AUTOLOADER_SPARK_CATALOG,
+            warehouse=settings.AUTOLOADER_WAREHOUSE,
+            conf=settings.AUTOLOADER_SPARK_CONF,
+        )
     raise ValueError(f"Unknown engine {name!r}; known engines: {', '.join(ENGINE_CHOICES)}.")
+
+
+def iceberg_io_properties() -> dict[str, str]:
+    """pyiceberg FileIO properties for an s3:// warehouse, from the AUTOLOADER_S3_* settings.
+
+    Only the settings that are set: pyarrow reads the standard AWS variables for the rest.
+    """
+    from django.conf import settings
+
+    wanted = {
+        "s3.endpoint": settings.AUTOLOADER_S3_ENDPOINT_URL,
+        "s3.region": settings.AUTOLOADER_S3_REGION,
+        "s3.access-key-id": settings.AUTOLOADER_S3_ACCESS_KEY_ID,
+        "s3.secret-access-key": settings.AUTOLOADER_S3_SECRET_ACCESS_KEY,
+    }
+    properties = {key: value for key, value in wanted.items() if value}
+    # The same C++ S3 client as the source listing, whatever else is installed.
+    properties["py-io-impl"] = "pyiceberg.io.pyarrow.PyArrowFileIO"
+    return properties

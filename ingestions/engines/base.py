@@ -172,3 +172,12 @@ class Engine(ABC):
             if snapshot.properties.get(key) == value:
                 return snapshot
         return None
+
+    def cancel(self) -> None:
+        """Interrupt the work this engine has in flight, from any thread; a no-op by default.
+
+        The run executor calls it when a user cancels a running run, so an engine whose
+        commits can take long (a Spark job on a cluster) stops them instead of finishing
+        them. An interrupted `append` raises; as after any failed append, the run then reads
+        the table's snapshots to learn whether the commit happened.
+        """

@@ -29,7 +29,7 @@ COMMIT_ATTEMPTS = 3
 
 # Building a catalog opens a connection pool and checks the catalog tables: do it once per
 # process. The pid is in the key because a forked child must not share its parent's pool.
-_catalogs: dict[tuple[int, str, str, str], SqlCatalog] = {}
+_catalogs: dict[tuple, SqlCatalog] = {}
 _catalogs_lock = threading.Lock()
 
 _CATALOG_UNREACHABLE = (
@@ -56,14 +56,26 @@ _ENGINE_FAILURES = (
 
 
 class IcebergEngine(Engine):
-    """Iceberg tables in a pyiceberg SQL catalog (SQLite or PostgreSQL) and a warehouse URI."""
+    """Iceberg tables in a pyiceberg SQL catalog (SQLite or PostgreSQL) and a warehouse URI.
+
+    The warehouse is any location pyiceberg's FileIO writes: file:// or s3://bucket/prefix,
+    the latter configured by `properties` ("s3.endpoint", "s3.region", ...).
+    """
 
     name = "iceberg"
 
-    def __init__(self, *, catalog_name: str, catalog_uri: str, warehouse: str):
+    def __init__(
+        self,
+        *,
+        catalog_name: str,
+        catalog_uri: str,
+        warehouse: str,
+        properties: Mapping[str, str] | None = None,
+    ):
         self.catalog_name = catalog_name
         self.catalog_uri = catalog_uri
         self.warehouse = warehouse
+        self.properties = dict(properties or {})
 
     def ping(self) -> None:
         with self._errors("reach the catalog"):
@@ -152,7 +164,13 @@ class IcebergEngine(Engine):
                 return None
 
     def _catalog(self) -> SqlCatalog:
-        key = (os.getpid(), self.catalog_name, self.catalog_uri, self.warehouse)
+        key = (
+            os.getpid(),
+            self.catalog_name,
+            self.catalog_uri,
+            self.warehouse,
+            tuple(sorted(self.properties.items())),
+        )
         with _catalogs_lock:
             catalog = _catalogs.get(key)
             if catalog is None:
@@ -162,6 +180,7 @@ class IcebergEngine(Engine):
                     warehouse=self.warehouse,
                     # A cached pool outlives database restarts; test connections before use.
                     pool_pre_ping="true",
+                    **self.properties,
                 )
                 _catalogs[key] = catalog
             return catalog

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -14,6 +16,9 @@ from ingestions.errors import SourceUnavailableError
 
 # Writers mark in-progress or bookkeeping files this way (.part, _SUCCESS, _temporary/).
 HIDDEN_PREFIXES = (".", "_")
+
+# s3a:// is how Spark and Hadoop spell the same buckets; both reach S3 through pyarrow.
+S3_SCHEMES = ("s3", "s3a")
 
 
 @dataclass(frozen=True)
@@ -29,12 +34,14 @@ def open_source(uri: str) -> tuple[pafs.FileSystem, str]:
     """Return the filesystem serving `uri` and the root path inside it.
 
     Accepts URIs pyarrow knows ("file:///abs", "s3://bucket/prefix") and absolute local paths.
+    S3 is reached with the AUTOLOADER_S3_* settings (see `s3_filesystem`), so a source URI
+    never carries credentials.
 
     Raises:
         SourceUnavailableError: The URI is relative or names an unknown filesystem.
     """
     try:
-        filesystem, root = pafs.FileSystem.from_uri(uri)
+        filesystem, root = filesystem_for(uri)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise SourceUnavailableError(
             f"Cannot open source {uri!r}: {first_line(exc)}. "
@@ -42,6 +49,58 @@ def open_source(uri: str) -> tuple[pafs.FileSystem, str]:
         ) from exc
     # "/" must stay "/"; every other root loses its trailing slash so prefixes compare cleanly.
     return filesystem, root.rstrip("/") or root
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Return the filesystem serving `uri` and the path inside it, S3 configured from settings.
+
+    Raises:
+        pyarrow.ArrowException, OSError, ValueError: pyarrow cannot make sense of `uri`.
+    """
+    scheme, separator, rest = uri.partition("://")
+    if separator and scheme.lower() in S3_SCHEMES:
+        bucket_and_key = rest.strip("/")
+        if not bucket_and_key:
+            raise ValueError("an S3 URI needs a bucket: s3://bucket/prefix")
+        return s3_filesystem(), bucket_and_key
+    return pafs.FileSystem.from_uri(uri)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """The S3 filesystem of the AUTOLOADER_S3_* settings, read now.
+
+    An empty setting leaves the choice to pyarrow, which reads the standard AWS variables
+    (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...) and then the AWS default chain.
+    """
+    from django.conf import settings
+
+    return _s3_filesystem(
+        endpoint_url=settings.AUTOLOADER_S3_ENDPOINT_URL,
+        region=settings.AUTOLOADER_S3_REGION,
+        access_key=settings.AUTOLOADER_S3_ACCESS_KEY_ID,
+        secret_key=settings.AUTOLOADER_S3_SECRET_ACCESS_KEY,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(
+    *, endpoint_url: str, region: str, access_key: str, secret_key: str
+) -> pafs.S3FileSystem:
+    # One client per configuration and process: building one sets up the AWS SDK's pools.
+    options: dict[str, str] = {}
+    if endpoint_url:
+        parsed = urlsplit(endpoint_url)
+        if parsed.scheme:
+            options["scheme"] = parsed.scheme
+            options["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
+        else:
+            options["endpoint_override"] = endpoint_url
+    if region:
+        options["region"] = region
+    if access_key and secret_key:
+        options["access_key"] = access_key
+        options["secret_key"] = secret_key
+    return pafs.S3FileSystem(**options)
 
 
 def list_source_files(*, uri: str, pattern: str | None = None) -> list[SourceFile]:

@@ -194,7 +194,10 @@ def test_clearing_history_needs_confirmation_and_says_how_many(admin_client, csv
 
     cleared = admin_client.delete("/api/v1/ingestions/sales/processed-files?confirm=true")
     assert cleared.status_code == 200
-    assert cleared.json() == {"status": "success", "ingestion_id": "sales", "files_cleared": 7}
+    body = cleared.json()
+    assert (body["status"], body["ingestion_id"]) == ("success", "sales")
+    assert body["operations"][0]["operation"] == "processed_files_cleared"
+    assert body["operations"][0]["details"]["files_cleared"] == 7
     assert not ProcessedFile.objects.exists()
 
 

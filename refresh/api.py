@@ -1,0 +1,335 @@
+"""REST views of refresh operations: the PRD's contract (full refresh, fresh start, drop table,
+clear history), operation records and resume.
+
+Views parse, call `refresh.services`, and present; every rule lives in the services.
+"""
+
+import json
+
+from django.conf import settings
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+
+from ingestions.api import COMMON_ERRORS, ERROR_SCHEMA, TenantAPIView
+from ingestions.selectors import processed_file_list
+from ingestions.serializers import ProcessedFileOutputSerializer, StrictSerializer
+
+from .errors import RefreshApiDisabledError
+from .idempotency import (
+    HEADER as IDEMPOTENCY_HEADER,
+)
+from .idempotency import (
+    fingerprint,
+    idempotency_begin,
+    idempotency_complete,
+    idempotency_release,
+)
+from .limits import check_rate_limit
+from .models import OperationKind, OperationStatus
+from .presenters import operation_payload, preview_payload
+from .selectors import operation_get, operation_list
+from .services import refresh_execute, refresh_preview, refresh_resume
+
+HTTP_STATUS_BY_OPERATION_STATUS = {
+    OperationStatus.ACCEPTED: status.HTTP_202_ACCEPTED,
+    OperationStatus.SUCCESS: status.HTTP_200_OK,
+    OperationStatus.PARTIAL_FAILURE: status.HTTP_500_INTERNAL_SERVER_ERROR,
+    OperationStatus.FAILED: status.HTTP_500_INTERNAL_SERVER_ERROR,
+    OperationStatus.IN_PROGRESS: status.HTTP_202_ACCEPTED,
+}
+
+OPERATION_SCHEMA = inline_serializer(
+    name="RefreshOperationResponse",
+    fields={
+        "status": serializers.ChoiceField(
+            ["accepted", "success", "partial_failure", "failed", "in_progress"]
+        ),
+        "message": serializers.CharField(),
+        "operation_id": serializers.CharField(),
+        "operation_type": serializers.CharField(),
+        "ingestion_id": serializers.CharField(),
+        "run_id": serializers.CharField(allow_null=True),
+        "timestamp": serializers.DateTimeField(),
+        "operations": serializers.ListField(child=serializers.DictField()),
+        "impact": serializers.DictField(),
+        "warnings": serializers.ListField(child=serializers.CharField()),
+        "notes": serializers.ListField(child=serializers.CharField()),
+        "details": serializers.DictField(required=False),
+        "recovery": serializers.DictField(required=False),
+        "error_code": serializers.CharField(required=False),
+    },
+)
+DRY_RUN_SCHEMA = inline_serializer(
+    name="RefreshDryRunResponse",
+    fields={
+        "status": serializers.CharField(default="dry_run"),
+        "message": serializers.CharField(),
+        "ingestion_id": serializers.CharField(),
+        "plan_id": serializers.CharField(),
+        "timestamp": serializers.DateTimeField(),
+        "would_perform": serializers.ListField(child=serializers.DictField()),
+        "impact": serializers.DictField(),
+        "warnings": serializers.ListField(child=serializers.CharField()),
+        "notes": serializers.ListField(child=serializers.CharField()),
+        "next_steps": serializers.DictField(),
+    },
+)
+REFRESH_ERRORS = {
+    400: OpenApiResponse(
+        ERROR_SCHEMA, description="CONFIRMATION_REQUIRED / DRY_RUN_REQUIRED / VALIDATION_ERROR"
+    ),
+    409: OpenApiResponse(
+        ERROR_SCHEMA,
+        description="RUN_IN_PROGRESS (current_run_id, X-Current-Run-ID) / REFRESH_IN_PROGRESS"
+        " / PLAN_STALE",
+    ),
+    422: OpenApiResponse(ERROR_SCHEMA, description="IDEMPOTENCY_KEY_REUSED"),
+    423: OpenApiResponse(ERROR_SCHEMA, description="TABLE_PROTECTED"),
+    429: OpenApiResponse(ERROR_SCHEMA, description="RATE_LIMITED (Retry-After)"),
+    500: OpenApiResponse(
+        OPERATION_SCHEMA,
+        description="partial_failure / failed, with recovery (CLUSTER_UNAVAILABLE, SPARK_ERROR)",
+    ),
+    503: OpenApiResponse(ERROR_SCHEMA, description="REFRESH_API_DISABLED"),
+    **COMMON_ERRORS,
+}
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    IDEMPOTENCY_HEADER,
+    str,
+    OpenApiParameter.HEADER,
+    description="Replays the first response for the same key and body within 24 h.",
+)
+QUERY_PARAMETERS = [
+    OpenApiParameter("confirm", bool, description="Same as the body's confirm (for DELETE)."),
+    OpenApiParameter("dry_run", bool, description="Same as the body's dry_run."),
+]
+
+
+class RefreshInputSerializer(StrictSerializer):
+    # `confirm` is checked by the service: only the JSON boolean true confirms.
+    confirm = serializers.JSONField(
+        required=False, allow_null=True, help_text="Must be the JSON boolean true to execute."
+    )
+    auto_run = serializers.BooleanField(default=True)
+    dry_run = serializers.BooleanField(default=False)
+    plan_id = serializers.CharField(required=False, allow_null=True, max_length=63)
+
+
+class RefreshApiView(TenantAPIView):
+    """One refresh operation kind behind one endpoint."""
+
+    kind: str
+    input_serializer = RefreshInputSerializer
+
+    def execute(self, request, ingestion_id: str) -> Response:
+        if not settings.ENABLE_REFRESH_OPERATIONS_API:
+            raise RefreshApiDisabledError("The refresh operations API is disabled.")
+        ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
+        body = request.data.dict() if hasattr(request.data, "dict") else request.data
+        body = {} if body in (None, "") else body
+        serializer = self.input_serializer(data=body)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        query = request.query_params
+        dry_run = data.get("dry_run", False) or query.get("dry_run") == "true"
+        if dry_run:
+            plan = refresh_preview(ingestion=ingestion, kind=self.kind, actor=request.user)
+            return Response(preview_payload(plan))
+
+        confirm = data.get("confirm") is True or query.get("confirm") == "true"
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key:
+            replay = idempotency_begin(
+                user=request.user,
+                key=key,
+                request_fingerprint=fingerprint(
+                    method=request.method, path=request.path, body={**body, **query.dict()}
+                ),
+            )
+            if replay is not None:
+                return Response(
+                    replay.response,
+                    status=replay.status_code,
+                    headers={**replay.headers, "Idempotent-Replayed": "true"},
+                )
+        try:
+            if confirm:
+                check_rate_limit(request=request, user=request.user, kind=self.kind)
+            operation = refresh_execute(
+                ingestion=ingestion,
+                kind=self.kind,
+                actor=request.user,
+                confirm=confirm,
+                auto_run=data.get("auto_run", True),
+                plan_id=data.get("plan_id"),
+            )
+        except BaseException:
+            if key:
+                idempotency_release(user=request.user, key=key)
+            raise
+        response = operation_response(operation)
+        if key:
+            idempotency_complete(
+                user=request.user,
+                key=key,
+                status_code=response.status_code,
+                # Stored as rendered, so the replay is byte-for-byte the same JSON.
+                body=json.loads(JSONRenderer().render(response.data)),
+                headers={"X-Operation-ID": operation.public_id},
+            )
+        return response
+
+
+def operation_response(operation) -> Response:
+    payload = operation_payload(operation)
+    return Response(
+        payload,
+        status=HTTP_STATUS_BY_OPERATION_STATUS[operation.status],
+        headers={"X-Operation-ID": operation.public_id},
+    )
+
+
+EXAMPLES = [
+    OpenApiExample("Execute", value={"confirm": True, "auto_run": True}, request_only=True),
+    OpenApiExample("Dry run", value={"dry_run": True}, request_only=True),
+    OpenApiExample(
+        "Large operation with its plan",
+        value={"confirm": True, "plan_id": "plan-0123456789ab"},
+        request_only=True,
+    ),
+]
+
+
+class FullRefreshApi(RefreshApiView):
+    kind = OperationKind.FULL_REFRESH
+
+    @extend_schema(
+        operation_id="ingestions_full_refresh",
+        summary="Drop the table, clear the history, reload every file",
+        request=RefreshInputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
+        examples=EXAMPLES,
+        responses={200: DRY_RUN_SCHEMA, 202: OPERATION_SCHEMA, **REFRESH_ERRORS},
+    )
+    def post(self, request, ingestion_id: str):
+        return self.execute(request, ingestion_id)
+
+
+class FreshStartApi(RefreshApiView):
+    kind = OperationKind.FRESH_START
+
+    @extend_schema(
+        operation_id="ingestions_fresh_start",
+        summary="Drop the table, keep the history, load only new files",
+        request=RefreshInputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
+        examples=EXAMPLES,
+        responses={200: DRY_RUN_SCHEMA, 202: OPERATION_SCHEMA, **REFRESH_ERRORS},
+    )
+    def post(self, request, ingestion_id: str):
+        return self.execute(request, ingestion_id)
+
+
+class DropTableInputSerializer(RefreshInputSerializer):
+    auto_run = None  # dropping the table alone never triggers a run
+
+
+class DropTableApi(RefreshApiView):
+    kind = OperationKind.DROP_TABLE
+    input_serializer = DropTableInputSerializer
+
+    @extend_schema(
+        operation_id="ingestions_drop_table",
+        summary="Drop the table only (idempotent); history and runs untouched",
+        request=DropTableInputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
+        responses={200: OPERATION_SCHEMA, **REFRESH_ERRORS},
+    )
+    def delete(self, request, ingestion_id: str):
+        return self.execute(request, ingestion_id)
+
+
+class ProcessedFilesApi(RefreshApiView):
+    kind = OperationKind.CLEAR_PROCESSED_FILES
+    input_serializer = DropTableInputSerializer
+
+    class Pagination(CursorPagination):
+        ordering = "id"
+        page_size = 100
+        page_size_query_param = "page_size"
+        max_page_size = 1000
+
+    @extend_schema(
+        operation_id="ingestions_processed_files_list",
+        responses={200: ProcessedFileOutputSerializer(many=True), **COMMON_ERRORS},
+    )
+    def get(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "view_processedfile")
+        paginator = self.Pagination()
+        page = paginator.paginate_queryset(
+            processed_file_list(ingestion=ingestion), request, view=self
+        )
+        return paginator.get_paginated_response(ProcessedFileOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="ingestions_processed_files_clear",
+        summary="Clear the processed-file history (the next run reloads every file)",
+        request=DropTableInputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
+        responses={200: OPERATION_SCHEMA, **REFRESH_ERRORS},
+    )
+    def delete(self, request, ingestion_id: str):
+        return self.execute(request, ingestion_id)
+
+
+class OperationDetailApi(TenantAPIView):
+    @extend_schema(
+        operation_id="refresh_operations_retrieve",
+        responses={200: OPERATION_SCHEMA, **COMMON_ERRORS},
+    )
+    def get(self, request, operation_id: str):
+        operation = operation_get(tenant=self.tenant, operation_id=operation_id)
+        self.require("view_ingestion")
+        payload = operation_payload(operation)
+        return Response(payload, headers={"X-Operation-ID": operation.public_id})
+
+
+class OperationResumeApi(TenantAPIView):
+    @extend_schema(
+        operation_id="refresh_operations_resume",
+        summary="Finish the remaining steps of a partial failure",
+        request=None,
+        responses={202: OPERATION_SCHEMA, 200: OPERATION_SCHEMA, **REFRESH_ERRORS},
+    )
+    def post(self, request, operation_id: str):
+        if not settings.ENABLE_REFRESH_OPERATIONS_API:
+            raise RefreshApiDisabledError("The refresh operations API is disabled.")
+        operation = operation_get(tenant=self.tenant, operation_id=operation_id)
+        check_rate_limit(request=request, user=request.user, kind="resume")
+        operation = refresh_resume(operation=operation, actor=request.user)
+        return operation_response(operation)
+
+
+class IngestionOperationsApi(TenantAPIView):
+    class Pagination(LimitOffsetPagination):
+        default_limit = 20
+        max_limit = 200
+
+    @extend_schema(
+        operation_id="ingestions_refresh_operations_list",
+        responses={200: OPERATION_SCHEMA, **COMMON_ERRORS},
+    )
+    def get(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
+        paginator = self.Pagination()
+        page = paginator.paginate_queryset(operation_list(ingestion=ingestion), request, view=self)
+        return paginator.get_paginated_response([operation_payload(op) for op in page])

@@ -1,0 +1,81 @@
+"""Errors of refresh operations: each one a code the API maps to an HTTP status."""
+
+from ingestions.errors import AutoloaderError, RefreshInProgressError
+
+__all__ = ["RefreshInProgressError"]  # raised by runs too, so it lives with them
+
+
+class ConfirmationRequiredError(AutoloaderError):
+    """A destructive call came without `confirm: true`."""
+
+    error_code = "CONFIRMATION_REQUIRED"
+    help = "This operation is destructive. Explicitly set confirm=true to proceed."
+
+
+class TableProtectedError(AutoloaderError):
+    """The ingestion is protected: destructive operations are refused."""
+
+    error_code = "TABLE_PROTECTED"
+    help = 'An admin can lift protection with PATCH /api/v1/ingestions/{id} {"protected": false}.'
+
+
+class DryRunRequiredError(AutoloaderError):
+    """The operation costs more than the threshold: present a recent dry-run's plan_id."""
+
+    error_code = "DRY_RUN_REQUIRED"
+    help = (
+        "Call again with dry_run=true, review the impact, then send its plan_id with confirm=true."
+    )
+
+
+class PlanStaleError(AutoloaderError):
+    """The impact grew materially since the dry-run whose plan_id was presented."""
+
+    error_code = "PLAN_STALE"
+    help = "Run the dry-run again, review the new impact, and send the new plan_id."
+
+
+class OperationNotFoundError(AutoloaderError):
+    """No refresh operation with this id is visible to the caller's tenant."""
+
+    error_code = "OPERATION_NOT_FOUND"
+    help = "Check the operation id returned as operation_id by the refresh call."
+
+
+class OperationNotResumableError(AutoloaderError):
+    """The operation is not waiting to be finished (done, in flight, or superseded)."""
+
+    error_code = "OPERATION_NOT_RESUMABLE"
+    help = "Only a partial_failure or failed operation, the latest on its ingestion, resumes."
+
+
+class RateLimitedError(AutoloaderError):
+    """Too many operations of this kind by this user: wait before retrying."""
+
+    error_code = "RATE_LIMITED"
+    help = "Wait for the time in Retry-After before retrying."
+
+    def __init__(self, message: str = "", *, retry_after: int):
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+class RefreshApiDisabledError(AutoloaderError):
+    """The refresh operations API is switched off (ENABLE_REFRESH_OPERATIONS_API)."""
+
+    error_code = "REFRESH_API_DISABLED"
+    help = "Use the granular endpoints, or ask an operator to enable the feature."
+
+
+class IdempotencyKeyReusedError(AutoloaderError):
+    """This Idempotency-Key was used before with another request body."""
+
+    error_code = "IDEMPOTENCY_KEY_REUSED"
+    help = "Use a new key for a different request."
+
+
+class IdempotencyKeyInUseError(AutoloaderError):
+    """A request with this Idempotency-Key is still being processed."""
+
+    error_code = "IDEMPOTENCY_KEY_IN_USE"
+    help = "Retry in a moment to get the first request's response."

@@ -1,0 +1,152 @@
+"""Durable records of refresh operations: the operation, its steps, dry-run plans, replays."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from ingestions.models import Ingestion, Run, Tenant, new_public_id
+
+
+def new_operation_id() -> str:
+    return new_public_id("op")
+
+
+def new_plan_id() -> str:
+    return new_public_id("plan")
+
+
+class OperationKind(models.TextChoices):
+    FULL_REFRESH = "full_refresh", "Full refresh"
+    FRESH_START = "fresh_start", "Fresh start"
+    DROP_TABLE = "drop_table", "Drop table"
+    CLEAR_PROCESSED_FILES = "clear_processed_files", "Clear processed-file history"
+
+
+class OperationStatus(models.TextChoices):
+    IN_PROGRESS = "in_progress"
+    ACCEPTED = "accepted"  # every step done and a run was triggered
+    SUCCESS = "success"  # every step done, no run triggered
+    PARTIAL_FAILURE = "partial_failure"  # some steps done, one failed: resume finishes it
+    FAILED = "failed"  # the first step failed: nothing changed
+
+
+class StepName(models.TextChoices):
+    TABLE_DROPPED = "table_dropped"
+    PROCESSED_FILES_CLEARED = "processed_files_cleared"
+    RUN_TRIGGERED = "run_triggered"
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class RefreshOperation(models.Model):
+    public_id = models.CharField(max_length=63, unique=True, default=new_operation_id)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    # Kept after the ingestion is deleted: the record outlives what it changed.
+    ingestion = models.ForeignKey(
+        Ingestion, null=True, on_delete=models.SET_NULL, related_name="refresh_operations"
+    )
+    ingestion_public_id = models.CharField(max_length=63)
+    table_name = models.CharField(max_length=129)
+    kind = models.CharField(max_length=32, choices=OperationKind.choices)
+    status = models.CharField(
+        max_length=16, choices=OperationStatus.choices, default=OperationStatus.IN_PROGRESS
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    request = models.JSONField(default=dict)
+    impact = models.JSONField(default=dict)
+    warnings = models.JSONField(default=list)
+    notes = models.JSONField(default=list)
+    plan = models.ForeignKey("RefreshPlan", null=True, blank=True, on_delete=models.SET_NULL)
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    error = models.TextField(blank=True, default="")
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["ingestion", "-created_at"], name="op_by_ingestion")]
+        constraints = [
+            # Like runs: the database refuses a second refresh in flight on one ingestion.
+            models.UniqueConstraint(
+                fields=["ingestion"],
+                condition=Q(status="in_progress"),
+                name="one_refresh_in_progress_per_ingestion",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if not self.finished_at:
+            return None
+        return (self.finished_at - self.created_at).total_seconds()
+
+
+class RefreshStep(models.Model):
+    operation = models.ForeignKey(RefreshOperation, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=32, choices=StepName.choices)
+    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
+    details = models.JSONField(default=dict)
+    error = models.TextField(blank=True, default="")
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["operation", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["operation", "position"], name="one_step_per_position")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.operation_id}:{self.position}:{self.name}"
+
+
+class RefreshPlan(models.Model):
+    """What a dry-run showed; large operations must present a recent one (DESIGN §7)."""
+
+    public_id = models.CharField(max_length=63, unique=True, default=new_plan_id)
+    ingestion = models.ForeignKey(Ingestion, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=32, choices=OperationKind.choices)
+    impact = models.JSONField(default=dict)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to an `Idempotency-Key`, replayed for the same key and body."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response = models.JSONField(null=True, blank=True)
+    headers = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_once_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return self.key

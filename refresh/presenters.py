@@ -1,0 +1,146 @@
+"""The PRD's response shapes, built from plans and operation records (API and console)."""
+
+from django.utils import timezone
+
+from .models import OperationKind, OperationStatus, RefreshOperation, StepName, StepStatus
+from .planning import Plan
+
+ENDPOINT_BY_KIND = {
+    OperationKind.FULL_REFRESH: ("POST", "full-refresh"),
+    OperationKind.FRESH_START: ("POST", "fresh-start"),
+    OperationKind.DROP_TABLE: ("DELETE", "table"),
+    OperationKind.CLEAR_PROCESSED_FILES: ("DELETE", "processed-files"),
+}
+DONE_PHRASES = {
+    StepName.TABLE_DROPPED: ("Table dropped", "table not dropped"),
+    StepName.PROCESSED_FILES_CLEARED: ("file history cleared", "file history kept"),
+    StepName.RUN_TRIGGERED: ("run triggered", "no run triggered"),
+}
+FAILED_PHRASES = {
+    StepName.TABLE_DROPPED: "dropping the table",
+    StepName.PROCESSED_FILES_CLEARED: "clearing the file history",
+    StepName.RUN_TRIGGERED: "triggering the run",
+}
+SUCCESS_MESSAGES = {
+    OperationKind.FULL_REFRESH: "Full refresh completed successfully",
+    OperationKind.FRESH_START: "Fresh start completed successfully",
+    OperationKind.DROP_TABLE: "Table dropped successfully",
+    OperationKind.CLEAR_PROCESSED_FILES: "Processed file history cleared",
+}
+
+
+def endpoint(kind: str, ingestion_id: str) -> str:
+    method, suffix = ENDPOINT_BY_KIND[OperationKind(kind)]
+    return f"{method} /api/v1/ingestions/{ingestion_id}/{suffix}"
+
+
+def preview_payload(plan: Plan) -> dict:
+    ingestion_id = plan.ingestion.public_id
+    body = {
+        "status": "dry_run",
+        "message": "Preview of operations (not executed)",
+        "ingestion_id": ingestion_id,
+        "plan_id": plan.plan_id,
+        "timestamp": timezone.now(),
+        "would_perform": plan.would_perform,
+        "impact": plan.impact.as_response(),
+        "warnings": plan.warnings,
+        "notes": plan.notes,
+        "next_steps": {
+            "to_proceed": f"{endpoint(plan.kind, ingestion_id)} with confirm=true"
+            + (f' and plan_id="{plan.plan_id}"' if plan.plan_required else ""),
+            "to_cancel": "No action needed",
+        },
+    }
+    return body
+
+
+def step_payload(step) -> dict:
+    return {
+        "operation": step.name,
+        "status": step.status,
+        "timestamp": step.finished_at or step.started_at,
+        "details": step.details,
+        "error": step.error or None,
+        "error_code": step.error_code or None,
+    }
+
+
+def operation_payload(operation: RefreshOperation) -> dict:
+    """The response of an executed (or resumed, or fetched) operation."""
+    steps = list(operation.steps.all())
+    body = {
+        "status": operation.status,
+        "message": _message(operation, steps),
+        "operation_id": operation.public_id,
+        "operation_type": operation.kind,
+        "ingestion_id": operation.ingestion_public_id,
+        "run_id": operation.run.public_id if operation.run_id else None,
+        "timestamp": operation.finished_at or operation.updated_at,
+        "operations": [step_payload(step) for step in steps if step.status != StepStatus.PENDING],
+        "impact": {
+            key: operation.impact.get(key)
+            for key in (
+                "files_to_process",
+                "files_skipped",
+                "estimated_data_size_gb",
+                "estimated_cost_usd",
+                "estimated_duration_minutes",
+            )
+        },
+        "warnings": operation.warnings,
+        "notes": operation.notes,
+    }
+    if operation.kind == OperationKind.DROP_TABLE and steps and steps[0].details:
+        body["details"] = steps[0].details  # the PRD's drop-table shape
+    if operation.status in (OperationStatus.PARTIAL_FAILURE, OperationStatus.FAILED):
+        failed = next((step for step in steps if step.status == StepStatus.FAILED), None)
+        body["detail"] = body["message"]
+        body["error_code"] = (
+            "PARTIAL_FAILURE"
+            if operation.status == OperationStatus.PARTIAL_FAILURE
+            else (operation.error_code or "INTERNAL_ERROR")
+        )
+        body["error_message"] = operation.error
+        body["recovery"] = _recovery(operation, steps, failed)
+    return body
+
+
+def _message(operation: RefreshOperation, steps) -> str:
+    if operation.status in (OperationStatus.ACCEPTED, OperationStatus.SUCCESS):
+        dropped_nothing = steps and steps[0].details.get("table_existed") is False
+        if operation.kind == OperationKind.DROP_TABLE and dropped_nothing:
+            return "Table did not exist"
+        return SUCCESS_MESSAGES[OperationKind(operation.kind)]
+    if operation.status == OperationStatus.IN_PROGRESS:
+        return "Operation in progress"
+    if operation.status == OperationStatus.FAILED:
+        if operation.kind == OperationKind.DROP_TABLE:
+            return "Failed to drop table"
+        return "Operation failed; nothing was changed"
+    return "Some operations failed"
+
+
+def _recovery(operation: RefreshOperation, steps, failed) -> dict:
+    done = [step for step in steps if step.status == StepStatus.SUCCESS]
+    not_done = [step for step in steps if step.status in (StepStatus.FAILED, StepStatus.PENDING)]
+    state_parts = [DONE_PHRASES[step.name][0] for step in done] + [
+        DONE_PHRASES[step.name][1] for step in not_done
+    ]
+    state = ", ".join(state_parts)
+    state = state[:1].upper() + state[1:]
+    resume = f"POST /api/v1/refresh-operations/{operation.public_id}/resume"
+    failed_what = FAILED_PHRASES[failed.name] if failed else "a step"
+    if done:
+        message = (
+            f"{', '.join(DONE_PHRASES[s.name][0] for s in done)}, but {failed_what} failed"
+            f" ({operation.error_code or 'error'}: {operation.error})"
+        )
+    else:
+        message = f"Nothing was changed: {failed_what} failed ({operation.error})"
+    return {
+        "message": message[:1].upper() + message[1:],
+        "action": f"Finish the remaining steps: {resume}",
+        "state": state,
+        "remaining_steps": [step.name for step in not_done],
+    }

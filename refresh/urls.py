@@ -1,0 +1,39 @@
+"""URLs of refresh operations (mounted under /api/v1/ with the granular API)."""
+
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path(
+        "ingestions/<str:ingestion_id>/full-refresh",
+        api.FullRefreshApi.as_view(),
+        name="api-full-refresh",
+    ),
+    path(
+        "ingestions/<str:ingestion_id>/fresh-start",
+        api.FreshStartApi.as_view(),
+        name="api-fresh-start",
+    ),
+    path("ingestions/<str:ingestion_id>/table", api.DropTableApi.as_view(), name="api-drop-table"),
+    path(
+        "ingestions/<str:ingestion_id>/processed-files",
+        api.ProcessedFilesApi.as_view(),
+        name="api-processed-files",
+    ),
+    path(
+        "ingestions/<str:ingestion_id>/refresh-operations",
+        api.IngestionOperationsApi.as_view(),
+        name="api-ingestion-operations",
+    ),
+    path(
+        "refresh-operations/<str:operation_id>",
+        api.OperationDetailApi.as_view(),
+        name="api-operation",
+    ),
+    path(
+        "refresh-operations/<str:operation_id>/resume",
+        api.OperationResumeApi.as_view(),
+        name="api-operation-resume",
+    ),
+]
