@@ -342,8 +342,8 @@ def test_a_newer_operation_supersedes_an_older_partial_failure(loaded, admin_use
 @pytest.fixture
 def expensive(settings, loaded):
     """Make the loaded ingestion's full refresh cost more than the plan threshold."""
-    settings.REFRESH_PLAN_REQUIRED_ABOVE_USD = 1.0
-    loaded.cost_per_gb_usd = 1_000_000
+    settings.REFRESH_PLAN_REQUIRED_ABOVE_USD = 0.01
+    loaded.cost_per_gb_usd = 100_000
     loaded.save()
     return loaded
 
