@@ -1,6 +1,11 @@
 """Source files: finding them under a source URI and reading them into Arrow tables."""
 
-from ingestions.sources.discovery import SourceFile, list_source_files, open_source
+from ingestions.sources.discovery import (
+    SourceFile,
+    list_source_entries,
+    list_source_files,
+    open_source,
+)
 from ingestions.sources.readers import (
     METADATA_COLUMNS,
     SUPPORTED_FORMATS,
@@ -16,6 +21,7 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "SourceFile",
     "conform_to_schema",
+    "list_source_entries",
     "list_source_files",
     "normalize_for_iceberg",
     "open_source",
