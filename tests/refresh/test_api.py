@@ -187,12 +187,19 @@ def test_rate_limit_is_429_with_retry_after_and_dry_runs_do_not_count(
     assert int(limited["Retry-After"]) > 0
 
 
-def test_feature_flag_off_is_503(settings, loaded, admin_client):
+def test_feature_flag_off_is_503_but_the_granular_endpoints_stay(settings, loaded, admin_client):
     settings.ENABLE_REFRESH_OPERATIONS_API = False
-    response = admin_client.post(FULL, {"confirm": True}, format="json")
-    assert response.status_code == 503
-    assert response.json()["error_code"] == "REFRESH_API_DISABLED"
+    for response in (
+        admin_client.post(FULL, {"confirm": True}, format="json"),
+        admin_client.post(FRESH, {"dry_run": True}, format="json"),
+        admin_client.delete(f"{TABLE}?confirm=true"),
+    ):
+        assert response.status_code == 503
+        assert response.json()["error_code"] == "REFRESH_API_DISABLED"
     assert load_engine().table_exists("raw.sales")
+    cleared = admin_client.delete("/api/v1/ingestions/sales/processed-files?confirm=true")
+    assert cleared.status_code == 200
+    assert admin_client.post("/api/v1/ingestions/sales/run").status_code == 202
 
 
 def test_idempotency_key_replays_and_refuses_another_body(loaded, admin_client):
