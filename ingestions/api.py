@@ -120,6 +120,8 @@ class IngestionListCreateApi(TenantAPIView):
         default_limit = 50
         max_limit = 500
 
+    pagination_class = Pagination  # read by the schema: the list is paginated
+
     class InputSerializer(StrictSerializer):
         id = serializers.CharField(required=False, validators=[PUBLIC_ID_VALIDATOR])
         name = serializers.CharField(max_length=200)
@@ -254,6 +256,8 @@ class IngestionRunsApi(TenantAPIView):
     class Pagination(LimitOffsetPagination):
         default_limit = 50
         max_limit = 500
+
+    pagination_class = Pagination  # read by the schema: the list is paginated
 
     @extend_schema(
         operation_id="ingestions_runs_list",

@@ -11,6 +11,7 @@ from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
+    PolymorphicProxySerializer,
     extend_schema,
     inline_serializer,
 )
@@ -83,6 +84,13 @@ DRY_RUN_SCHEMA = inline_serializer(
         "next_steps": serializers.DictField(),
     },
 )
+# A 200 is a dry-run's preview, or an operation that triggered no run (auto_run=false,
+# drop table, clear history): the two shapes are told apart by their required fields.
+DRY_RUN_OR_OPERATION_SCHEMA = PolymorphicProxySerializer(
+    component_name="RefreshDryRunOrOperationResponse",
+    serializers=[DRY_RUN_SCHEMA, OPERATION_SCHEMA],
+    resource_type_field_name=None,
+)
 REFRESH_ERRORS = {
     400: OpenApiResponse(
         ERROR_SCHEMA, description="CONFIRMATION_REQUIRED / DRY_RUN_REQUIRED / VALIDATION_ERROR"
@@ -129,9 +137,12 @@ class RefreshApiView(TenantAPIView):
 
     kind: str
     input_serializer = RefreshInputSerializer
+    # The convenience endpoints are behind ENABLE_REFRESH_OPERATIONS_API; the granular
+    # ones that share this code (clearing the history) stay available when it is off.
+    behind_feature_flag = True
 
     def execute(self, request, ingestion_id: str) -> Response:
-        if not settings.ENABLE_REFRESH_OPERATIONS_API:
+        if self.behind_feature_flag and not settings.ENABLE_REFRESH_OPERATIONS_API:
             raise RefreshApiDisabledError("The refresh operations API is disabled.")
         ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
         body = request.data.dict() if hasattr(request.data, "dict") else request.data
@@ -218,7 +229,7 @@ class FullRefreshApi(RefreshApiView):
         request=RefreshInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
         examples=EXAMPLES,
-        responses={200: DRY_RUN_SCHEMA, 202: OPERATION_SCHEMA, **REFRESH_ERRORS},
+        responses={200: DRY_RUN_OR_OPERATION_SCHEMA, 202: OPERATION_SCHEMA, **REFRESH_ERRORS},
     )
     def post(self, request, ingestion_id: str):
         return self.execute(request, ingestion_id)
@@ -233,7 +244,7 @@ class FreshStartApi(RefreshApiView):
         request=RefreshInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
         examples=EXAMPLES,
-        responses={200: DRY_RUN_SCHEMA, 202: OPERATION_SCHEMA, **REFRESH_ERRORS},
+        responses={200: DRY_RUN_OR_OPERATION_SCHEMA, 202: OPERATION_SCHEMA, **REFRESH_ERRORS},
     )
     def post(self, request, ingestion_id: str):
         return self.execute(request, ingestion_id)
@@ -252,7 +263,7 @@ class DropTableApi(RefreshApiView):
         summary="Drop the table only (idempotent); history and runs untouched",
         request=DropTableInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
-        responses={200: OPERATION_SCHEMA, **REFRESH_ERRORS},
+        responses={200: DRY_RUN_OR_OPERATION_SCHEMA, **REFRESH_ERRORS},
     )
     def delete(self, request, ingestion_id: str):
         return self.execute(request, ingestion_id)
@@ -261,12 +272,15 @@ class DropTableApi(RefreshApiView):
 class ProcessedFilesApi(RefreshApiView):
     kind = OperationKind.CLEAR_PROCESSED_FILES
     input_serializer = DropTableInputSerializer
+    behind_feature_flag = False
 
     class Pagination(CursorPagination):
         ordering = "id"
         page_size = 100
         page_size_query_param = "page_size"
         max_page_size = 1000
+
+    pagination_class = Pagination  # read by the schema: the list is paginated
 
     @extend_schema(
         operation_id="ingestions_processed_files_list",
@@ -285,7 +299,7 @@ class ProcessedFilesApi(RefreshApiView):
         summary="Clear the processed-file history (the next run reloads every file)",
         request=DropTableInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
-        responses={200: OPERATION_SCHEMA, **REFRESH_ERRORS},
+        responses={200: DRY_RUN_OR_OPERATION_SCHEMA, **REFRESH_ERRORS},
     )
     def delete(self, request, ingestion_id: str):
         return self.execute(request, ingestion_id)
@@ -324,9 +338,12 @@ class IngestionOperationsApi(TenantAPIView):
         default_limit = 20
         max_limit = 200
 
+    pagination_class = Pagination  # read by the schema: the list is paginated
+
     @extend_schema(
         operation_id="ingestions_refresh_operations_list",
-        responses={200: OPERATION_SCHEMA, **COMMON_ERRORS},
+        # The same component as the single operation's, as a list.
+        responses={200: OPERATION_SCHEMA.__class__(many=True), **COMMON_ERRORS},
     )
     def get(self, request, ingestion_id: str):
         ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
