@@ -110,7 +110,12 @@ def ingestion_lock(ingestion: Ingestion) -> None:
 def _refuse_during_refresh(ingestion: Ingestion) -> None:
     # The reverse relation of refresh.RefreshOperation: a run must not load into a table
     # that a refresh operation is dropping.
-    in_flight = ingestion.refresh_operations.filter(status="in_progress").first()
+    # An operation silent for REFRESH_STALE_SECONDS was interrupted (its process died): it
+    # no longer blocks runs; resuming it later finishes its remaining steps.
+    live_after = timezone.now() - timedelta(seconds=settings.REFRESH_STALE_SECONDS)
+    in_flight = ingestion.refresh_operations.filter(
+        status="in_progress", updated_at__gte=live_after
+    ).first()
     if in_flight is not None:
         raise RefreshInProgressError(
             "A refresh operation is in progress on this ingestion",

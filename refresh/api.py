@@ -34,8 +34,7 @@ from .idempotency import (
     idempotency_complete,
     idempotency_release,
 )
-from .limits import check_rate_limit
-from .models import OperationKind, OperationStatus
+from .models import IdempotencyRecord, OperationKind, OperationStatus
 from .presenters import operation_payload, preview_payload
 from .selectors import operation_get, operation_list
 from .services import refresh_execute, refresh_preview, refresh_resume
@@ -76,6 +75,7 @@ DRY_RUN_SCHEMA = inline_serializer(
         "message": serializers.CharField(),
         "ingestion_id": serializers.CharField(),
         "plan_id": serializers.CharField(),
+        "plan_required": serializers.BooleanField(),
         "timestamp": serializers.DateTimeField(),
         "would_perform": serializers.ListField(child=serializers.DictField()),
         "impact": serializers.DictField(),
@@ -110,9 +110,10 @@ REFRESH_ERRORS = {
     503: OpenApiResponse(ERROR_SCHEMA, description="REFRESH_API_DISABLED"),
     **COMMON_ERRORS,
 }
+IDEMPOTENCY_KEY_MAX_LENGTH = IdempotencyRecord._meta.get_field("key").max_length
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     IDEMPOTENCY_HEADER,
-    str,
+    {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
     OpenApiParameter.HEADER,
     description="Replays the first response for the same key and body within 24 h.",
 )
@@ -158,6 +159,10 @@ class RefreshApiView(TenantAPIView):
 
         confirm = data.get("confirm") is True or query.get("confirm") == "true"
         key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key and len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise serializers.ValidationError(
+                {IDEMPOTENCY_HEADER: [f"At most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."]}
+            )
         if key:
             replay = idempotency_begin(
                 user=request.user,
@@ -173,8 +178,6 @@ class RefreshApiView(TenantAPIView):
                     headers={**replay.headers, "Idempotent-Replayed": "true"},
                 )
         try:
-            if confirm:
-                check_rate_limit(request=request, user=request.user, kind=self.kind)
             operation = refresh_execute(
                 ingestion=ingestion,
                 kind=self.kind,
@@ -328,7 +331,6 @@ class OperationResumeApi(TenantAPIView):
         if not settings.ENABLE_REFRESH_OPERATIONS_API:
             raise RefreshApiDisabledError("The refresh operations API is disabled.")
         operation = operation_get(tenant=self.tenant, operation_id=operation_id)
-        check_rate_limit(request=request, user=request.user, kind="resume")
         operation = refresh_resume(operation=operation, actor=request.user)
         return operation_response(operation)
 

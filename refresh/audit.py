@@ -26,8 +26,11 @@ def _entry(*, actor, ingestion: Ingestion, action: int, changes: dict, data: dic
     )
 
 
-def record_operation(operation) -> LogEntry | None:
-    """One entry per executed operation (and per resume), with impact and outcome."""
+def record_operation(operation, *, actor, duration_seconds: float | None) -> LogEntry | None:
+    """One entry per executed operation (and per resume), naming who executed that attempt.
+
+    `actor` is None when no one did: an operation found interrupted is closed by the system.
+    """
     if operation.ingestion is None:
         return None
     steps = [
@@ -35,7 +38,7 @@ def record_operation(operation) -> LogEntry | None:
         for step in operation.steps.all()
     ]
     return _entry(
-        actor=operation.requested_by,
+        actor=actor,
         ingestion=operation.ingestion,
         action=LogEntry.Action.UPDATE,
         changes={"refresh_operation": [None, f"{operation.kind}: {operation.status}"]},
@@ -56,6 +59,7 @@ def record_operation(operation) -> LogEntry | None:
             "steps": steps,
             "run_id": operation.run.public_id if operation.run_id else None,
             "attempt": operation.attempts,
+            "duration_seconds": duration_seconds,
         },
     )
 

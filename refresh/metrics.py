@@ -7,16 +7,16 @@ answers it, and survives restarts.
 
 import hmac
 
+from auditlog.models import LogEntry
 from django.conf import settings
 from django.db.models import Count, Sum
+from django.db.models.fields.json import KT
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ingestions.models import ACTIVE_RUN_STATUSES, Run
-
-from .models import RefreshOperation
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, float("inf"))
 COST_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 5000, float("inf"))
@@ -36,35 +36,44 @@ def _histogram(
 
 
 class DatabaseCollector:
-    """Refresh and run metrics read from the state database."""
+    """Refresh and run metrics read from the state database.
+
+    Refresh counts come from the audit log, which only grows: one entry per executed
+    attempt (a resume is a second attempt) and per refusal, so the counters never go down.
+    """
 
     def collect(self):
+        audited = LogEntry.objects.filter(additional_data__has_key="outcome").annotate(
+            operation_type=KT("additional_data__operation"), outcome=KT("additional_data__outcome")
+        )
         operations = CounterMetricFamily(
             "autoloader_refresh_operations",
-            "Refresh operations by type and final status.",
+            "Refresh operation attempts by type and outcome (refused attempts included).",
             labels=["operation_type", "status"],
         )
-        for row in RefreshOperation.objects.values("kind", "status").annotate(n=Count("id")):
-            operations.add_metric([row["kind"], row["status"]], row["n"])
+        for row in audited.values("operation_type", "outcome").annotate(n=Count("id")):
+            operations.add_metric([row["operation_type"], row["outcome"]], row["n"])
         yield operations
 
         durations: dict[str, list[float]] = {}
         costs: dict[str, list[float]] = {}
-        finished = RefreshOperation.objects.filter(finished_at__isnull=False).values_list(
-            "kind", "created_at", "finished_at", "impact"
+        executed = audited.exclude(additional_data__outcome="refused").values_list(
+            "operation_type", "additional_data"
         )
-        for kind, created_at, finished_at, impact in finished.iterator():
-            durations.setdefault(kind, []).append((finished_at - created_at).total_seconds())
-            costs.setdefault(kind, []).append(float((impact or {}).get("estimated_cost_usd") or 0))
+        for operation_type, data in executed.iterator():
+            if data.get("duration_seconds") is not None:
+                durations.setdefault(operation_type, []).append(float(data["duration_seconds"]))
+            cost = (data.get("impact") or {}).get("estimated_cost_usd") or 0
+            costs.setdefault(operation_type, []).append(float(cost))
         yield _histogram(
             "autoloader_refresh_duration_seconds",
-            "Time from request to the last step of refresh operations.",
+            "Time to execute the steps of a refresh operation attempt.",
             durations,
             DURATION_BUCKETS,
         )
         yield _histogram(
             "autoloader_refresh_cost_usd",
-            "Estimated cost of executed refresh operations.",
+            "Estimated cost of executed refresh operation attempts.",
             costs,
             COST_BUCKETS,
         )

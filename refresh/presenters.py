@@ -41,6 +41,7 @@ def preview_payload(plan: Plan) -> dict:
         "message": "Preview of operations (not executed)",
         "ingestion_id": ingestion_id,
         "plan_id": plan.plan_id,
+        "plan_required": plan.plan_required,
         "timestamp": timezone.now(),
         "would_perform": plan.would_perform,
         "impact": plan.impact.as_response(),

@@ -33,6 +33,7 @@ from .errors import (
     PlanStaleError,
     TableProtectedError,
 )
+from .limits import check_rate_limit, count_execution
 from .models import (
     OperationKind,
     OperationStatus,
@@ -108,6 +109,7 @@ def refresh_execute(
         PlanStaleError: the impact grew materially since that plan.
         RunInProgressError: a run is queued or running.
         RefreshInProgressError: another refresh of this ingestion is in flight.
+        RateLimitedError: the actor used up the rate of `kind` (executions only count).
     """
     kind = OperationKind(kind)
     _require(actor, PERMISSION_BY_KIND[kind], ingestion, kind=kind)
@@ -118,9 +120,11 @@ def refresh_execute(
         raise TableProtectedError(
             f"Ingestion {ingestion.public_id} is protected: {kind.label.lower()} is refused."
         )
+    check_rate_limit(user=actor, kind=kind)
     plan = plan_operation(ingestion=ingestion, kind=kind, engine=engine)
     request = {"confirm": True, "auto_run": auto_run, "dry_run": False, "plan_id": plan_id}
     operation = _start(ingestion=ingestion, kind=kind, actor=actor, plan=plan, request=request)
+    count_execution(user=actor, kind=kind)
     _run_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
     return operation
 
@@ -139,7 +143,9 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
         raise OperationNotResumableError("The ingestion of this operation was deleted.")
     kind = OperationKind(operation.kind)
     _require(actor, PERMISSION_BY_KIND[kind], ingestion, kind=kind)
+    check_rate_limit(user=actor, kind="resume")
     if ingestion.protected:
+        audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
         raise TableProtectedError(f"Ingestion {ingestion.public_id} is protected.")
     with transaction.atomic():
         ingestion_lock(ingestion)
@@ -164,6 +170,7 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
             operation.save(update_fields=["status", "attempts", "finished_at", "updated_at"])
         except IntegrityError:
             raise _in_flight_error(ingestion) from None
+    count_execution(user=actor, kind="resume")
     _run_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
     return operation
 
@@ -238,7 +245,9 @@ def _expire_interrupted(ingestion: Ingestion) -> None:
             error_code="INTERRUPTED",
             finished_at=timezone.now(),
         )
-        _finish(operation, default_error=("INTERRUPTED", "The operation was interrupted."))
+        _finish(
+            operation, actor=None, default_error=("INTERRUPTED", "The operation was interrupted.")
+        )
         logger.warning("refresh %s was interrupted; it can be resumed", operation.public_id)
 
 
@@ -281,6 +290,7 @@ def _check_plan(*, ingestion: Ingestion, kind: str, plan: Plan, plan_id: str | N
 
 def _run_steps(operation: RefreshOperation, *, ingestion: Ingestion, actor, engine) -> None:
     auto_run = operation.request.get("auto_run", True)
+    started = timezone.now()
     for step in operation.steps.exclude(status__in=[StepStatus.SUCCESS, StepStatus.SKIPPED]):
         step.started_at = timezone.now()
         step.error = step.error_code = ""
@@ -305,10 +315,16 @@ def _run_steps(operation: RefreshOperation, *, ingestion: Ingestion, actor, engi
         step.save()
         if step.status == StepStatus.FAILED:
             break
-    _finish(operation)
+    _finish(operation, actor=actor, started=started)
 
 
-def _finish(operation: RefreshOperation, *, default_error: tuple[str, str] | None = None) -> None:
+def _finish(
+    operation: RefreshOperation,
+    *,
+    actor,
+    started=None,
+    default_error: tuple[str, str] | None = None,
+) -> None:
     steps = list(operation.steps.all())
     failed = next((step for step in steps if step.status == StepStatus.FAILED), None)
     done = [step for step in steps if step.status == StepStatus.SUCCESS]
@@ -326,7 +342,11 @@ def _finish(operation: RefreshOperation, *, default_error: tuple[str, str] | Non
     operation.save(
         update_fields=["status", "error", "error_code", "finished_at", "updated_at", "run"]
     )
-    audit.record_operation(operation)
+    audit.record_operation(
+        operation,
+        actor=actor,
+        duration_seconds=(operation.finished_at - started).total_seconds() if started else None,
+    )
     logger.info("refresh %s ended %s", operation.public_id, operation.status)
 
 

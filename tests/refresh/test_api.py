@@ -187,6 +187,18 @@ def test_rate_limit_is_429_with_retry_after_and_dry_runs_do_not_count(
     assert int(limited["Retry-After"]) > 0
 
 
+def test_refused_calls_do_not_use_up_the_rate(settings, loaded, admin_client):
+    settings.REFRESH_RATE_LIMITS = {**settings.REFRESH_RATE_LIMITS, "fresh_start": "1/h"}
+    run = run_request(ingestion=loaded)
+    for _ in range(3):
+        assert admin_client.post(FRESH, {"confirm": True}, format="json").status_code == 409
+    Run.objects.filter(pk=run.pk).update(status="CANCELLED")
+    assert admin_client.post(FRESH, {"confirm": True}, format="json").status_code == 202
+    Run.objects.update(status="CANCELLED")
+    limited = admin_client.post(FRESH, {"confirm": True}, format="json")
+    assert limited.status_code == 429
+
+
 def test_feature_flag_off_is_503_but_the_granular_endpoints_stay(settings, loaded, admin_client):
     settings.ENABLE_REFRESH_OPERATIONS_API = False
     for response in (

@@ -326,6 +326,35 @@ def test_run_trigger_failure_leaves_a_record_and_resume_triggers_it(loaded, admi
         refresh_resume(operation=resumed, actor=admin_user)
 
 
+def test_a_resume_is_audited_under_the_user_who_resumed(loaded, admin_user, member):
+    down = FaultingEngine({"ping": EngineUnavailableError("down")})
+    operation = refresh_execute(
+        ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=True, engine=down
+    )
+    other_admin = member(Role.ADMIN).user
+    refresh_resume(operation=operation, actor=other_admin)
+    entries = LogEntry.objects.filter(additional_data__operation_id=operation.public_id)
+    assert [(e.actor, e.additional_data["outcome"]) for e in entries.order_by("id")] == [
+        (admin_user, "partial_failure"),
+        (other_admin, "accepted"),
+    ]
+
+
+def test_an_interrupted_operation_stops_blocking_runs(settings, loaded, admin_user):
+    settings.REFRESH_STALE_SECONDS = 60
+    RefreshOperation.objects.create(
+        tenant=loaded.tenant,
+        ingestion=loaded,
+        ingestion_public_id=loaded.public_id,
+        table_name=loaded.destination_table,
+        kind="drop_table",
+    )
+    with pytest.raises(RefreshInProgressError):
+        run_request(ingestion=loaded)
+    RefreshOperation.objects.update(updated_at=timezone.now() - timedelta(minutes=5))
+    assert run_request(ingestion=loaded).status == RunStatus.QUEUED
+
+
 def test_a_newer_operation_supersedes_an_older_partial_failure(loaded, admin_user):
     down = FaultingEngine({"ping": EngineUnavailableError("down")})
     old = refresh_execute(
