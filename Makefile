@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install migrate run test lint worker clean pg-test
+.PHONY: install migrate run test lint worker clean pg-test serve soak
 
 # The stamp is newer than pyproject.toml once the deps are installed, so a
 # second `make install` does nothing until pyproject.toml changes.
@@ -37,6 +37,18 @@ test: install
 	if [ "$$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; \
 	exit "$$rc"
 
+# Production mode: DEBUG off, secrets from the environment (DJANGO_SECRET_KEY,
+# DJANGO_ALLOWED_HOSTS, DATABASE_URL, ...), gunicorn + WhiteNoise, AUTOLOADER_WORKERS
+# background workers (default 2). `check --deploy` prints what is not production-grade.
+# Behind no TLS proxy (a trial on loopback): DJANGO_SECURE_SSL_REDIRECT=0. See docs/deploy.md.
+serve: export DJANGO_DEBUG = 0
+serve: install
+	$(BIN)/python manage.py check --deploy
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py createcachetable
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	HOST=$(HOST) PORT=$(PORT) PYTHON=$(BIN)/python exec bash deploy/serve.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,3 +63,8 @@ clean:
 # Whole suite against a throwaway PostgreSQL 15 (see scripts/with_postgres.sh).
 pg-test:
 	bash scripts/with_postgres.sh $(MAKE) test
+
+# The reliability suite at soak size (docs/reliability.md): 200 crash trials, 20 race
+# storms, 5,000 fuzzed requests. On PostgreSQL: bash scripts/with_postgres.sh make soak
+soak: install
+	RELIABILITY_TRIALS=200 RELIABILITY_FUZZ_REQUESTS=5000 $(BIN)/pytest tests/reliability $(PYTEST_ARGS)

@@ -64,7 +64,9 @@ def prepare(work: Path) -> tuple[str, str, str]:
     return token.key, ingestion.public_id, run.public_id
 
 
-def hammer(port: int, method: str, path: str, body, headers, clients: int, seconds: float, limit: int):
+def hammer(
+    port: int, method: str, path: str, body, headers, clients: int, seconds: float, limit: int
+):
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -106,7 +108,11 @@ def hammer(port: int, method: str, path: str, body, headers, clients: int, secon
     latencies.sort()
 
     def pct(p):
-        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000 if latencies else 0
+        return (
+            latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
+            if latencies
+            else 0
+        )
 
     return {
         "requests": len(latencies),
@@ -172,7 +178,9 @@ def main() -> None:
         results, rows = {}, []
         for label, method, path, body, headers in phases:
             hammer(port, method, path, body, headers, 2, 1.0, 50)  # warm-up
-            result = hammer(port, method, path, body, headers, args.clients, args.seconds, args.requests)
+            result = hammer(
+                port, method, path, body, headers, args.clients, args.seconds, args.requests
+            )
             results[label] = result
             rows.append([
                 label, result["requests"], result["errors"], f"{result['rps']:.0f}",

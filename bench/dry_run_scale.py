@@ -61,9 +61,7 @@ def prepare(size: int, work: Path):
     listing = list_source_files(uri=str(folder))
     ProcessedFile.objects.bulk_create(
         (
-            ProcessedFile(
-                ingestion=ingestion, path=f.path, size_bytes=f.size_bytes, loaded_at=now
-            )
+            ProcessedFile(ingestion=ingestion, path=f.path, size_bytes=f.size_bytes, loaded_at=now)
             for f in listing
         ),
         batch_size=5000,

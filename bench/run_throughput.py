@@ -77,7 +77,9 @@ def bare_engine(folder: Path, file_format: str, catalog_dir: Path) -> int:
 
     catalog_dir.mkdir(parents=True, exist_ok=True)
     catalog = SqlCatalog(
-        "bare", uri=f"sqlite:///{catalog_dir / 'catalog.db'}", warehouse=(catalog_dir / "wh").as_uri()
+        "bare",
+        uri=f"sqlite:///{catalog_dir / 'catalog.db'}",
+        warehouse=(catalog_dir / "wh").as_uri(),
     )
     catalog.create_namespace_if_not_exists("raw")
     data = pa.concat_tables(read_bare(path, file_format) for path in sorted(folder.iterdir()))
@@ -168,7 +170,9 @@ def main() -> None:
             spark_load(spark, source, file_format, 999)  # warm-up: JIT, file listing caches
         for trial in range(args.trials):
             times["bare"].append(
-                timed(lambda: bare_engine(source, file_format, work / f"bare-{file_format}-{trial}"))
+                timed(
+                    lambda: bare_engine(source, file_format, work / f"bare-{file_format}-{trial}")
+                )
             )
             times["product"].append(timed(lambda: product_run(source, file_format, trial)))
             if spark is not None:

@@ -9,6 +9,7 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -57,6 +58,12 @@ COMMON_ERRORS = {
 class TenantAPIView(APIView):
     """Resolves the caller's tenant and checks Django permissions against it."""
 
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # An id with a NUL character names nothing, and PostgreSQL refuses it in a query.
+        if any("\x00" in value for value in kwargs.values() if isinstance(value, str)):
+            raise NotFound("Not found.")
+
     @property
     def tenant(self):
         return tenant_for_request(self.request)
@@ -98,11 +105,27 @@ def one_ingestion_payload(ingestion: Ingestion) -> dict:
     return IngestionOutputSerializer(ingestion, context=context).data
 
 
+def reject_null_characters(value) -> None:
+    """PostgreSQL's jsonb cannot store a NUL character, in a key or in a string value."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise serializers.ValidationError("Null characters are not allowed.")
+
+
 class SourceInputSerializer(StrictSerializer):
     uri = serializers.CharField(max_length=1024)
     format = serializers.ChoiceField(choices=SourceFormat.choices)
     pattern = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
-    options = serializers.DictField(required=False, default=dict)
+    options = serializers.DictField(
+        required=False, default=dict, validators=[reject_null_characters]
+    )
 
 
 class DestinationInputSerializer(StrictSerializer):
@@ -180,7 +203,7 @@ class IngestionDetailApi(TenantAPIView):
         uri = serializers.CharField(max_length=1024, required=False)
         format = serializers.ChoiceField(choices=SourceFormat.choices, required=False)
         pattern = serializers.CharField(max_length=255, required=False, allow_blank=True)
-        options = serializers.DictField(required=False)
+        options = serializers.DictField(required=False, validators=[reject_null_characters])
 
     class InputSerializer(StrictSerializer):
         name = serializers.CharField(max_length=200, required=False)

@@ -164,6 +164,9 @@ def run_execute(*, run_id: str, engine: Engine | None = None) -> Run | None:
     heartbeat.start()
     try:
         engine = engine or load_engine(run.ingestion.engine)
+        # A cancel noticed by the heartbeat interrupts the engine's work in flight (a long
+        # Spark job), rather than waiting for the next batch boundary.
+        heartbeat.on_cancel = getattr(engine, "cancel", None)
         _RunExecutor(run=run, engine=engine, heartbeat=heartbeat).execute()
     except RunOwnershipLostError:
         logger.warning("run %s was taken over by another worker; stopping", run_id)
@@ -213,13 +216,16 @@ class _Heartbeat:
     """Keeps the run's heartbeat fresh from a thread, so a long commit never looks dead.
 
     It also notices when the run was handed to another worker (the reaper re-queued it):
-    the executor then stops before its next commit.
+    the executor then stops before its next commit; and when a user cancelled the run: it
+    then calls `on_cancel` (the engine's `cancel`) once.
     """
 
     def __init__(self, *, run_pk: int, worker_id: str):
         self.run_pk = run_pk
         self.worker_id = worker_id
         self.lost = False
+        self.on_cancel = None
+        self._cancel_signalled = False
         self._stop = threading.Event()
         self._interval = max(0.2, settings.AUTOLOADER_RUN_STALE_SECONDS / 6)
         self._thread = threading.Thread(target=self._loop, name="run-heartbeat", daemon=True)
@@ -237,6 +243,13 @@ class _Heartbeat:
         ).update(heartbeat_at=timezone.now())
         if not updated:
             self.lost = True
+        if (
+            self.on_cancel is not None
+            and not self._cancel_signalled
+            and Run.objects.filter(pk=self.run_pk, cancel_requested=True).exists()
+        ):
+            self._cancel_signalled = True
+            self.on_cancel()
 
     def _loop(self) -> None:
         try:
@@ -370,6 +383,7 @@ class _RunExecutor:
         except Exception:
             # The commit may or may not have reached the table: let the table decide.
             batch_resolve(batch=batch, engine=self.engine)
+            self._check_cancel()  # an append interrupted by a cancel ends the run CANCELLED
             raise
         batch_mark_committed(batch=batch, snapshot_id=snapshot_id)
 

@@ -181,3 +181,4 @@ class Engine(ABC):
         them. An interrupted `append` raises; as after any failed append, the run then reads
         the table's snapshots to learn whether the commit happened.
         """
+        return  # an optional hook: engines that cannot interrupt their work need nothing

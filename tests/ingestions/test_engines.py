@@ -10,27 +10,52 @@ from ingestions.engines import ENGINE_CHOICES, Engine, load_engine, validate_tab
 from ingestions.engines.iceberg import IcebergEngine
 from ingestions.errors import EngineUnavailableError, SchemaMismatchError
 
+from .conftest import SPARK_TEST_MASTER, free_port, spark_drop_namespaces
+
 TABLE = "sales.orders"
 
+# "spark": Spark local[2] on its built-in catalog (no Iceberg jar can be fetched here);
+# "spark-connect": the same through a local Spark Connect server (sc://).
+ENGINE_KINDS = ["iceberg", "spark", "spark-connect"]
 
-def build_engine(kind: str, *, catalog_uri: str, warehouse: str) -> Engine:
+
+def build_engine(kind: str, *, catalog_uri: str, warehouse: str, spark_master: str = "") -> Engine:
     if kind == "iceberg":
         return IcebergEngine(catalog_name="test", catalog_uri=catalog_uri, warehouse=warehouse)
+    if kind in ("spark", "spark-connect"):
+        from ingestions.engines.spark import SparkEngine
+
+        return SparkEngine(master=spark_master, warehouse=warehouse)
     raise AssertionError(f"no test builder for engine {kind!r}")
 
 
-@pytest.fixture(params=["iceberg"])
+@pytest.fixture(params=ENGINE_KINDS)
 def engine_kind(request) -> str:
     return request.param
 
 
 @pytest.fixture
-def engine(engine_kind, tmp_path) -> Engine:
-    return build_engine(
+def spark_master(engine_kind, request) -> str:
+    """The Spark master of a spark kind, its shared session or server started on first use."""
+    if engine_kind == "spark":
+        request.getfixturevalue("spark_session")
+        return SPARK_TEST_MASTER
+    if engine_kind == "spark-connect":
+        return request.getfixturevalue("spark_connect_url")
+    return ""
+
+
+@pytest.fixture
+def engine(engine_kind, spark_master, tmp_path) -> Engine:
+    engine = build_engine(
         engine_kind,
         catalog_uri=f"sqlite:///{tmp_path / 'catalog.db'}",
         warehouse=(tmp_path / "warehouse").as_uri(),
+        spark_master=spark_master,
     )
+    yield engine
+    if spark_master:
+        spark_drop_namespaces(engine._session())
 
 
 @pytest.fixture
@@ -170,6 +195,8 @@ def test_unreachable_catalog_raises_engine_unavailable(engine_kind, tmp_path):
         engine_kind,
         catalog_uri=f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'catalog.db'}",
         warehouse=(tmp_path / "warehouse").as_uri(),
+        # Nothing listens there: a cluster (or Connect server) that is down.
+        spark_master=f"sc://127.0.0.1:{free_port()}",
     )
 
     with pytest.raises(EngineUnavailableError, match="unreachable") as raised:
