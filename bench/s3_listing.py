@@ -48,7 +48,7 @@ def main() -> None:
         settings.AUTOLOADER_S3_SECRET_ACCESS_KEY = "bench"  # noqa: S105
         pafs.S3FileSystem(
             endpoint_override=f"{host}:{port}", scheme="http", access_key="bench",
-            secret_key="bench", region="us-east-1", allow_bucket_creation=True,  # noqa: S106
+            secret_key="bench", region="us-east-1", allow_bucket_creation=True,
         ).create_dir("bench-source")  # fmt: skip
         backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
         for index in range(args.objects):

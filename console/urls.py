@@ -1,4 +1,8 @@
-"""Root URLs: console pages, admin, the REST API and its docs, health."""
+"""Root URLs: console pages, admin, the REST API and its docs, health.
+
+Console URL names, view names and templates run in parallel: `ingestion-detail` is
+`views.ingestion_detail` rendering `ingestion_detail.html` (and its `partials/`).
+"""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -13,6 +17,24 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("tenant/", views.tenant_switch, name="tenant-switch"),
+    path("ingestions/", views.ingestion_list, name="ingestion-list"),
+    path("ingestions/<str:ingestion_id>/", views.ingestion_detail, name="ingestion-detail"),
+    path("ingestions/<str:ingestion_id>/run/", views.ingestion_run, name="ingestion-run"),
+    path(
+        "ingestions/<str:ingestion_id>/<slug:action>/",
+        views.ingestion_operation,
+        name="ingestion-operation",
+    ),
+    path("runs/<str:run_id>/", views.run_detail, name="run-detail"),
+    path("runs/<str:run_id>/cancel/", views.run_cancel, name="run-cancel"),
+    path("operations/<str:operation_id>/", views.operation_detail, name="operation-detail"),
+    path(
+        "operations/<str:operation_id>/resume/",
+        views.operation_resume,
+        name="operation-resume",
+    ),
+    path("audit/", views.audit, name="audit"),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("api/v1/", include("ingestions.urls")),

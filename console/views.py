@@ -1,19 +1,527 @@
-"""Console pages. The full console is built in its own issue; this is the landing page."""
+"""Console pages and their HTMX fragments.
 
-from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+Views parse the request, call the services the REST API calls (`refresh.services`,
+`ingestions.runs`) and render; no rule is implemented here twice. A page and its fragments
+share one view: an HTMX request names the fragment it wants by its target's DOM id
+(`HX-Target: run-table` renders `partials/run-table.html`), a plain request gets the page,
+so every link and form also works without JavaScript.
 
-from ingestions.errors import AutoloaderError
-from ingestions.selectors import ingestion_list
-from ingestions.tenancy import tenant_for_request
+Refusals (`AutoloaderError`) render as the `operation-panel` fragment with the HTTP status
+the API gives the same error (`console.api_errors.STATUS_BY_ERROR_CODE`: 403, 409, 423,
+429...). htmx swaps only 2xx responses by default; `static/js/console.js` also swaps the
+error responses that carry the `X-Console-Fragment` header, and only those, so an
+unexpected server error never lands inside a panel.
+"""
+
+from dataclasses import dataclass
+from functools import wraps
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.paginator import Paginator
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect, reswap, retarget, trigger_client_event
+
+from console.api_errors import STATUS_BY_ERROR_CODE
+from ingestions import runs
+from ingestions.errors import (
+    AutoloaderError,
+    IngestionNotFoundError,
+    PermissionDeniedError,
+    RunNotFoundError,
+)
+from ingestions.models import RunTrigger
+from ingestions.selectors import (
+    ingestion_get,
+    processed_file_summary,
+    run_get,
+    run_list,
+    table_state,
+)
+from ingestions.tenancy import SESSION_TENANT_KEY, NoTenantError, tenant_for_request
+from refresh.errors import OperationNotFoundError
+from refresh.limits import check_rate_limit
+from refresh.models import OperationKind, OperationStatus, RefreshOperation
+from refresh.presenters import operation_payload, preview_payload
+from refresh.selectors import operation_get, operation_list
+from refresh.services import PERMISSION_BY_KIND, refresh_execute, refresh_preview, refresh_resume
+
+from .forms import AuditFilterForm, ConfirmOperationForm, IngestionFilterForm, TenantSwitchForm
+from .selectors import (
+    audit_entry_list,
+    ingestion_rows,
+    ingestion_search,
+    operation_superseded,
+)
+
+# Fired (after the swap settles) whenever an ingestion's state changed: the run table, the
+# table and history cards, the operations and the audit trail reload themselves on it.
+CHANGED_EVENT = "ingestion-changed"
+# Fired by the run table's answers while a run is active.
+PROGRESS_EVENT = "run-progress"
+FRAGMENT_HEADER = "X-Console-Fragment"
+RUN_PERMISSION = "ingestions.run_ingestion"
+
+LIST_PAGE_SIZE = 50
+CHART_RUNS = 30
+RUN_TABLE_ROWS = 15
+OPERATIONS_SHOWN = 10
+AUDIT_TRAIL_SHOWN = 15
+AUDIT_PAGE_SIZE = 50
+RESUMABLE_STATUSES = (OperationStatus.PARTIAL_FAILURE, OperationStatus.FAILED)
 
 
-@login_required
-def home(request):
+@dataclass(frozen=True)
+class Action:
+    """A destructive action of the actions panel: its URL slug, operation kind and words."""
+
+    slug: str
+    kind: str
+    label: str
+    summary: str
+
+
+DESTRUCTIVE_ACTIONS = [
+    Action(
+        "full-refresh",
+        OperationKind.FULL_REFRESH,
+        "Full refresh",
+        "Drop the table, clear the history, reload every source file.",
+    ),
+    Action(
+        "fresh-start",
+        OperationKind.FRESH_START,
+        "Fresh start",
+        "Drop the table, keep the history, load only new files.",
+    ),
+    Action(
+        "drop-table",
+        OperationKind.DROP_TABLE,
+        "Drop table",
+        "Delete the table only. History and runs are untouched.",
+    ),
+    Action(
+        "clear-history",
+        OperationKind.CLEAR_PROCESSED_FILES,
+        "Clear history",
+        "Forget the processed files. The next run loads them all again.",
+    ),
+]
+ACTION_BY_SLUG = {action.slug: action for action in DESTRUCTIVE_ACTIONS}
+ACTION_BY_KIND = {action.kind: action for action in DESTRUCTIVE_ACTIONS}
+
+# The console's words for a refusal: a title, and what to do next when the domain error's
+# own `help` speaks to API clients rather than to someone in front of the page.
+ERROR_TITLES = {
+    "INSUFFICIENT_PERMISSIONS": "Your role does not allow this",
+    "RUN_IN_PROGRESS": "A run is in progress",
+    "REFRESH_IN_PROGRESS": "Another operation is in progress",
+    "TABLE_PROTECTED": "This ingestion is protected",
+    "RATE_LIMITED": "Too many operations",
+    "DRY_RUN_REQUIRED": "A recent preview is required",
+    "PLAN_STALE": "The impact grew since the preview",
+    "OPERATION_NOT_RESUMABLE": "Nothing to resume",
+    "RUN_NOT_CANCELLABLE": "The run has already finished",
+    "NAME_MISMATCH": "The table name does not match",
+    "SOURCE_UNAVAILABLE": "The source cannot be listed",
+    "CLUSTER_UNAVAILABLE": "The engine cannot be reached",
+    "ENGINE_ERROR": "The engine failed",
+}
+NEXT_STEPS = {
+    "RUN_IN_PROGRESS": "Wait for the current run to finish (the runs table follows it) or "
+    "cancel it, then start again.",
+    "REFRESH_IN_PROGRESS": "Wait for the current operation to finish, then start again.",
+    "RATE_LIMITED": "Wait, then start again. The limit keeps repeated destructive operations "
+    "from piling up on one table.",
+    "DRY_RUN_REQUIRED": "Open the preview again, review the impact and confirm from there.",
+    "PLAN_STALE": "Open the preview again: it shows the new impact. Confirm from there.",
+    "NAME_MISMATCH": "Type the destination table's name exactly as shown, then confirm.",
+}
+
+
+# --- request plumbing ------------------------------------------------------------------
+
+
+def tenant_view(view):
+    """Login required; the view receives the request's tenant after the request."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            if request.htmx:  # a fragment must not become a login page: reload to it
+                login = reverse("login")
+                return HttpResponseClientRedirect(f"{login}?{urlencode({'next': request.path})}")
+            return redirect_to_login(request.get_full_path())
+        try:
+            tenant = tenant_for_request(request)
+        except NoTenantError:
+            # A tenant chosen earlier that the user has since left: forget it, use another.
+            if request.session.pop(SESSION_TENANT_KEY, None) is not None:
+                return wrapper(request, *args, **kwargs)
+            return render(request, "no_tenant.html", status=403)
+        return view(request, tenant, *args, **kwargs)
+
+    return wrapper
+
+
+def _ingestion(tenant, ingestion_id: str):
     try:
-        tenant = tenant_for_request(request)
-    except AutoloaderError as exc:
-        return render(request, "home.html", {"error": str(exc)}, status=403)
-    return render(
-        request, "home.html", {"tenant": tenant, "ingestions": ingestion_list(tenant=tenant)}
+        return ingestion_get(tenant=tenant, ingestion_id=ingestion_id)
+    except IngestionNotFoundError:
+        # Another tenant's ingestion looks exactly like one that does not exist.
+        raise Http404("No such ingestion.") from None
+
+
+def _fragment(request) -> str | None:
+    return request.htmx.target if request.htmx else None
+
+
+def _filter_query(request) -> str:
+    """The request's filters as a query string, for pagination links to keep them."""
+    return urlencode({key: value for key, value in request.GET.items() if key != "page" and value})
+
+
+def _changed(response):
+    return trigger_client_event(response, CHANGED_EVENT, after="settle")
+
+
+def _allowed_actions(user, ingestion) -> list[Action]:
+    return [
+        action
+        for action in DESTRUCTIVE_ACTIONS
+        if user.has_perm(PERMISSION_BY_KIND[action.kind], ingestion)
+    ]
+
+
+def _panel(request, context: dict, *, status: int = 200):
+    """The operation panel: a fragment for HTMX, inside its own page otherwise."""
+    template = "partials/operation-panel.html" if request.htmx else "operation.html"
+    response = render(request, template, context, status=status)
+    if request.htmx and status >= 400:
+        response[FRAGMENT_HEADER] = "error"
+        # Wherever the request came from (a cancel button in the run table...), a refusal
+        # is shown in the operation panel.
+        retarget(response, "#operation-panel")
+        reswap(response, "innerHTML")
+    return response
+
+
+def _refusal(request, exc: AutoloaderError, context: dict):
+    """A domain error as a message that says what happened and what to do next."""
+    code = exc.error_code
+    error = {
+        "code": code,
+        "title": ERROR_TITLES.get(code, "The operation was refused"),
+        "detail": exc.detail,
+        "next_step": NEXT_STEPS.get(code) or exc.help,
+        "current_run_id": exc.extra.get("current_run_id"),
+        "current_operation_id": exc.extra.get("current_operation_id"),
+        "retry_after": exc.extra.get("retry_after"),
+    }
+    return _panel(request, {**context, "error": error}, status=STATUS_BY_ERROR_CODE.get(code, 500))
+
+
+def _result(request, tenant, operation: RefreshOperation):
+    """An executed or resumed operation: its steps and outcome, or its page without HTMX."""
+    if not request.htmx:
+        return redirect("operation-detail", operation_id=operation.public_id)
+    context = _operation_context(request, tenant, operation)
+    return _changed(render(request, "partials/operation-panel.html", context))
+
+
+def _operation_context(request, tenant, operation: RefreshOperation) -> dict:
+    operation = operation_get(tenant=tenant, operation_id=operation.public_id)  # with steps
+    return {
+        "tenant": tenant,
+        "ingestion": operation.ingestion,
+        "action": ACTION_BY_KIND[operation.kind],
+        "operation": operation,
+        "steps": list(operation.steps.all()),
+        "result": operation_payload(operation),
+        "resumable": _offers_resume(
+            request.user, operation, is_latest=not operation_superseded(operation=operation)
+        ),
+    }
+
+
+def _offers_resume(user, operation: RefreshOperation, *, is_latest: bool) -> bool:
+    """Whether to offer Resume: `refresh_resume` decides, this only avoids a button that
+    would certainly be refused (an operation that ended well, or that a newer one replaced)."""
+    return (
+        is_latest
+        and operation.ingestion is not None
+        and operation.status in RESUMABLE_STATUSES
+        and user.has_perm(PERMISSION_BY_KIND[operation.kind], operation.ingestion)
     )
+
+
+# --- pages -----------------------------------------------------------------------------
+
+
+@require_GET
+def home(request):
+    return redirect("ingestion-list")
+
+
+@require_GET
+@tenant_view
+def ingestion_list(request, tenant):
+    form = IngestionFilterForm(request.GET)
+    filters = form.filters()
+    page = Paginator(ingestion_search(tenant=tenant, **filters), LIST_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    context = {
+        "tenant": tenant,
+        "form": form,
+        "page": page,
+        "rows": ingestion_rows(page.object_list),
+        "filtered": any(filters.values()),
+        "filter_query": _filter_query(request),
+        "can_create": request.user.has_perm("ingestions.add_ingestion", tenant),
+    }
+    fragment = _fragment(request) == "ingestion-table"
+    template = "partials/ingestion-table.html" if fragment else "ingestion_list.html"
+    response = render(request, template, context)
+    patch_vary_headers(response, ("HX-Request", "HX-Target"))
+    return response
+
+
+DETAIL_FRAGMENTS = (
+    "run-table",
+    "run-chart",
+    "table-card",
+    "history-card",
+    "operation-list",
+    "audit-trail",
+)
+
+
+@require_GET
+@tenant_view
+def ingestion_detail(request, tenant, ingestion_id: str):
+    ingestion = _ingestion(tenant, ingestion_id)
+    fragment = _fragment(request)
+    if fragment in DETAIL_FRAGMENTS:
+        context = _detail_context(request, tenant, ingestion, parts={fragment})
+        response = render(request, f"partials/{fragment}.html", context)
+        if fragment == "run-table" and context["active_run"]:
+            # Batches land while it runs: the table and history cards follow them.
+            trigger_client_event(response, PROGRESS_EVENT, after="settle")
+        elif fragment == "run-table" and request.GET.get("polling"):
+            _changed(response)  # the run being followed has just ended: refresh the rest
+    else:
+        context = _detail_context(request, tenant, ingestion, parts=set(DETAIL_FRAGMENTS))
+        context["actions"] = _allowed_actions(request.user, ingestion)
+        context["can_run"] = request.user.has_perm(RUN_PERMISSION, ingestion)
+        response = render(request, "ingestion_detail.html", context)
+    patch_vary_headers(response, ("HX-Request", "HX-Target"))
+    return response
+
+
+def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
+    """The ingestion page's context, only the parts asked for (a fragment needs one)."""
+    context = {"tenant": tenant, "ingestion": ingestion}
+    if parts & {"run-table", "run-chart"}:
+        latest = list(run_list(ingestion=ingestion).select_related("requested_by")[:CHART_RUNS])
+        context.update(
+            runs=latest[:RUN_TABLE_ROWS],
+            chart_runs=latest,
+            runs_total=len(latest),
+            active_run=next((run for run in latest if run.is_active), None),
+            can_cancel=request.user.has_perm(RUN_PERMISSION, ingestion),
+        )
+    if "table-card" in parts:
+        context["table"] = table_state(ingestion=ingestion)
+    if "history-card" in parts:
+        context["history"] = processed_file_summary(ingestion=ingestion)
+    if "operation-list" in parts:
+        operations = list(operation_list(ingestion=ingestion)[:OPERATIONS_SHOWN])
+        context["operations"] = operations
+        context["resumable_operation_id"] = next(
+            (
+                operation.public_id
+                for operation in operations[:1]  # newest first: only the latest resumes
+                if _offers_resume(request.user, operation, is_latest=True)
+            ),
+            None,
+        )
+    if "audit-trail" in parts:
+        context["audit_entries"] = list(
+            audit_entry_list(tenant=tenant, ingestion=ingestion)[:AUDIT_TRAIL_SHOWN]
+        )
+    return context
+
+
+@require_http_methods(["GET", "POST"])
+@tenant_view
+def ingestion_operation(request, tenant, ingestion_id: str, action: str):
+    """GET: the dry-run preview of a destructive action. POST: execute it, once confirmed."""
+    action = ACTION_BY_SLUG.get(action)
+    if action is None:
+        raise Http404("No such action.")
+    ingestion = _ingestion(tenant, ingestion_id)
+    context = {"tenant": tenant, "ingestion": ingestion, "action": action}
+    if request.method == "POST":
+        return _operation_execute(request, tenant, ingestion, action, context)
+    try:
+        plan = refresh_preview(ingestion=ingestion, kind=action.kind, actor=request.user)
+    except AutoloaderError as exc:
+        return _refusal(request, exc, context)
+    context.update(
+        plan=plan,
+        preview=preview_payload(plan),
+        can_execute=request.user.has_perm(PERMISSION_BY_KIND[action.kind], ingestion),
+    )
+    return _panel(request, context)
+
+
+def _operation_execute(request, tenant, ingestion, action: Action, context: dict):
+    form = ConfirmOperationForm(request.POST, table_name=ingestion.destination_table)
+    if not form.is_valid():
+        error = {
+            "code": "NAME_MISMATCH",
+            "title": ERROR_TITLES["NAME_MISMATCH"],
+            "detail": " ".join(form.errors.get("typed_name", ["The form is invalid."])),
+            "next_step": NEXT_STEPS["NAME_MISMATCH"],
+        }
+        return _panel(request, {**context, "error": error}, status=400)
+    try:
+        check_rate_limit(request=request, user=request.user, kind=action.kind)
+        operation = refresh_execute(
+            ingestion=ingestion,
+            kind=action.kind,
+            actor=request.user,
+            confirm=True,
+            plan_id=form.cleaned_data["plan_id"] or None,
+        )
+    except AutoloaderError as exc:
+        return _refusal(request, exc, context)
+    return _result(request, tenant, operation)
+
+
+@require_POST
+@tenant_view
+def ingestion_run(request, tenant, ingestion_id: str):
+    """Run now: queue a run of the ingestion's new files."""
+    ingestion = _ingestion(tenant, ingestion_id)
+    context = {"tenant": tenant, "ingestion": ingestion}
+    try:
+        if not request.user.has_perm(RUN_PERMISSION, ingestion):
+            raise PermissionDeniedError("Your role does not allow running this ingestion.")
+        run = runs.run_request(ingestion=ingestion, actor=request.user, trigger=RunTrigger.MANUAL)
+    except AutoloaderError as exc:
+        return _refusal(request, exc, context)
+    if not request.htmx:
+        messages.success(request, f"Run {run.public_id} queued.")
+        return redirect("ingestion-detail", ingestion_id=ingestion.public_id)
+    return _changed(_panel(request, {**context, "queued_run": run}))
+
+
+@require_GET
+@tenant_view
+def run_detail(request, tenant, run_id: str):
+    try:
+        run = run_get(tenant=tenant, run_id=run_id)
+    except RunNotFoundError:
+        raise Http404("No such run.") from None
+    context = {
+        "tenant": tenant,
+        "ingestion": run.ingestion,
+        "run": run,
+        "can_cancel": request.user.has_perm(RUN_PERMISSION, run.ingestion),
+    }
+    template = (
+        "partials/run-summary.html" if _fragment(request) == "run-summary" else "run_detail.html"
+    )
+    return render(request, template, context)
+
+
+@require_POST
+@tenant_view
+def run_cancel(request, tenant, run_id: str):
+    try:
+        run = run_get(tenant=tenant, run_id=run_id)
+    except RunNotFoundError:
+        raise Http404("No such run.") from None
+    ingestion = run.ingestion
+    try:
+        if not request.user.has_perm(RUN_PERMISSION, ingestion):
+            raise PermissionDeniedError("Your role does not allow cancelling runs.")
+        runs.run_cancel(run=run)
+    except AutoloaderError as exc:
+        return _refusal(request, exc, {"tenant": tenant, "ingestion": ingestion})
+    if not request.htmx:
+        messages.success(request, f"Cancellation of run {run.public_id} requested.")
+        return redirect("ingestion-detail", ingestion_id=ingestion.public_id)
+    context = _detail_context(request, tenant, ingestion, parts={"run-table"})
+    return _changed(render(request, "partials/run-table.html", context))
+
+
+@require_GET
+@tenant_view
+def operation_detail(request, tenant, operation_id: str):
+    try:
+        operation = operation_get(tenant=tenant, operation_id=operation_id)
+    except OperationNotFoundError:
+        raise Http404("No such operation.") from None
+    return render(request, "operation.html", _operation_context(request, tenant, operation))
+
+
+@require_POST
+@tenant_view
+def operation_resume(request, tenant, operation_id: str):
+    """Finish the remaining steps of an operation that stopped on a failure."""
+    try:
+        operation = operation_get(tenant=tenant, operation_id=operation_id)
+    except OperationNotFoundError:
+        raise Http404("No such operation.") from None
+    context = {
+        "tenant": tenant,
+        "ingestion": operation.ingestion,
+        "action": ACTION_BY_KIND[operation.kind],
+    }
+    try:
+        check_rate_limit(request=request, user=request.user, kind="resume")
+        operation = refresh_resume(operation=operation, actor=request.user)
+    except AutoloaderError as exc:
+        return _refusal(request, exc, context)
+    return _result(request, tenant, operation)
+
+
+@require_GET
+@tenant_view
+def audit(request, tenant):
+    form = AuditFilterForm(request.GET)
+    filters = form.filters()
+    page = Paginator(audit_entry_list(tenant=tenant, **filters), AUDIT_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    context = {
+        "tenant": tenant,
+        "form": form,
+        "page": page,
+        "filtered": any(filters.values()),
+        "filter_query": _filter_query(request),
+    }
+    template = "partials/audit-table.html" if _fragment(request) == "audit-table" else "audit.html"
+    response = render(request, template, context)
+    patch_vary_headers(response, ("HX-Request", "HX-Target"))
+    return response
+
+
+@require_POST
+@tenant_view
+def tenant_switch(request, tenant):
+    """Act for another of the user's tenants from now on (kept in the session)."""
+    form = TenantSwitchForm(request.POST, user=request.user)
+    if form.is_valid():
+        request.session[SESSION_TENANT_KEY] = form.cleaned_data["tenant"]
+        return redirect("ingestion-list")
+    messages.error(request, "You are not a member of that tenant.")
+    return redirect("ingestion-list")

@@ -1,0 +1,338 @@
+"""Template tags of the console: number formats, status badges, the runs chart, the blast radius.
+
+Presentation only: every number comes from a service, selector or presenter as it is; these
+tags format it (bytes to "450.2 GB", seconds to "4 min 12 s") and never compute a new one.
+"""
+
+from django import template
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.timesince import timesince
+
+from ingestions.models import Membership, RunStatus
+from refresh.models import OperationKind, OperationStatus, StepName, StepStatus
+
+register = template.Library()
+
+NOT_AVAILABLE = "\N{EN DASH}"  # what a missing number shows
+SIZE_UNITS = ["bytes", "KB", "MB", "GB", "TB", "PB"]
+
+# CSS tone of every status the console shows: runs, operations, steps, audit outcomes.
+TONES = {
+    RunStatus.QUEUED: "info",
+    RunStatus.RUNNING: "info",
+    RunStatus.SUCCESS: "ok",
+    RunStatus.PARTIAL_SUCCESS: "warn",
+    RunStatus.FAILED: "bad",
+    RunStatus.CANCELLED: "muted",
+    OperationStatus.IN_PROGRESS: "info",
+    OperationStatus.ACCEPTED: "ok",
+    OperationStatus.SUCCESS: "ok",
+    OperationStatus.PARTIAL_FAILURE: "warn",
+    OperationStatus.FAILED: "bad",
+    StepStatus.PENDING: "muted",
+    StepStatus.SKIPPED: "muted",
+    "refused": "bad",
+    "dry_run": "info",
+}
+STEP_TITLES = {
+    StepName.TABLE_DROPPED: "Drop the table",
+    StepName.PROCESSED_FILES_CLEARED: "Clear the processed-file history",
+    StepName.RUN_TRIGGERED: "Trigger a run",
+}
+
+
+@register.filter
+def thousands(value) -> str:
+    """12450000 -> "12,450,000"; None -> a dash."""
+    if value is None or value == "":
+        return NOT_AVAILABLE
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,}"
+    return f"{int(value):,}"
+
+
+@register.filter
+def size(value) -> str:
+    """Bytes in decimal units, as storage bills count them: 450_200_000_000 -> "450.2 GB"."""
+    if value is None:
+        return NOT_AVAILABLE
+    amount = float(value)
+    for unit in SIZE_UNITS:
+        if abs(amount) < 1000 or unit == SIZE_UNITS[-1]:
+            break
+        amount /= 1000
+    if unit == "bytes":
+        return f"{int(amount):,} bytes"
+    return f"{amount:,.1f} {unit}"
+
+
+@register.filter
+def duration(seconds) -> str:
+    """Seconds as "0.4 s", "42 s", "4 min 12 s", "1 h 5 min"; None -> a dash."""
+    if seconds is None:
+        return NOT_AVAILABLE
+    seconds = float(seconds)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{round(seconds)} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+@register.filter
+def ago(moment) -> str:
+    """A past moment as "just now" or "3 minutes ago" (the exact time goes in a title)."""
+    if moment is None:
+        return NOT_AVAILABLE
+    if (timezone.now() - moment).total_seconds() < 60:
+        return "just now"
+    return f"{timesince(moment)} ago"
+
+
+@register.filter
+def usd(value) -> str:
+    if value is None:
+        return NOT_AVAILABLE
+    return f"${float(value):,.2f}"
+
+
+@register.filter
+def gb(value) -> str:
+    """A GB figure as the API gives it (already rounded), with thousands separators."""
+    if value is None:
+        return NOT_AVAILABLE
+    return f"{float(value):,} GB"
+
+
+@register.filter
+def tone(status) -> str:
+    return TONES.get(status, "muted")
+
+
+@register.filter
+def humanize_code(value) -> str:
+    """ "PARTIAL_SUCCESS" / "partial_failure" -> "Partial success" / "Partial failure"."""
+    text = str(value or "").replace("_", " ").strip()
+    return text[:1].upper() + text[1:].lower()
+
+
+@register.filter
+def kind_label(kind) -> str:
+    try:
+        return OperationKind(kind).label
+    except ValueError:
+        return humanize_code(kind)
+
+
+@register.filter
+def step_title(name) -> str:
+    return STEP_TITLES.get(name, humanize_code(name))
+
+
+@register.filter
+def percent(fraction) -> int:
+    return round(float(fraction or 0) * 100)
+
+
+@register.inclusion_tag("partials/_badge.html")
+def badge(status, label=""):
+    return {"status": status, "tone": tone(status), "label": label or humanize_code(status)}
+
+
+@register.simple_tag
+def step_description(item: dict, plan) -> str:
+    """One line of a preview's "would perform" entry, with its numbers.
+
+    Sizes are the plan's bytes in readable units: the same quantities as the API's
+    rounded GB figures, without rounding a small table down to "0.0 GB".
+    """
+    step, details = item["operation"], item["details"]
+    if step == StepName.TABLE_DROPPED:
+        if not details["table_exists"]:
+            return f"Drop table {details['table_name']}: it does not exist, nothing to drop"
+        return (
+            f"Drop table {details['table_name']} ({thousands(details['current_row_count'])} "
+            f"rows, {size(plan.table['size_bytes'])})"
+        )
+    if step == StepName.PROCESSED_FILES_CLEARED:
+        count = details["files_to_clear"]
+        if not count:
+            return "Clear the processed-file history: it is empty"
+        span = ""
+        if details.get("oldest_file"):
+            span = f": {details['oldest_file']} … {details['newest_file']}"
+        return f"Clear the history of {thousands(count)} processed files{span}"
+    files = thousands(details["files_to_process"])
+    data = size(plan.impact.bytes_to_process)
+    if details.get("new_files_only"):
+        return f"Trigger a run that loads the {files} new files ({data})"
+    return f"Trigger a run that loads {files} files ({data})"
+
+
+@register.simple_tag
+def blast_radius(plan) -> dict:
+    """What a planned operation deletes and what it keeps, each as plain sentences."""
+    lost, kept = [], []
+    table, history = plan.table, plan.history
+    table_name = table["table_name"]
+    if StepName.TABLE_DROPPED in plan.steps:
+        if table["exists"]:
+            lost.append(
+                f"Table {table_name}, {thousands(table['row_count'])} rows, "
+                f"{size(table['size_bytes'])} will be deleted"
+            )
+        else:
+            kept.append(f"Table {table_name} does not exist: there is nothing to delete")
+    elif table["exists"]:
+        kept.append(
+            f"Table {table_name} ({thousands(table['row_count'])} rows, "
+            f"{size(table['size_bytes'])}) is not touched"
+        )
+    count = history["count"]
+    if StepName.PROCESSED_FILES_CLEARED in plan.steps:
+        if count:
+            lost.append(
+                f"History of {thousands(count)} processed files ({size(history['total_bytes'])}) "
+                "will be cleared: the next run loads every source file again"
+            )
+        else:
+            kept.append("The processed-file history is already empty")
+    else:
+        kept.append(
+            f"History of {thousands(count)} files is kept: those files are not loaded again"
+        )
+    kept.append("Source files are never touched; past runs and operations stay on record")
+    return {"lost": lost, "kept": kept}
+
+
+# --- the runs chart --------------------------------------------------------------------
+
+CHART_WIDTH, CHART_HEIGHT = 960, 170
+CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 56, 56, 14, 22
+CHART_SLOTS = 30
+
+
+@register.inclusion_tag("partials/_run_chart_svg.html")
+def run_chart(runs):
+    """An SVG of the last 30 runs, oldest left: rows loaded as bars, duration as a line."""
+    runs = list(reversed(list(runs)[:CHART_SLOTS]))
+    plot_width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT
+    plot_height = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM
+    slot = plot_width / CHART_SLOTS
+    most_rows = max((run.rows_written for run in runs), default=0)
+    durations = [run.duration_seconds for run in runs]
+    longest = max((value for value in durations if value is not None), default=None)
+    first_slot = CHART_SLOTS - len(runs)  # newest run in the rightmost slot
+    baseline = CHART_TOP + plot_height
+    bars, points = [], []
+    for index, run in enumerate(runs):
+        x = CHART_LEFT + (first_slot + index) * slot
+        height = plot_height * run.rows_written / (most_rows or 1)
+        bars.append(
+            {
+                "x": round(x + slot * 0.15, 1),
+                "y": round(baseline - max(height, 1), 1),
+                "width": round(slot * 0.7, 1),
+                "height": round(max(height, 1), 1),
+                "tone": tone(run.status),
+                "title": (
+                    f"{run.public_id} · {humanize_code(run.status)} · "
+                    f"{thousands(run.rows_written)} rows · {duration(run.duration_seconds)}"
+                ),
+            }
+        )
+        if durations[index] is not None:
+            y = baseline - plot_height * durations[index] / (longest or 1)
+            points.append((round(x + slot / 2, 1), round(y, 1)))
+    summary = "No runs yet."
+    if runs:
+        latest = runs[-1]
+        summary = (
+            f"{len(runs)} runs, oldest left. Latest: {humanize_code(latest.status)}, "
+            f"{thousands(latest.rows_written)} rows in {duration(latest.duration_seconds)}. "
+            f"Most rows in one run: {thousands(most_rows)}; longest run: {duration(longest)}."
+        )
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "left": CHART_LEFT,
+        "right": CHART_WIDTH - CHART_RIGHT,
+        "top": CHART_TOP,
+        "baseline": baseline,
+        "middle_x": CHART_WIDTH / 2,
+        "middle_y": CHART_HEIGHT / 2,
+        "bars": bars,
+        "points": " ".join(f"{x},{y}" for x, y in points),
+        "dots": points,
+        "most_rows": thousands(most_rows),
+        "longest": duration(longest),
+        "summary": summary,
+        "empty": not runs,
+    }
+
+
+# --- the account menu ------------------------------------------------------------------
+
+
+@register.inclusion_tag("partials/_account_menu.html", takes_context=True)
+def account_menu(context):
+    """Who is logged in, their role in the current tenant, and a switcher if they have several."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {"user": None}
+    memberships = list(
+        Membership.objects.filter(user=user).select_related("tenant").order_by("tenant__name")
+    )
+    tenant = context.get("tenant")
+    current = next((m for m in memberships if tenant and m.tenant_id == tenant.pk), None)
+    return {
+        "user": user,
+        "tenant": tenant,
+        "role": current.get_role_display() if current else "",
+        "memberships": memberships,
+        "switch_url": reverse("tenant-switch"),
+        "next": request.get_full_path() if request else "/",
+        "csrf_token": context.get("csrf_token"),
+    }
+
+
+# --- operation steps -------------------------------------------------------------------
+
+
+@register.simple_tag
+def step_seconds(step) -> float | None:
+    if not step.started_at or not step.finished_at:
+        return None
+    return (step.finished_at - step.started_at).total_seconds()
+
+
+@register.simple_tag
+def step_outcome(step) -> str:
+    """What a step did, from its durable record."""
+    details = step.details or {}
+    if step.status == StepStatus.FAILED:
+        return f"{step.error_code or 'ERROR'}: {step.error}"
+    if step.status == StepStatus.PENDING:
+        return "Not run yet"
+    if step.status == StepStatus.SKIPPED:
+        return details.get("reason", "Skipped")
+    if step.name == StepName.TABLE_DROPPED:
+        if not details.get("table_existed"):
+            return f"Table {details.get('table_name', '')} did not exist: nothing to drop"
+        size_gb = details.get("table_size_gb")
+        # The record keeps GB rounded to 3 decimals: a small table is not "0.0 GB".
+        shown = gb(size_gb) if size_gb or not details.get("row_count") else "under 0.001 GB"
+        return (
+            f"Dropped {details['table_name']}: {thousands(details.get('row_count'))} rows, {shown}"
+        )
+    if step.name == StepName.PROCESSED_FILES_CLEARED:
+        return f"{thousands(details.get('files_cleared', 0))} files forgotten"
+    if step.name == StepName.RUN_TRIGGERED:
+        return f"Run {details.get('run_id', '')} queued"
+    return ""
