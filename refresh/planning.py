@@ -32,6 +32,14 @@ def gigabytes(size_bytes: int) -> float:
     return round(size_bytes / BYTES_PER_GB, 3)
 
 
+def size_text(size_bytes: int) -> str:
+    """A size for people: GB with one decimal from 1 GB, else MB or KB (decimal units)."""
+    for unit, factor in (("GB", 1e9), ("MB", 1e6)):
+        if size_bytes >= factor:
+            return f"{size_bytes / factor:,.1f} {unit}"
+    return f"{size_bytes / 1e3:,.1f} KB"
+
+
 @dataclass
 class Impact:
     files_to_process: int
@@ -210,7 +218,7 @@ def _warnings(plan: Plan) -> list[str]:
     if plan.kind == OperationKind.FULL_REFRESH:
         warnings.append(
             f"This will reprocess ALL {impact.files_to_process:,} files from scratch "
-            f"({impact.estimated_data_size_gb:,} GB)"
+            f"({size_text(impact.bytes_to_process)})"
         )
     if impact.estimated_cost_usd > settings.REFRESH_HIGH_COST_USD:
         warnings.append(f"HIGH COST OPERATION: Estimated ${impact.estimated_cost_usd:,.2f}")
@@ -219,7 +227,7 @@ def _warnings(plan: Plan) -> list[str]:
     if StepName.TABLE_DROPPED in plan.steps and plan.table["exists"]:
         warnings.append(
             f"Current table {plan.table['table_name']} ({plan.table['row_count']:,} rows, "
-            f"{gigabytes(plan.table['size_bytes']):,} GB) will be deleted"
+            f"{size_text(plan.table['size_bytes'])}) will be deleted"
         )
     if StepName.PROCESSED_FILES_CLEARED in plan.steps and plan.history["count"]:
         warnings.append(f"The history of {plan.history['count']:,} processed files will be cleared")
