@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install migrate run test lint worker clean pg-test serve soak
+.PHONY: install migrate run test lint worker clean pg-test serve soak bench
 
 # The stamp is newer than pyproject.toml once the deps are installed, so a
 # second `make install` does nothing until pyproject.toml changes.
@@ -68,3 +68,14 @@ pg-test:
 # storms, 5,000 fuzzed requests. On PostgreSQL: bash scripts/with_postgres.sh make soak
 soak: install
 	RELIABILITY_TRIALS=200 RELIABILITY_FUZZ_REQUESTS=5000 $(BIN)/pytest tests/reliability $(PYTEST_ARGS)
+
+# Benchmarks (docs/benchmarks.md): each prints a table and writes bench/results/*.json.
+# Ratios are measured side by side in one run; clearing history runs on PostgreSQL.
+bench: install
+	$(BIN)/python bench/run_throughput.py
+	$(BIN)/python bench/dry_run_scale.py
+	bash scripts/with_postgres.sh $(BIN)/python bench/clear_history_scale.py
+	$(BIN)/python bench/api_load.py
+	$(BIN)/python bench/console_list.py
+	$(BIN)/python bench/spark_vs_iceberg.py
+	$(BIN)/python bench/s3_listing.py

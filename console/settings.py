@@ -168,6 +168,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every request when it is missing
 # Serve straight from the app and package folders: no collectstatic step needed to run.
 WHITENOISE_USE_FINDERS = True
 
