@@ -24,6 +24,7 @@ def setup_django(data_dir: Path) -> None:
 
     django.setup()
     call_command("migrate", verbosity=0)
+    call_command("createcachetable", verbosity=0)
 
 
 def temp_dir(prefix: str) -> Path:

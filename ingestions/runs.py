@@ -331,6 +331,11 @@ class _RunExecutor:
                     file_format=self.ingestion.source_format,
                     options=self.ingestion.source_options or {},
                 )
+                if data.num_rows == 0:
+                    # Nothing to load, and its types say nothing (a header-only CSV reads
+                    # as strings): it joins the history but never decides the schema.
+                    loaded.append(_LoadedFile(source=source, rows=0))
+                    continue
                 data = with_metadata_columns(data, source_file=source.path, ingested_at=ingested_at)
                 if target_schema is not None:
                     data = conform_to_schema(data, target_schema)
@@ -344,12 +349,14 @@ class _RunExecutor:
                 continue
             parts.append(data)
             loaded.append(_LoadedFile(source=source, rows=data.num_rows))
-        if parts:
+        if loaded:
             self._check_cancel()
-            self._commit(pa.concat_tables(parts, promote_options="permissive"), loaded)
+            data = pa.concat_tables(parts, promote_options="permissive") if parts else None
+            self._commit(data, loaded)
         return failures
 
-    def _commit(self, data: pa.Table, loaded: list[_LoadedFile]) -> None:
+    def _commit(self, data: pa.Table | None, loaded: list[_LoadedFile]) -> None:
+        """Commit a batch (exactly-once protocol); `data` is None when every file was empty."""
         batch = RunBatch.objects.create(
             run=self.run,
             batch_key=f"{self.run.public_id}.{uuid.uuid4().hex[:12]}",
@@ -366,10 +373,14 @@ class _RunExecutor:
                 }
                 for item in loaded
             ],
-            rows=data.num_rows,
+            rows=data.num_rows if data is not None else 0,
             bytes=sum(item.source.size_bytes for item in loaded),
         )
         self.heartbeat.check()
+        if data is None:
+            # No rows, so no Iceberg commit to wait for: the history is the whole batch.
+            batch_mark_committed(batch=batch, snapshot_id=None)
+            return
         try:
             snapshot_id = self.engine.append(
                 self.table_name,

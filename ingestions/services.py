@@ -3,11 +3,13 @@
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from .errors import IngestionConflictError, RunInProgressError
 from .models import Ingestion, Tenant
 from .selectors import run_active
+from .sources.readers import validate_reader_options
 
 UPDATABLE_FIELDS = (
     "name",
@@ -61,7 +63,7 @@ def ingestion_create(
     )
     if public_id:
         ingestion.public_id = public_id
-    ingestion.full_clean(exclude=["tenant", "created_by"], validate_constraints=False)
+    _clean(ingestion)
     try:
         with transaction.atomic():
             ingestion.save()
@@ -78,13 +80,24 @@ def _conflict(tenant: Tenant, ingestion: Ingestion) -> IngestionConflictError:
     )
 
 
+def _clean(ingestion: Ingestion) -> None:
+    """Model validation plus the reader options, so a bad option fails now, not every run."""
+    ingestion.full_clean(exclude=["tenant", "created_by"], validate_constraints=False)
+    try:
+        validate_reader_options(
+            file_format=ingestion.source_format, options=ingestion.source_options
+        )
+    except ValueError as exc:
+        raise ValidationError({"source.options": [str(exc)]}) from None
+
+
 def ingestion_update(*, ingestion: Ingestion, data: dict) -> Ingestion:
     """Update the allow-listed fields present in `data`; other keys are ignored."""
     changed = [field for field in UPDATABLE_FIELDS if field in data]
     for field in changed:
         setattr(ingestion, field, data[field])
     if changed:
-        ingestion.full_clean(exclude=["tenant", "created_by"], validate_constraints=False)
+        _clean(ingestion)
         ingestion.save(update_fields=[*changed, "updated_at"])
     return ingestion
 

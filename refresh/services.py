@@ -20,7 +20,7 @@ from ingestions.errors import (
     RefreshInProgressError,
     RunInProgressError,
 )
-from ingestions.models import Ingestion, RunTrigger
+from ingestions.models import Ingestion, Run, RunTrigger
 from ingestions.runs import ingestion_lock, run_request
 from ingestions.selectors import processed_file_summary, run_active
 from ingestions.services import history_delete
@@ -163,6 +163,7 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
                 f"A newer operation on {ingestion.public_id} superseded {operation.public_id}."
             )
         _refuse_if_busy(ingestion)
+        _restart_if_loaded_since(operation, ingestion=ingestion)
         operation.status = OperationStatus.IN_PROGRESS
         operation.attempts += 1
         operation.finished_at = None
@@ -173,6 +174,35 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
     count_execution(user=actor, kind="resume")
     _run_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
     return operation
+
+
+def _restart_if_loaded_since(operation: RefreshOperation, *, ingestion: Ingestion) -> None:
+    """A full refresh resumed after another run loaded rows starts again from the drop.
+
+    Clearing the history then reloading every file is only exact on an empty table: rows a
+    run added meanwhile (into the dropped-and-recreated table) would be loaded twice.
+    """
+    if operation.kind != OperationKind.FULL_REFRESH:
+        return
+    loaded_since = (
+        Run.objects.filter(ingestion=ingestion, created_at__gt=operation.created_at)
+        .exclude(pk=operation.run_id)
+        .exists()
+    )
+    if loaded_since:
+        operation.steps.update(
+            status=StepStatus.PENDING,
+            details={},
+            error="",
+            error_code="",
+            started_at=None,
+            finished_at=None,
+        )
+        operation.notes = [
+            *operation.notes,
+            "Resumed from the first step: a run loaded data after the operation started",
+        ]
+        operation.save(update_fields=["notes", "updated_at"])
 
 
 def _start(

@@ -319,6 +319,15 @@ def conform_to_schema(data: pa.Table, schema: pa.Schema) -> pa.Table:
     duplicates = sorted(name for name, count in Counter(data.column_names).items() if count > 1)
     if duplicates:
         raise SchemaMismatchError(f"The data has duplicate column names: {', '.join(duplicates)}.")
+    data_columns = set(data.column_names) - set(METADATA_COLUMNS)
+    table_columns = set(schema.names) - set(METADATA_COLUMNS)
+    if data_columns and table_columns and not data_columns & table_columns:
+        # Nothing in common is not drift: it is another file (or the wrong delimiter, which
+        # reads "id;name" as one column). Loading it would add nulls and a stray column.
+        raise SchemaMismatchError(
+            f"No column in common with the table (file: {', '.join(sorted(data_columns)[:5])}; "
+            f"table: {', '.join(sorted(table_columns)[:5])}). Check the delimiter and format."
+        )
     fields, columns = [], []
     for target in schema:
         if target.name in data.column_names:

@@ -68,6 +68,10 @@ def test_create_with_a_chosen_slug(admin_client, source_dir):
         ({"cost_per_gb_usd": -1}, "cost_per_gb_usd"),
         ({"engine": "duckdb"}, "engine"),
         ({"surprise": 1}, "surprise"),
+        (
+            {"source": {"uri": "/x", "format": "csv", "options": {"delimitr": ";"}}},
+            "source.options",
+        ),
     ],
 )
 def test_create_refuses_bad_bodies_with_field_errors(admin_client, source_dir, change, field):
