@@ -5,6 +5,8 @@ from django.contrib.contenttypes.models import ContentType
 
 from ingestions.models import Ingestion
 
+from .planning import public_impact
+
 
 def _entry(*, actor, ingestion: Ingestion, action: int, changes: dict, data: dict) -> LogEntry:
     user = actor if getattr(actor, "is_authenticated", False) else None
@@ -46,16 +48,7 @@ def record_operation(operation, *, actor, duration_seconds: float | None) -> Log
             "operation": operation.kind,
             "operation_id": operation.public_id,
             "outcome": operation.status,
-            "impact": {
-                key: operation.impact.get(key)
-                for key in (
-                    "files_to_process",
-                    "files_skipped",
-                    "estimated_data_size_gb",
-                    "estimated_cost_usd",
-                    "estimated_duration_minutes",
-                )
-            },
+            "impact": public_impact(operation.impact),
             "steps": steps,
             "run_id": operation.run.public_id if operation.run_id else None,
             "attempt": operation.attempts,

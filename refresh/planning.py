@@ -40,6 +40,21 @@ def size_text(size_bytes: int) -> str:
     return f"{size_bytes / 1e3:,.1f} KB"
 
 
+# The PRD's `impact` fields; the stored record also keeps bytes and the throughput source.
+IMPACT_FIELDS = (
+    "files_to_process",
+    "files_skipped",
+    "estimated_data_size_gb",
+    "estimated_cost_usd",
+    "estimated_duration_minutes",
+)
+
+
+def public_impact(record: dict) -> dict:
+    """The PRD's `impact` object from a stored impact record."""
+    return {key: record.get(key) for key in IMPACT_FIELDS}
+
+
 @dataclass
 class Impact:
     files_to_process: int
@@ -52,13 +67,7 @@ class Impact:
 
     def as_response(self) -> dict:
         """The PRD's `impact` object (internal fields left out)."""
-        return {
-            "files_to_process": self.files_to_process,
-            "files_skipped": self.files_skipped,
-            "estimated_data_size_gb": self.estimated_data_size_gb,
-            "estimated_cost_usd": self.estimated_cost_usd,
-            "estimated_duration_minutes": self.estimated_duration_minutes,
-        }
+        return public_impact(asdict(self))
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from django.utils import timezone
 
 from .models import OperationKind, OperationStatus, RefreshOperation, StepName, StepStatus
-from .planning import Plan
+from .planning import Plan, public_impact
 
 ENDPOINT_BY_KIND = {
     OperationKind.FULL_REFRESH: ("POST", "full-refresh"),
@@ -79,16 +79,7 @@ def operation_payload(operation: RefreshOperation) -> dict:
         "run_id": operation.run.public_id if operation.run_id else None,
         "timestamp": operation.finished_at or operation.updated_at,
         "operations": [step_payload(step) for step in steps if step.status != StepStatus.PENDING],
-        "impact": {
-            key: operation.impact.get(key)
-            for key in (
-                "files_to_process",
-                "files_skipped",
-                "estimated_data_size_gb",
-                "estimated_cost_usd",
-                "estimated_duration_minutes",
-            )
-        },
+        "impact": public_impact(operation.impact),
         "warnings": operation.warnings,
         "notes": operation.notes,
     }
