@@ -1,5 +1,6 @@
 """Fixtures for scaling out: S3 on loopback (moto's server), Spark local and Connect, PostgreSQL."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -195,12 +196,30 @@ def spark_connect_url(tmp_path_factory):
     try:
         yield f"sc://127.0.0.1:{port}"
     finally:
+        _close_connect_sessions()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def _close_connect_sessions() -> None:
+    """Close the engine's Connect clients while their server still answers.
+
+    A client left open runs cleanup calls at interpreter exit; with the server gone they
+    retry with back-off for minutes, and pytest cannot exit meanwhile.
+    """
+    from ingestions.engines import spark as spark_engine
+
+    with spark_engine._sessions_lock:
+        connect_keys = [key for key in spark_engine._sessions if str(key[1]).startswith("sc://")]
+        sessions = [spark_engine._sessions.pop(key) for key in connect_keys]
+    for session in sessions:
+        # A client already closed has nothing left to release.
+        with contextlib.suppress(Exception):
+            session.stop()
 
 
 def spark_drop_namespaces(spark) -> None:
