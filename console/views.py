@@ -45,7 +45,6 @@ from ingestions.selectors import (
 )
 from ingestions.tenancy import SESSION_TENANT_KEY, NoTenantError, tenant_for_request
 from refresh.errors import OperationNotFoundError
-from refresh.limits import check_rate_limit
 from refresh.models import OperationKind, OperationStatus, RefreshOperation
 from refresh.presenters import operation_payload, preview_payload
 from refresh.selectors import operation_get, operation_list
@@ -392,7 +391,6 @@ def _operation_execute(request, tenant, ingestion, action: Action, context: dict
         }
         return _panel(request, {**context, "error": error}, status=400)
     try:
-        check_rate_limit(request=request, user=request.user, kind=action.kind)
         operation = refresh_execute(
             ingestion=ingestion,
             kind=action.kind,
@@ -487,7 +485,6 @@ def operation_resume(request, tenant, operation_id: str):
         "action": ACTION_BY_KIND[operation.kind],
     }
     try:
-        check_rate_limit(request=request, user=request.user, kind="resume")
         operation = refresh_resume(operation=operation, actor=request.user)
     except AutoloaderError as exc:
         return _refusal(request, exc, context)
