@@ -28,7 +28,7 @@ def _usage(*, user, kind: str, increment: bool) -> dict | None:
     )
 
 
-def check_rate_limit(*, user, kind: str, request=None) -> None:
+def check_rate_limit(*, user, kind: str) -> None:
     """Refuse if `user` already used up the rate of `kind`; counts nothing.
 
     Raises:
