@@ -46,6 +46,7 @@ serve: install
 	$(BIN)/python manage.py check --deploy
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py createcachetable
+	$(BIN)/python manage.py init_catalog
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	HOST=$(HOST) PORT=$(PORT) PYTHON=$(BIN)/python exec bash deploy/serve.sh
 
@@ -58,7 +59,7 @@ worker: install
 
 # var/ is the default data dir (AUTOLOADER_DATA_DIR); the venv is kept.
 clean:
-	rm -rf var/
+	rm -rf var/ var-landing/
 
 # Whole suite against a throwaway PostgreSQL 15 (see scripts/with_postgres.sh).
 pg-test:

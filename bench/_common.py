@@ -27,6 +27,18 @@ def setup_django(data_dir: Path) -> None:
     call_command("createcachetable", verbosity=0)
 
 
+def grant_source(tenant, uri: str) -> None:
+    """Grant `tenant` the storage under `uri`, as platform staff would, unless one of its
+    locations covers it already: a source must lie inside one of its tenant's locations."""
+    from ingestions.errors import SourceNotAllowedError
+    from ingestions.locations import location_grant, source_resolve
+
+    try:
+        source_resolve(tenant=tenant, uri=uri)
+    except SourceNotAllowedError:
+        location_grant(tenant=tenant, uri=uri, name="bench")
+
+
 def temp_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 

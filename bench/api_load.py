@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, print_table, setup_django, temp_dir, write_results
+from _common import ROOT, grant_source, print_table, setup_django, temp_dir, write_results
 
 
 def free_port() -> int:
@@ -50,6 +50,7 @@ def prepare(work: Path) -> tuple[str, str, str]:
     user, _ = get_user_model().objects.get_or_create(username="bench-admin")
     Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": Role.ADMIN})
     token, _ = Token.objects.get_or_create(user=user)
+    grant_source(tenant, str(source))
     ingestion = ingestion_create(
         tenant=tenant,
         actor=None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import print_table, setup_django, temp_dir, write_results
+from _common import grant_source, print_table, setup_django, temp_dir, write_results
 
 
 def fill(ingestion, rows: int) -> None:
@@ -61,6 +61,7 @@ def main() -> None:
     Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": Role.ADMIN})
     source = work / "empty-source"
     source.mkdir()
+    grant_source(tenant, str(source))
 
     rows, results = [], []
     for size in args.sizes:

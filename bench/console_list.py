@@ -46,6 +46,8 @@ def main() -> None:
                 source_uri=str(work / "source"),
                 source_format="csv",
                 destination_table=f"raw.table_{size}_{index}",
+                # bulk_create skips save(), which derives the physical table name.
+                table_identifier=tenant.table_identifier(f"raw.table_{size}_{index}"),
             )
             for index in range(size)
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, print_table, setup_django, temp_dir, timed, write_results
+from _common import grant_source, median, print_table, setup_django, temp_dir, timed, write_results
 
 
 def make_files(folder: Path, count: int) -> None:
@@ -37,6 +37,7 @@ def bare_listing(folder: Path) -> int:
 def prepare(size: int, work: Path):
     from django.utils import timezone
 
+    from ingestions.locations import source_open
     from ingestions.models import Membership, ProcessedFile, Role, Tenant
     from ingestions.services import ingestion_create
     from ingestions.sources import list_source_files
@@ -48,6 +49,7 @@ def prepare(size: int, work: Path):
 
     user, _ = get_user_model().objects.get_or_create(username="bench-admin")
     Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": Role.ADMIN})
+    grant_source(tenant, str(folder))
     ingestion = ingestion_create(
         tenant=tenant,
         actor=None,
@@ -58,7 +60,7 @@ def prepare(size: int, work: Path):
         destination_table=f"raw.scale_{size}",
     )
     now = timezone.now()
-    listing = list_source_files(uri=str(folder))
+    listing = list_source_files(source=source_open(tenant=tenant, uri=str(folder)))
     ProcessedFile.objects.bulk_create(
         (
             ProcessedFile(ingestion=ingestion, path=f.path, size_bytes=f.size_bytes, loaded_at=now)

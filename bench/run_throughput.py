@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, print_table, setup_django, temp_dir, timed, write_results
+from _common import grant_source, median, print_table, setup_django, temp_dir, timed, write_results
 
 EXTENSIONS = {"csv": "csv", "parquet": "parquet", "json": "jsonl"}
 
@@ -94,6 +94,7 @@ def product_run(folder: Path, file_format: str, trial: int) -> int:
     from ingestions.services import ingestion_create
 
     tenant, _ = Tenant.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
+    grant_source(tenant, folder.as_uri())
     ingestion = ingestion_create(
         tenant=tenant,
         actor=None,

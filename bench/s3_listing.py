@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, print_table, setup_django, temp_dir, timed, write_results
+from _common import grant_source, median, print_table, setup_django, temp_dir, timed, write_results
 
 
 def free_port() -> int:
@@ -55,13 +55,18 @@ def main() -> None:
             key = f"landing/day={index % 30:02d}/part-{index:06d}.csv"
             backend.put_object("bench-source", key, b"id,name\n1,a\n")
 
+        from ingestions.locations import source_open
+        from ingestions.models import Tenant
         from ingestions.sources import list_source_files
 
+        tenant = Tenant.objects.create(slug="bench", name="Bench")
+        grant_source(tenant, "s3://bench-source/landing")
+        source = source_open(tenant=tenant, uri="s3://bench-source/landing")
         found = []
         times = [
-            timed(lambda: found.append(len(list_source_files(uri="s3://bench-source/landing", pattern="*.csv"))))
+            timed(lambda: found.append(len(list_source_files(source=source, pattern="*.csv"))))
             for _ in range(args.trials)
-        ]  # fmt: skip
+        ]
     finally:
         server.stop()
     assert set(found) == {args.objects}, found

@@ -2,7 +2,9 @@
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -17,6 +19,11 @@ STATUS_BY_ERROR_CODE = {
     "VALIDATION_ERROR": status.HTTP_400_BAD_REQUEST,
     "CONFIRMATION_REQUIRED": status.HTTP_400_BAD_REQUEST,
     "DRY_RUN_REQUIRED": status.HTTP_400_BAD_REQUEST,
+    "SOURCE_UNAVAILABLE": status.HTTP_400_BAD_REQUEST,
+    "SOURCE_NOT_ALLOWED": status.HTTP_400_BAD_REQUEST,
+    "SOURCE_LISTING_LIMIT": status.HTTP_400_BAD_REQUEST,
+    "FILE_READ_ERROR": status.HTTP_400_BAD_REQUEST,
+    "SCHEMA_MISMATCH": status.HTTP_400_BAD_REQUEST,
     "NOT_AUTHENTICATED": status.HTTP_401_UNAUTHORIZED,
     "AUTHENTICATION_FAILED": status.HTTP_401_UNAUTHORIZED,
     "INSUFFICIENT_PERMISSIONS": status.HTTP_403_FORBIDDEN,
@@ -31,10 +38,13 @@ STATUS_BY_ERROR_CODE = {
     "RUN_IN_PROGRESS": status.HTTP_409_CONFLICT,
     "RUN_NOT_CANCELLABLE": status.HTTP_409_CONFLICT,
     "INGESTION_EXISTS": status.HTTP_409_CONFLICT,
+    "TABLE_EXISTS": status.HTTP_409_CONFLICT,
     "REFRESH_IN_PROGRESS": status.HTTP_409_CONFLICT,
     "PLAN_STALE": status.HTTP_409_CONFLICT,
     "OPERATION_NOT_RESUMABLE": status.HTTP_409_CONFLICT,
+    "OPERATION_NOT_DECIDABLE": status.HTTP_409_CONFLICT,
     "IDEMPOTENCY_KEY_IN_USE": status.HTTP_409_CONFLICT,
+    "REQUEST_TOO_LARGE": status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     "IDEMPOTENCY_KEY_REUSED": status.HTTP_422_UNPROCESSABLE_ENTITY,
     "TABLE_PROTECTED": status.HTTP_423_LOCKED,
     "UNSUPPORTED_MEDIA_TYPE": status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -97,6 +107,15 @@ def api_exception_handler(exc, context):
             detail=_validation_summary(exc.detail),
             error_code="VALIDATION_ERROR",
             extra={"errors": exc.detail},
+        )
+    if isinstance(exc, RequestDataTooBig):
+        # Django refuses to read a body above DATA_UPLOAD_MAX_MEMORY_SIZE when DRF asks for
+        # it; the client sent too much, so it is theirs to fix, not a server error.
+        return error_response(
+            detail=f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} "
+            "bytes.",
+            error_code="REQUEST_TOO_LARGE",
+            help_text="Send a smaller body.",
         )
     if isinstance(exc, DjangoValidationError):
         errors = (

@@ -10,7 +10,9 @@
 | DJANGO_DEBUG | 1 | 0 for production |
 | DJANGO_SECRET_KEY | random, in $DATA_DIR/secret_key (DEBUG only) | required if DEBUG=0 |
 | DJANGO_ALLOWED_HOSTS | localhost,127.0.0.1,[::1] | comma separated |
-| AUTOLOADER_S3_ENDPOINT_URL, _REGION, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY | AWS_* variables | S3 |
+| AUTOLOADER_S3_ENDPOINT_URL, _REGION, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY | AWS_* | S3 defaults |
+| AUTOLOADER_SECRETS_KEY | in $DATA_DIR/secrets_key (DEBUG only) | encrypts location secrets |
+| AUTOLOADER_LISTING_MAX_ENTRIES / _MAX_SECONDS | 1000000 / 30 | bounds of one source listing |
 | AUTOLOADER_SPARK_MASTER | local[*] | Spark master or Spark Connect sc://host:port |
 | AUTOLOADER_SPARK_CATALOG | spark_catalog | Spark catalog of the spark engine's tables |
 | AUTOLOADER_SPARK_CONF | {} | JSON object of Spark configuration, passed verbatim |
@@ -43,6 +45,11 @@ def env_int(name: str, default: int) -> int:
 def env_float(name: str, default: float) -> float:
     value = os.environ.get(name)
     return float(value) if value not in (None, "") else default
+
+
+def _env_first(*names: str) -> str:
+    """The first of `names` set to a non-empty value, else ""."""
+    return next((os.environ[name] for name in names if os.environ.get(name)), "")
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -193,7 +200,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["console.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "console.api_errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -209,6 +216,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "console.schema.postprocess_schema",
+    ],
 }
 
 # --- Autoloader: engine, runs ----------------------------------------------------------
@@ -239,9 +250,12 @@ REFRESH_PLAN_TTL_SECONDS = env_int("REFRESH_PLAN_TTL_SECONDS", 15 * 60)
 REFRESH_PLAN_MAX_GROWTH = env_float("REFRESH_PLAN_MAX_GROWTH", 0.10)
 # Duration estimates use each ingestion's measured throughput; this until it has one.
 REFRESH_DEFAULT_THROUGHPUT_MB_PER_S = env_float("REFRESH_DEFAULT_THROUGHPUT_MB_PER_S", 20.0)
+# Full refresh / fresh start: "atomic" builds the new table beside the live one and
+# publishes it when the run ends (no downtime); "drop_first" drops at once (the PRD's way).
+REFRESH_DEFAULT_MODE = os.environ.get("REFRESH_DEFAULT_MODE", "atomic")
 # An operation still "in progress" after this long was interrupted (its process died).
 REFRESH_STALE_SECONDS = env_int("REFRESH_STALE_SECONDS", 600)
-# Executions per user, django-ratelimit syntax; dry-runs are not counted.
+# Executions per user ("5/h", "100/15m"); dry-runs and refused calls are not counted.
 REFRESH_RATE_LIMITS = {
     "full_refresh": os.environ.get("REFRESH_RATE_FULL_REFRESH", "5/h"),
     "fresh_start": os.environ.get("REFRESH_RATE_FRESH_START", "10/h"),
@@ -249,20 +263,37 @@ REFRESH_RATE_LIMITS = {
     "clear_processed_files": os.environ.get("REFRESH_RATE_CLEAR_PROCESSED_FILES", "10/h"),
     "resume": os.environ.get("REFRESH_RATE_RESUME", "20/h"),
 }
-RATELIMIT_USE_CACHE = "default"  # the database cache: shared by every web process
 IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)
 # `/metrics` answers a scraper presenting `Authorization: Bearer <this>`, or a staff login.
 AUTOLOADER_METRICS_TOKEN = os.environ.get("AUTOLOADER_METRICS_TOKEN", "")
 
 # --- Scaling out: S3, the Spark engine, production static files (docs/deploy.md) -------
-# S3 for sources (s3://bucket/prefix) and for the Iceberg warehouse. Empty values fall back
-# to the standard AWS variables (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-# AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), then to the AWS default chain (~/.aws, instance
-# profile). Credentials live in the environment only, never in the database.
-AUTOLOADER_S3_ENDPOINT_URL = os.environ.get("AUTOLOADER_S3_ENDPOINT_URL", "")
-AUTOLOADER_S3_REGION = os.environ.get("AUTOLOADER_S3_REGION", "")
-AUTOLOADER_S3_ACCESS_KEY_ID = os.environ.get("AUTOLOADER_S3_ACCESS_KEY_ID", "")
-AUTOLOADER_S3_SECRET_ACCESS_KEY = os.environ.get("AUTOLOADER_S3_SECRET_ACCESS_KEY", "")
+# S3 for the Iceberg warehouse, and the default credentials of S3 storage locations granted
+# without keys of their own. Each AUTOLOADER_S3_* falls back to the standard AWS variable
+# (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), which the code
+# then passes to pyarrow and pyiceberg explicitly (pyarrow's own S3FileSystem ignores
+# AWS_ENDPOINT_URL).
+AUTOLOADER_S3_ENDPOINT_URL = _env_first(
+    "AUTOLOADER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"
+)
+AUTOLOADER_S3_REGION = _env_first("AUTOLOADER_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+AUTOLOADER_S3_ACCESS_KEY_ID = _env_first("AUTOLOADER_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+AUTOLOADER_S3_SECRET_ACCESS_KEY = _env_first(
+    "AUTOLOADER_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"
+)
+# Storage locations (manage.py grant_location): their S3 secret keys are stored encrypted
+# with this Fernet key (44 url-safe base64 characters; `manage.py grant_location
+# --new-secrets-key` prints one). In DEBUG a random key is kept in $DATA_DIR/secrets_key.
+AUTOLOADER_SECRETS_KEY = os.environ.get("AUTOLOADER_SECRETS_KEY", "")
+# Listing a source stops with SOURCE_LISTING_LIMIT past this many entries or seconds, so a
+# huge folder answers with an error instead of holding a web worker (and its memory).
+# The demo's landing zone (`make run`): beside the data dir, never inside it, since no
+# storage location may overlap the product's own files.
+AUTOLOADER_DEMO_LANDING_DIR = Path(
+    os.environ.get("AUTOLOADER_DEMO_LANDING_DIR", DATA_DIR.parent / f"{DATA_DIR.name}-landing")
+).resolve()
+AUTOLOADER_LISTING_MAX_ENTRIES = env_int("AUTOLOADER_LISTING_MAX_ENTRIES", 1_000_000)
+AUTOLOADER_LISTING_MAX_SECONDS = env_float("AUTOLOADER_LISTING_MAX_SECONDS", 30.0)
 # Spark engine: local[*], spark://host:7077, k8s://https://host:443, yarn, or Spark Connect
 # sc://host:15002. The catalog holding the tables: spark_catalog (Spark's built-in one) or
 # a catalog named in AUTOLOADER_SPARK_CONF, e.g. an Iceberg catalog "lake".

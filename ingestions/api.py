@@ -4,20 +4,22 @@ Views translate HTTP to service calls and back; the rules live in services and s
 """
 
 from drf_spectacular.utils import (
+    OpenApiParameter,
     OpenApiResponse,
     extend_schema,
     inline_serializer,
 )
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .engines import ENGINE_CHOICES
-from .engines.base import validate_table_name
+from .engines.base import MAX_TABLE_NAME_PART_LENGTH, validate_table_name
 from .errors import PermissionDeniedError
+from .locations import location_list
 from .models import PUBLIC_ID_VALIDATOR, Ingestion, RunTrigger, SourceFormat
+from .pagination import StrictLimitOffsetPagination
 from .runs import run_cancel, run_request
 from .selectors import (
     ingestion_get,
@@ -34,12 +36,14 @@ from .serializers import (
     StrictSerializer,
 )
 from .services import (
+    ExistingTable,
     ingestion_create,
     ingestion_delete,
     ingestion_update,
 )
 from .tenancy import tenant_for_request
 
+TABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,63}\.[a-z_][a-z0-9_]{0,63}$"
 ERROR_SCHEMA = inline_serializer(
     name="Error",
     fields={
@@ -129,19 +133,22 @@ class SourceInputSerializer(StrictSerializer):
 
 
 class DestinationInputSerializer(StrictSerializer):
-    table = serializers.CharField(max_length=129)
+    # The pattern is declared for the OpenAPI schema; validate_table gives the clear message.
+    table = serializers.RegexField(
+        TABLE_NAME_PATTERN,
+        max_length=129,
+        error_messages={"invalid": "Use 'namespace.table' in lowercase letters, digits and _."},
+    )
 
     def validate_table(self, value: str) -> str:
         try:
-            return validate_table_name(value)
+            return validate_table_name(value, max_part_length=MAX_TABLE_NAME_PART_LENGTH)
         except ValueError as exc:
             raise serializers.ValidationError(str(exc)) from None
 
 
 class IngestionListCreateApi(TenantAPIView):
-    class Pagination(LimitOffsetPagination):
-        default_limit = 50
-        max_limit = 500
+    Pagination = StrictLimitOffsetPagination
 
     pagination_class = Pagination  # read by the schema: the list is paginated
 
@@ -155,6 +162,12 @@ class IngestionListCreateApi(TenantAPIView):
             max_digits=10, decimal_places=4, min_value=0, required=False
         )
         protected = serializers.BooleanField(default=False)
+        existing_table = serializers.ChoiceField(
+            choices=ExistingTable.choices,
+            required=False,
+            help_text="Only when the destination table exists already (an ingestion over it "
+            "was deleted): adopt its rows (their files count as processed) or replace it.",
+        )
 
     @extend_schema(
         operation_id="ingestions_list",
@@ -171,8 +184,8 @@ class IngestionListCreateApi(TenantAPIView):
         request=InputSerializer,
         responses={
             201: IngestionOutputSerializer,
-            400: OpenApiResponse(ERROR_SCHEMA, description="VALIDATION_ERROR"),
-            409: OpenApiResponse(ERROR_SCHEMA, description="INGESTION_EXISTS"),
+            400: OpenApiResponse(ERROR_SCHEMA, description="VALIDATION_ERROR / SOURCE_NOT_ALLOWED"),
+            409: OpenApiResponse(ERROR_SCHEMA, description="INGESTION_EXISTS / TABLE_EXISTS"),
             **COMMON_ERRORS,
         },
     )
@@ -194,6 +207,7 @@ class IngestionListCreateApi(TenantAPIView):
             engine=data["engine"],
             cost_per_gb_usd=data.get("cost_per_gb_usd"),
             protected=data["protected"],
+            existing_table=data.get("existing_table"),
         )
         return Response(one_ingestion_payload(ingestion), status=status.HTTP_201_CREATED)
 
@@ -235,7 +249,11 @@ class IngestionDetailApi(TenantAPIView):
     @extend_schema(
         operation_id="ingestions_update",
         request=InputSerializer,
-        responses={200: IngestionOutputSerializer, 400: ERROR_SCHEMA, **COMMON_ERRORS},
+        responses={
+            200: IngestionOutputSerializer,
+            400: OpenApiResponse(ERROR_SCHEMA, description="VALIDATION_ERROR / SOURCE_NOT_ALLOWED"),
+            **COMMON_ERRORS,
+        },
     )
     def patch(self, request, ingestion_id: str):
         ingestion = self.get_ingestion(ingestion_id, "change_ingestion")
@@ -246,17 +264,57 @@ class IngestionDetailApi(TenantAPIView):
         for key in ("uri", "format", "pattern", "options"):
             if key in source:
                 data[f"source_{key}"] = source[key]
-        ingestion = ingestion_update(ingestion=ingestion, data=data)
+        ingestion = ingestion_update(ingestion=ingestion, data=data, actor=request.user)
         return Response(one_ingestion_payload(ingestion))
+
+    class DeleteInputSerializer(StrictSerializer):
+        confirm = serializers.BooleanField(default=False)
+        drop_table = serializers.BooleanField(default=False)
+
+    class DeleteOutputSerializer(serializers.Serializer):
+        id = serializers.CharField()
+        deleted = serializers.BooleanField()
+        table = inline_serializer(
+            name="DeletedIngestionTable",
+            fields={
+                "name": serializers.CharField(),
+                "identifier": serializers.CharField(),
+                "action": serializers.ChoiceField(["kept", "dropped"]),
+                "existed": serializers.BooleanField(required=False),
+                "help": serializers.CharField(required=False),
+            },
+        )
 
     @extend_schema(
         operation_id="ingestions_destroy",
-        responses={204: None, 409: ERROR_SCHEMA, **COMMON_ERRORS},
+        request=DeleteInputSerializer,
+        parameters=[
+            OpenApiParameter("confirm", bool, description="Same as the body's confirm."),
+            OpenApiParameter("drop_table", bool, description="Same as the body's drop_table."),
+        ],
+        responses={
+            200: DeleteOutputSerializer,
+            400: OpenApiResponse(ERROR_SCHEMA, description="CONFIRMATION_REQUIRED"),
+            409: OpenApiResponse(ERROR_SCHEMA, description="RUN_IN_PROGRESS"),
+            423: OpenApiResponse(ERROR_SCHEMA, description="TABLE_PROTECTED"),
+            **COMMON_ERRORS,
+        },
     )
     def delete(self, request, ingestion_id: str):
         ingestion = self.get_ingestion(ingestion_id, "delete_ingestion")
-        ingestion_delete(ingestion=ingestion)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        # DELETE bodies are awkward for some clients: the query string works too.
+        values = {**request.query_params.dict(), **(request.data or {})}
+        serializer = self.DeleteInputSerializer(
+            data={key: values[key] for key in ("confirm", "drop_table") if key in values}
+        )
+        serializer.is_valid(raise_exception=True)
+        outcome = ingestion_delete(
+            ingestion=ingestion,
+            actor=request.user,
+            confirm=serializer.validated_data["confirm"],
+            drop_table=serializer.validated_data["drop_table"],
+        )
+        return Response(outcome)
 
 
 class IngestionRunApi(TenantAPIView):
@@ -276,9 +334,7 @@ class IngestionRunApi(TenantAPIView):
 
 
 class IngestionRunsApi(TenantAPIView):
-    class Pagination(LimitOffsetPagination):
-        default_limit = 50
-        max_limit = 500
+    Pagination = StrictLimitOffsetPagination
 
     pagination_class = Pagination  # read by the schema: the list is paginated
 
@@ -318,3 +374,21 @@ class RunCancelApi(TenantAPIView):
         self.require("run_ingestion", run.ingestion)
         run = run_cancel(run=run)
         return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class LocationListApi(TenantAPIView):
+    """The storage locations granted to the caller's tenant: where its sources may lie."""
+
+    class OutputSerializer(serializers.Serializer):
+        uri = serializers.CharField()
+        name = serializers.CharField()
+        scheme = serializers.CharField()
+        created_at = serializers.DateTimeField()
+
+    @extend_schema(
+        operation_id="locations_list",
+        responses={200: OutputSerializer(many=True), **COMMON_ERRORS},
+    )
+    def get(self, request):
+        self.require("view_ingestion")
+        return Response(self.OutputSerializer(location_list(tenant=self.tenant), many=True).data)

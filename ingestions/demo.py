@@ -11,7 +11,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
-from .models import Ingestion, Membership, Role, Run, Tenant
+from .locations import location_grant
+from .models import Ingestion, Membership, Role, Run, StorageLocation, Tenant
 from .runs import run_request
 from .services import ingestion_create
 
@@ -117,12 +118,21 @@ DEMO_USERS = [
 ]
 
 
-def seed_demo(*, data_dir: Path, password: str, queue_runs: bool = True) -> dict:
-    """Create (or complete) the demo; returns what a person needs to try it."""
+def seed_demo(*, landing_dir: Path, password: str, queue_runs: bool = True) -> dict:
+    """Create (or complete) the demo; returns what a person needs to try it.
+
+    Each tenant is granted its own folder of `landing_dir` as a storage location, and its
+    ingestions read from there.
+    """
     tenants = {
         "acme": Tenant.objects.get_or_create(slug="acme", defaults={"name": "Acme Corp"})[0],
         "globex": Tenant.objects.get_or_create(slug="globex", defaults={"name": "Globex"})[0],
     }
+    for slug, tenant in tenants.items():
+        folder = landing_dir / slug
+        folder.mkdir(parents=True, exist_ok=True)
+        if not StorageLocation.objects.filter(tenant=tenant).exists():
+            location_grant(tenant=tenant, uri=folder.as_uri(), name=f"{tenant.name} landing zone")
     users = {}
     for username, tenant_slug, role in DEMO_USERS:
         user, created = get_user_model().objects.get_or_create(username=username)
@@ -133,7 +143,7 @@ def seed_demo(*, data_dir: Path, password: str, queue_runs: bool = True) -> dict
             user=user, tenant=tenants[tenant_slug], defaults={"role": role}
         )
         users[username] = user
-    source_root = data_dir / "demo-sources"
+    source_root = landing_dir
     for (
         tenant_slug,
         public_id,
@@ -147,6 +157,11 @@ def seed_demo(*, data_dir: Path, password: str, queue_runs: bool = True) -> dict
         writer(source_root / folder)
         tenant = tenants[tenant_slug]
         ingestion = Ingestion.objects.filter(tenant=tenant, public_id=public_id).first()
+        if ingestion is not None and ingestion.source_uri != (source_root / folder).as_uri():
+            # A demo seeded before storage locations read from inside the data dir.
+            Ingestion.objects.filter(pk=ingestion.pk).update(
+                source_uri=(source_root / folder).as_uri()
+            )
         if ingestion is None:
             with transaction.atomic():
                 ingestion = ingestion_create(

@@ -126,3 +126,48 @@ class RefreshInProgressError(AutoloaderError):
     def __init__(self, message: str = "", *, current_operation_id: str):
         super().__init__(message, current_operation_id=current_operation_id)
         self.current_operation_id = current_operation_id
+
+
+class SourceNotAllowedError(AutoloaderError):
+    """The source is not inside one of the tenant's storage locations."""
+
+    error_code = "SOURCE_NOT_ALLOWED"
+    help = (
+        "Sources must lie inside a storage location granted to your tenant. A platform "
+        "administrator grants locations (Django admin, or manage.py grant_location); ask "
+        "yours, or choose a source inside one of your locations (GET /api/v1/locations)."
+    )
+
+
+class SourceListingLimitError(AutoloaderError):
+    """Listing the source went past the entry or time bound."""
+
+    error_code = "SOURCE_LISTING_LIMIT"
+    help = (
+        "Point the source at a narrower folder or set a pattern; an operator can raise "
+        "AUTOLOADER_LISTING_MAX_ENTRIES / AUTOLOADER_LISTING_MAX_SECONDS."
+    )
+
+
+class TableExistsError(AutoloaderError):
+    """The destination table already exists and no ingestion owns it."""
+
+    error_code = "TABLE_EXISTS"
+    help = (
+        'Say what to do with its rows: "existing_table": "adopt" keeps them and records the '
+        'files they came from, so nothing loads twice; "replace" drops the table first.'
+    )
+
+
+class ConfirmationRequiredError(AutoloaderError):
+    """A destructive call came without `confirm: true`."""
+
+    error_code = "CONFIRMATION_REQUIRED"
+    help = "This operation is destructive. Explicitly set confirm=true to proceed."
+
+
+class TableProtectedError(AutoloaderError):
+    """The ingestion is protected: destructive operations are refused."""
+
+    error_code = "TABLE_PROTECTED"
+    help = 'An admin can lift protection with PATCH /api/v1/ingestions/{id} {"protected": false}.'

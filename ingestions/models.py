@@ -1,5 +1,6 @@
 """Models of the domain: tenants and memberships, ingestions, processed-file history, runs."""
 
+import re
 import secrets
 
 from django.conf import settings
@@ -15,10 +16,10 @@ PUBLIC_ID_VALIDATOR = RegexValidator(
 
 
 def validate_destination_table(value: str) -> None:
-    from .engines.base import validate_table_name
+    from .engines.base import MAX_TABLE_NAME_PART_LENGTH, validate_table_name
 
     try:
-        validate_table_name(value)
+        validate_table_name(value, max_part_length=MAX_TABLE_NAME_PART_LENGTH)
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
 
@@ -35,9 +36,31 @@ def new_run_id() -> str:
     return new_public_id("run")
 
 
+def catalog_namespace_for(slug: str) -> str:
+    """The Iceberg namespace prefix of a tenant's tables, from its slug.
+
+    Lowercase letters, digits and single underscores, never a double underscore: the
+    physical namespace is "<prefix>__<namespace>", so the first "__" always ends the prefix
+    and two tenants' tables can never share a name.
+    """
+    prefix = re.sub(r"_+", "_", re.sub(r"[^a-z0-9]", "_", slug.lower())).strip("_") or "tenant"
+    if prefix[0].isdigit():
+        prefix = f"t_{prefix}"
+    return prefix[:MAX_CATALOG_NAMESPACE_LENGTH].rstrip("_")
+
+
+MAX_CATALOG_NAMESPACE_LENGTH = 40
+
+
 class Tenant(models.Model):
     slug = models.SlugField(max_length=63, unique=True)
     name = models.CharField(max_length=200)
+    catalog_namespace = models.CharField(
+        max_length=MAX_CATALOG_NAMESPACE_LENGTH,
+        unique=True,
+        editable=False,
+        help_text="Prefix of this tenant's Iceberg namespaces (set once, from the slug).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -45,6 +68,16 @@ class Tenant(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    def save(self, *args, **kwargs):
+        if not self.catalog_namespace:
+            self.catalog_namespace = catalog_namespace_for(self.slug)
+        super().save(*args, **kwargs)
+
+    def table_identifier(self, destination_table: str) -> str:
+        """The physical Iceberg identifier of this tenant's "namespace.table"."""
+        namespace, table = destination_table.split(".", 1)
+        return f"{self.catalog_namespace}__{namespace}.{table}"
 
 
 class Role(models.TextChoices):
@@ -87,6 +120,9 @@ class Ingestion(models.Model):
     source_pattern = models.CharField(max_length=255, blank=True, default="")
     source_options = models.JSONField(default=dict, blank=True)
     destination_table = models.CharField(max_length=129, validators=[validate_destination_table])
+    # The physical Iceberg table ("<tenant prefix>__<namespace>.<table>"); one ingestion at
+    # most owns it, whatever the tenant (the unique constraint below).
+    table_identifier = models.CharField(max_length=200, editable=False)
     engine = models.CharField(max_length=32, default="iceberg")
     cost_per_gb_usd = models.DecimalField(max_digits=10, decimal_places=4, default=0.25)
     protected = models.BooleanField(
@@ -108,6 +144,7 @@ class Ingestion(models.Model):
                 fields=["tenant", "destination_table"],
                 name="ingestion_table_unique_per_tenant",
             ),
+            models.UniqueConstraint(fields=["table_identifier"], name="one_ingestion_per_table"),
         ]
         permissions = [
             ("run_ingestion", "Can trigger and cancel runs"),
@@ -119,6 +156,11 @@ class Ingestion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.public_id} ({self.name})"
+
+    def save(self, *args, **kwargs):
+        if not self.table_identifier and self.destination_table and self.tenant_id:
+            self.table_identifier = self.tenant.table_identifier(self.destination_table)
+        super().save(*args, **kwargs)
 
 
 class RunStatus(models.TextChoices):
@@ -139,6 +181,25 @@ class RunTrigger(models.TextChoices):
     FULL_REFRESH = "full_refresh"
     FRESH_START = "fresh_start"
     SCHEDULE = "schedule"
+
+
+class PublishState(models.TextChoices):
+    """Where a staged run's new table version is (see `ingestions.engines.Stage`)."""
+
+    NONE = "", "Not staged"  # an ordinary run: every batch is live once committed
+    STAGING = "staging", "Staging"  # batches go to the staged version
+    PUBLISHING = "publishing", "Publishing"  # the swap has begun; a resumed run finishes it
+    PUBLISHED = "published", "Published"
+    AWAITING_DECISION = "awaiting_decision", "Awaiting a decision"  # some files failed
+    DISCARDED = "discarded", "Discarded"
+
+
+class OnPartialFailure(models.TextChoices):
+    """What a staged run does with its new version when some files failed to load."""
+
+    DECIDE = "decide", "Wait for a decision"
+    PUBLISH = "publish", "Publish what loaded"
+    DISCARD = "discard", "Discard it"
 
 
 class Run(models.Model):
@@ -164,6 +225,20 @@ class Run(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A staged run (a zero-downtime refresh) builds a new version of the table beside the
+    # live one and publishes it, with its history, when it ends. `stage_name` names it.
+    stage_name = models.CharField(max_length=64, blank=True, default="")
+    stage_replaces_history = models.BooleanField(default=False)
+    stage_write_to = models.CharField(max_length=200, blank=True, default="")
+    stage_branch = models.CharField(max_length=64, blank=True, default="")
+    stage_base = models.BigIntegerField(null=True, blank=True)
+    publish_state = models.CharField(
+        max_length=20, choices=PublishState.choices, blank=True, default=PublishState.NONE
+    )
+    on_partial_failure = models.CharField(
+        max_length=16, choices=OnPartialFailure.choices, default=OnPartialFailure.DECIDE
+    )
+    published_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -246,3 +321,40 @@ class ProcessedFile(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+
+class StorageLocation(models.Model):
+    """A storage prefix granted to one tenant by platform staff (like Unity Catalog's
+    external locations): every source of the tenant lies inside one of its locations.
+
+    `uri` is normalized (lowercase scheme, no "..", no "//", a trailing "/"; local paths
+    with symlinks resolved), and locations never overlap each other or the product's own
+    files (`ingestions.locations.location_grant` checks both). S3 locations carry their
+    own endpoint and keys; the secret key is stored encrypted (`ingestions.secrets`).
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="locations")
+    uri = models.CharField(max_length=1024, unique=True)
+    name = models.CharField(max_length=200, blank=True, default="")
+    s3_endpoint_url = models.CharField(max_length=512, blank=True, default="")
+    s3_region = models.CharField(max_length=64, blank=True, default="")
+    s3_access_key_id = models.CharField(max_length=128, blank=True, default="")
+    s3_secret_access_key_encrypted = models.TextField(blank=True, default="", editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "uri"]
+
+    def __str__(self) -> str:
+        return f"{self.uri} ({self.tenant})"
+
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
+    @property
+    def has_secret(self) -> bool:
+        return bool(self.s3_secret_access_key_encrypted)

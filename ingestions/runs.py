@@ -12,16 +12,16 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, JSONField, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from .engines import Engine, load_engine
+from .engines import Engine, Stage, load_engine
 from .errors import (
     AutoloaderError,
     RefreshInProgressError,
@@ -30,16 +30,20 @@ from .errors import (
     RunNotCancellableError,
     RunOwnershipLostError,
 )
+from .locations import source_open
 from .models import (
     BatchStatus,
     Ingestion,
+    OnPartialFailure,
     ProcessedFile,
+    PublishState,
     Run,
     RunBatch,
     RunStatus,
     RunTrigger,
 )
 from .selectors import processed_file_paths, run_active
+from .services import history_delete
 from .sources import SourceFile, list_source_files, read_source_file
 from .sources.readers import conform_to_schema, with_metadata_columns
 
@@ -48,6 +52,7 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_RUN_KEY = "autoloader.run-id"
 SNAPSHOT_BATCH_KEY = "autoloader.batch-key"
 SNAPSHOT_INGESTION_KEY = "autoloader.ingestion-id"
+RUN_REQUEST_ATTEMPTS = 3
 
 
 # --- requesting and cancelling ---------------------------------------------------------
@@ -59,8 +64,15 @@ def run_request(
     actor=None,
     trigger: str = RunTrigger.API,
     for_refresh_operation: bool = False,
+    stage_name: str = "",
+    stage_replaces_history: bool = False,
+    on_partial_failure: str = OnPartialFailure.DECIDE,
 ) -> Run:
     """Queue a run of `ingestion` for the worker.
+
+    With `stage_name`, the run is staged (a zero-downtime refresh): it loads a new version
+    of the table beside the live one (replacing the history, or adding to it) and publishes
+    both when it ends; a failed or cancelled one publishes nothing.
 
     The run row and its task row are inserted in one transaction, so a run is never queued
     without a task to execute it, and the conditional unique constraint refuses a second
@@ -75,24 +87,35 @@ def run_request(
     from .tasks import execute_run
 
     requested_by = actor if getattr(actor, "is_authenticated", False) else None
-    try:
-        with transaction.atomic():
-            ingestion_lock(ingestion)
-            if not for_refresh_operation:
-                _refuse_during_refresh(ingestion)
-            run = Run.objects.create(
-                ingestion=ingestion, trigger=trigger, requested_by=requested_by
-            )
-            result = execute_run.enqueue(run.public_id)
-            run.task_id = str(result.id)
-            run.save(update_fields=["task_id"])
-    except IntegrityError:
-        active = run_active(ingestion=ingestion)
-        if active is None:
-            raise
-        raise RunInProgressError(
-            "A run is already in progress for this ingestion", current_run_id=active.public_id
-        ) from None
+    for attempt in range(1, RUN_REQUEST_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                ingestion_lock(ingestion)
+                if not for_refresh_operation:
+                    refuse_during_refresh(ingestion)
+                run = Run.objects.create(
+                    ingestion=ingestion,
+                    trigger=trigger,
+                    requested_by=requested_by,
+                    stage_name=stage_name,
+                    stage_replaces_history=stage_replaces_history,
+                    on_partial_failure=on_partial_failure,
+                )
+                result = execute_run.enqueue(run.public_id)
+                run.task_id = str(result.id)
+                run.save(update_fields=["task_id"])
+            break
+        except IntegrityError:
+            active = run_active(ingestion=ingestion)
+            if active is not None:
+                raise RunInProgressError(
+                    "A run is already in progress for this ingestion",
+                    current_run_id=active.public_id,
+                ) from None
+            # The run that was in the way finished between the refused insert and the look
+            # up: nothing is active any more, so ask again (it was a 500 before).
+            if attempt == RUN_REQUEST_ATTEMPTS:
+                raise
     logger.info("run %s queued for %s (%s)", run.public_id, ingestion.public_id, trigger)
     return run
 
@@ -107,7 +130,7 @@ def ingestion_lock(ingestion: Ingestion) -> None:
     list(Ingestion.objects.select_for_update().filter(pk=ingestion.pk).values_list("pk"))
 
 
-def _refuse_during_refresh(ingestion: Ingestion) -> None:
+def refuse_during_refresh(ingestion: Ingestion) -> None:
     # The reverse relation of refresh.RefreshOperation: a run must not load into a table
     # that a refresh operation is dropping.
     # An operation silent for REFRESH_STALE_SECONDS was interrupted (its process died): it
@@ -120,6 +143,15 @@ def _refuse_during_refresh(ingestion: Ingestion) -> None:
         raise RefreshInProgressError(
             "A refresh operation is in progress on this ingestion",
             current_operation_id=in_flight.public_id,
+        )
+    waiting = ingestion.refresh_operations.filter(
+        run__publish_state=PublishState.AWAITING_DECISION
+    ).first()
+    if waiting is not None:
+        # Loading into the live table now would make the staged version stale.
+        raise RefreshInProgressError(
+            "A refresh of this ingestion waits for a decision: publish or discard it first",
+            current_operation_id=waiting.public_id,
         )
 
 
@@ -172,11 +204,14 @@ def run_execute(*, run_id: str, engine: Engine | None = None) -> Run | None:
         logger.warning("run %s was taken over by another worker; stopping", run_id)
         return Run.objects.get(pk=run.pk)
     except RunCancelledError:
+        _discard_staged(run, engine)
         _finish(run, worker_id, RunStatus.CANCELLED, error="Cancelled by user.")
     except AutoloaderError as exc:
+        _discard_staged(run, engine)
         _finish(run, worker_id, RunStatus.FAILED, error=str(exc))
     except Exception as exc:  # the run must end FAILED with a readable error, whatever broke
         logger.exception("run %s failed", run_id)
+        _discard_staged(run, engine)
         _finish(run, worker_id, RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
     finally:
         heartbeat.stop()
@@ -197,8 +232,14 @@ def _claim(*, run_id: str, worker_id: str) -> Run | None:
         started_at=Coalesce("started_at", now),
         attempts=F("attempts") + 1,
         # A resumed run retries the files that failed before; loaded files stay counted.
-        files_failed=0,
-        failed_files=[],
+        # (Unless it was publishing: then it only finishes that, failures as they were.)
+        files_failed=Case(
+            When(publish_state=PublishState.PUBLISHING, then=F("files_failed")), default=0
+        ),
+        failed_files=Case(
+            When(publish_state=PublishState.PUBLISHING, then=F("failed_files")),
+            default=Value([], output_field=JSONField()),
+        ),
     )
     if not claimed:
         return None
@@ -280,14 +321,30 @@ class _RunExecutor:
         self.ingestion = run.ingestion
         self.engine = engine
         self.heartbeat = heartbeat
-        self.table_name = self.ingestion.destination_table
+        self.table_name = self.ingestion.table_identifier
+        self.source = None
+        self.stage = None
 
     def execute(self) -> None:
         batches_recover(ingestion=self.ingestion, engine=self.engine)
+        if self.run.stage_name:
+            if self.run.publish_state == PublishState.PUBLISHING:
+                # Killed while publishing: every batch is in; finish the swap, nothing more.
+                failed = self.run.files_failed
+                self._finish_staged(
+                    RunStatus.PARTIAL_SUCCESS if failed else RunStatus.SUCCESS,
+                    error=f"{failed} files failed to load." if failed else "",
+                )
+                return
+            self.stage = stage_of(self.run, engine=self.engine)
+            self.table_name = self.stage.write_to
+        # Checked against the tenant's locations now, not only when the ingestion was saved:
+        # a revoked location or a symlink changed since then reaches nothing.
+        self.source = source_open(tenant=self.ingestion.tenant, uri=self.ingestion.source_uri)
         listing = list_source_files(
-            uri=self.ingestion.source_uri, pattern=self.ingestion.source_pattern or None
+            source=self.source, pattern=self.ingestion.source_pattern or None
         )
-        history = processed_file_paths(ingestion=self.ingestion)
+        history = self._known_paths()
         new_files = [source for source in listing if source.path not in history]
         self.run.refresh_from_db(fields=["files_loaded"])
         Run.objects.filter(pk=self.run.pk).update(
@@ -309,7 +366,42 @@ class _RunExecutor:
             status, error = RunStatus.PARTIAL_SUCCESS, f"{len(failed)} files failed to load."
         else:
             status, error = RunStatus.SUCCESS, ""
+        if self.run.stage_name:
+            if status == RunStatus.FAILED:
+                raise StagedRunFailedError(error)  # discarded by run_execute
+            self._finish_staged(status, error=error)
+            return
         _finish(self.run, self.heartbeat.worker_id, status, error=error)
+
+    def _known_paths(self) -> set[str]:
+        """Files not to load: the history (unless the staged version replaces it) and what
+        this run committed already (a resumed staged run keeps its batches, not history)."""
+        known = set()
+        if not self.run.stage_replaces_history:
+            known = processed_file_paths(ingestion=self.ingestion)
+        if self.run.stage_name:
+            for files in RunBatch.objects.filter(
+                run=self.run, status=BatchStatus.COMMITTED
+            ).values_list("files", flat=True):
+                known.update(item["path"] for item in files)
+        return known
+
+    def _finish_staged(self, status: str, *, error: str = "") -> None:
+        """End a staged run: publish before reporting SUCCESS (a client that waits for the
+        run reads the new table), or wait for a decision when some files failed."""
+        decision = self.run.on_partial_failure
+        if status == RunStatus.SUCCESS or (
+            status == RunStatus.PARTIAL_SUCCESS and decision == OnPartialFailure.PUBLISH
+        ):
+            self.heartbeat.check()
+            staged_publish(run=self.run, engine=self.engine)
+        elif decision == OnPartialFailure.DISCARD:
+            staged_discard(run=self.run, engine=self.engine)
+            error = f"{error} The new version was discarded; the table is unchanged."
+        else:
+            Run.objects.filter(pk=self.run.pk).update(publish_state=PublishState.AWAITING_DECISION)
+            error = f"{error} The new version waits for a decision: publish or discard it."
+        _finish(self.run, self.heartbeat.worker_id, status, error=error.strip())
 
     def _check_cancel(self) -> None:
         self.heartbeat.check()
@@ -318,6 +410,8 @@ class _RunExecutor:
 
     def _load_batch(self, batch: list[SourceFile]) -> list[dict]:
         """Read the batch's files and commit the good ones as one snapshot; returns failures."""
+        # Each batch checks the location again: one revoked during the run reads no more.
+        self.source = source_open(tenant=self.ingestion.tenant, uri=self.ingestion.source_uri)
         ingested_at = timezone.now()
         target_schema = self.engine.table_schema(self.table_name)
         parts: list[pa.Table] = []
@@ -326,7 +420,7 @@ class _RunExecutor:
         for source in batch:
             try:
                 data = read_source_file(
-                    uri=self.ingestion.source_uri,
+                    source=self.source,
                     path=source.path,
                     file_format=self.ingestion.source_format,
                     options=self.ingestion.source_options or {},
@@ -385,6 +479,7 @@ class _RunExecutor:
             snapshot_id = self.engine.append(
                 self.table_name,
                 data,
+                branch=self.stage.branch if self.stage else None,
                 properties={
                     SNAPSHOT_RUN_KEY: self.run.public_id,
                     SNAPSHOT_BATCH_KEY: batch.batch_key,
@@ -420,9 +515,10 @@ def _split_batches(files: list[SourceFile]) -> list[list[SourceFile]]:
 
 
 def batch_mark_committed(*, batch: RunBatch, snapshot_id: int | None) -> None:
-    """Write the batch's files into the history and mark it COMMITTED, in one transaction."""
-    from datetime import datetime
+    """Mark the batch COMMITTED and write its files into the history, in one transaction.
 
+    A staged run's files join the history when its version is published (`staged_publish`).
+    """
     now = timezone.now()
     with transaction.atomic():
         updated = RunBatch.objects.filter(pk=batch.pk, status=BatchStatus.PENDING).update(
@@ -430,28 +526,114 @@ def batch_mark_committed(*, batch: RunBatch, snapshot_id: int | None) -> None:
         )
         if not updated:
             return  # someone else completed (or abandoned) it already
-        ProcessedFile.objects.bulk_create(
-            [
-                ProcessedFile(
-                    ingestion_id=batch.run.ingestion_id,
-                    path=item["path"],
-                    size_bytes=item["size_bytes"],
-                    modified_at=datetime.fromisoformat(item["modified_at"])
-                    if item.get("modified_at")
-                    else None,
-                    rows=item.get("rows", 0),
-                    run_id=batch.run_id,
-                    loaded_at=now,
-                )
-                for item in batch.files
-            ],
-            batch_size=1000,
-        )
         Run.objects.filter(pk=batch.run_id).update(
             files_loaded=F("files_loaded") + len(batch.files),
             rows_written=F("rows_written") + batch.rows,
             bytes_read=F("bytes_read") + batch.bytes,
         )
+        if not batch.run.stage_name:
+            _write_history(batch.run, batch.files, loaded_at=now)
+
+
+def _write_history(run: Run, files: list[dict], *, loaded_at) -> None:
+    ProcessedFile.objects.bulk_create(
+        [
+            ProcessedFile(
+                ingestion_id=run.ingestion_id,
+                path=item["path"],
+                size_bytes=item["size_bytes"],
+                modified_at=datetime.fromisoformat(item["modified_at"])
+                if item.get("modified_at")
+                else None,
+                rows=item.get("rows", 0),
+                run_id=run.pk,
+                loaded_at=loaded_at,
+            )
+            for item in files
+        ],
+        batch_size=1000,
+    )
+
+
+# --- staged runs: zero-downtime refresh ------------------------------------------------
+
+
+class StagedRunFailedError(AutoloaderError):
+    """Every file of a staged run failed: its new version is discarded."""
+
+    error_code = "RUN_FAILED"
+
+
+def stage_of(run: Run, *, engine: Engine) -> Stage:
+    """The run's staged version: begun on its first attempt, the same one when resumed."""
+    if run.stage_write_to:
+        return Stage(
+            table_name=run.ingestion.table_identifier,
+            write_to=run.stage_write_to,
+            branch=run.stage_branch or None,
+            base=run.stage_base,
+        )
+    stage = engine.stage_begin(run.ingestion.table_identifier, name=run.stage_name)
+    Run.objects.filter(pk=run.pk).update(
+        stage_write_to=stage.write_to,
+        stage_branch=stage.branch or "",
+        stage_base=stage.base,
+        publish_state=PublishState.STAGING,
+    )
+    run.stage_write_to, run.stage_branch, run.stage_base = (
+        stage.write_to,
+        stage.branch or "",
+        stage.base,
+    )
+    return stage
+
+
+def staged_publish(*, run: Run, engine: Engine) -> None:
+    """Publish a staged run's version and its history; idempotent, resumable at any point.
+
+    The table swap is one Iceberg commit (or rename); the history follows in one database
+    transaction. Killed between the two, the resumed run finds `publishing` and redoes both
+    (the swap is idempotent), so the history always ends matching the table.
+    """
+    Run.objects.filter(pk=run.pk).update(publish_state=PublishState.PUBLISHING)
+    if run.stage_write_to:
+        engine.stage_publish(stage_of(run, engine=engine))
+    now = timezone.now()
+    with transaction.atomic():
+        if run.stage_replaces_history:
+            history_delete(ingestion=run.ingestion)
+        committed = RunBatch.objects.filter(run=run, status=BatchStatus.COMMITTED)
+        files = [
+            item
+            for batch_files in committed.values_list("files", flat=True)
+            for item in batch_files
+        ]
+        known = processed_file_paths(ingestion=run.ingestion)
+        _write_history(run, [item for item in files if item["path"] not in known], loaded_at=now)
+        Run.objects.filter(pk=run.pk).update(publish_state=PublishState.PUBLISHED, published_at=now)
+    logger.info("run %s published its new version of %s", run.public_id, run.ingestion_id)
+
+
+def staged_discard(*, run: Run, engine: Engine) -> None:
+    """Throw a staged run's version away: the live table and the history stay as they were."""
+    if run.stage_write_to:
+        engine.stage_discard(stage_of(run, engine=engine))
+    Run.objects.filter(pk=run.pk).update(publish_state=PublishState.DISCARDED)
+
+
+def _discard_staged(run: Run, engine: Engine | None) -> None:
+    """A staged run that failed or was cancelled publishes nothing."""
+    run.refresh_from_db()
+    if not run.stage_name or run.publish_state in (
+        PublishState.PUBLISHED,
+        PublishState.PUBLISHING,
+        PublishState.DISCARDED,
+    ):
+        return
+    try:
+        staged_discard(run=run, engine=engine or load_engine(run.ingestion.engine))
+    except AutoloaderError:
+        logger.warning("could not discard the staged version of run %s", run.public_id)
 
 
 def batch_resolve(*, batch: RunBatch, engine: Engine) -> str:

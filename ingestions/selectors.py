@@ -91,9 +91,10 @@ def table_state(*, ingestion: Ingestion) -> dict:
     from .errors import AutoloaderError
 
     try:
-        info = load_engine(ingestion.engine).describe_table(ingestion.destination_table)
+        info = load_engine(ingestion.engine).describe_table(ingestion.table_identifier)
     except AutoloaderError as exc:
         return {
+            "identifier": ingestion.table_identifier,
             "exists": None,
             "row_count": None,
             "size_bytes": None,
@@ -103,6 +104,7 @@ def table_state(*, ingestion: Ingestion) -> dict:
             "error": str(exc),
         }
     return {
+        "identifier": ingestion.table_identifier,
         "exists": info.exists,
         "row_count": info.row_count,
         "size_bytes": info.size_bytes,

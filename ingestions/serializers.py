@@ -17,6 +17,7 @@ class StrictSerializer(serializers.Serializer):
 
 
 class TableOutputSerializer(serializers.Serializer):
+    identifier = serializers.CharField()
     exists = serializers.BooleanField(allow_null=True)
     row_count = serializers.IntegerField(allow_null=True)
     size_bytes = serializers.IntegerField(allow_null=True)
@@ -97,7 +98,7 @@ class IngestionOutputSerializer(serializers.ModelSerializer):
         }
 
     def get_destination(self, ingestion: Ingestion) -> dict:
-        return {"table": ingestion.destination_table}
+        return {"table": ingestion.destination_table, "identifier": ingestion.table_identifier}
 
     def get_table(self, ingestion: Ingestion) -> dict | None:
         tables = self.context.get("tables", {})

@@ -2,12 +2,24 @@
 
 from decimal import Decimal
 
+from auditlog.models import LogEntry
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
 
-from .errors import IngestionConflictError, RunInProgressError
-from .models import Ingestion, Tenant
+from . import audit
+from .engines import load_engine
+from .errors import (
+    ConfirmationRequiredError,
+    IngestionConflictError,
+    PermissionDeniedError,
+    RunInProgressError,
+    TableExistsError,
+    TableProtectedError,
+)
+from .locations import source_resolve
+from .models import Ingestion, ProcessedFile, Tenant
 from .selectors import run_active
 from .sources.readers import validate_reader_options
 
@@ -20,6 +32,26 @@ UPDATABLE_FIELDS = (
     "cost_per_gb_usd",
     "protected",
 )
+AUDITED_FIELDS = (
+    "public_id",
+    "name",
+    "source_uri",
+    "source_format",
+    "source_pattern",
+    "source_options",
+    "destination_table",
+    "table_identifier",
+    "engine",
+    "cost_per_gb_usd",
+    "protected",
+)
+
+
+class ExistingTable(models.TextChoices):
+    """What creating an ingestion does with a destination table that already exists."""
+
+    ADOPT = "adopt", "Keep its rows; record the files they came from as processed"
+    REPLACE = "replace", "Drop it; the first run loads every file"
 
 
 def ingestion_create(
@@ -36,16 +68,27 @@ def ingestion_create(
     cost_per_gb_usd: Decimal | float | None = None,
     protected: bool = False,
     public_id: str | None = None,
+    existing_table: str | None = None,
 ) -> Ingestion:
-    """Create an ingestion in `tenant`.
+    """Create an ingestion in `tenant`, loading into the tenant's own table.
+
+    The source must lie inside one of the tenant's storage locations. The physical table is
+    "<tenant prefix>__<namespace>.<table>" (see `Tenant.table_identifier`); if it exists
+    already (an ingestion over it was deleted), `existing_table` must say what to do with
+    its rows, so a new ingestion can never load files into it twice.
 
     Raises:
+        SourceNotAllowedError: the source is outside the tenant's locations.
         IngestionConflictError: the id or the destination table is taken in this tenant.
+        TableExistsError: the table exists and `existing_table` is not given.
+        PermissionDeniedError: "replace" without the permission to drop tables.
+        ValidationError: a field or reader option is invalid.
     """
+    normalized_uri, _ = source_resolve(tenant=tenant, uri=source_uri)
     ingestion = Ingestion(
         tenant=tenant,
         name=name,
-        source_uri=source_uri,
+        source_uri=normalized_uri,
         source_format=source_format,
         source_pattern=source_pattern or "",
         source_options=source_options or {},
@@ -64,12 +107,60 @@ def ingestion_create(
     if public_id:
         ingestion.public_id = public_id
     _clean(ingestion)
+    ingestion.table_identifier = tenant.table_identifier(destination_table)
+    if existing_table == ExistingTable.REPLACE and not _can(actor, "drop_table_ingestion", tenant):
+        raise PermissionDeniedError(
+            'Your role does not allow dropping tables ("existing_table": "replace").'
+        )
+    table_engine = load_engine(ingestion.engine)
     try:
         with transaction.atomic():
             ingestion.save()
+            # Inside the transaction: a refused creation leaves the table as it was found.
+            adopted = _take_over_table(
+                ingestion=ingestion, engine=table_engine, existing_table=existing_table
+            )
+            audit.record_change(
+                actor=actor,
+                obj=ingestion,
+                tenant=tenant,
+                action="ingestion_created",
+                log_action=LogEntry.Action.CREATE,
+                changes={field: [None, str(getattr(ingestion, field))] for field in AUDITED_FIELDS},
+                data={"ingestion_id": ingestion.public_id, "existing_table": adopted},
+            )
     except IntegrityError:
         raise _conflict(tenant, ingestion) from None
     return ingestion
+
+
+def _take_over_table(*, ingestion: Ingestion, engine, existing_table: str | None) -> str | None:
+    """Deal with a destination table that exists already; returns what was done, if anything."""
+    if not engine.table_exists(ingestion.table_identifier):
+        return None
+    if existing_table == ExistingTable.REPLACE:
+        engine.drop_table(ingestion.table_identifier)
+        return "replaced"
+    if existing_table == ExistingTable.ADOPT:
+        rows_by_file = engine.source_file_rows(ingestion.table_identifier)
+        now = timezone.now()
+        ProcessedFile.objects.bulk_create(
+            [
+                ProcessedFile(ingestion=ingestion, path=path, rows=rows, loaded_at=now)
+                for path, rows in sorted(rows_by_file.items())
+            ],
+            batch_size=1000,
+        )
+        return f"adopted ({len(rows_by_file)} files recorded)"
+    raise TableExistsError(
+        f"Table {ingestion.destination_table} ({ingestion.table_identifier}) already exists "
+        "and no ingestion owns it.",
+        table_identifier=ingestion.table_identifier,
+    )
+
+
+def _can(actor, permission: str, obj) -> bool:
+    return actor is None or actor.has_perm(f"ingestions.{permission}", obj)
 
 
 def _conflict(tenant: Tenant, ingestion: Ingestion) -> IngestionConflictError:
@@ -82,7 +173,9 @@ def _conflict(tenant: Tenant, ingestion: Ingestion) -> IngestionConflictError:
 
 def _clean(ingestion: Ingestion) -> None:
     """Model validation plus the reader options, so a bad option fails now, not every run."""
-    ingestion.full_clean(exclude=["tenant", "created_by"], validate_constraints=False)
+    ingestion.full_clean(
+        exclude=["tenant", "created_by", "table_identifier"], validate_constraints=False
+    )
     try:
         validate_reader_options(
             file_format=ingestion.source_format, options=ingestion.source_options
@@ -91,29 +184,113 @@ def _clean(ingestion: Ingestion) -> None:
         raise ValidationError({"source.options": [str(exc)]}) from None
 
 
-def ingestion_update(*, ingestion: Ingestion, data: dict) -> Ingestion:
-    """Update the allow-listed fields present in `data`; other keys are ignored."""
+def ingestion_update(*, ingestion: Ingestion, data: dict, actor=None) -> Ingestion:
+    """Update the allow-listed fields present in `data`; other keys are ignored.
+
+    Raises:
+        SourceNotAllowedError: a new source outside the tenant's locations.
+        ValidationError: a field or reader option is invalid.
+    """
     changed = [field for field in UPDATABLE_FIELDS if field in data]
+    before = {field: str(getattr(ingestion, field)) for field in changed}
+    if "source_uri" in data:
+        data = {
+            **data,
+            "source_uri": source_resolve(tenant=ingestion.tenant, uri=data["source_uri"])[0],
+        }
     for field in changed:
         setattr(ingestion, field, data[field])
+    changed = [field for field in changed if str(getattr(ingestion, field)) != before[field]]
     if changed:
         _clean(ingestion)
-        ingestion.save(update_fields=[*changed, "updated_at"])
+        with transaction.atomic():
+            ingestion.save(update_fields=[*changed, "updated_at"])
+            audit.record_change(
+                actor=actor,
+                obj=ingestion,
+                tenant=ingestion.tenant,
+                action="ingestion_updated",
+                changes={
+                    field: [before[field], str(getattr(ingestion, field))] for field in changed
+                },
+                data={"ingestion_id": ingestion.public_id},
+            )
     return ingestion
 
 
-def ingestion_delete(*, ingestion: Ingestion) -> None:
-    """Delete an ingestion and its history; its table is left in place.
+def ingestion_delete(
+    *, ingestion: Ingestion, actor, confirm: bool, drop_table: bool = False, engine=None
+) -> dict:
+    """Delete an ingestion and its history; its table is kept unless `drop_table`.
+
+    A kept table can be taken over by a new ingestion of the same tenant with
+    `"existing_table": "adopt"` (its files are recorded, nothing loads twice).
+
+    Returns:
+        What happened to the table: name, identifier, action ("kept" or "dropped"), help.
 
     Raises:
-        RunInProgressError: a run is active (cancel it first).
+        ConfirmationRequiredError: `confirm` is not exactly True.
+        TableProtectedError: the ingestion is protected.
+        PermissionDeniedError: `drop_table` without the permission to drop tables.
+        RunInProgressError, RefreshInProgressError: a run or a refresh is in flight.
+        EngineError: the table could not be dropped (nothing was deleted).
     """
-    active = run_active(ingestion=ingestion)
-    if active is not None:
-        raise RunInProgressError(
-            "Cannot delete an ingestion while it is running", current_run_id=active.public_id
+    from .runs import ingestion_lock, refuse_during_refresh
+
+    if confirm is not True:
+        raise ConfirmationRequiredError(
+            "Deleting an ingestion needs confirm=true (its history is deleted with it)."
         )
-    ingestion.delete()
+    if ingestion.protected:
+        raise TableProtectedError(
+            f"Ingestion {ingestion.public_id} is protected: lift the protection to delete it."
+        )
+    if drop_table and not _can(actor, "drop_table_ingestion", ingestion):
+        raise PermissionDeniedError("Your role does not allow dropping tables (drop_table).")
+    with transaction.atomic():
+        ingestion_lock(ingestion)
+        active = run_active(ingestion=ingestion)
+        if active is not None:
+            raise RunInProgressError(
+                "Cannot delete an ingestion while it is running", current_run_id=active.public_id
+            )
+        refuse_during_refresh(ingestion)
+        existed = None
+        if drop_table:
+            existed = (engine or load_engine(ingestion.engine)).drop_table(
+                ingestion.table_identifier
+            )
+        table = {
+            "name": ingestion.destination_table,
+            "identifier": ingestion.table_identifier,
+            "action": "dropped" if drop_table else "kept",
+        }
+        if drop_table:
+            table["existed"] = existed
+        else:
+            table["help"] = (
+                f"The table {ingestion.table_identifier} is kept with its rows. A new ingestion "
+                f"of this tenant on destination {ingestion.destination_table!r} must say "
+                '"existing_table": "adopt" (continue without loading a file twice) or '
+                '"replace" (drop it first).'
+            )
+        audit.record_change(
+            actor=actor,
+            obj=ingestion,
+            tenant=ingestion.tenant,
+            action="ingestion_deleted",
+            log_action=LogEntry.Action.DELETE,
+            changes={"ingestion": [ingestion.public_id, None]},
+            data={
+                "ingestion_id": ingestion.public_id,
+                "table": ingestion.table_identifier,
+                "table_action": table["action"],
+                "history_files": ingestion.processed_files.count(),
+            },
+        )
+        ingestion.delete()
+    return {"id": ingestion.public_id, "deleted": True, "table": table}
 
 
 def history_delete(*, ingestion: Ingestion) -> int:

@@ -15,6 +15,7 @@ urlpatterns = [
         api.IngestionRunsApi.as_view(),
         name="api-ingestion-runs",
     ),
+    path("locations", api.LocationListApi.as_view(), name="api-locations"),
     path("runs/<str:run_id>", api.RunDetailApi.as_view(), name="api-run"),
     path("runs/<str:run_id>/cancel", api.RunCancelApi.as_view(), name="api-run-cancel"),
 ]

@@ -1,5 +1,8 @@
 """Django admin of refresh operations and of the audit log, read-only, for auditors.
 
+Nothing here adds, changes or deletes a record, not even for a superuser: they are what the
+audit relies on (see `ingestions.admin`).
+
 The audit entries of refresh operations are django-auditlog `LogEntry` rows whose
 `additional_data` names the tenant, the operation and its outcome (see `refresh.audit`).
 auditlog's own admin cannot filter on those, so it is replaced by a subclass that can.
@@ -9,6 +12,7 @@ from auditlog import get_logentry_model
 from auditlog.admin import LogEntryAdmin  # imported first: it registers the admin we replace
 from django.contrib import admin
 
+from ingestions.admin import ReadOnlyAdminMixin
 from ingestions.models import Tenant
 
 from .models import OperationKind, OperationStatus, RefreshOperation, RefreshPlan, RefreshStep
@@ -16,20 +20,6 @@ from .models import OperationKind, OperationStatus, RefreshOperation, RefreshPla
 LogEntry = get_logentry_model()
 
 REFUSED = "refused"  # the outcome `refresh.audit.record_refusal` writes
-
-
-class ReadOnlyAdminMixin:
-    """Records are written by the services only: the admin shows them, never edits them.
-
-    Deletion keeps Django's default permission, so deleting a tenant or an ingestion in
-    the admin can still cascade to its records.
-    """
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class RefreshStepInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -143,6 +133,10 @@ class AuditLogEntryAdmin(LogEntryAdmin):
         *LogEntryAdmin.list_display[_after_action:],
     ]
     list_filter = [*LogEntryAdmin.list_filter, TenantFilter, OperationFilter, OutcomeFilter]
+
+    def has_delete_permission(self, request, obj=None):
+        # Not even as a cascade from another admin page, which auditlog's own admin allows.
+        return False
 
     @admin.display(description="tenant")
     def audit_tenant(self, entry):

@@ -16,11 +16,12 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
-from rest_framework.pagination import CursorPagination, LimitOffsetPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from ingestions.api import COMMON_ERRORS, ERROR_SCHEMA, TenantAPIView
+from ingestions.models import OnPartialFailure
+from ingestions.pagination import StrictCursorPagination, StrictLimitOffsetPagination
 from ingestions.selectors import processed_file_list
 from ingestions.serializers import ProcessedFileOutputSerializer, StrictSerializer
 
@@ -34,10 +35,16 @@ from .idempotency import (
     idempotency_complete,
     idempotency_release,
 )
-from .models import IdempotencyRecord, OperationKind, OperationStatus
+from .models import IdempotencyRecord, OperationKind, OperationStatus, RefreshMode
 from .presenters import operation_payload, preview_payload
 from .selectors import operation_get, operation_list
-from .services import refresh_execute, refresh_preview, refresh_resume
+from .services import (
+    operation_sync,
+    refresh_decide,
+    refresh_execute,
+    refresh_preview,
+    refresh_resume,
+)
 
 HTTP_STATUS_BY_OPERATION_STATUS = {
     OperationStatus.ACCEPTED: status.HTTP_202_ACCEPTED,
@@ -45,14 +52,17 @@ HTTP_STATUS_BY_OPERATION_STATUS = {
     OperationStatus.PARTIAL_FAILURE: status.HTTP_500_INTERNAL_SERVER_ERROR,
     OperationStatus.FAILED: status.HTTP_500_INTERNAL_SERVER_ERROR,
     OperationStatus.IN_PROGRESS: status.HTTP_202_ACCEPTED,
+    # What a zero-downtime operation becomes once its run ended (on a replayed request).
+    OperationStatus.PUBLISHED: status.HTTP_200_OK,
+    OperationStatus.AWAITING_DECISION: status.HTTP_200_OK,
+    OperationStatus.DISCARDED: status.HTTP_200_OK,
+    OperationStatus.CANCELLED: status.HTTP_200_OK,
 }
 
 OPERATION_SCHEMA = inline_serializer(
     name="RefreshOperationResponse",
     fields={
-        "status": serializers.ChoiceField(
-            ["accepted", "success", "partial_failure", "failed", "in_progress"]
-        ),
+        "status": serializers.ChoiceField([value for value, _ in OperationStatus.choices]),
         "message": serializers.CharField(),
         "operation_id": serializers.CharField(),
         "operation_type": serializers.CharField(),
@@ -131,6 +141,18 @@ class RefreshInputSerializer(StrictSerializer):
     auto_run = serializers.BooleanField(default=True)
     dry_run = serializers.BooleanField(default=False)
     plan_id = serializers.CharField(required=False, allow_null=True, max_length=63)
+    mode = serializers.ChoiceField(
+        choices=RefreshMode.choices,
+        required=False,
+        help_text="atomic (default): no downtime, the new table is published when its run "
+        "ends; drop_first: drop at once (frees storage now).",
+    )
+    on_partial_failure = serializers.ChoiceField(
+        choices=OnPartialFailure.choices,
+        default=OnPartialFailure.DECIDE,
+        help_text="When some files fail in an atomic refresh: wait for a decision (default), "
+        "publish what loaded, or discard it.",
+    )
 
 
 class RefreshApiView(TenantAPIView):
@@ -152,17 +174,25 @@ class RefreshApiView(TenantAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         query = request.query_params
-        dry_run = data.get("dry_run", False) or query.get("dry_run") == "true"
-        if dry_run:
-            plan = refresh_preview(ingestion=ingestion, kind=self.kind, actor=request.user)
-            return Response(preview_payload(plan))
-
-        confirm = data.get("confirm") is True or query.get("confirm") == "true"
+        # Checked before the dry-run branch: a header the execution would refuse is refused
+        # on the dry-run too, so a client's dry-run-then-execute never fails half-way.
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key and len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
             raise serializers.ValidationError(
                 {IDEMPOTENCY_HEADER: [f"At most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."]}
             )
+        dry_run = data.get("dry_run", False) or query.get("dry_run") == "true"
+        if dry_run:
+            plan = refresh_preview(
+                ingestion=ingestion,
+                kind=self.kind,
+                actor=request.user,
+                mode=data.get("mode"),
+                auto_run=data.get("auto_run", True),
+            )
+            return Response(preview_payload(plan))
+
+        confirm = data.get("confirm") is True or query.get("confirm") == "true"
         if key:
             replay = idempotency_begin(
                 user=request.user,
@@ -185,6 +215,8 @@ class RefreshApiView(TenantAPIView):
                 confirm=confirm,
                 auto_run=data.get("auto_run", True),
                 plan_id=data.get("plan_id"),
+                mode=data.get("mode"),
+                on_partial_failure=data.get("on_partial_failure", OnPartialFailure.DECIDE),
             )
         except BaseException:
             if key:
@@ -254,7 +286,10 @@ class FreshStartApi(RefreshApiView):
 
 
 class DropTableInputSerializer(RefreshInputSerializer):
-    auto_run = None  # dropping the table alone never triggers a run
+    # Dropping the table alone never triggers a run, so nothing is staged either.
+    auto_run = None
+    mode = None
+    on_partial_failure = None
 
 
 class DropTableApi(RefreshApiView):
@@ -277,10 +312,9 @@ class ProcessedFilesApi(RefreshApiView):
     input_serializer = DropTableInputSerializer
     behind_feature_flag = False
 
-    class Pagination(CursorPagination):
+    class Pagination(StrictCursorPagination):
         ordering = "id"
         page_size = 100
-        page_size_query_param = "page_size"
         max_page_size = 1000
 
     pagination_class = Pagination  # read by the schema: the list is paginated
@@ -316,7 +350,7 @@ class OperationDetailApi(TenantAPIView):
     def get(self, request, operation_id: str):
         operation = operation_get(tenant=self.tenant, operation_id=operation_id)
         self.require("view_ingestion")
-        payload = operation_payload(operation)
+        payload = operation_payload(operation_sync(operation=operation))
         return Response(payload, headers={"X-Operation-ID": operation.public_id})
 
 
@@ -335,8 +369,63 @@ class OperationResumeApi(TenantAPIView):
         return operation_response(operation)
 
 
+class DecisionInputSerializer(StrictSerializer):
+    confirm = serializers.JSONField(
+        required=False, allow_null=True, help_text="Must be the JSON boolean true."
+    )
+
+
+class OperationDecisionApi(TenantAPIView):
+    """Publish or discard what a zero-downtime refresh loaded when some files failed."""
+
+    publish: bool
+
+    def post(self, request, operation_id: str):
+        if not settings.ENABLE_REFRESH_OPERATIONS_API:
+            raise RefreshApiDisabledError("The refresh operations API is disabled.")
+        operation = operation_get(tenant=self.tenant, operation_id=operation_id)
+        serializer = DecisionInputSerializer(data=request.data or {})
+        serializer.is_valid(raise_exception=True)
+        confirm = (
+            serializer.validated_data.get("confirm") is True
+            or request.query_params.get("confirm") == "true"
+        )
+        operation = refresh_decide(
+            operation=operation, actor=request.user, publish=self.publish, confirm=confirm
+        )
+        return Response(
+            operation_payload(operation), headers={"X-Operation-ID": operation.public_id}
+        )
+
+
+class OperationPublishApi(OperationDecisionApi):
+    publish = True
+
+    @extend_schema(
+        operation_id="refresh_operations_publish",
+        summary="Publish what an atomic refresh loaded although some files failed",
+        request=DecisionInputSerializer,
+        responses={200: OPERATION_SCHEMA, **REFRESH_ERRORS},
+    )
+    def post(self, request, operation_id: str):
+        return super().post(request, operation_id)
+
+
+class OperationDiscardApi(OperationDecisionApi):
+    publish = False
+
+    @extend_schema(
+        operation_id="refresh_operations_discard",
+        summary="Discard what an atomic refresh loaded; the table stays as it was",
+        request=DecisionInputSerializer,
+        responses={200: OPERATION_SCHEMA, **REFRESH_ERRORS},
+    )
+    def post(self, request, operation_id: str):
+        return super().post(request, operation_id)
+
+
 class IngestionOperationsApi(TenantAPIView):
-    class Pagination(LimitOffsetPagination):
+    class Pagination(StrictLimitOffsetPagination):
         default_limit = 20
         max_limit = 200
 

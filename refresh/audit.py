@@ -66,3 +66,22 @@ def record_refusal(*, actor, ingestion: Ingestion, kind: str, reason: str) -> Lo
         changes={"refresh_operation": [None, f"{kind}: refused ({reason})"]},
         data={"operation": kind, "outcome": "refused", "reason": reason},
     )
+
+
+def record_decision(operation, *, actor, published: bool) -> LogEntry | None:
+    """Who published (or discarded) a zero-downtime refresh that waited for a decision."""
+    if operation.ingestion is None:
+        return None
+    decision = "published" if published else "discarded"
+    return _entry(
+        actor=actor,
+        ingestion=operation.ingestion,
+        action=LogEntry.Action.UPDATE,
+        changes={"refresh_operation": [None, f"{operation.kind}: {decision} by decision"]},
+        data={
+            "operation": operation.kind,
+            "operation_id": operation.public_id,
+            "outcome": operation.status,
+            "decision": decision,
+        },
+    )

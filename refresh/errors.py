@@ -1,22 +1,14 @@
 """Errors of refresh operations: each one a code the API maps to an HTTP status."""
 
-from ingestions.errors import AutoloaderError, RefreshInProgressError
+from ingestions.errors import (
+    AutoloaderError,
+    ConfirmationRequiredError,
+    RefreshInProgressError,
+    TableProtectedError,
+)
 
-__all__ = ["RefreshInProgressError"]  # raised by runs too, so it lives with them
-
-
-class ConfirmationRequiredError(AutoloaderError):
-    """A destructive call came without `confirm: true`."""
-
-    error_code = "CONFIRMATION_REQUIRED"
-    help = "This operation is destructive. Explicitly set confirm=true to proceed."
-
-
-class TableProtectedError(AutoloaderError):
-    """The ingestion is protected: destructive operations are refused."""
-
-    error_code = "TABLE_PROTECTED"
-    help = 'An admin can lift protection with PATCH /api/v1/ingestions/{id} {"protected": false}.'
+# Raised by the ingestion services too (runs, deleting an ingestion), so they live there.
+__all__ = ["ConfirmationRequiredError", "RefreshInProgressError", "TableProtectedError"]
 
 
 class DryRunRequiredError(AutoloaderError):
@@ -47,6 +39,13 @@ class OperationNotResumableError(AutoloaderError):
 
     error_code = "OPERATION_NOT_RESUMABLE"
     help = "Only a partial_failure or failed operation, the latest on its ingestion, resumes."
+
+
+class OperationNotDecidableError(AutoloaderError):
+    """The operation does not wait for a publish-or-discard decision."""
+
+    error_code = "OPERATION_NOT_DECIDABLE"
+    help = "Only a zero-downtime refresh whose run ended with failed files waits for one."
 
 
 class RateLimitedError(AutoloaderError):

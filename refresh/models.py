@@ -27,7 +27,19 @@ class OperationStatus(models.TextChoices):
     ACCEPTED = "accepted"  # every step done and a run was triggered
     SUCCESS = "success"  # every step done, no run triggered
     PARTIAL_FAILURE = "partial_failure"  # some steps done, one failed: resume finishes it
-    FAILED = "failed"  # the first step failed: nothing changed
+    FAILED = "failed"  # the first step failed (or a staged run failed): nothing changed
+    # A zero-downtime refresh follows its run after the synchronous "accepted":
+    PUBLISHED = "published"  # the new version is the live table
+    AWAITING_DECISION = "awaiting_decision"  # some files failed: publish or discard
+    DISCARDED = "discarded"  # the new version was thrown away; the table is unchanged
+    CANCELLED = "cancelled"  # its run was cancelled; nothing was published
+
+
+class RefreshMode(models.TextChoices):
+    """How a full refresh or fresh start replaces the table."""
+
+    ATOMIC = "atomic", "Build beside the live table, publish at the end (no downtime)"
+    DROP_FIRST = "drop_first", "Drop the table first (frees storage now; downtime until loaded)"
 
 
 class StepName(models.TextChoices):
@@ -54,7 +66,7 @@ class RefreshOperation(models.Model):
     table_name = models.CharField(max_length=129)
     kind = models.CharField(max_length=32, choices=OperationKind.choices)
     status = models.CharField(
-        max_length=16, choices=OperationStatus.choices, default=OperationStatus.IN_PROGRESS
+        max_length=20, choices=OperationStatus.choices, default=OperationStatus.IN_PROGRESS
     )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -150,3 +162,19 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class RateLimitCounter(models.Model):
+    """Slots taken by one user for one operation kind in one fixed window (`refresh.limits`).
+
+    One row per key; taking a slot is a single conditional UPDATE of `count`, so parallel
+    requests in any number of processes can never take more than the rate.
+    """
+
+    key = models.CharField(max_length=200, unique=True)  # kind, user, period, window start
+    window_start = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    count = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count}"

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db.models import F
 
 from ingestions.engines import load_engine
+from ingestions.locations import source_open
 from ingestions.models import Ingestion, Run, RunStatus
 from ingestions.selectors import processed_file_paths, processed_file_summary
 from ingestions.sources import list_source_entries
@@ -83,6 +84,7 @@ class Plan:
     would_perform: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    mode: str = ""  # "atomic" / "drop_first" for a full refresh or fresh start
     plan_id: str | None = None  # set once the dry-run is recorded
     plan_required: bool = False  # executing needs this plan_id (cost above the threshold)
 
@@ -137,23 +139,33 @@ def estimate_impact(
     )
 
 
-def plan_operation(*, ingestion: Ingestion, kind: str, engine=None) -> Plan:
-    """What `kind` would do to `ingestion` now; reads the listing, history and table only."""
+def plan_operation(*, ingestion: Ingestion, kind: str, engine=None, mode: str = "") -> Plan:
+    """What `kind` would do to `ingestion` now; reads the listing, history and table only.
+
+    `mode` is the full refresh / fresh start mode ("atomic" or "drop_first"; see
+    `refresh.services.effective_mode`), which changes what the preview says of downtime.
+    """
     steps = STEPS_BY_KIND[OperationKind(kind)]
     engine = engine or load_engine(ingestion.engine)
+    # Checked against the tenant's locations before anything is listed.
+    source = (
+        source_open(tenant=ingestion.tenant, uri=ingestion.source_uri)
+        if StepName.RUN_TRIGGERED in steps
+        else None
+    )
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The listing (object-store I/O, no database) runs while this thread reads the
         # history: a 100,000-file dry-run costs about the slower of the two, not the sum.
         listing = (
             pool.submit(
                 list_source_entries,
-                uri=ingestion.source_uri,
+                source=source,
                 pattern=ingestion.source_pattern or None,
             )
-            if StepName.RUN_TRIGGERED in steps
+            if source is not None
             else None
         )
-        info = engine.describe_table(ingestion.destination_table)
+        info = engine.describe_table(ingestion.table_identifier)
         history = processed_file_summary(ingestion=ingestion)
         known = (
             processed_file_paths(ingestion=ingestion)
@@ -163,6 +175,7 @@ def plan_operation(*, ingestion: Ingestion, kind: str, engine=None) -> Plan:
         entries = listing.result() if listing is not None else []
     table = {
         "table_name": ingestion.destination_table,
+        "identifier": ingestion.table_identifier,
         "exists": info.exists,
         "row_count": info.row_count,
         "size_bytes": info.size_bytes,
@@ -182,7 +195,13 @@ def plan_operation(*, ingestion: Ingestion, kind: str, engine=None) -> Plan:
         )
 
     plan = Plan(
-        kind=kind, ingestion=ingestion, steps=steps, table=table, history=history, impact=impact
+        kind=kind,
+        ingestion=ingestion,
+        steps=steps,
+        table=table,
+        history=history,
+        impact=impact,
+        mode=mode,
     )
     plan.would_perform = [_would_perform(step, plan) for step in steps]
     plan.warnings = _warnings(plan)
@@ -251,6 +270,22 @@ def _warnings(plan: Plan) -> list[str]:
 
 
 def _notes(plan: Plan) -> list[str]:
+    notes = _kind_notes(plan)
+    if plan.mode == "atomic":
+        notes.append(
+            "No downtime: the table keeps its current rows until the new version is "
+            "published, in one step, when the run ends; a failed or cancelled run "
+            "publishes nothing"
+        )
+    elif plan.mode == "drop_first":
+        notes.append(
+            "drop_first: the table is dropped at once and stays empty or missing until the "
+            "run has loaded it again"
+        )
+    return notes
+
+
+def _kind_notes(plan: Plan) -> list[str]:
     history_count = plan.history["count"]
     if plan.kind == OperationKind.FRESH_START:
         return [

@@ -85,7 +85,23 @@ def operation_payload(operation: RefreshOperation) -> dict:
     }
     if operation.kind == OperationKind.DROP_TABLE and steps and steps[0].details:
         body["details"] = steps[0].details  # the PRD's drop-table shape
-    if operation.status in (OperationStatus.PARTIAL_FAILURE, OperationStatus.FAILED):
+    staged = operation.run_id is not None and bool(operation.run.stage_name)
+    if staged:
+        body["mode"] = operation.request.get("mode", "atomic")
+        body["publish"] = _publish_payload(operation)
+    if staged and operation.status in (OperationStatus.FAILED, OperationStatus.CANCELLED):
+        body["detail"] = body["message"]
+        body["error_code"] = operation.error_code or "RUN_FAILED"
+        body["error_message"] = operation.error
+        body["recovery"] = {
+            "message": "Nothing was published: the table and its history are as they were",
+            "action": "Fix the cause, then run the operation again: POST "
+            f"/api/v1/ingestions/{operation.ingestion_public_id}/"
+            f"{operation.kind.replace('_', '-')}",
+            "state": "Table and history unchanged",
+            "remaining_steps": [],
+        }
+    elif operation.status in (OperationStatus.PARTIAL_FAILURE, OperationStatus.FAILED):
         failed = next((step for step in steps if step.status == StepStatus.FAILED), None)
         body["detail"] = body["message"]
         body["error_code"] = (
@@ -98,7 +114,42 @@ def operation_payload(operation: RefreshOperation) -> dict:
     return body
 
 
+def _publish_payload(operation: RefreshOperation) -> dict:
+    """Where a zero-downtime operation's new version is, and what can be done with it."""
+    run = operation.run
+    payload = {"state": run.publish_state or "staging", "published_at": run.published_at}
+    if operation.status == OperationStatus.AWAITING_DECISION:
+        base = f"/api/v1/refresh-operations/{operation.public_id}"
+        payload["actions"] = {
+            "publish": f'POST {base}/publish {{"confirm": true}}',
+            "discard": f'POST {base}/discard {{"confirm": true}}',
+        }
+        payload["failed_files"] = run.failed_files
+    return payload
+
+
+STAGED_MESSAGES = {
+    OperationStatus.PUBLISHED: "Published: the new version of the table is live",
+    OperationStatus.AWAITING_DECISION: (
+        "Some files failed to load: publish what loaded, or discard it (the table is unchanged "
+        "until then)"
+    ),
+    OperationStatus.DISCARDED: "Discarded: the table and its history are as they were",
+    OperationStatus.CANCELLED: "Cancelled: nothing was published; the table is unchanged",
+}
+
+
 def _message(operation: RefreshOperation, steps) -> str:
+    if operation.status in STAGED_MESSAGES:
+        return STAGED_MESSAGES[operation.status]
+    if operation.status == OperationStatus.FAILED and operation.error_code == "RUN_FAILED":
+        return "The run failed; nothing was published: the table is unchanged"
+    staged = operation.run_id is not None and bool(operation.run.stage_name)
+    if operation.status == OperationStatus.ACCEPTED and staged:
+        return (
+            f"{OperationKind(operation.kind).label} accepted: run {operation.run.public_id} "
+            "builds the new version beside the live table, published when it ends"
+        )
     if operation.status in (OperationStatus.ACCEPTED, OperationStatus.SUCCESS):
         dropped_nothing = steps and steps[0].details.get("table_existed") is False
         if operation.kind == OperationKind.DROP_TABLE and dropped_nothing:

@@ -20,8 +20,8 @@ from ingestions.errors import (
     RefreshInProgressError,
     RunInProgressError,
 )
-from ingestions.models import Ingestion, Run, RunTrigger
-from ingestions.runs import ingestion_lock, run_request
+from ingestions.models import Ingestion, OnPartialFailure, PublishState, Run, RunStatus, RunTrigger
+from ingestions.runs import ingestion_lock, run_request, staged_discard, staged_publish
 from ingestions.selectors import processed_file_summary, run_active
 from ingestions.services import history_delete
 
@@ -29,14 +29,16 @@ from . import audit
 from .errors import (
     ConfirmationRequiredError,
     DryRunRequiredError,
+    OperationNotDecidableError,
     OperationNotResumableError,
     PlanStaleError,
     TableProtectedError,
 )
-from .limits import check_rate_limit, count_execution
+from .limits import rate_limit_slot
 from .models import (
     OperationKind,
     OperationStatus,
+    RefreshMode,
     RefreshOperation,
     RefreshPlan,
     RefreshStep,
@@ -63,7 +65,15 @@ RUN_TRIGGER_BY_KIND = {
 # --- preview ---------------------------------------------------------------------------
 
 
-def refresh_preview(*, ingestion: Ingestion, kind: str, actor, engine=None) -> Plan:
+def refresh_preview(
+    *,
+    ingestion: Ingestion,
+    kind: str,
+    actor,
+    mode: str | None = None,
+    auto_run: bool = True,
+    engine=None,
+) -> Plan:
     """Dry-run: what `kind` would do, with its impact. Changes no table, history or run.
 
     It records the plan (impact and time) so that a large operation can present its
@@ -73,7 +83,9 @@ def refresh_preview(*, ingestion: Ingestion, kind: str, actor, engine=None) -> P
         PermissionDeniedError: the actor cannot view the ingestion.
     """
     _require(actor, PREVIEW_PERMISSION, ingestion, kind=kind)
-    plan = plan_operation(ingestion=ingestion, kind=kind, engine=engine)
+    engine = engine or load_engine(ingestion.engine)
+    mode = effective_mode(kind=kind, mode=mode, auto_run=auto_run, engine=engine)
+    plan = plan_operation(ingestion=ingestion, kind=kind, engine=engine, mode=mode)
     record = RefreshPlan.objects.create(
         ingestion=ingestion, kind=kind, impact=plan.as_record(), created_by=_user(actor)
     )
@@ -93,9 +105,16 @@ def refresh_execute(
     confirm: bool,
     auto_run: bool = True,
     plan_id: str | None = None,
+    mode: str | None = None,
+    on_partial_failure: str = OnPartialFailure.DECIDE,
     engine=None,
 ) -> RefreshOperation:
     """Execute `kind` on `ingestion`: each step persisted as it ends; never raises mid-way.
+
+    A full refresh or fresh start is zero-downtime by default (`mode` "atomic"): its steps
+    drop and clear nothing at once; its run builds the new version beside the live table and
+    publishes it, with the history, when it ends (`operation_sync` follows it). "drop_first"
+    drops and clears immediately, as the PRD's sample does.
 
     A step that fails stops the sequence; the operation then ends `partial_failure` (or
     `failed` if nothing was done) with the failing step's error, and `refresh_resume`
@@ -120,11 +139,20 @@ def refresh_execute(
         raise TableProtectedError(
             f"Ingestion {ingestion.public_id} is protected: {kind.label.lower()} is refused."
         )
-    check_rate_limit(user=actor, kind=kind)
-    plan = plan_operation(ingestion=ingestion, kind=kind, engine=engine)
-    request = {"confirm": True, "auto_run": auto_run, "dry_run": False, "plan_id": plan_id}
-    operation = _start(ingestion=ingestion, kind=kind, actor=actor, plan=plan, request=request)
-    count_execution(user=actor, kind=kind)
+    # Refused from here on (plan, a run in progress...), the call gives its slot back.
+    with rate_limit_slot(user=actor, kind=kind):
+        engine = engine or load_engine(ingestion.engine)
+        mode = effective_mode(kind=kind, mode=mode, auto_run=auto_run, engine=engine)
+        plan = plan_operation(ingestion=ingestion, kind=kind, engine=engine, mode=mode)
+        request = {
+            "confirm": True,
+            "auto_run": auto_run,
+            "dry_run": False,
+            "plan_id": plan_id,
+            "mode": mode,
+            "on_partial_failure": OnPartialFailure(on_partial_failure).value,
+        }
+        operation = _start(ingestion=ingestion, kind=kind, actor=actor, plan=plan, request=request)
     _run_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
     return operation
 
@@ -143,11 +171,10 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
         raise OperationNotResumableError("The ingestion of this operation was deleted.")
     kind = OperationKind(operation.kind)
     _require(actor, PERMISSION_BY_KIND[kind], ingestion, kind=kind)
-    check_rate_limit(user=actor, kind="resume")
     if ingestion.protected:
         audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
         raise TableProtectedError(f"Ingestion {ingestion.public_id} is protected.")
-    with transaction.atomic():
+    with rate_limit_slot(user=actor, kind="resume"), transaction.atomic():
         ingestion_lock(ingestion)
         _expire_interrupted(ingestion)
         operation.refresh_from_db()
@@ -171,7 +198,6 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
             operation.save(update_fields=["status", "attempts", "finished_at", "updated_at"])
         except IntegrityError:
             raise _in_flight_error(ingestion) from None
-    count_execution(user=actor, kind="resume")
     _run_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
     return operation
 
@@ -247,6 +273,14 @@ def _refuse_if_busy(ingestion: Ingestion) -> None:
         raise RunInProgressError(
             "Cannot refresh while ingestion is running", current_run_id=active.public_id
         )
+    waiting = RefreshOperation.objects.filter(
+        ingestion=ingestion, run__publish_state=PublishState.AWAITING_DECISION
+    ).first()
+    if waiting is not None:
+        raise RefreshInProgressError(
+            f"Refresh {waiting.public_id} waits for a decision: publish or discard it first",
+            current_operation_id=waiting.public_id,
+        )
     if RefreshOperation.objects.filter(
         ingestion=ingestion, status=OperationStatus.IN_PROGRESS
     ).exists():
@@ -318,8 +352,21 @@ def _check_plan(*, ingestion: Ingestion, kind: str, plan: Plan, plan_id: str | N
     return record
 
 
+def effective_mode(*, kind: str, mode: str | None, auto_run: bool, engine) -> str:
+    """The mode an operation runs in: zero-downtime ("atomic") unless it was asked to drop
+    first, triggers no run to publish with (auto_run false), or its engine cannot stage."""
+    if kind not in STAGED_KINDS:
+        return ""
+    if not auto_run or not engine.can_stage:
+        return RefreshMode.DROP_FIRST.value
+    return RefreshMode(mode or settings.REFRESH_DEFAULT_MODE).value
+
+
 def _run_steps(operation: RefreshOperation, *, ingestion: Ingestion, actor, engine) -> None:
     auto_run = operation.request.get("auto_run", True)
+    actions = (
+        STAGED_STEP_ACTIONS if operation.request.get("mode") == RefreshMode.ATOMIC else STEP_ACTIONS
+    )
     started = timezone.now()
     for step in operation.steps.exclude(status__in=[StepStatus.SUCCESS, StepStatus.SKIPPED]):
         step.started_at = timezone.now()
@@ -331,7 +378,7 @@ def _run_steps(operation: RefreshOperation, *, ingestion: Ingestion, actor, engi
             step.save(update_fields=["started_at", "error", "error_code"])
             try:
                 engine = engine or load_engine(ingestion.engine)
-                step.details = STEP_ACTIONS[step.name](
+                step.details = actions[step.name](
                     ingestion=ingestion, operation=operation, actor=actor, engine=engine
                 )
                 step.status = StepStatus.SUCCESS
@@ -364,7 +411,12 @@ def _finish(
         operation.status = OperationStatus.ACCEPTED if triggered else OperationStatus.SUCCESS
         operation.error = operation.error_code = ""
     else:
-        operation.status = OperationStatus.PARTIAL_FAILURE if done else OperationStatus.FAILED
+        # Zero-downtime steps before the run change nothing: if the run was not triggered,
+        # nothing was done at all.
+        changed_something = done and operation.request.get("mode") != RefreshMode.ATOMIC
+        operation.status = (
+            OperationStatus.PARTIAL_FAILURE if changed_something else OperationStatus.FAILED
+        )
         operation.error_code, operation.error = (
             (failed.error_code, failed.error) if failed else default_error
         )
@@ -395,8 +447,8 @@ def _step_error_code(step_name: str, exc: Exception) -> str:
 
 
 def _drop_table(*, ingestion: Ingestion, engine, **_) -> dict:
-    info = engine.describe_table(ingestion.destination_table)
-    existed = engine.drop_table(ingestion.destination_table)
+    info = engine.describe_table(ingestion.table_identifier)
+    existed = engine.drop_table(ingestion.table_identifier)
     details = {"table_name": ingestion.destination_table, "table_existed": existed}
     if existed:
         details.update(table_size_gb=gigabytes(info.size_bytes), row_count=info.row_count)
@@ -431,6 +483,160 @@ STEP_ACTIONS = {
     StepName.PROCESSED_FILES_CLEARED: _clear_history,
     StepName.RUN_TRIGGERED: _trigger_run,
 }
+
+
+# Zero-downtime ("atomic") steps: the PRD's names and order, but nothing is dropped or
+# cleared at once. The run builds the new version beside the live table; publishing it
+# replaces the table (and the history) in one step when the run ends.
+
+
+def _replace_table_at_publish(*, ingestion: Ingestion, engine, **_) -> dict:
+    info = engine.describe_table(ingestion.table_identifier)
+    details = {
+        "table_name": ingestion.destination_table,
+        "table_existed": info.exists,
+        "replaced_at_publish": True,
+    }
+    if info.exists:
+        details.update(table_size_gb=gigabytes(info.size_bytes), row_count=info.row_count)
+    return details
+
+
+def _replace_history_at_publish(*, ingestion: Ingestion, **_) -> dict:
+    summary = processed_file_summary(ingestion=ingestion)
+    return {
+        "files_cleared": summary["count"],
+        "oldest_file": summary["oldest"],
+        "newest_file": summary["newest"],
+        "cleared_at_publish": True,
+    }
+
+
+def _trigger_staged_run(
+    *, ingestion: Ingestion, operation: RefreshOperation, actor, engine
+) -> dict:
+    engine.ping()
+    run = run_request(
+        ingestion=ingestion,
+        actor=actor,
+        trigger=RUN_TRIGGER_BY_KIND[operation.kind],
+        for_refresh_operation=True,
+        stage_name=stage_name_for(operation),
+        stage_replaces_history=operation.kind == OperationKind.FULL_REFRESH,
+        on_partial_failure=operation.request.get("on_partial_failure", OnPartialFailure.DECIDE),
+    )
+    operation.run = run
+    return {
+        "run_id": run.public_id,
+        "run_url": f"/api/v1/runs/{run.public_id}",
+        "publishes_when_run_ends": True,
+    }
+
+
+def stage_name_for(operation: RefreshOperation) -> str:
+    """The branch (or staging table suffix) of an operation's new version."""
+    return "autoloader_" + operation.public_id.replace("-", "_")
+
+
+STAGED_STEP_ACTIONS = {
+    StepName.TABLE_DROPPED: _replace_table_at_publish,
+    StepName.PROCESSED_FILES_CLEARED: _replace_history_at_publish,
+    StepName.RUN_TRIGGERED: _trigger_staged_run,
+}
+STAGED_KINDS = (OperationKind.FULL_REFRESH, OperationKind.FRESH_START)
+
+
+# --- following a zero-downtime operation to its outcome --------------------------------
+
+# What the staged run's state makes of an "accepted" operation.
+STATUS_BY_PUBLISH_STATE = {
+    PublishState.PUBLISHED: OperationStatus.PUBLISHED,
+    PublishState.AWAITING_DECISION: OperationStatus.AWAITING_DECISION,
+    PublishState.DISCARDED: OperationStatus.DISCARDED,
+}
+
+
+def operation_sync(*, operation: RefreshOperation) -> RefreshOperation:
+    """Bring a zero-downtime operation's status up to its run's outcome (audited once).
+
+    "accepted" (the PRD's synchronous answer) becomes "published", "awaiting_decision",
+    "discarded", "failed" or "cancelled" as its run ends; other operations are left as
+    they are. Cheap when nothing changed: callers use it on every read.
+    """
+    run = operation.run
+    if run is None or not run.stage_name or operation.status in FINAL_STATUSES:
+        return operation
+    run.refresh_from_db(fields=["status", "publish_state", "error", "finished_at"])
+    if run.status == RunStatus.FAILED:
+        status, error_code, error = OperationStatus.FAILED, "RUN_FAILED", run.error
+    elif run.status == RunStatus.CANCELLED:
+        status, error_code, error = OperationStatus.CANCELLED, "RUN_CANCELLED", run.error
+    elif run.publish_state in STATUS_BY_PUBLISH_STATE:
+        status, error_code, error = STATUS_BY_PUBLISH_STATE[run.publish_state], "", ""
+        if status == OperationStatus.AWAITING_DECISION:
+            error_code, error = "PARTIAL_SUCCESS", run.error
+    else:
+        return operation  # still loading
+    if status == operation.status:
+        return operation
+    changed = RefreshOperation.objects.filter(pk=operation.pk, status=operation.status).update(
+        status=status, error_code=error_code, error=error, finished_at=timezone.now()
+    )
+    operation.refresh_from_db()
+    if changed:
+        audit.record_operation(operation, actor=None, duration_seconds=None)
+        logger.info("refresh %s is %s", operation.public_id, operation.status)
+    return operation
+
+
+# An operation in one of these states changes no more (but for undo, later).
+FINAL_STATUSES = (
+    OperationStatus.PUBLISHED,
+    OperationStatus.DISCARDED,
+    OperationStatus.CANCELLED,
+    OperationStatus.FAILED,
+    OperationStatus.PARTIAL_FAILURE,
+    OperationStatus.SUCCESS,
+)
+
+
+def refresh_decide(
+    *, operation: RefreshOperation, actor, publish: bool, confirm: bool, engine=None
+) -> RefreshOperation:
+    """Publish what a zero-downtime refresh loaded, or discard it, after some files failed.
+
+    Raises:
+        PermissionDeniedError: the actor's role does not allow the operation's kind.
+        ConfirmationRequiredError: `confirm` is not exactly True.
+        OperationNotDecidableError: the operation does not wait for a decision.
+        EngineError: the table changed since the new version was staged (publish only).
+    """
+    ingestion = operation.ingestion
+    if ingestion is None:
+        raise OperationNotDecidableError("The ingestion of this operation was deleted.")
+    kind = OperationKind(operation.kind)
+    _require(actor, PERMISSION_BY_KIND[kind], ingestion, kind=kind)
+    if confirm is not True:
+        raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
+    operation = operation_sync(operation=operation)
+    if operation.status != OperationStatus.AWAITING_DECISION:
+        raise OperationNotDecidableError(
+            f"Operation {operation.public_id} is {operation.status}: there is nothing to "
+            "publish or discard."
+        )
+    engine = engine or load_engine(ingestion.engine)
+    with transaction.atomic():
+        ingestion_lock(ingestion)
+        run = Run.objects.select_related("ingestion").get(pk=operation.run_id)
+        if run.publish_state != PublishState.AWAITING_DECISION:
+            raise OperationNotDecidableError(f"Operation {operation.public_id} was decided.")
+        if publish:
+            staged_publish(run=run, engine=engine)
+        else:
+            staged_discard(run=run, engine=engine)
+    operation = operation_sync(operation=operation)
+    audit.record_decision(operation, actor=actor, published=publish)
+    return operation
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -32,6 +32,16 @@ urlpatterns = [
         name="api-operation",
     ),
     path(
+        "refresh-operations/<str:operation_id>/publish",
+        api.OperationPublishApi.as_view(),
+        name="api-operation-publish",
+    ),
+    path(
+        "refresh-operations/<str:operation_id>/discard",
+        api.OperationDiscardApi.as_view(),
+        name="api-operation-discard",
+    ),
+    path(
         "refresh-operations/<str:operation_id>/resume",
         api.OperationResumeApi.as_view(),
         name="api-operation-resume",

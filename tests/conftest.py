@@ -8,8 +8,11 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from ingestions.models import Role
+from ingestions.secrets import new_secrets_key
 
-from .factories import IngestionFactory, MembershipFactory, TenantFactory
+from .factories import IngestionFactory, MembershipFactory, TenantFactory, grant_location
+
+TEST_SECRETS_KEY = new_secrets_key()
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +21,8 @@ def isolated_catalog(settings, tmp_path):
     settings.AUTOLOADER_CATALOG_URI = f"sqlite:///{tmp_path / 'catalog.db'}"
     settings.AUTOLOADER_WAREHOUSE = (tmp_path / "warehouse").as_uri()
     settings.AUTOLOADER_CATALOG_NAME = "test"
+    # Tests run with DEBUG off, where location secrets need a configured key.
+    settings.AUTOLOADER_SECRETS_KEY = TEST_SECRETS_KEY
     return settings
 
 
@@ -80,10 +85,45 @@ def write_csv_files(folder: Path, *, files: int, rows: int, start: int = 0) -> l
 
 
 @pytest.fixture
-def source_dir(tmp_path):
+def source_dir(tmp_path, request):
+    """An empty source folder; in database tests it is granted to `tenant` as a location."""
     folder = tmp_path / "source"
     folder.mkdir()
+    uses_db = request.node.get_closest_marker("django_db") or {
+        "db",
+        "transactional_db",
+    } & set(request.fixturenames)
+    if uses_db:
+        grant_location(request.getfixturevalue("tenant"), str(folder))
     return folder
+
+
+@pytest.fixture
+def landing(tmp_path, tenant, other_tenant) -> dict:
+    """A landing folder for each of `tenant` and `other_tenant`, granted to it as its storage
+    location: {slug: folder}."""
+    from ingestions.locations import location_grant
+
+    folders = {}
+    for owner in (tenant, other_tenant):
+        folder = tmp_path / "landing" / owner.slug
+        folder.mkdir(parents=True)
+        location_grant(tenant=owner, uri=str(folder))
+        folders[owner.slug] = folder
+    return folders
+
+
+@pytest.fixture
+def open_source(tenant, source_dir):
+    """`open_source(uri=None)` -> the checked handle (`ingestions.locations.source_open`) that
+    listing and reading take: `source_dir` by default, opened as `tenant`, whose location it is.
+    """
+    from ingestions.locations import source_open
+
+    def open_as_tenant(uri: str | None = None):
+        return source_open(tenant=tenant, uri=str(source_dir) if uri is None else uri)
+
+    return open_as_tenant
 
 
 @pytest.fixture

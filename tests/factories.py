@@ -42,6 +42,7 @@ class MembershipFactory(factory.django.DjangoModelFactory):
 class IngestionFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Ingestion
+        skip_postgeneration_save = True  # granting the source changes nothing in the row
 
     tenant = factory.SubFactory(TenantFactory)
     name = factory.Sequence(lambda n: f"Ingestion {n}")
@@ -50,6 +51,14 @@ class IngestionFactory(factory.django.DjangoModelFactory):
     source_format = "csv"
     source_pattern = ""
     destination_table = factory.Sequence(lambda n: f"raw.table_{n}")
+
+    @factory.post_generation
+    def grant_source(self, create, extracted, **kwargs):
+        """Grant the tenant its source folder as a storage location, as platform staff would
+        (`grant_source=False` to leave the tenant without it). A folder that overlaps
+        another tenant's location stays ungranted: reading it is refused, as it should be."""
+        if create and extracted is not False:
+            grant_location(self.tenant, self.source_uri)
 
 
 class RunFactory(factory.django.DjangoModelFactory):
@@ -75,3 +84,21 @@ class ProcessedFileFactory(factory.django.DjangoModelFactory):
         from django.utils import timezone
 
         return timezone.now()
+
+
+def grant_location(tenant, uri: str):
+    """Grant `tenant` the location `uri` unless one of its locations covers it already;
+    returns the location, or None when it would overlap another tenant's."""
+    from django.core.exceptions import ValidationError
+
+    from ingestions.errors import SourceNotAllowedError
+    from ingestions.locations import location_grant, source_resolve
+
+    try:
+        return source_resolve(tenant=tenant, uri=uri)[1]
+    except SourceNotAllowedError:
+        pass
+    try:
+        return location_grant(tenant=tenant, uri=uri)
+    except ValidationError:
+        return None

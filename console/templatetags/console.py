@@ -130,6 +130,14 @@ def kind_label(kind) -> str:
 
 
 @register.filter
+def changed_fields(changes) -> str:
+    """The field names of an audit entry's changes: "name, protected"."""
+    if not isinstance(changes, dict):
+        return ""
+    return ", ".join(str(field).replace("_", " ") for field in changes)
+
+
+@register.filter
 def step_title(name) -> str:
     return STEP_TITLES.get(name, humanize_code(name))
 
@@ -152,6 +160,14 @@ def step_description(item: dict, plan) -> str:
     rounded GB figures, without rounding a small table down to "0.0 GB".
     """
     step, details = item["operation"], item["details"]
+    if step == StepName.TABLE_DROPPED and getattr(plan, "mode", "") == "atomic":
+        if not details["table_exists"]:
+            return f"Create table {details['table_name']} when the new version is published"
+        return (
+            f"Replace table {details['table_name']} ({thousands(details['current_row_count'])} "
+            f"rows, {size(plan.table['size_bytes'])}) when the new version is published; "
+            "readers keep the current rows until then"
+        )
     if step == StepName.TABLE_DROPPED:
         if not details["table_exists"]:
             return f"Drop table {details['table_name']}: it does not exist, nothing to drop"
@@ -181,7 +197,13 @@ def blast_radius(plan) -> dict:
     table, history = plan.table, plan.history
     table_name = table["table_name"]
     if StepName.TABLE_DROPPED in plan.steps:
-        if table["exists"]:
+        if table["exists"] and getattr(plan, "mode", "") == "atomic":
+            lost.append(
+                f"Table {table_name}, {thousands(table['row_count'])} rows, "
+                f"{size(table['size_bytes'])} will be replaced when the run ends (readers keep "
+                "these rows until then; a failed run replaces nothing)"
+            )
+        elif table["exists"]:
             lost.append(
                 f"Table {table_name}, {thousands(table['row_count'])} rows, "
                 f"{size(table['size_bytes'])} will be deleted"
@@ -322,6 +344,19 @@ def step_outcome(step) -> str:
         return "Not run yet"
     if step.status == StepStatus.SKIPPED:
         return details.get("reason", "Skipped")
+    if step.name == StepName.TABLE_DROPPED and details.get("replaced_at_publish"):
+        if not details.get("table_existed"):
+            return f"Table {details.get('table_name', '')} does not exist yet: created at publish"
+        return (
+            f"{details['table_name']} keeps its {thousands(details.get('row_count'))} rows "
+            "until the new version is published"
+        )
+    if step.name == StepName.PROCESSED_FILES_CLEARED and details.get("cleared_at_publish"):
+        return (
+            f"{thousands(details.get('files_cleared', 0))} files replaced in the history at publish"
+        )
+    if step.name == StepName.RUN_TRIGGERED and details.get("publishes_when_run_ends"):
+        return f"Run {details.get('run_id', '')} queued; it publishes the new version"
     if step.name == StepName.TABLE_DROPPED:
         if not details.get("table_existed"):
             return f"Table {details.get('table_name', '')} did not exist: nothing to drop"

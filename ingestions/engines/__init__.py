@@ -1,6 +1,6 @@
 """Table engines behind one interface, and the loader that builds the configured one."""
 
-from ingestions.engines.base import Engine, SnapshotInfo, TableInfo, validate_table_name
+from ingestions.engines.base import Engine, SnapshotInfo, Stage, TableInfo, validate_table_name
 
 ENGINE_CHOICES = ("iceberg", "spark")
 
@@ -8,6 +8,7 @@ __all__ = [
     "ENGINE_CHOICES",
     "Engine",
     "SnapshotInfo",
+    "Stage",
     "TableInfo",
     "iceberg_io_properties",
     "load_engine",

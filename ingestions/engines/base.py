@@ -11,9 +11,12 @@ import pyarrow as pa
 
 TABLE_NAME_PART = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_TABLE_NAME_PART_LENGTH = 64
+# Physical names carry the tenant's prefix ("acme__raw.orders"): engines accept longer parts
+# than users may type.
+MAX_PHYSICAL_NAME_PART_LENGTH = 128
 
 
-def validate_table_name(name: str) -> str:
+def validate_table_name(name: str, *, max_part_length: int = MAX_PHYSICAL_NAME_PART_LENGTH) -> str:
     """Return `name` when it is a valid "namespace.table" name.
 
     Raises:
@@ -24,9 +27,9 @@ def validate_table_name(name: str) -> str:
     if len(parts) != 2:
         raise ValueError(f"Table name {name!r} must be 'namespace.table', e.g. 'sales.orders'.")
     for part in parts:
-        if len(part) > MAX_TABLE_NAME_PART_LENGTH or not TABLE_NAME_PART.fullmatch(part):
+        if len(part) > max_part_length or not TABLE_NAME_PART.fullmatch(part):
             raise ValueError(
-                f"Table name {name!r}: {part!r} must be 1 to {MAX_TABLE_NAME_PART_LENGTH} "
+                f"Table name {name!r}: {part!r} must be 1 to {max_part_length} "
                 "lowercase letters, digits or underscores, not starting with a digit."
             )
     return name
@@ -66,6 +69,22 @@ class SnapshotInfo:
     properties: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Stage:
+    """Where a new version of a table is built beside the live one, until it is published.
+
+    On a table with history the new version is a branch of the same table (`branch`),
+    started empty; on a missing (or never written) table it is a table of its own
+    (`write_to`), renamed into place. Either way readers of `table_name` see the old rows
+    until `Engine.stage_publish`, then the new ones.
+    """
+
+    table_name: str  # the live table
+    write_to: str  # the table the run appends to
+    branch: str | None  # the branch of `write_to` the run appends to; None: main
+    base: int | None  # the live table's snapshot the new version replaces
+
+
 class Engine(ABC):
     """Reads and writes the autoloader's Iceberg tables.
 
@@ -75,6 +94,8 @@ class Engine(ABC):
     """
 
     name: str
+    # Whether `stage_begin` / `stage_publish` work: zero-downtime refreshes need them.
+    can_stage: bool = False
 
     @abstractmethod
     def ping(self) -> None:
@@ -126,7 +147,14 @@ class Engine(ABC):
         """
 
     @abstractmethod
-    def append(self, table_name: str, data: pa.Table, *, properties: dict[str, str]) -> int:
+    def append(
+        self,
+        table_name: str,
+        data: pa.Table,
+        *,
+        properties: dict[str, str],
+        branch: str | None = None,
+    ) -> int:
         """Append `data` as one snapshot whose summary carries `properties`.
 
         The namespace and table are created from `data`'s schema on the first append. New
@@ -138,6 +166,7 @@ class Engine(ABC):
             data: Rows with Iceberg-writable types (see `sources.readers`); may be empty,
                 which still commits a snapshot.
             properties: Custom snapshot summary properties, e.g. the run and batch ids.
+            branch: Commit to this branch instead of main (a staged version, see `Stage`).
 
         Returns:
             The id of the committed snapshot.
@@ -154,6 +183,60 @@ class Engine(ABC):
         Args:
             table_name: "namespace.table".
         """
+
+    def stage_begin(self, table_name: str, *, name: str) -> Stage:
+        """Start building a new, empty version of the table beside the live one.
+
+        Callers record the returned stage before writing to it, and reuse that record when
+        they resume; a stage of the same name left by an attempt that died before recording
+        it is started again from scratch.
+
+        Args:
+            table_name: "namespace.table" (the live table).
+            name: Lowercase letters, digits and "_": the branch or staging table suffix.
+
+        Raises:
+            EngineError: the engine cannot stage (the caller then refreshes the old way).
+        """
+        from ingestions.errors import EngineError
+
+        raise EngineError(f"The {self.name} engine cannot stage a new version of a table.")
+
+    def stage_publish(self, stage: Stage) -> int | None:
+        """Make the staged version the live table, atomically; idempotent.
+
+        Returns:
+            The live table's new current snapshot id.
+
+        Raises:
+            EngineError: the live table changed since the stage began (nothing published).
+        """
+        from ingestions.errors import EngineError
+
+        raise EngineError(f"The {self.name} engine cannot publish a staged version.")
+
+    def stage_discard(self, stage: Stage) -> None:
+        """Throw the staged version away; the live table is untouched; idempotent."""
+        return  # nothing was staged by an engine that cannot stage
+
+    def source_file_rows(self, table_name: str) -> dict[str, int]:
+        """Count the table's rows per `_source_file` (the lineage column every load writes).
+
+        Lets a new ingestion adopt a table: the files its rows came from are recorded as
+        processed, so none is loaded twice.
+
+        Args:
+            table_name: "namespace.table".
+
+        Returns:
+            {relative path: rows}; {} when the table is missing or has no lineage column.
+
+        Raises:
+            EngineError: the engine cannot read the table.
+        """
+        from ingestions.errors import EngineError
+
+        raise EngineError(f"The {self.name} engine cannot adopt an existing table.")
 
     def find_snapshot(self, table_name: str, *, key: str, value: str) -> SnapshotInfo | None:
         """Find the newest snapshot whose summary has `key` set to `value`.

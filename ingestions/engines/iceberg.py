@@ -12,17 +12,20 @@ import pyarrow as pa
 import sqlalchemy.exc
 from pyiceberg import exceptions as iceberg_errors
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException, schema_to_pyarrow
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
-from ingestions.engines.base import Engine, SnapshotInfo, TableInfo, validate_table_name
+from ingestions.engines.base import Engine, SnapshotInfo, Stage, TableInfo, validate_table_name
 from ingestions.errors import (
     AutoloaderError,
     EngineError,
     EngineUnavailableError,
     SchemaMismatchError,
 )
+
+MAIN = "main"
 
 # A concurrent writer to the same table makes a commit fail; the data is rewritten and retried.
 COMMIT_ATTEMPTS = 3
@@ -63,6 +66,7 @@ class IcebergEngine(Engine):
     """
 
     name = "iceberg"
+    can_stage = True
 
     def __init__(
         self,
@@ -119,7 +123,14 @@ class IcebergEngine(Engine):
                 return False
         return True
 
-    def append(self, table_name: str, data: pa.Table, *, properties: dict[str, str]) -> int:
+    def append(
+        self,
+        table_name: str,
+        data: pa.Table,
+        *,
+        properties: dict[str, str],
+        branch: str | None = None,
+    ) -> int:
         validate_table_name(table_name)
         if not all(isinstance(item, str) for pair in properties.items() for item in pair):
             raise TypeError("Snapshot properties must map strings to strings.")
@@ -127,7 +138,9 @@ class IcebergEngine(Engine):
         with self._errors(f"append to {table_name}"):
             catalog = self._catalog()
             catalog.create_namespace_if_not_exists(namespace)
-            table = catalog.create_table_if_not_exists(table_name, schema=data.schema)
+            table = catalog.create_table_if_not_exists(
+                table_name, schema=data.schema, location=self._table_location(table_name)
+            )
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
                     with table.transaction() as transaction:
@@ -135,15 +148,120 @@ class IcebergEngine(Engine):
                         # types in the same commit as the data.
                         with transaction.update_schema() as schema_update:
                             schema_update.union_by_name(data.schema)
-                        transaction.append(data, snapshot_properties=properties)
+                        transaction.append(
+                            data, snapshot_properties=properties, branch=branch or MAIN
+                        )
                 except iceberg_errors.CommitFailedException:
                     if attempt == COMMIT_ATTEMPTS:
                         raise
                     table = catalog.load_table(table_name)
                 else:
                     break
-            # The committed metadata is the table's now, so its current snapshot is ours.
+            # The committed metadata is the table's now, so the branch's head is ours.
+            if branch:
+                return table.metadata.refs[branch].snapshot_id
             return table.current_snapshot().snapshot_id
+
+    def stage_begin(self, table_name: str, *, name: str) -> Stage:
+        validate_table_name(table_name)
+        with self._errors(f"stage a new version of {table_name}"):
+            catalog = self._catalog()
+            try:
+                table = catalog.load_table(table_name)
+            except iceberg_errors.NoSuchTableError:
+                table = None
+            if table is None or table.current_snapshot() is None:
+                # Nothing to branch from: the new version is built as a table of its own and
+                # renamed into place when published.
+                namespace, table_part = table_name.split(".")
+                staging = f"{namespace}.{table_part}__{name}"[: len(namespace) + 130]
+                if catalog.table_exists(staging):
+                    catalog.purge_table(staging)  # a discarded attempt's leftovers
+                return Stage(table_name=table_name, write_to=staging, branch=None, base=None)
+            base = table.current_snapshot().snapshot_id
+            with table.manage_snapshots() as snapshots:
+                if name in table.metadata.refs:
+                    # Left by an attempt that died before it recorded its stage (so before
+                    # any batch): it may still hold the old rows; start it again.
+                    snapshots.remove_branch(name)
+                snapshots.create_branch(base, name)
+            table = catalog.load_table(table_name)
+            # The new version starts empty; the live table is untouched on main.
+            table.delete(AlwaysTrue(), branch=name)
+            return Stage(table_name=table_name, write_to=table_name, branch=name, base=base)
+
+    def stage_publish(self, stage: Stage) -> int | None:
+        with self._errors(f"publish the new version of {stage.table_name}"):
+            catalog = self._catalog()
+            if stage.branch is None:
+                if not catalog.table_exists(stage.write_to):
+                    return None  # published already (a retried publish)
+                if catalog.table_exists(stage.table_name):
+                    raise EngineError(
+                        f"{stage.table_name} was created while its new version was staged."
+                    )
+                table = catalog.rename_table(stage.write_to, stage.table_name)
+                snapshot = table.current_snapshot()
+                return snapshot.snapshot_id if snapshot else None
+            table = catalog.load_table(stage.table_name)
+            head = table.metadata.refs.get(stage.branch)
+            if head is None:
+                return table.current_snapshot().snapshot_id  # published already
+            current = table.current_snapshot()
+            if current is None or current.snapshot_id != stage.base:
+                raise EngineError(
+                    f"{stage.table_name} changed while its new version was staged "
+                    f"(main is at {current.snapshot_id if current else None}, not {stage.base})."
+                )
+            # One commit: readers see the old rows, then the new ones, never anything between.
+            with table.manage_snapshots() as snapshots:
+                snapshots.set_current_snapshot(head.snapshot_id)
+                snapshots.remove_branch(stage.branch)
+            return head.snapshot_id
+
+    def stage_discard(self, stage: Stage) -> None:
+        with self._errors(f"discard the new version of {stage.table_name}"):
+            catalog = self._catalog()
+            if stage.branch is None:
+                if catalog.table_exists(stage.write_to):
+                    catalog.purge_table(stage.write_to)
+                return
+            try:
+                table = catalog.load_table(stage.table_name)
+            except iceberg_errors.NoSuchTableError:
+                return
+            if stage.branch in table.metadata.refs:
+                with table.manage_snapshots() as snapshots:
+                    snapshots.remove_branch(stage.branch)
+
+    def source_file_rows(self, table_name: str) -> dict[str, int]:
+        table = self._load_table(table_name)
+        if table is None or "_source_file" not in table.schema().column_names:
+            return {}
+        with self._errors(f"read {table_name}"):
+            lineage = table.scan(selected_fields=("_source_file",)).to_arrow()
+            counts = lineage.group_by("_source_file").aggregate([([], "count_all")])
+        return {
+            path: count
+            for path, count in zip(
+                counts.column("_source_file").to_pylist(),
+                counts.column("count_all").to_pylist(),
+                strict=True,
+            )
+            if path is not None
+        }
+
+    def _table_location(self, table_name: str) -> str | None:
+        """A tenant's tables live under the warehouse's "<tenant prefix>/" folder.
+
+        "acme__raw.orders" is written to "<warehouse>/acme/raw/orders"; names without a
+        tenant prefix (tables made before tenants had one) keep pyiceberg's default.
+        """
+        namespace, table = table_name.split(".")
+        tenant_prefix, separator, tenant_namespace = namespace.partition("__")
+        if not separator:
+            return None
+        return f"{self.warehouse.rstrip('/')}/{tenant_prefix}/{tenant_namespace}/{table}"
 
     def list_snapshots(self, table_name: str) -> list[SnapshotInfo]:
         table = self._load_table(table_name)
@@ -174,7 +292,7 @@ class IcebergEngine(Engine):
         with _catalogs_lock:
             catalog = _catalogs.get(key)
             if catalog is None:
-                catalog = SqlCatalog(
+                catalog = _open_catalog(
                     self.catalog_name,
                     uri=self.catalog_uri,
                     warehouse=self.warehouse,
@@ -201,6 +319,21 @@ class IcebergEngine(Engine):
             raise SchemaMismatchError(f"Could not {action}: {_reason(exc)}") from exc
         except _ENGINE_FAILURES as exc:
             raise EngineError(f"Iceberg could not {action}: {_reason(exc)}") from exc
+
+
+def _open_catalog(name: str, **properties: str) -> SqlCatalog:
+    """Open a SQL catalog, creating its tables if needed, safely beside another process.
+
+    pyiceberg creates the catalog tables on first use; two processes starting together (the
+    web and the worker) both try, and the loser fails with "table ... already exists". The
+    tables are there by then, so opening again succeeds.
+    """
+    try:
+        return SqlCatalog(name, **properties)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
+        if "already exists" not in str(exc):
+            raise
+        return SqlCatalog(name, **properties)
 
 
 def _snapshot_info(snapshot: Snapshot) -> SnapshotInfo:

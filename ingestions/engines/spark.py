@@ -50,7 +50,8 @@ from ingestions.errors import (
     EngineUnavailableError,
     SchemaMismatchError,
 )
-from ingestions.sources.discovery import filesystem_for, first_line
+from ingestions.locations import warehouse_filesystem as filesystem_for
+from ingestions.sources.discovery import first_line
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from pyspark.sql import DataFrame, SparkSession
@@ -145,8 +146,17 @@ class SparkEngine(Engine):
                 return existed
             return self._parquet().drop(table_name, spark)
 
-    def append(self, table_name: str, data: pa.Table, *, properties: dict[str, str]) -> int:
+    def append(
+        self,
+        table_name: str,
+        data: pa.Table,
+        *,
+        properties: dict[str, str],
+        branch: str | None = None,
+    ) -> int:
         validate_table_name(table_name)
+        if branch is not None:
+            raise EngineError("The spark engine cannot write to a branch.")
         if not all(isinstance(item, str) for pair in properties.items() for item in pair):
             raise TypeError("Snapshot properties must map strings to strings.")
         with self._errors(f"append to {table_name}"), self._jobs() as spark:

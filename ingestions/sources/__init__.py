@@ -4,7 +4,6 @@ from ingestions.sources.discovery import (
     SourceFile,
     list_source_entries,
     list_source_files,
-    open_source,
 )
 from ingestions.sources.readers import (
     METADATA_COLUMNS,
@@ -24,7 +23,6 @@ __all__ = [
     "list_source_entries",
     "list_source_files",
     "normalize_for_iceberg",
-    "open_source",
     "read_source_file",
     "validate_reader_options",
     "with_metadata_columns",

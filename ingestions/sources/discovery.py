@@ -1,24 +1,25 @@
-"""Find the files under a source location, through pyarrow.fs so local disk and S3 share code."""
+"""Find the files under a checked source: a bounded local walk, or pyarrow's S3 listing."""
 
 from __future__ import annotations
 
-import functools
+import os
 import posixpath
+import time
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import NamedTuple
-from urllib.parse import urlsplit
+from stat import S_ISREG as stat_is_file
+from typing import TYPE_CHECKING, NamedTuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ingestions.errors import SourceUnavailableError
+from ingestions.errors import SourceListingLimitError, SourceUnavailableError
+
+if TYPE_CHECKING:
+    from ingestions.locations import SourceHandle
 
 # Writers mark in-progress or bookkeeping files this way (.part, _SUCCESS, _temporary/).
 HIDDEN_PREFIXES = (".", "_")
-
-# s3a:// is how Spark and Hadoop spell the same buckets; both reach S3 through pyarrow.
-S3_SCHEMES = ("s3", "s3a")
 
 
 class SourceFile(NamedTuple):
@@ -40,95 +41,24 @@ class SourceFile(NamedTuple):
         return datetime.fromtimestamp(self.modified_ns / 1e9, tz=UTC)
 
 
-def open_source(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Return the filesystem serving `uri` and the root path inside it.
-
-    Accepts URIs pyarrow knows ("file:///abs", "s3://bucket/prefix") and absolute local paths.
-    S3 is reached with the AUTOLOADER_S3_* settings (see `s3_filesystem`), so a source URI
-    never carries credentials.
-
-    Raises:
-        SourceUnavailableError: The URI is relative or names an unknown filesystem.
-    """
-    try:
-        filesystem, root = filesystem_for(uri)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise SourceUnavailableError(
-            f"Cannot open source {uri!r}: {first_line(exc)}. "
-            "Use an absolute path or a URI such as file:///data/in or s3://bucket/prefix."
-        ) from exc
-    # "/" must stay "/"; every other root loses its trailing slash so prefixes compare cleanly.
-    return filesystem, root.rstrip("/") or root
-
-
-def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Return the filesystem serving `uri` and the path inside it, S3 configured from settings.
-
-    Raises:
-        pyarrow.ArrowException, OSError, ValueError: pyarrow cannot make sense of `uri`.
-    """
-    scheme, separator, rest = uri.partition("://")
-    if separator and scheme.lower() in S3_SCHEMES:
-        bucket_and_key = rest.strip("/")
-        if not bucket_and_key:
-            raise ValueError("an S3 URI needs a bucket: s3://bucket/prefix")
-        return s3_filesystem(), bucket_and_key
-    return pafs.FileSystem.from_uri(uri)
-
-
-def s3_filesystem() -> pafs.S3FileSystem:
-    """The S3 filesystem of the AUTOLOADER_S3_* settings, read now.
-
-    An empty setting leaves the choice to pyarrow, which reads the standard AWS variables
-    (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...) and then the AWS default chain.
-    """
-    from django.conf import settings
-
-    return _s3_filesystem(
-        endpoint_url=settings.AUTOLOADER_S3_ENDPOINT_URL,
-        region=settings.AUTOLOADER_S3_REGION,
-        access_key=settings.AUTOLOADER_S3_ACCESS_KEY_ID,
-        secret_key=settings.AUTOLOADER_S3_SECRET_ACCESS_KEY,
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _s3_filesystem(
-    *, endpoint_url: str, region: str, access_key: str, secret_key: str
-) -> pafs.S3FileSystem:
-    # One client per configuration and process: building one sets up the AWS SDK's pools.
-    options: dict[str, str] = {}
-    if endpoint_url:
-        parsed = urlsplit(endpoint_url)
-        if parsed.scheme:
-            options["scheme"] = parsed.scheme
-            options["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
-        else:
-            options["endpoint_override"] = endpoint_url
-    if region:
-        options["region"] = region
-    if access_key and secret_key:
-        options["access_key"] = access_key
-        options["secret_key"] = secret_key
-    return pafs.S3FileSystem(**options)
-
-
-def list_source_files(*, uri: str, pattern: str | None = None) -> list[SourceFile]:
-    """List the visible files under `uri`, recursively, sorted by relative path.
+def list_source_files(*, source: SourceHandle, pattern: str | None = None) -> list[SourceFile]:
+    """List the visible files under a checked source, recursively, sorted by relative path.
 
     Args:
-        uri: Source root (see `open_source`).
+        source: From `ingestions.locations.source_open` (checked against the locations).
         pattern: Optional glob; a file matches when its relative path or its basename does,
             so "*.csv" also finds nested CSV files.
 
     Raises:
         SourceUnavailableError: The root does not exist, is not a directory or cannot be listed.
+        SourceListingLimitError: Past AUTOLOADER_LISTING_MAX_ENTRIES entries or
+            AUTOLOADER_LISTING_MAX_SECONDS seconds.
     """
-    return [SourceFile(*entry) for entry in list_source_entries(uri=uri, pattern=pattern)]
+    return [SourceFile(*entry) for entry in list_source_entries(source=source, pattern=pattern)]
 
 
 def list_source_entries(
-    *, uri: str, pattern: str | None = None
+    *, source: SourceHandle, pattern: str | None = None
 ) -> list[tuple[str, int, int | None]]:
     """`list_source_files` as plain `(path, size_bytes, modified_ns)` tuples, sorted by path.
 
@@ -136,20 +66,120 @@ def list_source_entries(
     builds no objects per file beyond the tuple.
 
     Raises:
-        SourceUnavailableError: The root does not exist, is not a directory or cannot be listed.
+        SourceUnavailableError, SourceListingLimitError: see `list_source_files`.
     """
-    filesystem, root = open_source(uri)
+    from django.conf import settings
+
+    bound = _Bound(
+        max_entries=settings.AUTOLOADER_LISTING_MAX_ENTRIES,
+        max_seconds=settings.AUTOLOADER_LISTING_MAX_SECONDS,
+        uri=source.uri,
+    )
+    if source.local_boundary is not None:
+        entries = _walk_local(source, bound)
+    else:
+        entries = _list_store(source, bound)
+    if pattern:
+        entries = [entry for entry in entries if _matches(entry[0], pattern)]
+    entries.sort()
+    return entries
+
+
+class _Bound:
+    """Stops a listing past a number of entries or seconds, with a clear error."""
+
+    def __init__(self, *, max_entries: int, max_seconds: float, uri: str):
+        self.max_entries = max_entries
+        self.deadline = time.monotonic() + max_seconds
+        self.max_seconds = max_seconds
+        self.uri = uri
+        self.seen = 0
+
+    def add(self, count: int = 1) -> None:
+        self.seen += count
+        if self.seen > self.max_entries:
+            raise SourceListingLimitError(
+                f"Listing {self.uri} stopped: more than {self.max_entries:,} entries."
+            )
+        if self.seen % 512 == 0 or count > 1:
+            self.check_time()
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise SourceListingLimitError(
+                f"Listing {self.uri} stopped after {self.max_seconds:g} s "
+                f"({self.seen:,} entries seen)."
+            )
+
+
+def _walk_local(source: SourceHandle, bound: _Bound) -> list[tuple[str, int, int | None]]:
+    """Walk a local folder without ever following a directory symlink.
+
+    A symlinked file is listed only when its target lies inside the location; a link to a
+    directory is never entered, so a loop (`loop -> .`) lists nothing twice and a link out
+    of the location reads nothing.
+    """
+    root = source.root
+    try:
+        if not os.path.isdir(root) or os.path.islink(root):
+            if not os.path.exists(root):
+                raise SourceUnavailableError(f"Source {source.uri!r} does not exist.")
+            raise SourceUnavailableError(f"Source {source.uri!r} is not a directory.")
+    except OSError as exc:
+        raise SourceUnavailableError(f"Cannot list source {source.uri!r}: {exc.strerror}") from exc
+    entries: list[tuple[str, int, int | None]] = []
+    pending = [(root, "")]
+    while pending:
+        folder, relative_folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    bound.add()
+                    if entry.name.startswith(HIDDEN_PREFIXES):
+                        continue
+                    relative_path = relative_folder + entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((entry.path, relative_path + "/"))
+                    elif entry.is_file(follow_symlinks=False):
+                        stat = entry.stat(follow_symlinks=False)
+                        entries.append((relative_path, stat.st_size, stat.st_mtime_ns))
+                    elif entry.is_symlink() and source.is_readable(entry.path):
+                        target = _stat_link_target(entry.path)
+                        if target is not None and stat_is_file(target.st_mode):
+                            entries.append((relative_path, target.st_size, target.st_mtime_ns))
+        except FileNotFoundError:
+            continue  # a folder removed while listing: its files are simply not there
+        except OSError as exc:
+            raise SourceUnavailableError(
+                f"Cannot list source {source.uri!r}: {exc.strerror or type(exc).__name__}"
+            ) from exc
+    return entries
+
+
+def _stat_link_target(path: str) -> os.stat_result | None:
+    """The link's target (inside the location, checked by the caller); None when dangling."""
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _list_store(source: SourceHandle, bound: _Bound) -> list[tuple[str, int, int | None]]:
+    """List an object store (no symlinks there) through pyarrow's C++ client."""
+    filesystem, root = source.filesystem, source.root
     try:
         root_info = filesystem.get_file_info(root)
         if root_info.type == pafs.FileType.NotFound:
-            raise SourceUnavailableError(f"Source {uri!r} does not exist.")
+            raise SourceUnavailableError(f"Source {source.uri!r} does not exist.")
         if root_info.type != pafs.FileType.Directory:
-            raise SourceUnavailableError(f"Source {uri!r} is not a directory.")
+            raise SourceUnavailableError(f"Source {source.uri!r} is not a directory.")
         infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
     except (pa.ArrowException, OSError) as exc:
-        raise SourceUnavailableError(f"Cannot list source {uri!r}: {first_line(exc)}") from exc
-
-    # The hot loop of every dry-run and run: it sticks to plain string tests and tuples.
+        raise SourceUnavailableError(
+            f"Cannot list source {source.uri!r}: {first_line(exc)}"
+        ) from exc
+    bound.add(len(infos))
+    # The hot loop of every dry-run over S3: plain string tests and tuples only.
     # A directory has no size (`info.type` would build an enum per entry; this is cheaper).
     root_prefix = root.rstrip("/") + "/"
     prefix_length = len(root_prefix)
@@ -164,10 +194,7 @@ def list_source_entries(
         relative_path = full_path[prefix_length:]
         if _is_hidden(relative_path):
             continue
-        if pattern and not _matches(relative_path, pattern):
-            continue
         entries.append((relative_path, size, info.mtime_ns))
-    entries.sort()
     return entries
 
 

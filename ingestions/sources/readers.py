@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import codecs
+import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -14,7 +15,10 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from ingestions.errors import FileReadError, SchemaMismatchError
-from ingestions.sources.discovery import first_line, open_source
+from ingestions.sources.discovery import first_line
+
+if TYPE_CHECKING:
+    from ingestions.locations import SourceHandle
 
 SUPPORTED_FORMATS = ("csv", "json", "parquet")
 
@@ -33,6 +37,11 @@ READER_OPTIONS: dict[str, dict[str, type]] = {
     "json": {},
     "parquet": {},
 }
+# Bounds of option values: pyarrow takes skip_rows as a 32-bit int, and a reader option is
+# configuration, not data.
+MAX_SKIP_ROWS = 1_000_000
+MAX_LIST_OPTION_ITEMS = 10_000
+MAX_OPTION_TEXT_LENGTH = 256
 _TYPE_WORDS = {str: "a string", bool: "true or false", int: "an integer", list: "a list"}
 
 METADATA_COLUMNS = ("_source_file", "_ingested_at")
@@ -73,42 +82,58 @@ def validate_reader_options(*, file_format: str, options: dict | None) -> dict[s
     for key in ("column_names", "null_values"):
         if key in options and not all(isinstance(item, str) for item in options[key]):
             raise ValueError(f"Reader option {key!r} must be a list of strings.")
-    if options.get("skip_rows", 0) < 0:
-        raise ValueError("Reader option 'skip_rows' must not be negative.")
+    if not 0 <= options.get("skip_rows", 0) <= MAX_SKIP_ROWS:
+        raise ValueError(f"Reader option 'skip_rows' must be between 0 and {MAX_SKIP_ROWS:,}.")
+    for key in ("column_names", "null_values"):
+        if key in options and (
+            len(options[key]) > MAX_LIST_OPTION_ITEMS
+            or any(len(item) > MAX_OPTION_TEXT_LENGTH for item in options[key])
+        ):
+            raise ValueError(
+                f"Reader option {key!r} takes at most {MAX_LIST_OPTION_ITEMS:,} items of "
+                f"{MAX_OPTION_TEXT_LENGTH} characters."
+            )
     if "encoding" in options:
         try:
-            codecs.lookup(options["encoding"])
-        except LookupError:
-            raise ValueError(f"Unknown encoding {options['encoding']!r}.") from None
+            codec = codecs.lookup(options["encoding"])
+        except (LookupError, ValueError):
+            raise ValueError(f"Unknown encoding {options['encoding'][:40]!r}.") from None
+        # rot13, base64, zlib ... are codecs too, but not text encodings a CSV can be in.
+        if not getattr(codec, "_is_text_encoding", True):
+            raise ValueError(f"{options['encoding'][:40]!r} is not a text encoding.")
     return options
 
 
 def read_source_file(
-    *, uri: str, path: str, file_format: str, options: dict | None = None
+    *, source: SourceHandle, path: str, file_format: str, options: dict | None = None
 ) -> pa.Table:
-    """Read the file at `path` (relative to the source `uri`) with Iceberg-writable types.
+    """Read the file at `path` (relative to the checked `source`) with Iceberg-writable types.
+
+    Errors say which file and what kind of problem (and the row when the reader knows it);
+    they never quote the file's bytes.
 
     Raises:
         ValueError: Unknown format or reader options (see `validate_reader_options`).
-        SourceUnavailableError: The source URI cannot be opened.
-        FileReadError: The file is gone, empty, malformed, not valid UTF-8, or holds a type
-            Iceberg cannot store.
+        FileReadError: The file is gone, resolves outside the location, is empty, malformed,
+            not valid UTF-8, or holds a type Iceberg cannot store.
     """
     options = validate_reader_options(file_format=file_format, options=options)
-    filesystem, root = open_source(uri)
-    full_path = f"{root.rstrip('/')}/{path}"
+    filesystem = source.filesystem
+    full_path = source.full_path(path)
+    if ".." in path.split("/") or not source.is_readable(full_path):
+        raise FileReadError(path, "it resolves outside the storage location")
     try:
         if file_format == "parquet":
             # Parquet needs random access to its footer, so a file, not a stream.
-            with filesystem.open_input_file(full_path) as source:
-                data = pq.read_table(source)
+            with filesystem.open_input_file(full_path) as stream:
+                data = pq.read_table(stream)
         elif file_format == "json":
             # Streams decompress by extension: data.json.gz reads like data.json.
-            with filesystem.open_input_stream(full_path) as source:
-                data = pajson.read_json(source)
+            with filesystem.open_input_stream(full_path) as stream:
+                data = pajson.read_json(stream)
         else:
-            with filesystem.open_input_stream(full_path) as source:
-                data = _read_csv(source, options)
+            with filesystem.open_input_stream(full_path) as stream:
+                data = _read_csv(stream, options)
         if file_format != "csv":
             # JSON and Parquet readers pass invalid UTF-8 through into string columns; catch
             # it before Iceberg does. (CSV checks it while parsing: such a column is binary.)
@@ -117,11 +142,11 @@ def read_source_file(
         raise FileReadError(path, "the file no longer exists") from exc
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         # UnicodeDecodeError: the Python codec that transcodes a non-UTF-8 `encoding`.
-        raise FileReadError(path, first_line(exc)) from exc
+        raise FileReadError(path, read_error_reason(exc, file_format)) from exc
 
-    duplicates = sorted(name for name, count in Counter(data.column_names).items() if count > 1)
+    duplicates = _duplicate_positions(data.column_names)
     if duplicates:
-        raise FileReadError(path, f"duplicate column names: {', '.join(duplicates)}")
+        raise FileReadError(path, f"duplicate column names (columns {duplicates})")
     if file_format == "csv":
         # CSV inference falls back to binary only when the text does not decode.
         binary_columns = [field.name for field in data.schema if pa.types.is_binary(field.type)]
@@ -134,7 +159,7 @@ def read_source_file(
     try:
         return normalize_for_iceberg(data)
     except (ValueError, pa.ArrowException) as exc:
-        raise FileReadError(path, first_line(exc)) from exc
+        raise FileReadError(path, read_error_reason(exc, "")) from exc
 
 
 def _read_csv(source: pa.NativeFile, options: dict[str, Any]) -> pa.Table:
@@ -184,7 +209,9 @@ def normalize_for_iceberg(data: pa.Table) -> pa.Table:
             writable_type = iceberg_writable_type(field.type)
             if writable_type != field.type:
                 column = column.cast(writable_type, safe=_is_cast_checked(field.type))
-        except (ValueError, pa.ArrowException) as exc:
+        except pa.ArrowException as exc:
+            raise ValueError(f"column {field.name!r}: {cast_error_kind(exc)}") from exc
+        except ValueError as exc:
             raise ValueError(f"column {field.name!r}: {first_line(exc)}") from exc
         fields.append(pa.field(field.name, writable_type, nullable=field.nullable))
         columns.append(column)
@@ -316,17 +343,18 @@ def conform_to_schema(data: pa.Table, schema: pa.Schema) -> pa.Table:
         SchemaMismatchError: A required column is missing or has nulls, or a type cannot be
             cast without losing values; the message names the column and both types.
     """
-    duplicates = sorted(name for name, count in Counter(data.column_names).items() if count > 1)
+    duplicates = _duplicate_positions(data.column_names)
     if duplicates:
-        raise SchemaMismatchError(f"The data has duplicate column names: {', '.join(duplicates)}.")
+        raise SchemaMismatchError(f"The data has duplicate column names (columns {duplicates}).")
     data_columns = set(data.column_names) - set(METADATA_COLUMNS)
     table_columns = set(schema.names) - set(METADATA_COLUMNS)
     if data_columns and table_columns and not data_columns & table_columns:
         # Nothing in common is not drift: it is another file (or the wrong delimiter, which
         # reads "id;name" as one column). Loading it would add nulls and a stray column.
         raise SchemaMismatchError(
-            f"No column in common with the table (file: {', '.join(sorted(data_columns)[:5])}; "
-            f"table: {', '.join(sorted(table_columns)[:5])}). Check the delimiter and format."
+            f"No column in common with the table (the file has {len(data_columns)} "
+            f"column(s); the table: {', '.join(sorted(table_columns)[:5])}). "
+            "Check the delimiter and format."
         )
     fields, columns = [], []
     for target in schema:
@@ -365,7 +393,7 @@ def _conform_column(column: pa.ChunkedArray, target: pa.Field) -> pa.ChunkedArra
         except pa.ArrowException as exc:
             raise SchemaMismatchError(
                 f"Column {target.name!r} is {target.type} in the table but {source_type} in "
-                f"the data, and a value does not convert: {first_line(exc)}"
+                f"the data, and a value does not convert ({cast_error_kind(exc)})."
             ) from exc
     raise SchemaMismatchError(
         f"Column {target.name!r} is {target.type} in the table but {source_type} in the data."
@@ -431,3 +459,53 @@ def _is_scalar_value(data_type: pa.DataType) -> bool:
         or pa.types.is_decimal(data_type)
         or pa.types.is_temporal(data_type)
     )
+
+
+# Readers quote the offending text in some messages ("Expected 2 columns, got 3: <the
+# line>", "invalid value 'abc'"): a per-file error must say where and what, never echo bytes.
+_QUOTED = re.compile(r"""'[^']*'|"[^"]*"|`[^`]*`""")
+_AFTER_COLUMN_COUNT = re.compile(r"(Expected \d+ columns?, got \d+).*", re.DOTALL)
+_PARSE_ERROR_PREFIXES = ("CSV parse error", "JSON parse error", "CSV conversion error")
+
+
+def read_error_reason(exc: BaseException, file_format: str) -> str:
+    """What went wrong reading a file, without quoting its content."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"byte {exc.start} is not valid {exc.encoding}; set the 'encoding' reader option"
+    message = first_line(exc)
+    if message.startswith(_PARSE_ERROR_PREFIXES):
+        message = _AFTER_COLUMN_COUNT.sub(r"\1", message)
+        message = _QUOTED.sub("(value omitted)", message)
+        return message[:300]
+    if isinstance(exc, pa.ArrowException):
+        if "not in range" in message or "overflow" in message.lower():
+            return cast_error_kind(exc)
+        if "Parquet magic bytes" in message or "Parquet file size is 0" in message:
+            return "not a Parquet file (no Parquet footer)"
+        # Other Arrow messages name types and sizes; quoted parts are dropped all the same.
+        return _QUOTED.sub("(value omitted)", message)[:300]
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return message  # our own messages (normalizing types) name columns and types only
+
+
+def cast_error_kind(exc: BaseException) -> str:
+    """What kind of value failed a cast, without the value (Arrow's message quotes it)."""
+    message = first_line(exc)
+    if "not in range" in message or "overflow" in message.lower():
+        return "a value is out of range"
+    if "truncat" in message.lower() or "would lose" in message.lower():
+        return "a value would lose precision"
+    if "parse" in message.lower() or "invalid" in message.lower():
+        return "a value is not a valid value of that type"
+    return "a value cannot be cast"
+
+
+def _duplicate_positions(names: list[str]) -> str:
+    """The 1-based positions of repeated column names, as "2 and 5".
+
+    Never the names: in a header-less or misread file they are the file's own bytes.
+    """
+    counts = Counter(names)
+    positions = [str(index) for index, name in enumerate(names, start=1) if counts[name] > 1]
+    return ", ".join(positions[:-1]) + f" and {positions[-1]}" if len(positions) > 1 else ""

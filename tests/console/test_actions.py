@@ -38,7 +38,7 @@ def confirm(client, action: str, typed: str = "raw.sales", **data):
 
 def unchanged(loaded) -> bool:
     return (
-        load_engine().table_exists("raw.sales")
+        load_engine().table_exists(loaded.table_identifier)
         and ProcessedFile.objects.filter(ingestion=loaded).count() == 4
         and not RefreshOperation.objects.exists()
     )
@@ -66,7 +66,7 @@ def test_the_preview_shows_the_numbers_of_the_api_dry_run_and_changes_nothing(
 def test_the_preview_names_what_is_lost_and_what_is_kept(loaded, admin_console):
     full = admin_console.get(f"{PAGE}full-refresh/", **PANEL).content.decode()
     lost = full.split("What is lost", 1)[1].split("What is kept", 1)[0]
-    assert "Table raw.sales, 100 rows," in lost and "will be deleted" in lost
+    assert "Table raw.sales, 100 rows," in lost and "will be replaced when the run ends" in lost
     assert "History of 4 processed files" in lost
 
     fresh = admin_console.get(f"{PAGE}fresh-start/", **PANEL).content.decode()
@@ -77,8 +77,8 @@ def test_the_preview_names_what_is_lost_and_what_is_kept(loaded, admin_console):
     kept = clear.split("What is kept", 1)[1]
     assert "Table raw.sales (100 rows," in kept and "is not touched" in kept
 
-    steps = re.findall(r"<li>(Drop table|Clear the history|Trigger a run)", full)
-    assert steps == ["Drop table", "Clear the history", "Trigger a run"]
+    steps = re.findall(r"<li>(Replace table|Clear the history|Trigger a run)", full)
+    assert steps == ["Replace table", "Clear the history", "Trigger a run"]
 
 
 def test_the_preview_opens_a_confirmation_dialog_that_asks_for_the_table_name(
@@ -127,13 +127,13 @@ def test_the_right_name_executes_and_shows_every_step(loaded, admin_console):
     html = response.content.decode()
     operation = RefreshOperation.objects.get()
     assert operation.status == OperationStatus.ACCEPTED
-    assert "Full refresh completed successfully" in html
+    assert f"Full refresh accepted: run {operation.run.public_id} builds" in html
     assert html.count('<span class="badge badge-ok">Success</span>') == 3
-    assert "Dropped raw.sales: 100 rows" in html
-    assert "4 files forgotten" in html
+    assert "raw.sales keeps its 100 rows until the new version is published" in html
+    assert "4 files replaced in the history at publish" in html
     assert f'href="/runs/{operation.run.public_id}/"' in html
     assert "ingestion-changed" in response["HX-Trigger-After-Settle"]
-    assert not load_engine().table_exists("raw.sales")
+    assert load_engine().describe_table(loaded.table_identifier).row_count == 100  # until published
 
 
 def test_refusals_are_messages_with_what_to_do_next(settings, loaded, console):
@@ -165,7 +165,7 @@ def test_refusals_are_messages_with_what_to_do_next(settings, loaded, console):
     for response in (busy, locked, limited):
         assert response["X-Console-Fragment"] == "error"
         assert "nothing was changed" in response.content.decode()
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,7 @@ def test_above_the_threshold_the_preview_plan_travels_with_the_confirmation(
     without_plan = confirm(admin_console, "full-refresh")
     assert without_plan.status_code == 400
     assert "A recent preview is required" in without_plan.content.decode()
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
 
     with_plan = confirm(admin_console, "full-refresh", plan_id=plan.public_id)
     assert with_plan.status_code == 200
@@ -213,7 +213,8 @@ def test_below_the_threshold_no_plan_is_sent(loaded, admin_console):
     assert 'name="plan_id"' not in html
 
 
-def test_a_partial_failure_shows_recovery_and_resume_finishes(loaded, admin_console):
+def test_a_partial_failure_shows_recovery_and_resume_finishes(loaded, admin_console, settings):
+    settings.REFRESH_DEFAULT_MODE = "drop_first"  # only dropping first can fail half-way
     with failing_sql('INSERT INTO "ingestions_run"'):
         response = confirm(admin_console, "full-refresh")
     assert response.status_code == 200

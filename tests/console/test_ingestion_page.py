@@ -181,13 +181,26 @@ def test_the_page_issues_a_bounded_number_of_queries(
         assert admin_console.get(PAGE).status_code == 200
 
 
-def test_a_preview_the_engine_or_source_cannot_answer_says_so(loaded, admin_console, tmp_path):
-    loaded.source_uri = str(tmp_path / "gone")
+def test_a_preview_the_engine_or_source_cannot_answer_says_so(loaded, admin_console, source_dir):
+    loaded.source_uri = str(source_dir / "gone")  # inside the location, but not there
     loaded.save()
     response = admin_console.get(f"{PAGE}full-refresh/", **hx("operation-panel"))
-    assert response.status_code == 500
+    assert response.status_code == 400  # SOURCE_UNAVAILABLE
     assert response["X-Console-Fragment"] == "error"  # swapped in: a message, not a crash
     assert "The source cannot be listed" in response.content.decode()
+
+
+def test_a_preview_of_a_source_outside_the_tenants_locations_says_so(
+    loaded, admin_console, tmp_path
+):
+    loaded.source_uri = str(tmp_path / "elsewhere")
+    loaded.save()
+    response = admin_console.get(f"{PAGE}full-refresh/", **hx("operation-panel"))
+    assert response.status_code == 400
+    assert response["X-Console-Fragment"] == "error"
+    html = response.content.decode()
+    assert "is outside your tenant&#x27;s storage locations" in html
+    assert "SOURCE_NOT_ALLOWED" in html and "nothing was changed" in html
 
 
 def test_the_run_page_polls_its_summary_while_the_run_is_active(loaded, admin_console):

@@ -86,7 +86,7 @@ def test_full_refresh_shows_the_api_numbers_asks_for_the_name_and_runs_live(
     lost = page.get_by_role("group", name="What is lost")
     expect(lost).to_contain_text("Table raw.sales, 100 rows")
     expect(lost).to_contain_text("History of 4 processed files")
-    expect(page.get_by_role("listitem").filter(has_text="Drop table raw.sales")).to_be_visible()
+    expect(page.get_by_role("listitem").filter(has_text="Replace table raw.sales")).to_be_visible()
 
     # The dialog: a wrong name keeps the button disabled; Esc cancels; focus stays inside.
     page.get_by_role("button", name="Continue…").click()
@@ -100,7 +100,7 @@ def test_full_refresh_shows_the_api_numbers_asks_for_the_name_and_runs_live(
     expect(submit).to_be_disabled()
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
 
     page.get_by_role("button", name="Continue…").click()
     expect(name_box).to_have_value("")
@@ -113,7 +113,7 @@ def test_full_refresh_shows_the_api_numbers_asks_for_the_name_and_runs_live(
     expect(submit).to_be_focused()
     submit.click()
 
-    result = page.get_by_role("heading", name="Full refresh completed successfully")
+    result = page.get_by_role("heading", name=re.compile(r"^Full refresh accepted: run run-"))
     expect(result).to_be_visible()
     steps = page.locator(".steps-table tbody tr")
     expect(steps).to_have_count(3)
@@ -146,10 +146,13 @@ def test_fresh_start_keeps_the_history(page, loaded, user_of):
         "History of 4 files is kept"
     )
     confirm(page, "raw.sales")
-    expect(page.get_by_role("heading", name="Fresh start completed successfully")).to_be_visible()
+    expect(
+        page.get_by_role("heading", name=re.compile(r"^Fresh start accepted: run run-"))
+    ).to_be_visible()
     expect(page.locator(".steps-table tbody tr")).to_have_count(2)
     expect(page.locator("[data-stat=history-count]")).to_have_text("4")
-    expect(page.locator("[data-stat=table-missing]")).to_be_visible()
+    # No downtime: the table keeps its rows until the run publishes the new version.
+    expect(page.locator("[data-stat=table-rows]")).to_have_text("100")
 
 
 def test_dropping_the_table_twice_says_the_second_time_it_did_not_exist(page, loaded, user_of):
@@ -186,7 +189,7 @@ def test_a_viewer_sees_no_actions_and_a_forged_post_is_refused(page, loaded, use
     )
     assert forged.status == 403
     assert "Your role does not allow" in forged.text()
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
     assert not RefreshOperation.objects.exists()
 
 
@@ -199,7 +202,8 @@ def test_another_tenants_ingestion_is_a_404_page(page, loaded, user_of, other_te
     assert page.goto("/ingestions/secret/drop-table/").status == 404
 
 
-def test_a_partial_failure_shows_recovery_and_resume_finishes_it(page, loaded, user_of):
+def test_a_partial_failure_shows_recovery_and_resume_finishes_it(page, loaded, user_of, settings):
+    settings.REFRESH_DEFAULT_MODE = "drop_first"  # only dropping first can fail half-way
     log_in(page, user_of(Role.ADMIN))
     open_ingestion(page)
     open_preview(page, "Full refresh")
@@ -230,4 +234,4 @@ def test_a_refusal_is_a_message_in_the_page_with_what_to_do_next(page, loaded, u
     expect(page.get_by_text("What to do next:")).to_be_visible()
     expect(page.locator("#operation-panel").get_by_role("link", name=run.public_id)).to_be_visible()
     expect(page.locator("#server-error")).to_be_hidden()
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)

@@ -32,9 +32,11 @@ def test_create_returns_the_ingestion_with_its_table_and_last_run(admin_client, 
         "pattern": "*.csv",
         "options": {},
     }
-    assert body["destination"] == {"table": "raw.sales_data"}
+    # The user's name, and the tenant's own physical table behind it.
+    assert body["destination"] == {"table": "raw.sales_data", "identifier": "acme__raw.sales_data"}
     assert body["engine"] == "iceberg"
     assert body["cost_per_gb_usd"] == 0.25
+    assert body["table"]["identifier"] == "acme__raw.sales_data"
     assert body["table"]["exists"] is False
     assert body["last_run"] is None
 
@@ -59,7 +61,7 @@ def test_create_with_a_chosen_slug(admin_client, source_dir):
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"source": {"uri": "/x", "format": "xml"}}, "source"),
+        ({"source": {"format": "xml"}}, "source"),
         ({"destination": {"table": "no_namespace"}}, "destination"),
         ({"destination": {"table": "raw.Bad-Name"}}, "destination"),
         ({"source": None}, "source"),
@@ -68,13 +70,13 @@ def test_create_with_a_chosen_slug(admin_client, source_dir):
         ({"cost_per_gb_usd": -1}, "cost_per_gb_usd"),
         ({"engine": "duckdb"}, "engine"),
         ({"surprise": 1}, "surprise"),
-        (
-            {"source": {"uri": "/x", "format": "csv", "options": {"delimitr": ";"}}},
-            "source.options",
-        ),
+        ({"source": {"format": "csv", "options": {"delimitr": ";"}}}, "source.options"),
     ],
 )
 def test_create_refuses_bad_bodies_with_field_errors(admin_client, source_dir, change, field):
+    if isinstance(change.get("source"), dict):
+        # A source inside the tenant's location: what is refused is the field under test.
+        change = {**change, "source": {"uri": str(source_dir), **change["source"]}}
     body = create_body(source_dir)
     body.update(change)
     response = admin_client.post("/api/v1/ingestions", body, format="json")
@@ -117,7 +119,22 @@ def test_list_get_patch_delete(admin_client, tenant, source_dir):
     assert refused.status_code == 400
 
     assert admin_client.get("/api/v1/ingestions/sales").json()["name"] == "Renamed"
-    assert admin_client.delete("/api/v1/ingestions/sales").status_code == 204
+    unconfirmed = admin_client.delete("/api/v1/ingestions/sales")
+    assert unconfirmed.status_code == 400
+    assert unconfirmed.json()["error_code"] == "CONFIRMATION_REQUIRED"
+    protected = admin_client.delete("/api/v1/ingestions/sales", {"confirm": True}, format="json")
+    assert protected.status_code == 423
+    assert protected.json()["error_code"] == "TABLE_PROTECTED"
+    assert Ingestion.objects.filter(pk=ingestion.pk).exists()
+
+    admin_client.patch("/api/v1/ingestions/sales", {"protected": False}, format="json")
+    deleted = admin_client.delete("/api/v1/ingestions/sales", {"confirm": True}, format="json")
+    assert deleted.status_code == 200, deleted.json()
+    body = deleted.json()
+    assert (body["id"], body["deleted"]) == ("sales", True)
+    assert body["table"]["name"] == ingestion.destination_table
+    assert body["table"]["identifier"] == ingestion.table_identifier
+    assert body["table"]["action"] == "kept"
     assert not Ingestion.objects.filter(pk=ingestion.pk).exists()
     missing = admin_client.get("/api/v1/ingestions/sales")
     assert missing.status_code == 404

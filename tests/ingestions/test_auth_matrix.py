@@ -20,7 +20,8 @@ OTHER_TENANTS_ADMIN = "other-tenants-admin"
 NEW_INGESTION = {
     "id": "new-feed",
     "name": "New feed",
-    "source": {"uri": "/data/new-feed", "format": "csv"},
+    # Inside the caller's own landing folder (see `landing`), filled in by `call`.
+    "source": {"uri": "{landing}/new-feed", "format": "csv"},
     "destination": {"table": "raw.new_feed"},
 }
 
@@ -42,7 +43,7 @@ ENDPOINTS = [
     Endpoint("POST", "ingestions", 403, 403, 201, 201, body=NEW_INGESTION),
     Endpoint("GET", "ingestions/{ingestion}", 200, 200, 200, 404),
     Endpoint("PATCH", "ingestions/{ingestion}", 403, 403, 200, 404, body={"name": "Renamed"}),
-    Endpoint("DELETE", "ingestions/{ingestion}", 403, 403, 204, 404),
+    Endpoint("DELETE", "ingestions/{ingestion}?confirm=true", 403, 403, 200, 404),
     Endpoint("POST", "ingestions/{ingestion}/run", 403, 202, 202, 404),
     Endpoint("GET", "ingestions/{ingestion}/runs", 200, 200, 200, 404),
     Endpoint("GET", "runs/{run}", 200, 200, 200, 404),
@@ -114,24 +115,40 @@ def acme(tenant):
 
 
 @pytest.fixture
-def client_as(member, other_tenant):
+def client_as(member, tenant, other_tenant, landing):
+    """`client_as(role)` -> an API client; `client.landing` is its tenant's landing folder
+    (the `landing` fixture)."""
+
     def make(role: str) -> APIClient:
         if role == ANONYMOUS:
-            return APIClient()
-        if role == BAD_TOKEN:
+            client = APIClient()
+        elif role == BAD_TOKEN:
             client = APIClient()
             client.credentials(HTTP_AUTHORIZATION=f"Bearer {'0' * 40}")
-            return client
-        if role == OTHER_TENANTS_ADMIN:
-            return member(Role.ADMIN, tenant_obj=other_tenant)
-        return member(role)
+        elif role == OTHER_TENANTS_ADMIN:
+            client = member(Role.ADMIN, tenant_obj=other_tenant)
+        else:
+            client = member(role)
+        owner = other_tenant if role == OTHER_TENANTS_ADMIN else tenant
+        client.landing = landing[owner.slug]
+        return client
 
     return make
 
 
+def with_landing(body: dict | None, landing) -> dict | None:
+    """`body` with its source inside `landing`."""
+    if not body or "source" not in body:
+        return body
+    return {
+        **body,
+        "source": {**body["source"], "uri": body["source"]["uri"].format(landing=landing)},
+    }
+
+
 def call(client, method: str, path: str, body: dict | None, acme: dict):
     url = "/api/v1/" + path.format(**acme)
-    return getattr(client, method.lower())(url, body, format="json")
+    return getattr(client, method.lower())(url, with_landing(body, client.landing), format="json")
 
 
 def database_state() -> dict:
@@ -178,12 +195,15 @@ def test_another_tenants_admin_lists_only_their_own_ingestions(client_as, acme, 
 
 @pytest.mark.django_db
 def test_another_tenants_admin_creates_in_their_own_tenant(client_as, acme, other_tenant):
-    response = client_as(OTHER_TENANTS_ADMIN).post(
-        "/api/v1/ingestions", NEW_INGESTION, format="json"
+    client = client_as(OTHER_TENANTS_ADMIN)
+    response = client.post(
+        "/api/v1/ingestions", with_landing(NEW_INGESTION, client.landing), format="json"
     )
 
-    assert response.status_code == 201
-    assert Ingestion.objects.get(public_id="new-feed").tenant == other_tenant
+    assert response.status_code == 201, response.json()
+    created = Ingestion.objects.get(public_id="new-feed")
+    assert created.tenant == other_tenant
+    assert created.table_identifier == "globex__raw.new_feed"
 
 
 @pytest.fixture

@@ -10,7 +10,16 @@ from rest_framework.test import APIClient
 
 from ingestions.demo import DEMO_INGESTIONS, DEMO_USERS
 from ingestions.management.commands.seed_demo import DEFAULT_DEMO_PASSWORD
-from ingestions.models import Ingestion, Membership, Role, Run, RunStatus, RunTrigger, Tenant
+from ingestions.models import (
+    Ingestion,
+    Membership,
+    Role,
+    Run,
+    RunStatus,
+    RunTrigger,
+    StorageLocation,
+    Tenant,
+)
 
 from ..factories import MembershipFactory, TenantFactory
 
@@ -154,9 +163,11 @@ def test_create_token_refuses_an_unknown_user():
 
 @pytest.fixture
 def data_dir(settings, tmp_path):
-    """The demo writes its source files under DATA_DIR: keep them out of the repo's var/."""
+    """A data dir and the demo's landing zone beside it, out of the repo's var/ (and out of
+    the landing zone of the data dir the tests run with)."""
     settings.DATA_DIR = tmp_path / "data"
     settings.DATA_DIR.mkdir()
+    settings.AUTOLOADER_DEMO_LANDING_DIR = tmp_path / "data-landing"
     return settings.DATA_DIR
 
 
@@ -188,15 +199,32 @@ def test_seed_demo_creates_tenants_users_and_ingestions(data_dir):
     assert not Run.objects.exists()
 
 
-def test_seed_demo_writes_its_source_files_under_the_data_dir(data_dir):
+def test_seed_demo_writes_its_source_files_in_the_landing_zone_beside_the_data_dir(
+    data_dir, settings
+):
     run_command("seed_demo", "--no-runs")
 
-    sources = data_dir / "demo-sources"
+    sources = settings.AUTOLOADER_DEMO_LANDING_DIR
     assert len(list((sources / "acme" / "sales").rglob("*.csv"))) == 12
     assert len(list((sources / "acme" / "events").glob("*.jsonl"))) == 8
     assert len(list((sources / "globex" / "orders").glob("*.parquet"))) == 5
+    # No storage location may overlap the product's own files: nothing lands in the data dir.
+    assert not [
+        path for path in data_dir.rglob("*") if path.suffix in {".csv", ".jsonl", ".parquet"}
+    ]
     for ingestion in Ingestion.objects.all():
-        assert ingestion.source_uri.startswith(sources.as_uri())
+        assert ingestion.source_uri.startswith((sources / ingestion.tenant.slug).as_uri() + "/")
+
+
+def test_seed_demo_grants_each_tenant_its_own_landing_folder(data_dir, settings):
+    run_command("seed_demo", "--no-runs")
+    run_command("seed_demo", "--no-runs")
+
+    sources = settings.AUTOLOADER_DEMO_LANDING_DIR
+    assert set(StorageLocation.objects.values_list("tenant__slug", "uri")) == {
+        ("acme", (sources / "acme").as_uri() + "/"),
+        ("globex", (sources / "globex").as_uri() + "/"),
+    }
 
 
 def test_seed_demo_users_log_in_with_the_demo_password(data_dir, monkeypatch):

@@ -1,12 +1,12 @@
-"""Source discovery: which files a source URI holds, with their sizes and times."""
+"""Source discovery: which files a checked source holds, with their sizes and times."""
 
 import os
 from datetime import UTC, datetime
 
 import pytest
 
-from ingestions.errors import SourceUnavailableError
-from ingestions.sources import SourceFile, list_source_files, open_source
+from ingestions.errors import SourceNotAllowedError, SourceUnavailableError
+from ingestions.sources import SourceFile, list_source_files
 
 
 def write_files(root, files: dict[str, bytes]) -> None:
@@ -20,9 +20,9 @@ def paths(source_files: list[SourceFile]) -> list[str]:
     return [source_file.path for source_file in source_files]
 
 
-def test_lists_files_recursively_sorted_by_relative_path(tmp_path):
+def test_lists_files_recursively_sorted_by_relative_path(source_dir, open_source):
     write_files(
-        tmp_path,
+        source_dir,
         {
             "2024-01-02/b.csv": b"x\n1\n",
             "2024-01-01/deeper/a.csv": b"x\n1\n",
@@ -30,30 +30,30 @@ def test_lists_files_recursively_sorted_by_relative_path(tmp_path):
         },
     )
 
-    found = list_source_files(uri=str(tmp_path))
+    found = list_source_files(source=open_source())
 
     assert paths(found) == ["2024-01-01/deeper/a.csv", "2024-01-02/b.csv", "top.csv"]
 
 
-def test_pattern_matches_nested_files_by_basename(tmp_path):
-    write_files(tmp_path, {"a.csv": b"", "day/b.csv": b"", "day/c.json": b""})
+def test_pattern_matches_nested_files_by_basename(source_dir, open_source):
+    write_files(source_dir, {"a.csv": b"", "day/b.csv": b"", "day/c.json": b""})
 
-    found = list_source_files(uri=str(tmp_path), pattern="*.csv")
+    found = list_source_files(source=open_source(), pattern="*.csv")
 
     assert paths(found) == ["a.csv", "day/b.csv"]
 
 
-def test_pattern_matches_the_relative_path(tmp_path):
-    write_files(tmp_path, {"2024-01/a.csv": b"", "2025-01/b.csv": b"", "2024.csv": b""})
+def test_pattern_matches_the_relative_path(source_dir, open_source):
+    write_files(source_dir, {"2024-01/a.csv": b"", "2025-01/b.csv": b"", "2024.csv": b""})
 
-    found = list_source_files(uri=str(tmp_path), pattern="2024-*/*.csv")
+    found = list_source_files(source=open_source(), pattern="2024-*/*.csv")
 
     assert paths(found) == ["2024-01/a.csv"]
 
 
-def test_hidden_files_and_directories_are_skipped(tmp_path):
+def test_hidden_files_and_directories_are_skipped(source_dir, open_source):
     write_files(
-        tmp_path,
+        source_dir,
         {
             "visible.csv": b"",
             ".hidden.csv": b"",
@@ -65,76 +65,78 @@ def test_hidden_files_and_directories_are_skipped(tmp_path):
         },
     )
 
-    found = list_source_files(uri=str(tmp_path))
+    found = list_source_files(source=open_source())
 
     assert paths(found) == ["day/kept.csv", "visible.csv"]
 
 
-def test_reports_size_in_bytes_and_utc_modification_time(tmp_path):
-    write_files(tmp_path, {"data.csv": b"a,b\n1,2\n"})
+def test_reports_size_in_bytes_and_utc_modification_time(source_dir, open_source):
+    write_files(source_dir, {"data.csv": b"a,b\n1,2\n"})
     modified_at = datetime(2024, 3, 1, 12, 30, tzinfo=UTC)
-    os.utime(tmp_path / "data.csv", (modified_at.timestamp(), modified_at.timestamp()))
+    os.utime(source_dir / "data.csv", (modified_at.timestamp(), modified_at.timestamp()))
 
-    [found] = list_source_files(uri=str(tmp_path))
+    [found] = list_source_files(source=open_source())
 
     assert found.size_bytes == 8
     assert found.modified_at == modified_at
     assert found.modified_at.tzinfo is not None
 
 
-def test_file_uri_and_plain_path_list_the_same_files(tmp_path):
-    write_files(tmp_path, {"a.csv": b"1", "day/b.csv": b"22"})
+def test_file_uri_and_plain_path_list_the_same_files(source_dir, open_source):
+    write_files(source_dir, {"a.csv": b"1", "day/b.csv": b"22"})
 
-    from_uri = list_source_files(uri=tmp_path.as_uri())
-    from_path = list_source_files(uri=str(tmp_path))
-    from_path_with_slash = list_source_files(uri=f"{tmp_path}/")
+    from_uri = list_source_files(source=open_source(source_dir.as_uri()))
+    from_path = list_source_files(source=open_source(str(source_dir)))
+    from_path_with_slash = list_source_files(source=open_source(f"{source_dir}/"))
 
     assert from_uri == from_path == from_path_with_slash
     assert paths(from_uri) == ["a.csv", "day/b.csv"]
 
 
-def test_open_source_returns_filesystem_and_root(tmp_path):
-    filesystem, root = open_source(tmp_path.as_uri() + "/")
+def test_source_open_returns_filesystem_and_root(source_dir, open_source):
+    source = open_source(source_dir.as_uri() + "/")
 
-    assert root == str(tmp_path)
-    assert filesystem.get_file_info(root).is_file is False
+    assert source.root == str(source_dir)
+    assert source.filesystem.get_file_info(source.root).is_file is False
 
 
-def test_missing_root_raises_source_unavailable(tmp_path):
-    missing = tmp_path / "nope"
+def test_missing_root_raises_source_unavailable(source_dir, open_source):
+    missing = source_dir / "nope"
 
     with pytest.raises(SourceUnavailableError, match="does not exist") as raised:
-        list_source_files(uri=str(missing))
+        list_source_files(source=open_source(str(missing)))
 
     assert str(missing) in str(raised.value)
     assert raised.value.error_code == "SOURCE_UNAVAILABLE"
 
 
-def test_root_that_is_a_file_raises_source_unavailable(tmp_path):
-    write_files(tmp_path, {"file.csv": b""})
+def test_root_that_is_a_file_raises_source_unavailable(source_dir, open_source):
+    write_files(source_dir, {"file.csv": b""})
 
     with pytest.raises(SourceUnavailableError, match="not a directory"):
-        list_source_files(uri=str(tmp_path / "file.csv"))
+        list_source_files(source=open_source(str(source_dir / "file.csv")))
 
 
 @pytest.mark.parametrize("uri", ["relative/path", "nosuchscheme://bucket/prefix"])
-def test_unusable_uri_raises_source_unavailable(uri):
-    with pytest.raises(SourceUnavailableError, match="Cannot open source"):
-        list_source_files(uri=uri)
+def test_unusable_uri_is_refused_before_anything_is_listed(uri, open_source):
+    with pytest.raises(SourceNotAllowedError, match="supported") as raised:
+        open_source(uri)
+
+    assert raised.value.error_code == "SOURCE_NOT_ALLOWED"
 
 
-def test_unreadable_root_raises_source_unavailable(tmp_path):
+def test_unreadable_root_raises_source_unavailable(source_dir, open_source):
     if os.geteuid() == 0:
         pytest.skip("root reads every directory")
-    locked = tmp_path / "locked"
+    locked = source_dir / "locked"
     write_files(locked, {"a.csv": b""})
     locked.chmod(0)
     try:
         with pytest.raises(SourceUnavailableError, match="Cannot list source"):
-            list_source_files(uri=str(locked))
+            list_source_files(source=open_source(str(locked)))
     finally:
         locked.chmod(0o700)
 
 
-def test_empty_directory_lists_nothing(tmp_path):
-    assert list_source_files(uri=str(tmp_path)) == []
+def test_empty_directory_lists_nothing(source_dir, open_source):
+    assert list_source_files(source=open_source()) == []

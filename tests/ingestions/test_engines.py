@@ -211,18 +211,27 @@ def test_invalid_table_name_is_refused_before_reaching_the_catalog(engine):
         engine.append("orders", orders(1), properties={})
 
 
-@pytest.mark.parametrize("name", ["sales.orders", "_raw.t_2024", "a." + "b" * 64])
+# Engines take physical names, which carry the tenant's prefix: parts up to 128 characters.
+@pytest.mark.parametrize(
+    "name", ["sales.orders", "_raw.t_2024", "acme__raw.sales", "a." + "b" * 128]
+)
 def test_validate_table_name_accepts(name):
     assert validate_table_name(name) == name
 
 
 @pytest.mark.parametrize(
     "name",
-    ["orders", "a.b.c", "Sales.orders", "sales.2024", "sales.or-ders", "sales.", "a." + "b" * 65],
+    ["orders", "a.b.c", "Sales.orders", "sales.2024", "sales.or-ders", "sales.", "a." + "b" * 129],
 )
 def test_validate_table_name_refuses(name):
     with pytest.raises(ValueError, match=r"Table name"):
         validate_table_name(name)
+
+
+def test_validate_table_name_holds_logical_names_to_their_own_part_length():
+    assert validate_table_name("a." + "b" * 64, max_part_length=64) == "a." + "b" * 64
+    with pytest.raises(ValueError, match=r"must be 1 to 64 lowercase"):
+        validate_table_name("a." + "b" * 65, max_part_length=64)
 
 
 def test_iceberg_catalog_is_built_once_per_process(tmp_path):

@@ -94,8 +94,8 @@ def test_workers_share_the_queue_and_run_each_ingestion_once(tenant, tmp_path):
             task.return_value for task in tasks if task.args_kwargs["args"] == [run.public_id]
         )
         assert outcomes == ["SKIPPED", "SUCCESS"]
-    for index, ingestion in enumerate(ingestions):
-        ids = open_table(f"raw.shared_{index}").scan(selected_fields=("id",)).to_arrow()["id"]
+    for ingestion in ingestions:
+        ids = open_table(ingestion.table_identifier).scan(selected_fields=("id",)).to_arrow()["id"]
         assert len(ids) == FILES * ROWS
         assert pc.count_distinct(ids).as_py() == FILES * ROWS
         assert ProcessedFile.objects.filter(ingestion=ingestion).count() == FILES

@@ -3,7 +3,6 @@
 import pyarrow.compute as pc
 import pytest
 from django.utils import timezone
-from django_tasks_db.management.commands.db_worker import Worker
 
 from ingestions.engines import load_engine
 from ingestions.errors import RunInProgressError, RunNotCancellableError
@@ -11,22 +10,9 @@ from ingestions.models import BatchStatus, ProcessedFile, Run, RunBatch, RunStat
 from ingestions.runs import run_cancel, run_execute, run_request, runs_recover_stale
 
 from ..conftest import open_table, write_csv_files
+from ..helpers import drain_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def drain_queue() -> None:
-    """Run the real django-tasks database worker until the queue is empty."""
-    Worker(
-        queue_names=["default"],
-        interval=0,
-        batch=True,
-        backend_name="default",
-        startup_delay=False,
-        max_tasks=None,
-        worker_id="test-worker",
-        excluded_queue_names=[],
-    ).run()
 
 
 def table_rows_by_file(table_name: str) -> dict[str, int]:
@@ -58,6 +44,8 @@ class FaultyEngine:
 
 
 def test_run_loads_every_row_of_every_file_once(csv_ingestion, source_dir):
+    # The tenant's own physical table behind the user's "raw.sales".
+    assert csv_ingestion.table_identifier == "acme__raw.sales"
     write_csv_files(source_dir, files=5, rows=40)
     run = run_request(ingestion=csv_ingestion)
     drain_queue()
@@ -67,9 +55,11 @@ def test_run_loads_every_row_of_every_file_once(csv_ingestion, source_dir):
     assert (run.files_found, run.files_loaded, run.files_failed) == (5, 5, 0)
     assert run.rows_written == 200
     assert run.progress == 1.0
-    assert table_rows_by_file("raw.sales") == {f"part-{i:04d}.csv": 40 for i in range(5)}
+    assert table_rows_by_file(csv_ingestion.table_identifier) == {
+        f"part-{i:04d}.csv": 40 for i in range(5)
+    }
     assert ProcessedFile.objects.filter(ingestion=csv_ingestion).count() == 5
-    info = load_engine().describe_table("raw.sales")
+    info = load_engine().describe_table(csv_ingestion.table_identifier)
     assert info.row_count == 200
 
 
@@ -84,7 +74,7 @@ def test_second_run_loads_only_new_files(csv_ingestion, source_dir):
 
     second.refresh_from_db()
     assert (second.status, second.files_found, second.files_loaded) == (RunStatus.SUCCESS, 2, 2)
-    assert sum(table_rows_by_file("raw.sales").values()) == 50
+    assert sum(table_rows_by_file(csv_ingestion.table_identifier).values()) == 50
 
 
 def test_run_in_batches_commits_one_snapshot_per_batch(settings, csv_ingestion, source_dir):
@@ -93,7 +83,7 @@ def test_run_in_batches_commits_one_snapshot_per_batch(settings, csv_ingestion, 
     run_request(ingestion=csv_ingestion)
     drain_queue()
 
-    snapshots = load_engine().list_snapshots("raw.sales")
+    snapshots = load_engine().list_snapshots(csv_ingestion.table_identifier)
     assert len(snapshots) == 3
     assert RunBatch.objects.filter(status=BatchStatus.COMMITTED).count() == 3
     keys = {snapshot.properties["autoloader.batch-key"] for snapshot in snapshots}
@@ -114,7 +104,7 @@ def test_malformed_file_gives_partial_success_and_is_not_marked_processed(
     assert run.failed_files[0]["path"] == "broken.csv"
     assert run.failed_files[0]["error"]
     assert not ProcessedFile.objects.filter(path="broken.csv").exists()
-    assert sum(table_rows_by_file("raw.sales").values()) == 10
+    assert sum(table_rows_by_file(csv_ingestion.table_identifier).values()) == 10
 
 
 def test_missing_source_fails_with_a_readable_error(csv_ingestion, source_dir):
@@ -144,7 +134,7 @@ def test_cancel_a_queued_run_means_it_never_loads(csv_ingestion, source_dir):
 
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
-    assert not load_engine().table_exists("raw.sales")
+    assert not load_engine().table_exists(csv_ingestion.table_identifier)
     with pytest.raises(RunNotCancellableError):
         run_cancel(run=run)
 
@@ -169,7 +159,7 @@ def test_cancel_a_running_run_stops_at_the_next_batch(settings, csv_ingestion, s
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
     assert run.files_loaded == 1
-    assert sum(table_rows_by_file("raw.sales").values()) == 5
+    assert sum(table_rows_by_file(csv_ingestion.table_identifier).values()) == 5
     assert ProcessedFile.objects.filter(ingestion=csv_ingestion).count() == 1
 
 
@@ -202,7 +192,9 @@ def test_a_run_whose_worker_died_mid_batch_resumes_without_duplicates_or_losses(
     assert run.status == RunStatus.SUCCESS
     assert run.attempts == 2
     assert run.files_loaded == 5
-    assert table_rows_by_file("raw.sales") == {f"part-{i:04d}.csv": 7 for i in range(5)}
+    assert table_rows_by_file(csv_ingestion.table_identifier) == {
+        f"part-{i:04d}.csv": 7 for i in range(5)
+    }
     assert ProcessedFile.objects.filter(ingestion=csv_ingestion).count() == 5
     assert not RunBatch.objects.filter(status=BatchStatus.PENDING).exists()
 

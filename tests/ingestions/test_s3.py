@@ -5,11 +5,12 @@ import pytest
 
 from ingestions.engines import load_engine
 from ingestions.errors import SourceUnavailableError
-from ingestions.models import Ingestion, ProcessedFile, RunStatus
+from ingestions.locations import source_open
+from ingestions.models import Ingestion, ProcessedFile, RunStatus, StorageLocation
 from ingestions.runs import run_execute, run_request
 from ingestions.sources import list_source_files, read_source_file
 
-from ..factories import IngestionFactory
+from ..factories import IngestionFactory, grant_location
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,6 +39,13 @@ def open_table_from_outside(table_name: str, *, catalog_uri: str, warehouse: str
     return catalog.load_table(table_name)
 
 
+def open_granted(tenant, location: str, uri: str | None = None):
+    """Grant `tenant` the S3 `location` (no keys of its own: the AUTOLOADER_S3_* settings)
+    and open `uri` (the location itself by default) through it."""
+    assert grant_location(tenant, location) is not None
+    return source_open(tenant=tenant, uri=uri or location)
+
+
 def s3_ingestion(tenant, bucket, prefix: str = "landing/sales") -> Ingestion:
     return IngestionFactory(
         tenant=tenant,
@@ -49,13 +57,13 @@ def s3_ingestion(tenant, bucket, prefix: str = "landing/sales") -> Ingestion:
     )
 
 
-def test_listing_paginates_over_ten_thousand_objects(s3_bucket):
+def test_listing_paginates_over_ten_thousand_objects(tenant, s3_bucket):
     # S3 answers at most 1,000 keys per request: 10,500 objects need 11 pages.
     keys = [f"big/day={index % 7}/part-{index:05d}.csv" for index in range(10_500)]
     s3_bucket.seed(keys)
     s3_bucket.seed(["big/_SUCCESS", "big/.part-00001.csv.crc", "other/outside.csv"])
 
-    listing = list_source_files(uri=s3_bucket.uri("big"), pattern="*.csv")
+    listing = list_source_files(source=open_granted(tenant, s3_bucket.uri("big")), pattern="*.csv")
 
     paths = [source.path for source in listing]
     assert len(paths) == 10_500
@@ -64,46 +72,59 @@ def test_listing_paginates_over_ten_thousand_objects(s3_bucket):
     assert all(source.size_bytes == 5 and source.modified_at.tzinfo for source in listing)
 
 
-def test_listing_and_reading_a_source_under_a_prefix(s3_bucket):
+def test_listing_and_reading_a_source_under_a_prefix(tenant, s3_bucket):
     s3_bucket.put("landing/a.csv", csv_body(1, 3))
     s3_bucket.put("landing/nested/b.csv", csv_body(2, 2))
     s3_bucket.put("landing/notes.txt", b"not data")
     s3_bucket.put("landing-other/c.csv", csv_body(3, 1))
 
-    listing = list_source_files(uri=s3_bucket.uri("landing/"), pattern="*.csv")
-    data = read_source_file(uri=s3_bucket.uri("landing"), path="nested/b.csv", file_format="csv")
+    source = open_granted(tenant, s3_bucket.uri("landing"), s3_bucket.uri("landing/"))
+    listing = list_source_files(source=source, pattern="*.csv")
+    data = read_source_file(
+        source=source_open(tenant=tenant, uri=s3_bucket.uri("landing")),
+        path="nested/b.csv",
+        file_format="csv",
+    )
 
     assert [source.path for source in listing] == ["a.csv", "nested/b.csv"]
     assert data["id"].to_pylist() == [2000, 2001]
 
 
-def test_s3a_uris_reach_the_same_bucket(s3_bucket):
+def test_s3a_uris_reach_the_same_bucket(tenant, s3_bucket):
     s3_bucket.put("in/a.csv", csv_body(1, 1))
 
-    listing = list_source_files(uri=f"s3a://{s3_bucket.name}/in")
+    # Granted as s3://, opened as s3a://: the same location.
+    source = open_granted(tenant, s3_bucket.uri("in"), f"s3a://{s3_bucket.name}/in")
+    listing = list_source_files(source=source)
 
     assert [source.path for source in listing] == ["a.csv"]
 
 
-def test_a_missing_prefix_is_reported_as_unavailable(s3_bucket):
+def test_a_missing_prefix_is_reported_as_unavailable(tenant, s3_bucket):
+    source = open_granted(tenant, s3_bucket.uri("no"), s3_bucket.uri("no/such/prefix"))
+
     with pytest.raises(SourceUnavailableError, match="does not exist"):
-        list_source_files(uri=s3_bucket.uri("no/such/prefix"))
+        list_source_files(source=source)
 
 
-def test_an_unreachable_endpoint_is_reported_as_unavailable(s3_bucket, settings):
+def test_an_unreachable_endpoint_is_reported_as_unavailable(tenant, s3_bucket, settings):
     settings.AUTOLOADER_S3_ENDPOINT_URL = "http://127.0.0.1:9"  # discard port: nothing there
+    source = open_granted(tenant, s3_bucket.uri("landing"))
 
     with pytest.raises(SourceUnavailableError, match="Cannot list source"):
-        list_source_files(uri=s3_bucket.uri("landing"))
+        list_source_files(source=source)
 
 
 def test_credentials_stay_out_of_the_database(tenant, s3_bucket):
     ingestion = s3_ingestion(tenant, s3_bucket)
 
     stored = Ingestion.objects.filter(pk=ingestion.pk).values().get()
+    # The location was granted without keys of its own: the settings' keys are not copied.
+    locations = list(StorageLocation.objects.filter(tenant=tenant).values())
 
     assert stored["source_uri"] == f"s3://{s3_bucket.name}/landing/sales"
-    assert "testing" not in repr(stored)
+    assert [location["uri"] for location in locations] == [f"s3://{s3_bucket.name}/landing/sales/"]
+    assert "testing" not in repr(stored) + repr(locations)
 
 
 def run_s3_ingestion(tenant, bucket, *, files: int, rows: int):
@@ -126,7 +147,7 @@ def test_an_ingestion_from_s3_into_an_s3_warehouse(tenant, s3_bucket, settings):
     data_files = [key for key in s3_bucket.keys("warehouse") if key.endswith(".parquet")]
     assert data_files, "the data files must be in S3"
     table = open_table_from_outside(
-        "raw.s3_sales",
+        ingestion.table_identifier,
         catalog_uri=settings.AUTOLOADER_CATALOG_URI,
         warehouse=settings.AUTOLOADER_WAREHOUSE,
         endpoint=settings.AUTOLOADER_S3_ENDPOINT_URL,
@@ -138,7 +159,7 @@ def test_an_ingestion_from_s3_into_an_s3_warehouse(tenant, s3_bucket, settings):
     assert len(table.snapshots()) == 3  # 2 + 2 + 1 files
 
     # Purge reaches S3 too: the data files go with the table.
-    assert load_engine().drop_table("raw.s3_sales") is True
+    assert load_engine().drop_table(ingestion.table_identifier) is True
     assert not [key for key in s3_bucket.keys("warehouse") if key.endswith(".parquet")]
 
 
@@ -156,12 +177,12 @@ def test_s3_source_s3_warehouse_and_a_postgresql_catalog(
         rows = catalog_db.execute(
             "SELECT table_namespace, table_name, metadata_location FROM iceberg_tables"
         ).fetchall()
-    assert [(namespace, name) for namespace, name, _ in rows] == [("raw", "s3_sales")]
+    assert [(namespace, name) for namespace, name, _ in rows] == [("acme__raw", "s3_sales")]
     assert rows[0][2].startswith(f"s3://{s3_bucket.name}/warehouse/")
     # ... the data in S3, and any pyiceberg opens it.
     assert any(key.endswith(".parquet") for key in s3_bucket.keys("warehouse"))
     table = open_table_from_outside(
-        "raw.s3_sales",
+        ingestion.table_identifier,
         catalog_uri=postgres_catalog_uri,
         warehouse=settings.AUTOLOADER_WAREHOUSE,
         endpoint=settings.AUTOLOADER_S3_ENDPOINT_URL,

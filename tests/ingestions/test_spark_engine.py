@@ -56,9 +56,9 @@ def spark_ingestion(tenant, source_dir):
     )
 
 
-def rows_by_file(spark) -> dict[str, int]:
+def rows_by_file(spark, table_name: str) -> dict[str, int]:
     """What a Spark SQL user sees in the table."""
-    rows = spark.table(f"spark_catalog.{TABLE}").groupBy("_source_file").count().collect()
+    rows = spark.table(f"spark_catalog.{table_name}").groupBy("_source_file").count().collect()
     return {row["_source_file"]: row["count"] for row in rows}
 
 
@@ -91,12 +91,16 @@ def test_a_spark_run_loads_every_row_once_into_a_table_spark_sql_reads(
 
     assert run.status == RunStatus.SUCCESS, run.error
     assert (run.files_loaded, run.rows_written) == (5, 30)
-    assert rows_by_file(spark) == {f"part-{index:04d}.csv": 6 for index in range(5)}
-    snapshots = load_engine("spark").list_snapshots(TABLE)
+    # The tenant's physical table, behind the user's "raw.sales".
+    assert spark_ingestion.table_identifier == "acme__raw.sales"
+    assert rows_by_file(spark, spark_ingestion.table_identifier) == {
+        f"part-{index:04d}.csv": 6 for index in range(5)
+    }
+    snapshots = load_engine("spark").list_snapshots(spark_ingestion.table_identifier)
     assert [snapshot.properties[SNAPSHOT_BATCH_KEY] for snapshot in snapshots] == list(
         RunBatch.objects.filter(run=run).order_by("id").values_list("batch_key", flat=True)
     )
-    info = load_engine("spark").describe_table(TABLE)
+    info = load_engine("spark").describe_table(spark_ingestion.table_identifier)
     assert (info.row_count, info.snapshot_id) == (30, snapshots[-1].snapshot_id)
 
 
@@ -122,7 +126,9 @@ def test_a_spark_run_whose_worker_died_mid_batch_resumes_exactly_once(
 
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCESS, run.error
-    assert rows_by_file(spark) == {f"part-{index:04d}.csv": 7 for index in range(5)}
+    assert rows_by_file(spark, spark_ingestion.table_identifier) == {
+        f"part-{index:04d}.csv": 7 for index in range(5)
+    }
     assert ProcessedFile.objects.filter(ingestion=spark_ingestion).count() == 5
     assert not RunBatch.objects.filter(status=BatchStatus.PENDING).exists()
 
@@ -210,7 +216,7 @@ def test_cancelling_a_run_interrupts_its_spark_job(
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED, run.error
     assert RunBatch.objects.get(run=run).status == BatchStatus.ABANDONED
-    assert not load_engine("spark").table_exists(TABLE)
+    assert not load_engine("spark").table_exists(spark_ingestion.table_identifier)
     assert ProcessedFile.objects.filter(ingestion=spark_ingestion).count() == 0
 
 

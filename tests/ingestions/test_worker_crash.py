@@ -100,7 +100,11 @@ def test_sigkilled_worker_leaves_every_row_in_the_table_exactly_once(
 
     run.refresh_from_db()
     assert kills >= 1
-    data = open_table("raw.sales").scan(selected_fields=("id", "_source_file")).to_arrow()
+    data = (
+        open_table(csv_ingestion.table_identifier)
+        .scan(selected_fields=("id", "_source_file"))
+        .to_arrow()
+    )
     ids = data["id"].to_pylist()
     assert len(ids) == len(set(ids)), "a row was loaded twice"
     assert len(ids) == files * rows, "a row was lost"

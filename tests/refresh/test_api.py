@@ -27,7 +27,9 @@ def test_full_refresh_answers_202_with_the_prd_shape(loaded, admin_client):
     assert response.status_code == 202, response.json()
     body = response.json()
     assert body["status"] == "accepted"
-    assert body["message"] == "Full refresh completed successfully"
+    # Not "completed": the run has only been queued; it publishes the new table when it ends.
+    assert body["message"].startswith(f"Full refresh accepted: run {body['run_id']} builds")
+    assert body["mode"] == "atomic" and body["publish"]["state"] == "staging"
     assert body["ingestion_id"] == "sales"
     assert body["run_id"].startswith("run-")
     assert body["operation_id"].startswith("op-")
@@ -70,7 +72,7 @@ def test_dry_run_needs_no_confirmation_and_shows_the_plan(loaded, admin_client):
         assert payload["next_steps"]["to_proceed"].startswith(
             "POST /api/v1/ingestions/sales/full-refresh with confirm=true"
         )
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
     assert not RefreshOperation.objects.exists()
 
 
@@ -90,7 +92,7 @@ def test_no_confirmation_no_change(loaded, admin_client, body):
     assert response.status_code == 400
     assert response.json()["error_code"] == "CONFIRMATION_REQUIRED"
     assert response.json()["help"]
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
 
 
 def test_a_typo_in_the_body_is_a_validation_error(loaded, admin_client):
@@ -208,7 +210,7 @@ def test_feature_flag_off_is_503_but_the_granular_endpoints_stay(settings, loade
     ):
         assert response.status_code == 503
         assert response.json()["error_code"] == "REFRESH_API_DISABLED"
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
     cleared = admin_client.delete("/api/v1/ingestions/sales/processed-files?confirm=true")
     assert cleared.status_code == 200
     assert admin_client.post("/api/v1/ingestions/sales/run").status_code == 202
@@ -228,7 +230,8 @@ def test_idempotency_key_replays_and_refuses_another_body(loaded, admin_client):
     assert other.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
 
 
-def test_partial_failure_is_500_with_recovery_and_resume_finishes(loaded, admin_client):
+def test_partial_failure_is_500_with_recovery_and_resume_finishes(loaded, admin_client, settings):
+    settings.REFRESH_DEFAULT_MODE = "drop_first"  # only dropping first can fail half-way
     with failing_sql('INSERT INTO "ingestions_run"'):
         response = admin_client.post(FULL, {"confirm": True}, format="json")
     assert response.status_code == 500

@@ -49,8 +49,9 @@ def source_ids(files: int) -> list[int]:
     return [index * 100000 + row for index in range(files) for row in range(ROWS)]
 
 
-def table_ids() -> list[int]:
-    return open_table("raw.sales").scan(selected_fields=("id",)).to_arrow()["id"].to_pylist()
+def table_ids(ingestion) -> list[int]:
+    table = open_table(ingestion.table_identifier)
+    return table.scan(selected_fields=("id",)).to_arrow()["id"].to_pylist()
 
 
 def run_script(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -102,7 +103,7 @@ def test_daily_script_reloads_every_row_once_and_replays_the_same_day(
     result = run_script(**script_env(live_server, admin_token))
 
     assert result.returncode == 0
-    assert sorted(table_ids()) == source_ids(4), "every source row, exactly once"
+    assert sorted(table_ids(csv_ingestion)) == source_ids(4), "every source row, exactly once"
     operation = RefreshOperation.objects.get()
     assert operation.kind == "full_refresh"
     assert operation.run.status == RunStatus.SUCCESS
@@ -114,7 +115,7 @@ def test_daily_script_reloads_every_row_once_and_replays_the_same_day(
     assert "replayed the answer of operation " + operation.public_id in again.stdout
     assert RefreshOperation.objects.count() == 1, "the same day's key must not refresh again"
     assert Run.objects.count() == 2
-    assert sorted(table_ids()) == source_ids(4)
+    assert sorted(table_ids(csv_ingestion)) == source_ids(4)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -135,7 +136,7 @@ def test_daily_script_sends_the_plan_an_expensive_refresh_needs(
     operation = RefreshOperation.objects.select_related("plan").get()
     assert f"sending plan_id {operation.plan.public_id}" in result.stdout
     assert operation.plan.used_at is not None
-    assert sorted(table_ids()) == source_ids(3)
+    assert sorted(table_ids(csv_ingestion)) == source_ids(3)
 
     # The second dry-run makes another plan, so the body differs from the first call's:
     # the server refuses the reused key (422) and the script follows today's operation.
@@ -216,4 +217,4 @@ def test_airflow_example_refreshes_once_per_key_and_follows_the_run(
     while not dag.run_finished(client.run(result["run_id"])):
         assert time.monotonic() < deadline, "the run did not finish"
         time.sleep(0.2)
-    assert sorted(table_ids()) == source_ids(2)
+    assert sorted(table_ids(csv_ingestion)) == source_ids(2)

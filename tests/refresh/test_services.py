@@ -41,11 +41,13 @@ def steps_of(operation) -> list[tuple[str, str]]:
     return [(step.name, step.status) for step in operation.steps.all()]
 
 
-def test_full_refresh_drops_clears_and_reloads_every_file_exactly_once(loaded, admin_user):
-    before = load_engine().describe_table("raw.sales")
+def test_full_refresh_drop_first_drops_clears_and_reloads_every_file_exactly_once(
+    loaded, admin_user
+):
+    before = load_engine().describe_table(loaded.table_identifier)
 
     operation = refresh_execute(
-        ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=True
+        ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=True, mode="drop_first"
     )
 
     assert operation.status == OperationStatus.ACCEPTED
@@ -64,12 +66,12 @@ def test_full_refresh_drops_clears_and_reloads_every_file_exactly_once(loaded, a
     }
     assert triggered.details["run_id"] == operation.run.public_id
     assert operation.run.trigger == "full_refresh"
-    assert not load_engine().table_exists("raw.sales")
+    assert not load_engine().table_exists(loaded.table_identifier)
 
     drain_queue()
     operation.run.refresh_from_db()
     assert operation.run.status == RunStatus.SUCCESS
-    ids = ids_in_table("raw.sales")
+    ids = ids_in_table(loaded.table_identifier)
     assert len(ids) == len(set(ids)) == 100
     assert ProcessedFile.objects.filter(ingestion=loaded).count() == 4
 
@@ -87,7 +89,7 @@ def test_fresh_start_keeps_history_and_loads_only_new_files(loaded, admin_user, 
     assert ProcessedFile.objects.filter(ingestion=loaded).count() == 4
     drain_queue()
 
-    assert sorted(ids_in_table("raw.sales")) == sorted(
+    assert sorted(ids_in_table(loaded.table_identifier)) == sorted(
         [10 * 100000 + row for row in range(10)] + [11 * 100000 + row for row in range(10)]
     )
     assert ProcessedFile.objects.filter(ingestion=loaded).count() == 6
@@ -119,12 +121,12 @@ def test_auto_run_false_skips_the_run_step(loaded, admin_user):
 )
 def test_a_dry_run_changes_nothing(loaded, admin_user, kind, source_dir):
     write_csv_files(source_dir, files=1, rows=5, start=20)
-    snapshot = load_engine().describe_table("raw.sales").snapshot_id
+    snapshot = load_engine().describe_table(loaded.table_identifier).snapshot_id
 
     plan = refresh_preview(ingestion=loaded, kind=kind, actor=admin_user)
 
     assert plan.plan_id.startswith("plan-")
-    assert load_engine().describe_table("raw.sales").snapshot_id == snapshot
+    assert load_engine().describe_table(loaded.table_identifier).snapshot_id == snapshot
     assert ProcessedFile.objects.filter(ingestion=loaded).count() == 4
     assert Run.objects.filter(ingestion=loaded).count() == 1
     assert not RefreshOperation.objects.exists()
@@ -149,7 +151,7 @@ def test_impact_is_measured_from_the_listing_history_and_past_runs(loaded, admin
 def test_anything_but_true_is_not_a_confirmation(loaded, admin_user, confirm):
     with pytest.raises(ConfirmationRequiredError):
         refresh_execute(ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=confirm)
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
     assert not RefreshOperation.objects.exists()
 
 
@@ -158,7 +160,7 @@ def test_protected_ingestion_is_refused_and_the_refusal_audited(loaded, admin_us
     loaded.save()
     with pytest.raises(TableProtectedError):
         refresh_execute(ingestion=loaded, kind="drop_table", actor=admin_user, confirm=True)
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
     entry = LogEntry.objects.get(additional_data__outcome="refused")
     assert entry.actor == admin_user
     assert entry.additional_data["reason"] == "TABLE_PROTECTED"
@@ -184,7 +186,7 @@ def test_permissions_per_operation(loaded, member, role, kind, allowed):
         refresh_execute(ingestion=loaded, kind=kind, actor=user, confirm=True)
     refusal = LogEntry.objects.get(additional_data__outcome="refused")
     assert (refusal.actor, refusal.additional_data["reason"]) == (user, "INSUFFICIENT_PERMISSIONS")
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
 
 
 def test_viewer_may_preview(loaded, member):
@@ -197,7 +199,7 @@ def test_refused_while_a_run_is_active(loaded, admin_user):
     with pytest.raises(RunInProgressError) as refused:
         refresh_execute(ingestion=loaded, kind="fresh_start", actor=admin_user, confirm=True)
     assert refused.value.current_run_id == run.public_id
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
 
 
 def test_refused_while_another_refresh_is_in_flight_and_runs_wait_too(loaded, admin_user):
@@ -252,7 +254,7 @@ def test_an_interrupted_operation_is_expired_and_resumable(settings, loaded, adm
     operation = refresh_resume(operation=interrupted, actor=admin_user)
     assert operation.status == OperationStatus.SUCCESS
     assert operation.attempts == 2
-    assert not load_engine().table_exists("raw.sales")
+    assert not load_engine().table_exists(loaded.table_identifier)
 
 
 # --- every step made to fail in turn -----------------------------------------------------
@@ -261,7 +263,12 @@ def test_an_interrupted_operation_is_expired_and_resumable(settings, loaded, adm
 def test_drop_failure_stops_everything_with_the_prd_error_code(loaded, admin_user):
     engine = FaultingEngine({"drop_table": EngineError("metadata locked")})
     operation = refresh_execute(
-        ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=True, engine=engine
+        ingestion=loaded,
+        kind="full_refresh",
+        actor=admin_user,
+        confirm=True,
+        engine=engine,
+        mode="drop_first",
     )
     assert operation.status == OperationStatus.FAILED
     assert operation.error_code == "SPARK_ERROR"
@@ -283,13 +290,13 @@ def test_engine_unreachable_on_drop_is_cluster_unavailable(loaded, admin_user):
         ingestion=loaded, kind="drop_table", actor=admin_user, confirm=True, engine=engine
     )
     assert (operation.status, operation.error_code) == ("failed", "CLUSTER_UNAVAILABLE")
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(loaded.table_identifier)
 
 
 def test_history_clear_failure_is_a_partial_failure_that_resume_finishes(loaded, admin_user):
     with failing_sql('DELETE FROM "ingestions_processedfile"'):
         operation = refresh_execute(
-            ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=True
+            ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=True, mode="drop_first"
         )
     assert operation.status == OperationStatus.PARTIAL_FAILURE
     assert steps_of(operation) == [
@@ -304,19 +311,24 @@ def test_history_clear_failure_is_a_partial_failure_that_resume_finishes(loaded,
     assert resumed.status == OperationStatus.ACCEPTED
     assert [status for _, status in steps_of(resumed)] == ["success"] * 3
     drain_queue()
-    ids = ids_in_table("raw.sales")
+    ids = ids_in_table(loaded.table_identifier)
     assert len(ids) == len(set(ids)) == 100
 
 
 def test_run_trigger_failure_leaves_a_record_and_resume_triggers_it(loaded, admin_user):
     down = FaultingEngine({"ping": EngineUnavailableError("cluster not available")})
     operation = refresh_execute(
-        ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=True, engine=down
+        ingestion=loaded,
+        kind="full_refresh",
+        actor=admin_user,
+        confirm=True,
+        engine=down,
+        mode="drop_first",
     )
     assert operation.status == OperationStatus.PARTIAL_FAILURE
     failed = operation.steps.get(status=StepStatus.FAILED)
     assert (failed.name, failed.error_code) == ("run_triggered", "CLUSTER_UNAVAILABLE")
-    assert not load_engine().table_exists("raw.sales")
+    assert not load_engine().table_exists(loaded.table_identifier)
     assert not ProcessedFile.objects.filter(ingestion=loaded).exists()
 
     resumed = refresh_resume(operation=operation, actor=admin_user)
@@ -329,7 +341,12 @@ def test_run_trigger_failure_leaves_a_record_and_resume_triggers_it(loaded, admi
 def test_a_resume_is_audited_under_the_user_who_resumed(loaded, admin_user, member):
     down = FaultingEngine({"ping": EngineUnavailableError("down")})
     operation = refresh_execute(
-        ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=True, engine=down
+        ingestion=loaded,
+        kind="full_refresh",
+        actor=admin_user,
+        confirm=True,
+        engine=down,
+        mode="drop_first",
     )
     other_admin = member(Role.ADMIN).user
     refresh_resume(operation=operation, actor=other_admin)
@@ -380,7 +397,7 @@ def expensive(settings, loaded):
 def test_above_the_threshold_a_plan_is_required(expensive, admin_user):
     with pytest.raises(DryRunRequiredError):
         refresh_execute(ingestion=expensive, kind="full_refresh", actor=admin_user, confirm=True)
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(expensive.table_identifier)
 
     plan = refresh_preview(ingestion=expensive, kind="full_refresh", actor=admin_user)
     assert plan.plan_required
@@ -440,7 +457,7 @@ def test_a_plan_whose_impact_grew_is_stale(expensive, admin_user, source_dir):
             confirm=True,
             plan_id=plan.plan_id,
         )
-    assert load_engine().table_exists("raw.sales")
+    assert load_engine().table_exists(expensive.table_identifier)
 
 
 # --- audit -------------------------------------------------------------------------------

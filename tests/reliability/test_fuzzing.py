@@ -90,7 +90,9 @@ def real_objects(tenant, other_tenant, tmp_path):
     queued_run = run_request(ingestion=events)
     broken = ingestion("broken")  # a full refresh that stopped half-way: resumable
     with failing_sql('INSERT INTO "ingestions_run"'):
-        partial = refresh_execute(ingestion=broken, kind="full_refresh", actor=admin, confirm=True)
+        partial = refresh_execute(
+            ingestion=broken, kind="full_refresh", actor=admin, confirm=True, mode="drop_first"
+        )
     archive = ingestion("archive")  # a finished drop-table operation
     done = refresh_execute(ingestion=archive, kind="drop_table", actor=admin, confirm=True)
     orders = ingestion("orders", tenant_obj=other_tenant)  # another tenant's: must look absent

@@ -18,7 +18,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from ingestions.engines import load_engine
-from ingestions.models import ProcessedFile, Role, Run
+from ingestions.models import Ingestion, ProcessedFile, Role, Run
 from ingestions.runs import run_request
 from refresh.models import RefreshOperation
 from refresh.services import refresh_execute
@@ -143,14 +143,24 @@ def acme(tenant, tmp_path):
         )
 
     sales = ingestion("sales")
-    load_engine().append("raw.sales", pa.table({"id": [1]}), properties={})  # a table to drop
+    # A table to drop.
+    load_engine().append(sales.table_identifier, pa.table({"id": [1]}), properties={})
     ProcessedFile.objects.create(ingestion=sales, path="part-0000.csv", loaded_at=timezone.now())
     with failing_sql('INSERT INTO "ingestions_run"'):
+        # Dropping first, so that a failed run request leaves a resumable partial failure.
         broken = refresh_execute(
-            ingestion=ingestion("broken"), kind="full_refresh", actor=admin, confirm=True
+            ingestion=ingestion("broken"),
+            kind="full_refresh",
+            actor=admin,
+            confirm=True,
+            mode="drop_first",
         )
         fresh = refresh_execute(
-            ingestion=ingestion("fresh"), kind="fresh_start", actor=admin, confirm=True
+            ingestion=ingestion("fresh"),
+            kind="fresh_start",
+            actor=admin,
+            confirm=True,
+            mode="drop_first",
         )
     assert broken.status == fresh.status == "partial_failure"
     return {
@@ -166,11 +176,12 @@ def call(client, endpoint: Endpoint, acme: dict):
 
 
 def database_state() -> dict:
+    sales = Ingestion.objects.get(tenant__slug="acme", public_id="sales")
     return {
         "operations": sorted(RefreshOperation.objects.values_list("public_id", "status")),
         "runs": sorted(Run.objects.values_list("public_id", "status")),
         "history": ProcessedFile.objects.count(),
-        "table": load_engine().table_exists("raw.sales"),
+        "table": load_engine().table_exists(sales.table_identifier),
     }
 
 

@@ -146,6 +146,10 @@ def scene(settings, loaded, source_dir):
     """The loaded ingestion (4 files in table and history) plus 2 files not loaded yet."""
     settings.REFRESH_RATE_LIMITS = {}
     settings.REFRESH_STALE_SECONDS = 60
+    # Every step made to fail in turn: the drop-first steps, which each change something.
+    # (Zero-downtime steps change nothing before the run: tests/refresh/test_zero_downtime.py
+    # and the crash-injection suite cover those.)
+    settings.REFRESH_DEFAULT_MODE = "drop_first"
     write_csv_files(source_dir, files=2, rows=25, start=4)
     return loaded
 
@@ -163,7 +167,7 @@ def ids_of_files(files) -> list[int]:
 def world(ingestion) -> dict:
     """What is really there: the table, the history, the active run."""
     return {
-        "table_exists": load_engine().table_exists(ingestion.destination_table),
+        "table_exists": load_engine().table_exists(ingestion.table_identifier),
         "history": ProcessedFile.objects.filter(ingestion=ingestion).count(),
         "active_run": Run.objects.filter(
             ingestion=ingestion, status__in=ACTIVE_RUN_STATUSES
@@ -226,7 +230,7 @@ def test_a_failing_step_is_reported_recorded_and_resumed_without_losing_a_row(
     drain_queue()
     assert not Run.objects.filter(status__in=ACTIVE_RUN_STATUSES).exists()
     assert not Run.objects.filter(status=RunStatus.FAILED).exists()
-    rows = table_ids(scene.destination_table)
+    rows = table_ids(scene.table_identifier)
     expected = expected_final_rows(case)
     assert (sorted(rows) if rows is not None else None) == expected, "rows lost or duplicated"
     assert ProcessedFile.objects.filter(ingestion=scene).count() == expected_final_history(case)

@@ -18,7 +18,11 @@ class Command(BaseCommand):
 
     def handle(self, *, no_runs: bool, **options):
         password = os.environ.get("AUTOLOADER_DEMO_PASSWORD", DEFAULT_DEMO_PASSWORD)
-        result = seed_demo(data_dir=settings.DATA_DIR, password=password, queue_runs=not no_runs)
+        result = seed_demo(
+            landing_dir=settings.AUTOLOADER_DEMO_LANDING_DIR,
+            password=password,
+            queue_runs=not no_runs,
+        )
         for username, tenant, role in result["users"]:
             self.stdout.write(f"demo user {username:<13} {role:<9} of {tenant}")
         self.stdout.write(f"demo password (new users): {password}")

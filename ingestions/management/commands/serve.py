@@ -7,6 +7,7 @@ import time
 import urllib.request
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
@@ -24,6 +25,8 @@ class Command(BaseCommand):
 
     def handle(self, *, host: str, port: int, web_workers: int, **options):
         base = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        # Once, here: the web and the worker would otherwise race to create it.
+        call_command("init_catalog")
         web_cmd = [
             sys.executable, "-m", "gunicorn", "console.wsgi:application",
             "--bind", f"{host}:{port}", "--workers", str(web_workers), "--threads", "4",

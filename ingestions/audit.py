@@ -1,0 +1,44 @@
+"""Audit entries of state changes outside refresh operations, in django-auditlog's log."""
+
+from auditlog.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
+
+
+def record_change(
+    *,
+    actor,
+    obj,
+    tenant,
+    action: str,
+    changes: dict,
+    log_action: int = LogEntry.Action.UPDATE,
+    object_repr: str | None = None,
+    data: dict | None = None,
+) -> LogEntry:
+    """One entry naming the actor (None: the system), the tenant and what changed.
+
+    Args:
+        obj: The changed model instance (its type and key are recorded).
+        action: What happened, e.g. "ingestion_deleted": `additional_data["operation"]`.
+        changes: auditlog's shape, {"field": [old, new]}.
+    """
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    return LogEntry.objects.create(
+        content_type=ContentType.objects.get_for_model(type(obj)),
+        object_pk=str(obj.pk),
+        object_id=obj.pk,
+        object_repr=object_repr or str(obj),
+        action=log_action,
+        changes=changes,
+        actor=user,
+        actor_email=getattr(user, "email", "") or None,
+        additional_data={
+            "tenant": tenant.slug,
+            # The same keys as refresh operations' entries, so one audit page and one set of
+            # admin filters show every change.
+            "operation": action,
+            "outcome": "success",
+            "actor": getattr(user, "username", None),
+            **(data or {}),
+        },
+    )
