@@ -253,9 +253,10 @@ def _warnings(plan: Plan) -> list[str]:
     if impact.files_to_process > settings.REFRESH_LARGE_OPERATION_FILES:
         warnings.append(f"LARGE OPERATION: Processing {impact.files_to_process:,} files")
     if StepName.TABLE_DROPPED in plan.steps and plan.table["exists"]:
+        fate = "replaced when the run ends" if plan.mode == "atomic" else "deleted"
         warnings.append(
             f"Current table {plan.table['table_name']} ({plan.table['row_count']:,} rows, "
-            f"{size_text(plan.table['size_bytes'])}) will be deleted"
+            f"{size_text(plan.table['size_bytes'])}) will be {fate}"
         )
     if StepName.PROCESSED_FILES_CLEARED in plan.steps and plan.history["count"]:
         warnings.append(f"The history of {plan.history['count']:,} processed files will be cleared")
@@ -289,11 +290,15 @@ def _kind_notes(plan: Plan) -> list[str]:
     history_count = plan.history["count"]
     if plan.kind == OperationKind.FRESH_START:
         return [
-            "Table will be dropped and recreated",
+            "Table will be replaced by a new version when the run ends"
+            if plan.mode == "atomic"
+            else "Table will be dropped and recreated",
             f"Only {plan.impact.files_to_process:,} NEW files will be processed",
             f"Processed file history preserved ({history_count:,} files remain marked as "
             "processed and will be skipped)",
         ]
+    if plan.kind == OperationKind.FULL_REFRESH and plan.mode == "atomic":
+        return ["Every source file is loaded again into a new version of the table"]
     if plan.kind == OperationKind.FULL_REFRESH:
         return [
             "Table will be dropped, the history cleared, and every source file loaded again",
