@@ -144,13 +144,24 @@ def refuse_during_refresh(ingestion: Ingestion) -> None:
             "A refresh operation is in progress on this ingestion",
             current_operation_id=in_flight.public_id,
         )
+    refuse_while_awaiting_decision(ingestion)
+
+
+def refuse_while_awaiting_decision(ingestion: Ingestion) -> None:
+    """Refuse to change an ingestion whose staged refresh waits to be published or discarded.
+
+    Loading into (or refreshing) the live table now would make the staged version stale.
+
+    Raises:
+        RefreshInProgressError: naming the operation that waits.
+    """
     waiting = ingestion.refresh_operations.filter(
         run__publish_state=PublishState.AWAITING_DECISION
     ).first()
     if waiting is not None:
-        # Loading into the live table now would make the staged version stale.
         raise RefreshInProgressError(
-            "A refresh of this ingestion waits for a decision: publish or discard it first",
+            f"Refresh {waiting.public_id} of this ingestion waits for a decision: publish or "
+            "discard it first",
             current_operation_id=waiting.public_id,
         )
 

@@ -107,7 +107,6 @@ def ingestion_create(
     if public_id:
         ingestion.public_id = public_id
     _clean(ingestion)
-    ingestion.table_identifier = tenant.table_identifier(destination_table)
     if existing_table == ExistingTable.REPLACE and not _can(actor, "drop_table_ingestion", tenant):
         raise PermissionDeniedError(
             'Your role does not allow dropping tables ("existing_table": "replace").'

@@ -85,7 +85,7 @@ def operation_payload(operation: RefreshOperation) -> dict:
     }
     if operation.kind == OperationKind.DROP_TABLE and steps and steps[0].details:
         body["details"] = steps[0].details  # the PRD's drop-table shape
-    staged = operation.run_id is not None and bool(operation.run.stage_name)
+    staged = is_staged(operation)
     if staged:
         body["mode"] = operation.request.get("mode", "atomic")
         body["publish"] = _publish_payload(operation)
@@ -112,6 +112,11 @@ def operation_payload(operation: RefreshOperation) -> dict:
         body["error_message"] = operation.error
         body["recovery"] = _recovery(operation, steps, failed)
     return body
+
+
+def is_staged(operation: RefreshOperation) -> bool:
+    """Whether the operation's run builds a new version to publish (zero-downtime mode)."""
+    return operation.run_id is not None and bool(operation.run.stage_name)
 
 
 def _publish_payload(operation: RefreshOperation) -> dict:
@@ -144,8 +149,7 @@ def _message(operation: RefreshOperation, steps) -> str:
         return STAGED_MESSAGES[operation.status]
     if operation.status == OperationStatus.FAILED and operation.error_code == "RUN_FAILED":
         return "The run failed; nothing was published: the table is unchanged"
-    staged = operation.run_id is not None and bool(operation.run.stage_name)
-    if operation.status == OperationStatus.ACCEPTED and staged:
+    if operation.status == OperationStatus.ACCEPTED and is_staged(operation):
         return (
             f"{OperationKind(operation.kind).label} accepted: run {operation.run.public_id} "
             "builds the new version beside the live table, published when it ends"

@@ -21,7 +21,13 @@ from ingestions.errors import (
     RunInProgressError,
 )
 from ingestions.models import Ingestion, OnPartialFailure, PublishState, Run, RunStatus, RunTrigger
-from ingestions.runs import ingestion_lock, run_request, staged_discard, staged_publish
+from ingestions.runs import (
+    ingestion_lock,
+    refuse_while_awaiting_decision,
+    run_request,
+    staged_discard,
+    staged_publish,
+)
 from ingestions.selectors import processed_file_summary, run_active
 from ingestions.services import history_delete
 
@@ -273,14 +279,7 @@ def _refuse_if_busy(ingestion: Ingestion) -> None:
         raise RunInProgressError(
             "Cannot refresh while ingestion is running", current_run_id=active.public_id
         )
-    waiting = RefreshOperation.objects.filter(
-        ingestion=ingestion, run__publish_state=PublishState.AWAITING_DECISION
-    ).first()
-    if waiting is not None:
-        raise RefreshInProgressError(
-            f"Refresh {waiting.public_id} waits for a decision: publish or discard it first",
-            current_operation_id=waiting.public_id,
-        )
+    refuse_while_awaiting_decision(ingestion)
     if RefreshOperation.objects.filter(
         ingestion=ingestion, status=OperationStatus.IN_PROGRESS
     ).exists():
