@@ -90,13 +90,13 @@ DESTRUCTIVE_ACTIONS = [
         "full-refresh",
         OperationKind.FULL_REFRESH,
         "Full refresh",
-        "Drop the table, clear the history, reload every source file.",
+        "Reload every source file into a new table, swapped in when the run ends.",
     ),
     Action(
         "fresh-start",
         OperationKind.FRESH_START,
         "Fresh start",
-        "Drop the table, keep the history, load only new files.",
+        "A new table of only the new files, swapped in when the run ends; history kept.",
     ),
     Action(
         "drop-table",

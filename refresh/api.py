@@ -260,7 +260,7 @@ class FullRefreshApi(RefreshApiView):
 
     @extend_schema(
         operation_id="ingestions_full_refresh",
-        summary="Drop the table, clear the history, reload every file",
+        summary="Reload every file into a new table and history, published when the run ends",
         request=RefreshInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
         examples=EXAMPLES,
@@ -275,7 +275,7 @@ class FreshStartApi(RefreshApiView):
 
     @extend_schema(
         operation_id="ingestions_fresh_start",
-        summary="Drop the table, keep the history, load only new files",
+        summary="A new table of only the new files, published when the run ends",
         request=RefreshInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
         examples=EXAMPLES,
