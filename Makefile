@@ -80,3 +80,4 @@ bench: install
 	$(BIN)/python bench/console_list.py
 	$(BIN)/python bench/spark_vs_iceberg.py
 	$(BIN)/python bench/s3_listing.py
+	$(BIN)/python bench/refresh_publish.py

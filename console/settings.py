@@ -248,13 +248,24 @@ REFRESH_PLAN_REQUIRED_ABOVE_USD = env_float("REFRESH_PLAN_REQUIRED_ABOVE_USD", 5
 # ... made at most this many seconds ago, and is refused if the impact grew by more than this.
 REFRESH_PLAN_TTL_SECONDS = env_int("REFRESH_PLAN_TTL_SECONDS", 15 * 60)
 REFRESH_PLAN_MAX_GROWTH = env_float("REFRESH_PLAN_MAX_GROWTH", 0.10)
-# Duration estimates use each ingestion's measured throughput; this until it has one.
+# Duration estimates: seconds = start + per file x files + bytes / throughput, fitted on
+# the ingestion's last REFRESH_ESTIMATE_RUNS measured runs (at least REFRESH_ESTIMATE_MIN_RUNS
+# of different shapes); these defaults until then (12 ms a file: 200,000 small files ~40 min).
 REFRESH_DEFAULT_THROUGHPUT_MB_PER_S = env_float("REFRESH_DEFAULT_THROUGHPUT_MB_PER_S", 20.0)
+REFRESH_DEFAULT_SECONDS_PER_FILE = env_float("REFRESH_DEFAULT_SECONDS_PER_FILE", 0.012)
+REFRESH_DEFAULT_START_SECONDS = env_float("REFRESH_DEFAULT_START_SECONDS", 1.0)
+REFRESH_ESTIMATE_RUNS = env_int("REFRESH_ESTIMATE_RUNS", 20)
+REFRESH_ESTIMATE_MIN_RUNS = env_int("REFRESH_ESTIMATE_MIN_RUNS", 3)
 # Full refresh / fresh start: "atomic" builds the new table beside the live one and
 # publishes it when the run ends (no downtime); "drop_first" drops at once (the PRD's way).
 REFRESH_DEFAULT_MODE = os.environ.get("REFRESH_DEFAULT_MODE", "atomic")
-# An operation still "in progress" after this long was interrupted (its process died).
-REFRESH_STALE_SECONDS = env_int("REFRESH_STALE_SECONDS", 600)
+# Days a destructive operation keeps what it replaced so it can be undone (0: no undo);
+# an ingestion's `retain_days` and a request's override it.
+REFRESH_RETAIN_DAYS = env_int("REFRESH_RETAIN_DAYS", 7)
+REFRESH_MAX_RETAIN_DAYS = env_int("REFRESH_MAX_RETAIN_DAYS", 90)
+# An operation's process beats every 1/6 of this; silent this long, it died: the worker's
+# reaper finishes its remaining steps (or its undo).
+REFRESH_STALE_SECONDS = env_int("REFRESH_STALE_SECONDS", 30)
 # Executions per user ("5/h", "100/15m"); dry-runs and refused calls are not counted.
 REFRESH_RATE_LIMITS = {
     "full_refresh": os.environ.get("REFRESH_RATE_FULL_REFRESH", "5/h"),
@@ -262,6 +273,7 @@ REFRESH_RATE_LIMITS = {
     "drop_table": os.environ.get("REFRESH_RATE_DROP_TABLE", "10/h"),
     "clear_processed_files": os.environ.get("REFRESH_RATE_CLEAR_PROCESSED_FILES", "10/h"),
     "resume": os.environ.get("REFRESH_RATE_RESUME", "20/h"),
+    "undo": os.environ.get("REFRESH_RATE_UNDO", "10/h"),
 }
 IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)
 # `/metrics` answers a scraper presenting `Authorization: Bearer <this>`, or a staff login.

@@ -34,6 +34,7 @@ from .serializers import (
     IngestionOutputSerializer,
     RunOutputSerializer,
     StrictSerializer,
+    retain_days_field,
 )
 from .services import (
     ExistingTable,
@@ -162,6 +163,11 @@ class IngestionListCreateApi(TenantAPIView):
             max_digits=10, decimal_places=4, min_value=0, required=False
         )
         protected = serializers.BooleanField(default=False)
+        retain_days = retain_days_field(
+            allow_null=True,
+            help_text="Days a refresh operation keeps what it replaces, for undo (0: no undo; "
+            "null: the server's default, 7).",
+        )
         existing_table = serializers.ChoiceField(
             choices=ExistingTable.choices,
             required=False,
@@ -207,6 +213,7 @@ class IngestionListCreateApi(TenantAPIView):
             engine=data["engine"],
             cost_per_gb_usd=data.get("cost_per_gb_usd"),
             protected=data["protected"],
+            retain_days=data.get("retain_days"),
             existing_table=data.get("existing_table"),
         )
         return Response(one_ingestion_payload(ingestion), status=status.HTTP_201_CREATED)
@@ -226,6 +233,11 @@ class IngestionDetailApi(TenantAPIView):
             max_digits=10, decimal_places=4, min_value=0, required=False
         )
         protected = serializers.BooleanField(required=False)
+        retain_days = retain_days_field(
+            allow_null=True,
+            help_text="Days a refresh operation keeps what it replaces, for undo (0: no undo; "
+            "null: the server's default, 7).",
+        )
         destination = serializers.DictField(required=False)
 
         def validate_destination(self, value):

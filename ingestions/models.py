@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 PUBLIC_ID_VALIDATOR = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{1,62}$",
@@ -128,6 +128,12 @@ class Ingestion(models.Model):
     protected = models.BooleanField(
         default=False, help_text="Refuse destructive operations (423 TABLE_PROTECTED)."
     )
+    # Days a destructive refresh operation keeps what it replaced, so it can be undone;
+    # None: settings.REFRESH_RETAIN_DAYS. 0: nothing is kept (no undo).
+    retain_days = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The processed-file history in force: clearing it starts a new generation (the old
+    # one is archived, for undo) instead of deleting rows.
+    history_generation = models.PositiveIntegerField(default=0, editable=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -302,10 +308,22 @@ class RunBatch(models.Model):
         return self.batch_key
 
 
+class LiveHistoryManager(models.Manager):
+    """The processed-file history in force: each ingestion's current generation only.
+
+    Rows of older generations are archived by a history clear or a refresh, kept while an
+    operation can still be undone (`refresh.retention`), then purged.
+    """
+
+    def get_queryset(self):
+        return super().get_queryset().filter(generation=F("ingestion__history_generation"))
+
+
 class ProcessedFile(models.Model):
     ingestion = models.ForeignKey(
         Ingestion, on_delete=models.CASCADE, related_name="processed_files"
     )
+    generation = models.PositiveIntegerField(default=0)
     path = models.CharField(max_length=1024)
     size_bytes = models.BigIntegerField(default=0)
     modified_at = models.DateTimeField(null=True, blank=True)
@@ -314,9 +332,16 @@ class ProcessedFile(models.Model):
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     loaded_at = models.DateTimeField()
 
+    all_generations = models.Manager()
+    objects = LiveHistoryManager()
+
     class Meta:
+        default_manager_name = "objects"
+        base_manager_name = "all_generations"
         constraints = [
-            models.UniqueConstraint(fields=["ingestion", "path"], name="processed_file_once")
+            models.UniqueConstraint(
+                fields=["ingestion", "generation", "path"], name="processed_file_once"
+            )
         ]
 
     def __str__(self) -> str:

@@ -43,7 +43,7 @@ from .models import (
     RunTrigger,
 )
 from .selectors import processed_file_paths, run_active
-from .services import history_delete
+from .services import history_archive
 from .sources import SourceFile, list_source_files, read_source_file
 from .sources.readers import conform_to_schema, with_metadata_columns
 
@@ -134,7 +134,7 @@ def refuse_during_refresh(ingestion: Ingestion) -> None:
     # The reverse relation of refresh.RefreshOperation: a run must not load into a table
     # that a refresh operation is dropping.
     # An operation silent for REFRESH_STALE_SECONDS was interrupted (its process died): it
-    # no longer blocks runs; resuming it later finishes its remaining steps.
+    # no longer blocks runs; the worker's reaper (or a resume) finishes its remaining steps.
     live_after = timezone.now() - timedelta(seconds=settings.REFRESH_STALE_SECONDS)
     in_flight = ingestion.refresh_operations.filter(
         status="in_progress", updated_at__gte=live_after
@@ -547,10 +547,16 @@ def batch_mark_committed(*, batch: RunBatch, snapshot_id: int | None) -> None:
 
 
 def _write_history(run: Run, files: list[dict], *, loaded_at) -> None:
+    generation = (
+        Ingestion.objects.filter(pk=run.ingestion_id)
+        .values_list("history_generation", flat=True)
+        .get()
+    )
     ProcessedFile.objects.bulk_create(
         [
             ProcessedFile(
                 ingestion_id=run.ingestion_id,
+                generation=generation,
                 path=item["path"],
                 size_bytes=item["size_bytes"],
                 modified_at=datetime.fromisoformat(item["modified_at"])
@@ -612,7 +618,7 @@ def staged_publish(*, run: Run, engine: Engine) -> None:
     now = timezone.now()
     with transaction.atomic():
         if run.stage_replaces_history:
-            history_delete(ingestion=run.ingestion)
+            history_archive(ingestion=run.ingestion)  # kept for undo, purged by retention
         committed = RunBatch.objects.filter(run=run, status=BatchStatus.COMMITTED)
         files = [
             item

@@ -1,8 +1,16 @@
 """JSON shapes of ingestions, runs and history, shared by every API view that returns them."""
 
+from django.conf import settings
 from rest_framework import serializers
 
 from .models import Ingestion, ProcessedFile, Run
+
+
+def retain_days_field(**options) -> serializers.IntegerField:
+    """The days an operation keeps what it replaces, for undo (an ingestion's or a request's)."""
+    return serializers.IntegerField(
+        required=False, min_value=0, max_value=settings.REFRESH_MAX_RETAIN_DAYS, **options
+    )
 
 
 class StrictSerializer(serializers.Serializer):
@@ -83,6 +91,7 @@ class IngestionOutputSerializer(serializers.ModelSerializer):
             "engine",
             "cost_per_gb_usd",
             "protected",
+            "retain_days",
             "created_at",
             "updated_at",
             "table",

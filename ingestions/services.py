@@ -6,6 +6,7 @@ from auditlog.models import LogEntry
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
+from django.db.models import F, Max
 from django.utils import timezone
 
 from . import audit
@@ -31,6 +32,7 @@ UPDATABLE_FIELDS = (
     "source_options",
     "cost_per_gb_usd",
     "protected",
+    "retain_days",
 )
 AUDITED_FIELDS = (
     "public_id",
@@ -44,6 +46,7 @@ AUDITED_FIELDS = (
     "engine",
     "cost_per_gb_usd",
     "protected",
+    "retain_days",
 )
 
 
@@ -67,6 +70,7 @@ def ingestion_create(
     engine: str = "iceberg",
     cost_per_gb_usd: Decimal | float | None = None,
     protected: bool = False,
+    retain_days: int | None = None,
     public_id: str | None = None,
     existing_table: str | None = None,
 ) -> Ingestion:
@@ -102,6 +106,7 @@ def ingestion_create(
             )
         ),
         protected=protected,
+        retain_days=retain_days,
         created_by=actor if getattr(actor, "is_authenticated", False) else None,
     )
     if public_id:
@@ -292,11 +297,45 @@ def ingestion_delete(
     return {"id": ingestion.public_id, "deleted": True, "table": table}
 
 
-def history_delete(*, ingestion: Ingestion) -> int:
-    """Delete the whole processed-file history of an ingestion; returns how many rows went.
+def history_archive(*, ingestion: Ingestion) -> None:
+    """Clear the processed-file history in force: it becomes an archived generation.
 
-    Only refresh operations call this, after checking that no run is active.
+    One UPDATE whatever the history's size. The archive stays restorable
+    (`history_restore`) until retention purges it (`history_purge_archived`). Only refresh
+    operations call this, after checking that no run is active.
     """
+    Ingestion.objects.filter(pk=ingestion.pk).update(history_generation=F("history_generation") + 1)
+    ingestion.refresh_from_db(fields=["history_generation"])
+
+
+def history_mark(*, ingestion: Ingestion) -> dict:
+    """Where the history stands now: what `history_restore` brings it back to."""
+    last = ProcessedFile.all_generations.filter(ingestion=ingestion).aggregate(last=Max("pk"))
+    generation = (
+        Ingestion.objects.filter(pk=ingestion.pk).values_list("history_generation", flat=True).get()
+    )
+    return {"generation": generation, "last_id": last["last"] or 0}
+
+
+def history_restore(*, ingestion: Ingestion, mark: dict) -> int:
+    """Put the history back where `mark` found it: rows recorded since are deleted and the
+    generation in force then is in force again. Call it in a transaction.
+
+    Returns:
+        How many rows recorded since were deleted.
+    """
+    removed = ProcessedFile.all_generations.filter(
+        ingestion=ingestion, pk__gt=mark["last_id"]
+    )._raw_delete(ProcessedFile.all_generations.db)
+    Ingestion.objects.filter(pk=ingestion.pk).update(history_generation=mark["generation"])
+    ingestion.refresh_from_db(fields=["history_generation"])
+    return removed
+
+
+def history_purge_archived(*, ingestion: Ingestion, keep_from: int) -> int:
+    """Delete archived generations older than `keep_from`: nothing can restore them now."""
     # A raw delete: history rows have no signals or cascades, and it stays one statement
     # even for millions of rows.
-    return ingestion.processed_files.all()._raw_delete(ingestion.processed_files.db)
+    return ProcessedFile.all_generations.filter(
+        ingestion=ingestion, generation__lt=keep_from
+    )._raw_delete(ProcessedFile.all_generations.db)

@@ -23,7 +23,11 @@ from ingestions.api import COMMON_ERRORS, ERROR_SCHEMA, TenantAPIView
 from ingestions.models import OnPartialFailure
 from ingestions.pagination import StrictCursorPagination, StrictLimitOffsetPagination
 from ingestions.selectors import processed_file_list
-from ingestions.serializers import ProcessedFileOutputSerializer, StrictSerializer
+from ingestions.serializers import (
+    ProcessedFileOutputSerializer,
+    StrictSerializer,
+    retain_days_field,
+)
 
 from .errors import RefreshApiDisabledError
 from .idempotency import (
@@ -44,6 +48,8 @@ from .services import (
     refresh_execute,
     refresh_preview,
     refresh_resume,
+    refresh_undo,
+    undo_preview,
 )
 
 HTTP_STATUS_BY_OPERATION_STATUS = {
@@ -57,8 +63,19 @@ HTTP_STATUS_BY_OPERATION_STATUS = {
     OperationStatus.AWAITING_DECISION: status.HTTP_200_OK,
     OperationStatus.DISCARDED: status.HTTP_200_OK,
     OperationStatus.CANCELLED: status.HTTP_200_OK,
+    OperationStatus.UNDONE: status.HTTP_200_OK,
 }
 
+# Beside the PRD's `impact` (whose fields are fixed): the duration in seconds and its basis.
+ESTIMATE_SCHEMA = inline_serializer(
+    name="RefreshDurationEstimate",
+    fields={
+        "estimated_duration_seconds": serializers.FloatField(allow_null=True),
+        "source": serializers.ChoiceField(["measured", "default"], allow_null=True),
+        "basis": serializers.CharField(allow_null=True),
+    },
+    required=False,
+)
 OPERATION_SCHEMA = inline_serializer(
     name="RefreshOperationResponse",
     fields={
@@ -71,11 +88,29 @@ OPERATION_SCHEMA = inline_serializer(
         "timestamp": serializers.DateTimeField(),
         "operations": serializers.ListField(child=serializers.DictField()),
         "impact": serializers.DictField(),
+        "estimate": ESTIMATE_SCHEMA,
         "warnings": serializers.ListField(child=serializers.CharField()),
         "notes": serializers.ListField(child=serializers.CharField()),
         "details": serializers.DictField(required=False),
         "recovery": serializers.DictField(required=False),
         "error_code": serializers.CharField(required=False),
+        "retention": serializers.DictField(
+            required=False, help_text="What is kept for undo, until when, and how to undo."
+        ),
+        "undo": serializers.DictField(required=False, help_text="When and how it was undone."),
+    },
+)
+UNDO_PREVIEW_SCHEMA = inline_serializer(
+    name="RefreshUndoPreviewResponse",
+    fields={
+        "dry_run": serializers.BooleanField(default=True),
+        "operation_id": serializers.CharField(),
+        "undoable": serializers.BooleanField(),
+        "blocked_by": serializers.DictField(allow_null=True),
+        "restores": serializers.DictField(help_text="What comes back."),
+        "discards": serializers.DictField(help_text="What is lost: rows loaded since."),
+        "retained_until": serializers.DateTimeField(allow_null=True),
+        "retained_bytes": serializers.IntegerField(),
     },
 )
 DRY_RUN_SCHEMA = inline_serializer(
@@ -89,6 +124,7 @@ DRY_RUN_SCHEMA = inline_serializer(
         "timestamp": serializers.DateTimeField(),
         "would_perform": serializers.ListField(child=serializers.DictField()),
         "impact": serializers.DictField(),
+        "estimate": ESTIMATE_SCHEMA,
         "warnings": serializers.ListField(child=serializers.CharField()),
         "notes": serializers.ListField(child=serializers.CharField()),
         "next_steps": serializers.DictField(),
@@ -152,6 +188,10 @@ class RefreshInputSerializer(StrictSerializer):
         default=OnPartialFailure.DECIDE,
         help_text="When some files fail in an atomic refresh: wait for a decision (default), "
         "publish what loaded, or discard it.",
+    )
+    retain_days = retain_days_field(
+        help_text="Days what the operation replaces is kept for undo (0: no undo). Default: "
+        "the ingestion's retain_days, else the server's (7).",
     )
 
 
@@ -217,6 +257,7 @@ class RefreshApiView(TenantAPIView):
                 plan_id=data.get("plan_id"),
                 mode=data.get("mode"),
                 on_partial_failure=data.get("on_partial_failure", OnPartialFailure.DECIDE),
+                retain_days=data.get("retain_days"),
             )
         except BaseException:
             if key:
@@ -422,6 +463,51 @@ class OperationDiscardApi(OperationDecisionApi):
     )
     def post(self, request, operation_id: str):
         return super().post(request, operation_id)
+
+
+class UndoInputSerializer(StrictSerializer):
+    confirm = serializers.JSONField(
+        required=False, allow_null=True, help_text="Must be the JSON boolean true to undo."
+    )
+    dry_run = serializers.BooleanField(default=False)
+
+
+class OperationUndoApi(TenantAPIView):
+    @extend_schema(
+        operation_id="refresh_operations_undo",
+        summary="Undo an operation: the table and its file history back as they were before it",
+        description="With dry_run=true, says what comes back, what is lost (rows loaded "
+        "since) and what blocks the undo, changing nothing. With confirm=true, undoes it. "
+        "Same permission as the operation; idempotent: an undone operation is returned as "
+        "it is.",
+        request=UndoInputSerializer,
+        responses={
+            200: PolymorphicProxySerializer(
+                component_name="RefreshUndoResponse",
+                serializers=[UNDO_PREVIEW_SCHEMA, OPERATION_SCHEMA],
+                resource_type_field_name=None,
+            ),
+            **REFRESH_ERRORS,
+        },
+    )
+    def post(self, request, operation_id: str):
+        if not settings.ENABLE_REFRESH_OPERATIONS_API:
+            raise RefreshApiDisabledError("The refresh operations API is disabled.")
+        operation = operation_get(tenant=self.tenant, operation_id=operation_id)
+        serializer = UndoInputSerializer(data=request.data or {})
+        serializer.is_valid(raise_exception=True)
+        data, query = serializer.validated_data, request.query_params
+        if data.get("dry_run") or query.get("dry_run") == "true":
+            plan = undo_preview(operation=operation, actor=request.user)
+            return Response(
+                {"dry_run": True, **plan.as_response()},
+                headers={"X-Operation-ID": operation.public_id},
+            )
+        confirm = data.get("confirm") is True or query.get("confirm") == "true"
+        operation = refresh_undo(operation=operation, actor=request.user, confirm=confirm)
+        return Response(
+            operation_payload(operation), headers={"X-Operation-ID": operation.public_id}
+        )
 
 
 class IngestionOperationsApi(TenantAPIView):

@@ -85,3 +85,23 @@ def record_decision(operation, *, actor, published: bool) -> LogEntry | None:
             "decision": decision,
         },
     )
+
+
+def record_undo(operation, *, actor) -> LogEntry | None:
+    """Who undid an operation, and what came back and what was lost."""
+    if operation.ingestion is None:
+        return None
+    return _entry(
+        actor=actor,
+        ingestion=operation.ingestion,
+        action=LogEntry.Action.UPDATE,
+        changes={"refresh_operation": [operation.kind, f"{operation.kind}: undone"]},
+        data={
+            "operation": "undo",
+            "operation_id": operation.public_id,
+            "undone_kind": operation.kind,
+            "outcome": operation.status,
+            "restored": operation.undo.get("restored", {}),
+            "discarded": operation.undo.get("discarded", {}),
+        },
+    )

@@ -48,6 +48,16 @@ class OperationNotDecidableError(AutoloaderError):
     help = "Only a zero-downtime refresh whose run ended with failed files waits for one."
 
 
+class OperationNotUndoableError(AutoloaderError):
+    """The operation cannot be undone (nothing kept, window ended, a later change)."""
+
+    error_code = "OPERATION_NOT_UNDOABLE"
+    help = (
+        "Only the latest change of an ingestion, within its retention window, is undone; "
+        "undo later operations first. GET the operation's undo preview to see what blocks it."
+    )
+
+
 class RateLimitedError(AutoloaderError):
     """Too many operations of this kind by this user: wait before retrying."""
 

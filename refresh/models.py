@@ -33,6 +33,17 @@ class OperationStatus(models.TextChoices):
     AWAITING_DECISION = "awaiting_decision"  # some files failed: publish or discard
     DISCARDED = "discarded"  # the new version was thrown away; the table is unchanged
     CANCELLED = "cancelled"  # its run was cancelled; nothing was published
+    UNDONE = "undone"  # undone: the table and the history are back as they were before it
+
+
+class Retention(models.TextChoices):
+    """What an operation keeps of what it replaced, so that it can be undone."""
+
+    NONE = "none"  # nothing kept (retain_days 0, or nothing was changed)
+    KEPT = "kept"  # restorable until `retained_until`
+    RESTORING = "restoring"  # an undo started; a retried undo (or the reaper) finishes it
+    RESTORED = "restored"  # undone
+    EXPIRED = "expired"  # the window ended: what was kept is purged
 
 
 class RefreshMode(models.TextChoices):
@@ -80,13 +91,24 @@ class RefreshOperation(models.Model):
     error = models.TextField(blank=True, default="")
     error_code = models.CharField(max_length=64, blank=True, default="")
     attempts = models.PositiveSmallIntegerField(default=1)
+    # Undo (`refresh.retention`): what was kept, where, and until when.
+    retain_days = models.PositiveSmallIntegerField(default=0)
+    retention = models.CharField(max_length=16, choices=Retention.choices, default=Retention.NONE)
+    retained_until = models.DateTimeField(null=True, blank=True)
+    retained_bytes = models.BigIntegerField(default=0)
+    restore_point = models.JSONField(default=dict, blank=True)
+    undo = models.JSONField(default=dict, blank=True)
+    undone_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["ingestion", "-created_at"], name="op_by_ingestion")]
+        indexes = [
+            models.Index(fields=["ingestion", "-created_at"], name="op_by_ingestion"),
+            models.Index(fields=["retention", "retained_until"], name="op_retention"),
+        ]
         constraints = [
             # Like runs: the database refuses a second refresh in flight on one ingestion.
             models.UniqueConstraint(

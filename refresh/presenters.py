@@ -2,8 +2,15 @@
 
 from django.utils import timezone
 
-from .models import OperationKind, OperationStatus, RefreshOperation, StepName, StepStatus
-from .planning import Plan, public_impact
+from .models import (
+    OperationKind,
+    OperationStatus,
+    RefreshOperation,
+    Retention,
+    StepName,
+    StepStatus,
+)
+from .planning import Plan, public_estimate, public_impact
 
 ENDPOINT_BY_KIND = {
     OperationKind.FULL_REFRESH: ("POST", "full-refresh"),
@@ -45,6 +52,7 @@ def preview_payload(plan: Plan) -> dict:
         "timestamp": timezone.now(),
         "would_perform": plan.would_perform,
         "impact": plan.impact.as_response(),
+        "estimate": public_estimate(plan.as_record()),
         "warnings": plan.warnings,
         "notes": plan.notes,
         "next_steps": {
@@ -80,9 +88,13 @@ def operation_payload(operation: RefreshOperation) -> dict:
         "timestamp": operation.finished_at or operation.updated_at,
         "operations": [step_payload(step) for step in steps if step.status != StepStatus.PENDING],
         "impact": public_impact(operation.impact),
+        "estimate": public_estimate(operation.impact),
         "warnings": operation.warnings,
         "notes": operation.notes,
     }
+    body["retention"] = retention_payload(operation)
+    if operation.undo:
+        body["undo"] = operation.undo
     if operation.kind == OperationKind.DROP_TABLE and steps and steps[0].details:
         body["details"] = steps[0].details  # the PRD's drop-table shape
     staged = is_staged(operation)
@@ -114,6 +126,23 @@ def operation_payload(operation: RefreshOperation) -> dict:
     return body
 
 
+def retention_payload(operation: RefreshOperation) -> dict:
+    """What the operation keeps for undo, until when, and the call that undoes it."""
+    payload = {
+        "state": operation.retention,
+        "retain_days": operation.retain_days,
+        "retained_until": operation.retained_until,
+        "retained_bytes": operation.retained_bytes,
+    }
+    if operation.retention == Retention.KEPT:
+        base = f"/api/v1/refresh-operations/{operation.public_id}/undo"
+        payload["actions"] = {
+            "preview": f'POST {base} {{"dry_run": true}}',
+            "undo": f'POST {base} {{"confirm": true}}',
+        }
+    return payload
+
+
 def is_staged(operation: RefreshOperation) -> bool:
     """Whether the operation's run builds a new version to publish (zero-downtime mode)."""
     return operation.run_id is not None and bool(operation.run.stage_name)
@@ -141,6 +170,7 @@ STAGED_MESSAGES = {
     ),
     OperationStatus.DISCARDED: "Discarded: the table and its history are as they were",
     OperationStatus.CANCELLED: "Cancelled: nothing was published; the table is unchanged",
+    OperationStatus.UNDONE: "Undone: the table and its file history are back as they were before",
 }
 
 

@@ -6,10 +6,13 @@ saying what was done and the exact call that finishes the job.
 """
 
 import logging
+import threading
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from ingestions.engines import load_engine
@@ -20,7 +23,16 @@ from ingestions.errors import (
     RefreshInProgressError,
     RunInProgressError,
 )
-from ingestions.models import Ingestion, OnPartialFailure, PublishState, Run, RunStatus, RunTrigger
+from ingestions.models import (
+    ACTIVE_RUN_STATUSES,
+    Ingestion,
+    OnPartialFailure,
+    ProcessedFile,
+    PublishState,
+    Run,
+    RunStatus,
+    RunTrigger,
+)
 from ingestions.runs import (
     ingestion_lock,
     refuse_while_awaiting_decision,
@@ -29,7 +41,12 @@ from ingestions.runs import (
     staged_publish,
 )
 from ingestions.selectors import processed_file_summary, run_active
-from ingestions.services import history_delete
+from ingestions.services import (
+    history_archive,
+    history_mark,
+    history_purge_archived,
+    history_restore,
+)
 
 from . import audit
 from .errors import (
@@ -37,6 +54,7 @@ from .errors import (
     DryRunRequiredError,
     OperationNotDecidableError,
     OperationNotResumableError,
+    OperationNotUndoableError,
     PlanStaleError,
     TableProtectedError,
 )
@@ -48,6 +66,7 @@ from .models import (
     RefreshOperation,
     RefreshPlan,
     RefreshStep,
+    Retention,
     StepName,
     StepStatus,
 )
@@ -113,6 +132,7 @@ def refresh_execute(
     plan_id: str | None = None,
     mode: str | None = None,
     on_partial_failure: str = OnPartialFailure.DECIDE,
+    retain_days: int | None = None,
     engine=None,
 ) -> RefreshOperation:
     """Execute `kind` on `ingestion`: each step persisted as it ends; never raises mid-way.
@@ -125,6 +145,9 @@ def refresh_execute(
     A step that fails stops the sequence; the operation then ends `partial_failure` (or
     `failed` if nothing was done) with the failing step's error, and `refresh_resume`
     finishes it.
+
+    What the operation replaces is kept for `retain_days` (default: the ingestion's, then
+    `REFRESH_RETAIN_DAYS`; 0 keeps nothing) so that `refresh_undo` can bring it back.
 
     Raises:
         PermissionDeniedError: the actor's role does not allow `kind` (audited).
@@ -157,6 +180,9 @@ def refresh_execute(
             "plan_id": plan_id,
             "mode": mode,
             "on_partial_failure": OnPartialFailure(on_partial_failure).value,
+            "retain_days": effective_retain_days(
+                ingestion=ingestion, retain_days=retain_days, engine=engine
+            ),
         }
         operation = _start(ingestion=ingestion, kind=kind, actor=actor, plan=plan, request=request)
     _run_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
@@ -262,6 +288,7 @@ def _start(
                     warnings=plan.warnings,
                     notes=plan.notes,
                     plan=plan_record,
+                    retain_days=request["retain_days"],
                 )
         except IntegrityError:
             raise _in_flight_error(ingestion) from None
@@ -297,11 +324,13 @@ def _in_flight_error(ingestion: Ingestion) -> RefreshInProgressError:
 
 
 def _expire_interrupted(ingestion: Ingestion) -> None:
-    """An operation left in progress by a process that died becomes resumable."""
+    """An operation left in progress by a process that died becomes resumable (unless the
+    worker's reaper finished it first, `refresh_reap`); an interrupted undo is left for the
+    reaper or a retried undo to finish."""
     stale_before = timezone.now() - timedelta(seconds=settings.REFRESH_STALE_SECONDS)
     for operation in RefreshOperation.objects.filter(
         ingestion=ingestion, status=OperationStatus.IN_PROGRESS, updated_at__lt=stale_before
-    ):
+    ).exclude(retention=Retention.RESTORING):
         operation.steps.filter(status=StepStatus.PENDING, started_at__isnull=False).update(
             status=StepStatus.FAILED,
             error="Interrupted: the process executing this step stopped.",
@@ -361,12 +390,49 @@ def effective_mode(*, kind: str, mode: str | None, auto_run: bool, engine) -> st
     return RefreshMode(mode or settings.REFRESH_DEFAULT_MODE).value
 
 
+def effective_retain_days(*, ingestion: Ingestion, retain_days: int | None, engine) -> int:
+    """Days an operation keeps what it replaces: the request's, else the ingestion's, else
+    the setting's; 0 when the engine cannot keep a table version."""
+    if not engine.can_retain:
+        return 0
+    for days in (retain_days, ingestion.retain_days, settings.REFRESH_RETAIN_DAYS):
+        if days is not None:
+            return max(0, min(int(days), settings.REFRESH_MAX_RETAIN_DAYS))
+    return 0
+
+
 def _run_steps(operation: RefreshOperation, *, ingestion: Ingestion, actor, engine) -> None:
+    started = timezone.now()
+    with _Heartbeat(operation):
+        try:
+            engine = engine or load_engine(ingestion.engine)
+            _keep_restore_point(operation, ingestion=ingestion, engine=engine)
+        except Exception as exc:  # nothing was changed yet: the first step fails with it
+            _fail_first_pending_step(operation, exc)
+        else:
+            _run_remaining_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
+    _finish(operation, actor=actor, started=started)
+
+
+def _fail_first_pending_step(operation: RefreshOperation, exc: Exception) -> None:
+    step = operation.steps.exclude(status__in=[StepStatus.SUCCESS, StepStatus.SKIPPED]).first()
+    if step is not None:
+        step.status = StepStatus.FAILED
+        step.error_code = _step_error_code("", exc)
+        step.error = str(exc) or type(exc).__name__
+        step.started_at = step.finished_at = timezone.now()
+        step.save()
+    if not isinstance(exc, AutoloaderError):
+        logger.exception("refresh %s could not keep a restore point", operation.public_id)
+
+
+def _run_remaining_steps(
+    operation: RefreshOperation, *, ingestion: Ingestion, actor, engine
+) -> None:
     auto_run = operation.request.get("auto_run", True)
     actions = (
         STAGED_STEP_ACTIONS if operation.request.get("mode") == RefreshMode.ATOMIC else STEP_ACTIONS
     )
-    started = timezone.now()
     for step in operation.steps.exclude(status__in=[StepStatus.SUCCESS, StepStatus.SKIPPED]):
         step.started_at = timezone.now()
         step.error = step.error_code = ""
@@ -376,7 +442,6 @@ def _run_steps(operation: RefreshOperation, *, ingestion: Ingestion, actor, engi
         else:
             step.save(update_fields=["started_at", "error", "error_code"])
             try:
-                engine = engine or load_engine(ingestion.engine)
                 step.details = actions[step.name](
                     ingestion=ingestion, operation=operation, actor=actor, engine=engine
                 )
@@ -391,7 +456,85 @@ def _run_steps(operation: RefreshOperation, *, ingestion: Ingestion, actor, engi
         step.save()
         if step.status == StepStatus.FAILED:
             break
-    _finish(operation, actor=actor, started=started)
+
+
+class _Heartbeat:
+    """Keeps an operation's `updated_at` fresh from a thread while its process works on it,
+    so the worker's reaper (`refresh_reap`) can tell a long step from a dead process."""
+
+    def __init__(self, operation: RefreshOperation):
+        self.pk = operation.pk
+        self._stop = threading.Event()
+        self._interval = max(0.2, settings.REFRESH_STALE_SECONDS / 6)
+        self._thread = threading.Thread(target=self._loop, name="refresh-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    RefreshOperation.objects.filter(
+                        pk=self.pk, status=OperationStatus.IN_PROGRESS
+                    ).update(updated_at=timezone.now())
+                except Exception:  # a locked or restarting database: try again next beat
+                    logger.warning("heartbeat of refresh %s failed", self.pk, exc_info=True)
+        finally:
+            connection.close()
+
+
+def refresh_reap() -> list[str]:
+    """Finish what a dead process left half-done; the worker's reaper calls it.
+
+    An operation in progress whose heartbeat stopped for REFRESH_STALE_SECONDS (its web
+    process was killed) has its remaining steps executed (every step is idempotent), so a
+    table is never left dropped with nothing running and the ingestion is not left locked;
+    an interrupted undo is finished the same way.
+
+    Returns:
+        The ids of the operations finished.
+    """
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=settings.REFRESH_STALE_SECONDS)
+    finished: list[str] = []
+    stale = RefreshOperation.objects.filter(
+        status=OperationStatus.IN_PROGRESS, updated_at__lt=stale_before
+    ).select_related("ingestion", "requested_by")
+    for operation in stale:
+        # Claimed by one reaper: the others see a fresh heartbeat.
+        claimed = RefreshOperation.objects.filter(
+            pk=operation.pk, status=OperationStatus.IN_PROGRESS, updated_at=operation.updated_at
+        ).update(updated_at=now)
+        if not claimed or operation.ingestion is None:
+            continue
+        logger.warning("refresh %s was interrupted: the reaper finishes it", operation.public_id)
+        try:
+            if operation.retention == Retention.RESTORING:
+                with _Heartbeat(operation):
+                    _undo_finish(operation, ingestion=operation.ingestion, actor=None)
+            else:
+                operation.notes = [
+                    *operation.notes,
+                    "Interrupted (its process stopped); finished by the worker",
+                ]
+                operation.save(update_fields=["notes", "updated_at"])
+                _run_steps(
+                    operation,
+                    ingestion=operation.ingestion,
+                    actor=operation.requested_by,
+                    engine=None,
+                )
+        except Exception:  # retried at the next pass; the operation says where it stands
+            logger.exception("the reaper could not finish refresh %s", operation.public_id)
+            continue
+        finished.append(operation.public_id)
+    return finished
 
 
 def _finish(
@@ -445,10 +588,24 @@ def _step_error_code(step_name: str, exc: Exception) -> str:
 # --- the steps -------------------------------------------------------------------------
 
 
-def _drop_table(*, ingestion: Ingestion, engine, **_) -> dict:
+def _drop_table(*, ingestion: Ingestion, operation: RefreshOperation, engine, **_) -> dict:
     info = engine.describe_table(ingestion.table_identifier)
-    existed = engine.drop_table(ingestion.table_identifier)
-    details = {"table_name": ingestion.destination_table, "table_existed": existed}
+    details = {"table_name": ingestion.destination_table}
+    kept = operation.restore_point.get("table")
+    if operation.retention == Retention.KEPT and kept is None:
+        # Set aside, not purged: undo renames it back; retention purges it later.
+        point = engine.retire(ingestion.table_identifier, name=restore_point_name(operation))
+        operation.restore_point = {**operation.restore_point, "table": point}
+        operation.retained_bytes = point["size_bytes"]
+        operation.save(update_fields=["restore_point", "retained_bytes", "updated_at"])
+        existed = point["kind"] == "retired"
+        if existed:
+            details["kept_for_undo"] = True
+    else:
+        # Not kept (retain_days 0), or the table was set aside by an earlier attempt and
+        # what is live now was loaded since: the refresh reloads it.
+        existed = engine.drop_table(ingestion.table_identifier)
+    details["table_existed"] = existed
     if existed:
         details.update(table_size_gb=gigabytes(info.size_bytes), row_count=info.row_count)
     return details
@@ -456,10 +613,9 @@ def _drop_table(*, ingestion: Ingestion, engine, **_) -> dict:
 
 def _clear_history(*, ingestion: Ingestion, **_) -> dict:
     summary = processed_file_summary(ingestion=ingestion)
-    with transaction.atomic():
-        cleared = history_delete(ingestion=ingestion)
+    history_archive(ingestion=ingestion)  # one UPDATE: the rows are archived, not deleted
     return {
-        "files_cleared": cleared,
+        "files_cleared": summary["count"],
         "oldest_file": summary["oldest"],
         "newest_file": summary["newest"],
     }
@@ -467,14 +623,22 @@ def _clear_history(*, ingestion: Ingestion, **_) -> dict:
 
 def _trigger_run(*, ingestion: Ingestion, operation: RefreshOperation, actor, engine) -> dict:
     engine.ping()  # the run would fail at once on an unreachable engine: say so now
-    run = run_request(
-        ingestion=ingestion,
-        actor=actor,
-        trigger=RUN_TRIGGER_BY_KIND.get(operation.kind, RunTrigger.API),
-        for_refresh_operation=True,
+    trigger = RUN_TRIGGER_BY_KIND.get(operation.kind, RunTrigger.API)
+    run = _run_of_interrupted_step(operation, ingestion=ingestion, trigger=trigger) or run_request(
+        ingestion=ingestion, actor=actor, trigger=trigger, for_refresh_operation=True
     )
     operation.run = run
     return {"run_id": run.public_id, "run_url": f"/api/v1/runs/{run.public_id}"}
+
+
+def _run_of_interrupted_step(operation: RefreshOperation, *, ingestion: Ingestion, trigger: str):
+    """The run an earlier attempt of this step queued before its process died, if any."""
+    return Run.objects.filter(
+        ingestion=ingestion,
+        trigger=trigger,
+        status__in=ACTIVE_RUN_STATUSES,
+        created_at__gte=operation.created_at,
+    ).first()
 
 
 STEP_ACTIONS = {
@@ -515,7 +679,9 @@ def _trigger_staged_run(
     *, ingestion: Ingestion, operation: RefreshOperation, actor, engine
 ) -> dict:
     engine.ping()
-    run = run_request(
+    run = Run.objects.filter(
+        ingestion=ingestion, stage_name=stage_name_for(operation)
+    ).first() or run_request(  # the run of an attempt that died before recording it
         ingestion=ingestion,
         actor=actor,
         trigger=RUN_TRIGGER_BY_KIND[operation.kind],
@@ -563,7 +729,7 @@ def operation_sync(*, operation: RefreshOperation) -> RefreshOperation:
     they are. Cheap when nothing changed: callers use it on every read.
     """
     run = operation.run
-    if run is None or not run.stage_name or operation.status in FINAL_STATUSES:
+    if run is None or not run.stage_name or operation.status not in FOLLOWS_ITS_RUN:
         return operation
     run.refresh_from_db(fields=["status", "publish_state", "error", "finished_at"])
     if run.status == RunStatus.FAILED:
@@ -588,15 +754,9 @@ def operation_sync(*, operation: RefreshOperation) -> RefreshOperation:
     return operation
 
 
-# An operation in one of these states changes no more (but for undo, later).
-FINAL_STATUSES = (
-    OperationStatus.PUBLISHED,
-    OperationStatus.DISCARDED,
-    OperationStatus.CANCELLED,
-    OperationStatus.FAILED,
-    OperationStatus.PARTIAL_FAILURE,
-    OperationStatus.SUCCESS,
-)
+# The statuses in which a zero-downtime operation follows its run (the others are final,
+# or an undo's or a step's in progress).
+FOLLOWS_ITS_RUN = (OperationStatus.ACCEPTED, OperationStatus.AWAITING_DECISION)
 
 
 def refresh_decide(
@@ -636,6 +796,337 @@ def refresh_decide(
     operation = operation_sync(operation=operation)
     audit.record_decision(operation, actor=actor, published=publish)
     return operation
+
+
+# --- undo and retention ----------------------------------------------------------------
+
+# Kinds whose table stays where it is and is tagged (a staged refresh replaces it at
+# publish; a history clear leaves it); the others set the table aside when they drop it.
+TAGGED = "tagged"
+# Operations that changed nothing: what they kept is released at once.
+NOTHING_CHANGED = (OperationStatus.FAILED, OperationStatus.DISCARDED, OperationStatus.CANCELLED)
+
+
+def restore_point_name(operation: RefreshOperation) -> str:
+    """The tag (or set-aside table suffix) holding what `operation` replaced."""
+    return "autoloader_undo_" + operation.public_id.replace("-", "_")
+
+
+def _keeps_table_by_tag(operation: RefreshOperation) -> bool:
+    return operation.kind == OperationKind.CLEAR_PROCESSED_FILES or (
+        operation.request.get("mode") == RefreshMode.ATOMIC
+    )
+
+
+def _keep_restore_point(operation: RefreshOperation, *, ingestion: Ingestion, engine) -> None:
+    """Before the first change: record where the history stands and hold the table's
+    version, so that undo brings both back. Kinds that drop the table set it aside in
+    their drop step instead (`_drop_table`)."""
+    if operation.retain_days == 0 or operation.retention != Retention.NONE:
+        return
+    point = {
+        "table_identifier": ingestion.table_identifier,
+        "engine": ingestion.engine,
+        "history": history_mark(ingestion=ingestion),
+    }
+    if _keeps_table_by_tag(operation):
+        name = restore_point_name(operation)
+        point["table"] = engine.retain(ingestion.table_identifier, name=name)
+        if operation.kind != OperationKind.CLEAR_PROCESSED_FILES:
+            # Replaced at publish: its files are held only by the tag from then on.
+            operation.retained_bytes = point["table"]["size_bytes"]
+    operation.restore_point = point
+    operation.retention = Retention.KEPT
+    operation.retained_until = timezone.now() + timedelta(days=operation.retain_days)
+    operation.save(
+        update_fields=[
+            "restore_point",
+            "retention",
+            "retained_until",
+            "retained_bytes",
+            "updated_at",
+        ]
+    )
+
+
+@dataclass
+class UndoPlan:
+    """What undoing an operation would bring back and what it would lose."""
+
+    operation: RefreshOperation
+    blocked_by: AutoloaderError | None
+    restores: dict
+    discards: dict
+
+    def as_response(self) -> dict:
+        return {
+            "operation_id": self.operation.public_id,
+            "undoable": self.blocked_by is None,
+            "blocked_by": None
+            if self.blocked_by is None
+            else {"error_code": self.blocked_by.error_code, "detail": str(self.blocked_by)},
+            "restores": self.restores,
+            "discards": self.discards,
+            "retained_until": self.operation.retained_until.isoformat()
+            if self.operation.retained_until
+            else None,
+            "retained_bytes": self.operation.retained_bytes,
+        }
+
+
+def undo_preview(*, operation: RefreshOperation, actor, engine=None) -> UndoPlan:
+    """Dry-run of `refresh_undo`: what comes back, what is lost, and what blocks it.
+
+    Raises:
+        PermissionDeniedError: the actor cannot view the ingestion.
+        OperationNotUndoableError: its ingestion was deleted.
+    """
+    ingestion = operation.ingestion
+    if ingestion is None:
+        raise OperationNotUndoableError("The ingestion of this operation was deleted.")
+    _require(actor, PREVIEW_PERMISSION, ingestion, kind=operation.kind)
+    operation = operation_sync(operation=operation)
+    blocked_by = _undo_blocker(operation, ingestion=ingestion)
+    point = operation.restore_point
+    restores, discards = {}, {}
+    if point:
+        engine = engine or load_engine(ingestion.engine)
+        table = point.get("table", {"kind": "unchanged"})
+        mark = point["history"]
+        restores = {
+            "table_exists": table["kind"] in ("snapshot", "retired")
+            or (table["kind"] == "unchanged" and engine.table_exists(ingestion.table_identifier)),
+            "row_count": table.get("row_count"),
+            "size_gb": gigabytes(table["size_bytes"]) if "size_bytes" in table else None,
+            "history_files": ProcessedFile.all_generations.filter(
+                ingestion=ingestion, generation=mark["generation"], pk__lte=mark["last_id"]
+            ).count(),
+        }
+        current = engine.describe_table(ingestion.table_identifier)
+        runs_since = list(
+            Run.objects.filter(ingestion=ingestion, created_at__gt=operation.created_at)
+            .exclude(pk=operation.run_id)
+            .order_by("created_at")
+        )
+        discards = {
+            "table_exists": current.exists,
+            "row_count": current.row_count,
+            "size_gb": gigabytes(current.size_bytes),
+            "history_files": ingestion.processed_files.count(),
+            "runs_since": [run.public_id for run in runs_since],
+            "rows_loaded_since": sum(run.rows_written for run in runs_since),
+        }
+    return UndoPlan(
+        operation=operation, blocked_by=blocked_by, restores=restores, discards=discards
+    )
+
+
+def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=None):
+    """Undo an operation: the table and the processed-file history are back as they were
+    before it, so the next run loads exactly what it would have loaded then.
+
+    Rows loaded since (by the operation's run or later runs) are lost; `undo_preview`
+    says how many. Idempotent: an undone operation is returned as it is. An undo
+    interrupted half-way is finished by the next call (or by the worker's reaper).
+
+    Raises:
+        PermissionDeniedError: the actor's role does not allow the operation's kind.
+        ConfirmationRequiredError: `confirm` is not exactly True.
+        TableProtectedError: the ingestion is protected.
+        OperationNotUndoableError: nothing was kept, the window ended, or a later
+            operation must be undone first (the message says which).
+        RunInProgressError, RefreshInProgressError: the ingestion is busy.
+        RateLimitedError: the actor used up the rate of undos.
+        EngineError: the table could not be restored (the undo can be retried).
+    """
+    ingestion = operation.ingestion
+    if ingestion is None:
+        raise OperationNotUndoableError("The ingestion of this operation was deleted.")
+    kind = OperationKind(operation.kind)
+    _require(actor, PERMISSION_BY_KIND[kind], ingestion, kind=kind)
+    if confirm is not True:
+        raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
+    operation = operation_sync(operation=operation)
+    if operation.status == OperationStatus.UNDONE:
+        return operation
+    if ingestion.protected:
+        audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
+        raise TableProtectedError(f"Ingestion {ingestion.public_id} is protected: undo is refused.")
+    with rate_limit_slot(user=actor, kind="undo"), transaction.atomic():
+        ingestion_lock(ingestion)
+        operation.refresh_from_db()
+        if operation.retention != Retention.RESTORING:
+            blocker = _undo_blocker(operation, ingestion=ingestion)
+            if blocker is not None:
+                raise blocker
+            _refuse_if_busy(ingestion)
+            operation.undo = {
+                "requested_by": getattr(_user(actor), "username", None),
+                "started_at": timezone.now().isoformat(),
+                "previous_status": operation.status,
+            }
+            operation.retention = Retention.RESTORING
+            operation.status = OperationStatus.IN_PROGRESS  # runs and refreshes wait for it
+            try:
+                operation.save(update_fields=["undo", "retention", "status", "updated_at"])
+            except IntegrityError:
+                raise _in_flight_error(ingestion) from None
+    return _undo_finish(operation, ingestion=ingestion, actor=actor, engine=engine)
+
+
+def _undo_finish(operation: RefreshOperation, *, ingestion: Ingestion, actor, engine=None):
+    """Restore the table, then the history with the operation's new status, in that order:
+    both steps are idempotent, so an interrupted undo is finished by running this again."""
+    engine = engine or load_engine(ingestion.engine)
+    point = operation.restore_point
+    current = engine.describe_table(ingestion.table_identifier)
+    discarded = {
+        "table_existed": current.exists,
+        "row_count": current.row_count,
+        "size_gb": gigabytes(current.size_bytes),
+        "history_files": ingestion.processed_files.count(),
+    }
+    started = timezone.now()
+    if "table" in point:
+        engine.restore(ingestion.table_identifier, point["table"])
+    with transaction.atomic():
+        removed = history_restore(ingestion=ingestion, mark=point["history"])
+        restored = engine.describe_table(ingestion.table_identifier)
+        operation.undo = {
+            **operation.undo,
+            "finished_at": timezone.now().isoformat(),
+            "duration_seconds": round((timezone.now() - started).total_seconds(), 3),
+            "restored": {
+                "table_exists": restored.exists,
+                "row_count": restored.row_count,
+                "size_gb": gigabytes(restored.size_bytes),
+                "history_files": ingestion.processed_files.count(),
+            },
+            "discarded": {**operation.undo.get("discarded", discarded), "history_rows": removed},
+        }
+        operation.status = OperationStatus.UNDONE
+        operation.retention = Retention.RESTORED
+        operation.retained_bytes = 0
+        operation.undone_at = timezone.now()
+        operation.save(
+            update_fields=[
+                "undo",
+                "status",
+                "retention",
+                "retained_bytes",
+                "undone_at",
+                "updated_at",
+            ]
+        )
+    audit.record_undo(operation, actor=actor)
+    logger.info("refresh %s was undone", operation.public_id)
+    return operation
+
+
+def _undo_blocker(
+    operation: RefreshOperation, *, ingestion: Ingestion
+) -> OperationNotUndoableError | None:
+    """Why `operation` cannot be undone now, or None."""
+    name = operation.public_id
+    if operation.status == OperationStatus.UNDONE:
+        return OperationNotUndoableError(f"Operation {name} was undone already.")
+    if operation.status in NOTHING_CHANGED:
+        return OperationNotUndoableError(
+            f"Operation {name} is {operation.status}: it changed nothing, there is nothing to undo."
+        )
+    if operation.status == OperationStatus.AWAITING_DECISION:
+        return OperationNotUndoableError(
+            f"Operation {name} waits for a decision: publish or discard it first."
+        )
+    staged_loading = operation.status == OperationStatus.ACCEPTED and (
+        operation.request.get("mode") == RefreshMode.ATOMIC
+    )
+    if operation.status == OperationStatus.IN_PROGRESS or staged_loading:
+        return OperationNotUndoableError(
+            f"Operation {name} is still in progress: undo it once it has ended."
+        )
+    if operation.retention == Retention.EXPIRED or (
+        operation.retention == Retention.KEPT
+        and operation.retained_until is not None
+        and operation.retained_until <= timezone.now()
+    ):
+        return OperationNotUndoableError(
+            f"The retention of operation {name} ended on "
+            f"{operation.retained_until:%Y-%m-%d %H:%M} UTC: what it replaced was purged."
+        )
+    if operation.retention != Retention.KEPT:
+        return OperationNotUndoableError(
+            f"Operation {name} kept nothing to undo with (retain_days was {operation.retain_days})."
+        )
+    later = (
+        RefreshOperation.objects.filter(ingestion=ingestion, created_at__gt=operation.created_at)
+        .exclude(status__in=[OperationStatus.UNDONE, *NOTHING_CHANGED])
+        .order_by("-created_at")
+        .first()
+    )
+    if later is not None:
+        return OperationNotUndoableError(
+            f"Operation {later.public_id} ({OperationKind(later.kind).label.lower()}) changed "
+            f"the table after {name}: undo it first."
+        )
+    return None
+
+
+def retention_expire(*, now=None) -> list[str]:
+    """Release what operations kept once their window ended (or at once when they changed
+    nothing): set-aside tables purged, tags removed, the snapshots and files only they held
+    deleted, archived history no operation can restore any more deleted. The worker's reaper
+    calls it; idempotent.
+
+    Returns:
+        The ids of the operations whose retention ended.
+    """
+    now = now or timezone.now()
+    due = RefreshOperation.objects.filter(retention=Retention.KEPT).filter(
+        Q(retained_until__lte=now) | Q(status__in=NOTHING_CHANGED)
+    )
+    expired: list[str] = []
+    for operation in due.select_related("ingestion"):
+        point = operation.restore_point
+        table_point = point.get("table")
+        try:
+            if table_point is not None:
+                engine = load_engine(point["engine"])
+                replaced = (
+                    operation.kind in STAGED_KINDS and operation.status not in NOTHING_CHANGED
+                )
+                freed = engine.release(
+                    point["table_identifier"],
+                    table_point,
+                    expire_before=operation.created_at if replaced else None,
+                )
+                point = {**point, "released": {"at": now.isoformat(), "bytes_freed": freed}}
+        except AutoloaderError:
+            logger.warning("could not release what %s kept", operation.public_id, exc_info=True)
+            continue
+        RefreshOperation.objects.filter(pk=operation.pk, retention=Retention.KEPT).update(
+            retention=Retention.EXPIRED, retained_bytes=0, restore_point=point
+        )
+        expired.append(operation.public_id)
+    # Only ingestions holding archived rows: one query, however many ingestions there are.
+    with_archive = Ingestion.objects.filter(
+        processed_files__generation__lt=F("history_generation")
+    ).distinct()
+    for ingestion in with_archive.only("pk", "history_generation"):
+        _purge_archived_history(ingestion)
+    if expired:
+        logger.info("retention ended for %s", ", ".join(expired))
+    return expired
+
+
+def _purge_archived_history(ingestion: Ingestion) -> int:
+    """Delete archived history generations that no kept operation can restore."""
+    kept = RefreshOperation.objects.filter(
+        ingestion=ingestion, retention__in=[Retention.KEPT, Retention.RESTORING]
+    ).values_list("restore_point", flat=True)
+    generations = [point["history"]["generation"] for point in kept if point.get("history")]
+    keep_from = min([*generations, ingestion.history_generation])
+    return history_purge_archived(ingestion=ingestion, keep_from=keep_from)
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -42,6 +42,11 @@ urlpatterns = [
         name="api-operation-discard",
     ),
     path(
+        "refresh-operations/<str:operation_id>/undo",
+        api.OperationUndoApi.as_view(),
+        name="api-operation-undo",
+    ),
+    path(
         "refresh-operations/<str:operation_id>/resume",
         api.OperationResumeApi.as_view(),
         name="api-operation-resume",

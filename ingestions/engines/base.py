@@ -96,6 +96,8 @@ class Engine(ABC):
     name: str
     # Whether `stage_begin` / `stage_publish` work: zero-downtime refreshes need them.
     can_stage: bool = False
+    # Whether `retain` / `retire` / `restore` / `release` work: undo needs them.
+    can_retain: bool = False
 
     @abstractmethod
     def ping(self) -> None:
@@ -218,6 +220,60 @@ class Engine(ABC):
     def stage_discard(self, stage: Stage) -> None:
         """Throw the staged version away; the live table is untouched; idempotent."""
         return  # nothing was staged by an engine that cannot stage
+
+    # --- restore points: what an operation keeps so that it can be undone -------------
+    #
+    # A restore point is a JSON-able dict with a "kind": "snapshot" (the table's current
+    # snapshot, held by a tag), "retired" (the whole table, renamed aside instead of
+    # dropped) or "absent" (there was no table); plus "row_count" and "size_bytes".
+
+    def retain(self, table_name: str, *, name: str) -> dict:
+        """Hold the table's current version so that `restore` can bring it back.
+
+        Args:
+            table_name: "namespace.table".
+            name: Lowercase letters, digits and "_": the tag holding the version.
+
+        Raises:
+            EngineError: the engine cannot keep restore points.
+        """
+        from ingestions.errors import EngineError
+
+        raise EngineError(f"The {self.name} engine cannot keep a table version for undo.")
+
+    def retire(self, table_name: str, *, name: str) -> dict:
+        """Take the table out of the way instead of dropping it: readers see no table, and
+        `restore` can put it back; idempotent.
+
+        Raises:
+            EngineError: the engine cannot keep restore points.
+        """
+        from ingestions.errors import EngineError
+
+        raise EngineError(f"The {self.name} engine cannot keep a dropped table for undo.")
+
+    def restore(self, table_name: str, point: dict) -> None:
+        """Make the table what `point` recorded, whatever was written since; idempotent.
+
+        Raises:
+            EngineError: the point can no longer be restored (e.g. its table was purged).
+        """
+        from ingestions.errors import EngineError
+
+        raise EngineError(f"The {self.name} engine cannot restore a table version.")
+
+    def release(self, table_name: str, point: dict, *, expire_before: datetime | None) -> int:
+        """Let go of what `point` holds; idempotent.
+
+        Args:
+            expire_before: Also expire the table's snapshots committed before this time
+                (unless another tag or branch holds them) and delete the files only they
+                referenced. None: only the point itself is released.
+
+        Returns:
+            The bytes of data files deleted.
+        """
+        return 0
 
     def source_file_rows(self, table_name: str) -> dict[str, int]:
         """Count the table's rows per `_source_file` (the lineage column every load writes).

@@ -17,7 +17,14 @@ from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException, schema_to_pyar
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
-from ingestions.engines.base import Engine, SnapshotInfo, Stage, TableInfo, validate_table_name
+from ingestions.engines.base import (
+    MAX_PHYSICAL_NAME_PART_LENGTH,
+    Engine,
+    SnapshotInfo,
+    Stage,
+    TableInfo,
+    validate_table_name,
+)
 from ingestions.errors import (
     AutoloaderError,
     EngineError,
@@ -67,6 +74,7 @@ class IcebergEngine(Engine):
 
     name = "iceberg"
     can_stage = True
+    can_retain = True
 
     def __init__(
         self,
@@ -234,6 +242,95 @@ class IcebergEngine(Engine):
                 with table.manage_snapshots() as snapshots:
                     snapshots.remove_branch(stage.branch)
 
+    def retain(self, table_name: str, *, name: str) -> dict:
+        table = self._load_table(table_name)
+        snapshot = table.current_snapshot() if table is not None else None
+        if snapshot is None:
+            return {"kind": "absent", "row_count": 0, "size_bytes": 0}
+        with (
+            self._errors(f"keep the current version of {table_name}"),
+            table.manage_snapshots() as snapshots,
+        ):
+            if name in table.metadata.refs:
+                snapshots.remove_tag(name)  # an earlier attempt's: the table is unchanged
+            snapshots.create_tag(snapshot.snapshot_id, name)
+        summary = snapshot.summary or {}
+        return {
+            "kind": "snapshot",
+            "tag": name,
+            "snapshot_id": snapshot.snapshot_id,
+            "row_count": _summary_int(summary, "total-records"),
+            "size_bytes": _summary_int(summary, "total-files-size"),
+        }
+
+    def retire(self, table_name: str, *, name: str) -> dict:
+        validate_table_name(table_name)
+        retired = _retired_name(table_name, name)
+        with self._errors(f"set {table_name} aside"):
+            catalog = self._catalog()
+            if catalog.table_exists(table_name):
+                catalog.rename_table(table_name, retired)
+            elif not catalog.table_exists(retired):
+                return {"kind": "absent", "row_count": 0, "size_bytes": 0}
+        info = self.describe_table(retired)  # a retry after the rename finds it there
+        return {
+            "kind": "retired",
+            "table": retired,
+            "row_count": info.row_count,
+            "size_bytes": info.size_bytes,
+        }
+
+    def restore(self, table_name: str, point: dict) -> None:
+        validate_table_name(table_name)
+        with self._errors(f"restore {table_name}"):
+            catalog = self._catalog()
+            if point["kind"] == "snapshot":
+                table = self._load_table(table_name)
+                if table is None:
+                    raise EngineError(f"{table_name} no longer exists: its version is gone.")
+                target = point["snapshot_id"]
+                if table.metadata.snapshot_by_id(target) is None:
+                    raise EngineError(f"Snapshot {target} of {table_name} was expired.")
+                current = table.current_snapshot()
+                # One commit: readers see the rows of now, then the restored ones.
+                with table.manage_snapshots() as snapshots:
+                    if current is None or current.snapshot_id != target:
+                        snapshots.set_current_snapshot(target)
+                    if point["tag"] in table.metadata.refs:
+                        snapshots.remove_tag(point["tag"])
+                # The version undone is no one's any more: its snapshots and files go now.
+                _expire_unreachable(catalog.load_table(table_name))
+                return
+            if point["kind"] == "retired" and not catalog.table_exists(point["table"]):
+                if catalog.table_exists(table_name):
+                    return  # restored already (a retried undo)
+                raise EngineError(f"The dropped {table_name} was purged: it cannot come back.")
+            if catalog.table_exists(table_name):
+                catalog.purge_table(table_name)  # what was written since the operation
+            if point["kind"] == "retired":
+                catalog.rename_table(point["table"], table_name)
+
+    def release(self, table_name: str, point: dict, *, expire_before: datetime | None) -> int:
+        validate_table_name(table_name)
+        with self._errors(f"release the kept version of {table_name}"):
+            catalog = self._catalog()
+            if point["kind"] == "retired":
+                if not catalog.table_exists(point["table"]):
+                    return 0
+                size = self.describe_table(point["table"]).size_bytes
+                catalog.purge_table(point["table"])
+                return size
+            table = self._load_table(table_name)
+            if table is None or point["kind"] != "snapshot":
+                return 0
+            if point["tag"] in table.metadata.refs:
+                with table.manage_snapshots() as snapshots:
+                    snapshots.remove_tag(point["tag"])
+                table = catalog.load_table(table_name)
+            if expire_before is None:
+                return 0
+            return _expire_snapshots(table, before=expire_before)
+
     def source_file_rows(self, table_name: str) -> dict[str, int]:
         table = self._load_table(table_name)
         if table is None or "_source_file" not in table.schema().column_names:
@@ -319,6 +416,81 @@ class IcebergEngine(Engine):
             raise SchemaMismatchError(f"Could not {action}: {_reason(exc)}") from exc
         except _ENGINE_FAILURES as exc:
             raise EngineError(f"Iceberg could not {action}: {_reason(exc)}") from exc
+
+
+def _retired_name(table_name: str, name: str) -> str:
+    namespace, table = table_name.split(".")
+    return f"{namespace}.{table}__{name}"[: len(namespace) + 1 + MAX_PHYSICAL_NAME_PART_LENGTH]
+
+
+def _expire_snapshots(table: Table, *, before: datetime) -> int:
+    """Expire the snapshots committed before `before` that no tag or branch holds, then
+    delete the files that only they referenced.
+
+    Returns:
+        The bytes of data files deleted.
+    """
+    held = {ref.snapshot_id for ref in table.metadata.refs.values()}
+    cutoff = int(before.timestamp() * 1000)
+    return _expire_and_delete(
+        table,
+        [
+            snapshot.snapshot_id
+            for snapshot in table.metadata.snapshots
+            if snapshot.timestamp_ms < cutoff and snapshot.snapshot_id not in held
+        ],
+    )
+
+
+def _expire_unreachable(table: Table) -> int:
+    """Expire the snapshots that are in the history of no tag or branch (a version undone),
+    then delete the files that only they referenced."""
+    parents = {
+        snapshot.snapshot_id: snapshot.parent_snapshot_id for snapshot in table.metadata.snapshots
+    }
+    reachable: set[int] = set()
+    for ref in table.metadata.refs.values():
+        snapshot_id = ref.snapshot_id
+        while snapshot_id is not None and snapshot_id not in reachable:
+            reachable.add(snapshot_id)
+            snapshot_id = parents.get(snapshot_id)
+    return _expire_and_delete(table, [sid for sid in parents if sid not in reachable])
+
+
+def _expire_and_delete(table: Table, expired: list[int]) -> int:
+    """Expire `expired` (pyiceberg does it in the metadata only), then delete the files no
+    remaining snapshot references."""
+    if not expired:
+        return 0
+    io = table.io
+    reachable_before = _reachable_files(table.metadata.snapshots, io)
+    table.maintenance.expire_snapshots().by_ids(expired).commit()
+    table.refresh()
+    reachable_after = _reachable_files(table.metadata.snapshots, io)
+    freed = 0
+    for path, size in reachable_before.items():
+        if path not in reachable_after:
+            try:
+                io.delete(path)
+            except OSError:
+                continue  # gone already (a retried expiry)
+            freed += size
+    return freed
+
+
+def _reachable_files(snapshots, io) -> dict[str, int]:
+    """Every manifest list, manifest and live data file of the snapshots, with data sizes."""
+    files: dict[str, int] = {}
+    for snapshot in snapshots:
+        files[snapshot.manifest_list] = 0
+        for manifest in snapshot.manifests(io):
+            if manifest.manifest_path in files:
+                continue  # shared with a snapshot read already
+            files[manifest.manifest_path] = 0
+            # Live entries only: a file a retained snapshot deleted is no longer its own.
+            for entry in manifest.fetch_manifest_entry(io, discard_deleted=True):
+                files[entry.data_file.file_path] = entry.data_file.file_size_in_bytes
+    return files
 
 
 def _open_catalog(name: str, **properties: str) -> SqlCatalog:

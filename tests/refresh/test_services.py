@@ -261,7 +261,8 @@ def test_an_interrupted_operation_is_expired_and_resumable(settings, loaded, adm
 
 
 def test_drop_failure_stops_everything_with_the_prd_error_code(loaded, admin_user):
-    engine = FaultingEngine({"drop_table": EngineError("metadata locked")})
+    locked = EngineError("metadata locked")
+    engine = FaultingEngine({"drop_table": locked, "retire": locked})
     operation = refresh_execute(
         ingestion=loaded,
         kind="full_refresh",
@@ -285,7 +286,8 @@ def test_drop_failure_stops_everything_with_the_prd_error_code(loaded, admin_use
 
 
 def test_engine_unreachable_on_drop_is_cluster_unavailable(loaded, admin_user):
-    engine = FaultingEngine({"drop_table": EngineUnavailableError("catalog down")})
+    down = EngineUnavailableError("catalog down")
+    engine = FaultingEngine({"drop_table": down, "retire": down})
     operation = refresh_execute(
         ingestion=loaded, kind="drop_table", actor=admin_user, confirm=True, engine=engine
     )
@@ -294,7 +296,7 @@ def test_engine_unreachable_on_drop_is_cluster_unavailable(loaded, admin_user):
 
 
 def test_history_clear_failure_is_a_partial_failure_that_resume_finishes(loaded, admin_user):
-    with failing_sql('DELETE FROM "ingestions_processedfile"'):
+    with failing_sql('SET "history_generation"'):  # clearing archives the history
         operation = refresh_execute(
             ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=True, mode="drop_first"
         )

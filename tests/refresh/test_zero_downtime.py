@@ -9,7 +9,13 @@ from pyiceberg.exceptions import NoSuchTableError
 from ingestions.models import ProcessedFile, PublishState, Run, RunStatus
 from ingestions.runs import run_request
 from refresh.models import OperationStatus, RefreshOperation
-from refresh.services import operation_sync, refresh_decide, refresh_execute
+from refresh.services import (
+    operation_sync,
+    refresh_decide,
+    refresh_execute,
+    retention_expire,
+    stage_name_for,
+)
 
 from ..conftest import open_table, write_csv_files
 from ..helpers import drain_queue
@@ -83,7 +89,10 @@ def test_a_run_that_fails_publishes_nothing_and_the_operation_says_failed(loaded
     assert operation.status == OperationStatus.FAILED
     assert "cluster went away" in operation.error
     table = open_table(loaded.table_identifier)
-    assert set(table.metadata.refs) == {"main"}  # the staged branch is gone
+    assert stage_name_for(operation) not in table.metadata.refs  # the staged branch is gone
+    # The tag kept for undo goes at the reaper's next pass: nothing was changed.
+    assert retention_expire() == [operation.public_id]
+    assert set(open_table(loaded.table_identifier).metadata.refs) == {"main"}
 
 
 def test_a_cancelled_run_publishes_nothing(loaded, admin_user):

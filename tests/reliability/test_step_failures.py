@@ -47,9 +47,10 @@ ENDPOINTS = {
     "clear_processed_files": ("delete", "processed-files"),
 }
 # What each step's engine call is, and which statement is each step's own.
-ENGINE_METHOD = {DROP: "drop_table", RUN: "ping"}
+# A drop that keeps the table for undo sets it aside (`retire`) instead of dropping it.
+ENGINE_METHODS = {DROP: ("drop_table", "retire"), RUN: ("ping",)}
 OWN_STATEMENT = {
-    CLEAR: 'DELETE FROM "ingestions_processedfile"',
+    CLEAR: 'SET "history_generation"',  # clearing archives: one UPDATE of the ingestion
     RUN: 'INSERT INTO "ingestions_run"',
 }
 # The recovery text's words for each step, done and not done (the PRD's "state" line).
@@ -125,9 +126,9 @@ def state_database_lost_on_recording(position: int):
 def fault_injected(case: Case, monkeypatch):
     if case.fault in (ENGINE_ERROR, ENGINE_UNAVAILABLE):
         error = (EngineError if case.fault == ENGINE_ERROR else EngineUnavailableError)(
-            f"injected {case.fault} in {ENGINE_METHOD[case.step]}"
+            f"injected {case.fault} in {ENGINE_METHODS[case.step][0]}"
         )
-        faulting = FaultingEngine({ENGINE_METHOD[case.step]: error})
+        faulting = FaultingEngine(dict.fromkeys(ENGINE_METHODS[case.step], error))
         with monkeypatch.context() as patch:
             patch.setattr(services, "load_engine", lambda name="iceberg": faulting)
             yield

@@ -2,7 +2,8 @@
 
 It is django-tasks-db's worker plus a reaper thread: a worker killed in the middle of a
 run leaves its task marked running forever, so the reaper re-queues such runs (stale
-heartbeat) for a live worker to resume.
+heartbeat) for a live worker to resume. The reaper also finishes refresh operations (and
+undos) whose web process died half-way, and ends retention windows (`refresh.services`).
 """
 
 import logging
@@ -15,6 +16,7 @@ from django.utils.crypto import get_random_string
 from django_tasks_db.management.commands.db_worker import Worker
 
 from ingestions.runs import runs_recover_stale
+from refresh.services import refresh_reap, retention_expire
 
 logger = logging.getLogger("ingestions.worker")
 
@@ -28,7 +30,7 @@ class Command(BaseCommand):
 
     def handle(self, *, interval: float, batch: bool, **options):
         stop = threading.Event()
-        runs_recover_stale()
+        self._reap_once()
         reaper = threading.Thread(target=self._reap, args=(stop,), name="reaper", daemon=True)
         reaper.start()
         worker = Worker(
@@ -51,9 +53,13 @@ class Command(BaseCommand):
     def _reap(self, stop: threading.Event) -> None:
         try:
             while not stop.wait(settings.AUTOLOADER_REAPER_INTERVAL_SECONDS):
-                try:
-                    runs_recover_stale()
-                except Exception:  # a transient database error must not kill the reaper
-                    logger.warning("reaper pass failed", exc_info=True)
+                self._reap_once()
         finally:
             connection.close()
+
+    def _reap_once(self) -> None:
+        for task in (runs_recover_stale, refresh_reap, retention_expire):
+            try:
+                task()
+            except Exception:  # a transient database error must not kill the reaper
+                logger.warning("reaper pass (%s) failed", task.__name__, exc_info=True)

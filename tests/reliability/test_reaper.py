@@ -1,0 +1,98 @@
+"""The worker's reaper finishes what a dead web process left half-done, within a heartbeat:
+a refresh killed mid-step never leaves a dropped table with nothing running or a locked
+ingestion, and an undo killed half-way ends with the table and the history both restored."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from ingestions.models import ACTIVE_RUN_STATUSES, ProcessedFile, Run
+from refresh import services
+from refresh.models import OperationStatus, RefreshOperation, Retention, StepName
+from refresh.services import operation_sync, refresh_execute, refresh_reap, refresh_undo
+
+from ..conftest import open_table, write_csv_files
+from ..helpers import drain_queue
+from .test_crash_injection import RequestProcessDied, dying_step
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def silence(operation, *, seconds: int) -> None:
+    """As if the operation's process had stopped beating `seconds` ago."""
+    RefreshOperation.objects.filter(pk=operation.pk).update(
+        updated_at=timezone.now() - timedelta(seconds=seconds)
+    )
+
+
+def ids_in(ingestion) -> list[int]:
+    table = open_table(ingestion.table_identifier)
+    return table.scan(selected_fields=("id",)).to_arrow()["id"].to_pylist()
+
+
+@pytest.mark.parametrize("mode", ["drop_first", "atomic"])
+@pytest.mark.parametrize("after_the_action", [False, True], ids=["before-effect", "after-effect"])
+@pytest.mark.parametrize(
+    "step", [StepName.TABLE_DROPPED, StepName.PROCESSED_FILES_CLEARED, StepName.RUN_TRIGGERED]
+)
+def test_the_reaper_finishes_a_full_refresh_whose_request_died(
+    settings, loaded, admin_user, source_dir, monkeypatch, step, after_the_action, mode
+):
+    settings.REFRESH_STALE_SECONDS = 30
+    write_csv_files(source_dir, files=2, rows=25, start=4)
+    actions = services.STEP_ACTIONS if mode == "drop_first" else services.STAGED_STEP_ACTIONS
+    with monkeypatch.context() as patch:
+        patch.setitem(actions, step, dying_step(actions[step], after_the_action=after_the_action))
+        with pytest.raises(RequestProcessDied):
+            refresh_execute(
+                ingestion=loaded, kind="full_refresh", actor=admin_user, confirm=True, mode=mode
+            )
+    operation = RefreshOperation.objects.get()
+    assert operation.status == OperationStatus.IN_PROGRESS
+
+    assert refresh_reap() == []  # its heartbeat is fresh: it may still be working
+    silence(operation, seconds=31)  # one heartbeat window, not ten minutes
+    assert refresh_reap() == [operation.public_id]
+
+    operation.refresh_from_db()
+    assert operation.status == OperationStatus.ACCEPTED, operation.error
+    assert Run.objects.filter(status__in=ACTIVE_RUN_STATUSES).count() == 1
+    drain_queue()
+    operation = operation_sync(operation=operation)
+    ids = ids_in(loaded)
+    assert len(ids) == len(set(ids)) == 6 * 25
+    assert ProcessedFile.objects.filter(ingestion=loaded).count() == 6
+    # Undo still brings back exactly what was there before the operation.
+    refresh_undo(operation=operation, actor=admin_user, confirm=True)
+    assert len(ids_in(loaded)) == 100
+    assert ProcessedFile.objects.filter(ingestion=loaded).count() == 4
+
+
+def test_the_reaper_finishes_an_undo_whose_request_died_after_restoring_the_table(
+    settings, loaded, admin_user, monkeypatch
+):
+    settings.REFRESH_STALE_SECONDS = 30
+    operation = refresh_execute(
+        ingestion=loaded, kind="clear_processed_files", actor=admin_user, confirm=True
+    )
+    with monkeypatch.context() as patch:
+        restore = services.history_restore
+
+        def die(**kwargs):
+            raise RequestProcessDied()
+
+        patch.setattr(services, "history_restore", die)
+        with pytest.raises(RequestProcessDied):
+            refresh_undo(operation=operation, actor=admin_user, confirm=True)
+        assert services.history_restore is not restore
+
+    operation.refresh_from_db()
+    assert (operation.status, operation.retention) == ("in_progress", Retention.RESTORING)
+    assert ProcessedFile.objects.filter(ingestion=loaded).count() == 0  # half-way
+
+    silence(operation, seconds=31)
+    assert refresh_reap() == [operation.public_id]
+    operation.refresh_from_db()
+    assert operation.status == OperationStatus.UNDONE
+    assert ProcessedFile.objects.filter(ingestion=loaded).count() == 4
