@@ -34,6 +34,17 @@ urlpatterns = [
         views.operation_resume,
         name="operation-resume",
     ),
+    path(
+        "operations/<str:operation_id>/publish/",
+        views.operation_publish,
+        name="operation-publish",
+    ),
+    path(
+        "operations/<str:operation_id>/discard/",
+        views.operation_discard,
+        name="operation-discard",
+    ),
+    path("operations/<str:operation_id>/undo/", views.operation_undo, name="operation-undo"),
     path("audit/", views.audit, name="audit"),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),

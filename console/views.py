@@ -23,6 +23,7 @@ from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget, trigger_client_event
@@ -45,10 +46,19 @@ from ingestions.selectors import (
 )
 from ingestions.tenancy import SESSION_TENANT_KEY, NoTenantError, tenant_for_request
 from refresh.errors import OperationNotFoundError
-from refresh.models import OperationKind, OperationStatus, RefreshOperation
-from refresh.presenters import operation_payload, preview_payload
+from refresh.models import OperationKind, OperationStatus, RefreshOperation, Retention
+from refresh.presenters import is_staged, operation_payload, preview_payload
 from refresh.selectors import operation_get, operation_list
-from refresh.services import PERMISSION_BY_KIND, refresh_execute, refresh_preview, refresh_resume
+from refresh.services import (
+    PERMISSION_BY_KIND,
+    operation_sync,
+    refresh_decide,
+    refresh_execute,
+    refresh_preview,
+    refresh_resume,
+    refresh_undo,
+    undo_preview,
+)
 
 from .forms import AuditFilterForm, ConfirmOperationForm, IngestionFilterForm, TenantSwitchForm
 from .selectors import (
@@ -73,6 +83,14 @@ OPERATIONS_SHOWN = 10
 AUDIT_TRAIL_SHOWN = 15
 AUDIT_PAGE_SIZE = 50
 RESUMABLE_STATUSES = (OperationStatus.PARTIAL_FAILURE, OperationStatus.FAILED)
+# Statuses in which an operation's changes stand: Undo is offered while what it replaced is
+# kept (`refresh_undo` decides; the button only avoids a certain refusal).
+UNDO_OFFERED_STATUSES = (
+    OperationStatus.PUBLISHED,
+    OperationStatus.SUCCESS,
+    OperationStatus.ACCEPTED,
+    OperationStatus.PARTIAL_FAILURE,
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,9 @@ ERROR_TITLES = {
     "DRY_RUN_REQUIRED": "A recent preview is required",
     "PLAN_STALE": "The impact grew since the preview",
     "OPERATION_NOT_RESUMABLE": "Nothing to resume",
+    "OPERATION_NOT_DECIDABLE": "Nothing to publish or discard",
+    "OPERATION_NOT_UNDOABLE": "This operation cannot be undone",
+    "CONFIRMATION_REQUIRED": "Confirmation required",
     "RUN_NOT_CANCELLABLE": "The run has already finished",
     "NAME_MISMATCH": "The table name does not match",
     "SOURCE_UNAVAILABLE": "The source cannot be listed",
@@ -140,6 +161,9 @@ NEXT_STEPS = {
     "DRY_RUN_REQUIRED": "Open the preview again, review the impact and confirm from there.",
     "PLAN_STALE": "Open the preview again: it shows the new impact. Confirm from there.",
     "NAME_MISMATCH": "Type the destination table's name exactly as shown, then confirm.",
+    "OPERATION_NOT_DECIDABLE": "Open the operation again: it shows its current status.",
+    "OPERATION_NOT_UNDOABLE": "Open the undo preview again: it says what blocks the undo. "
+    "Later operations are undone first, newest first.",
 }
 
 
@@ -234,18 +258,78 @@ def _result(request, tenant, operation: RefreshOperation):
 
 
 def _operation_context(request, tenant, operation: RefreshOperation) -> dict:
+    """An operation's whole story: its record, run, decision and undo, and what to offer."""
     operation = operation_get(tenant=tenant, operation_id=operation.public_id)  # with steps
+    live = _follows_its_run(operation)
+    awaiting_decision = operation.status == OperationStatus.AWAITING_DECISION
+    may_change = operation.ingestion is not None and request.user.has_perm(
+        PERMISSION_BY_KIND[operation.kind], operation.ingestion
+    )
     return {
         "tenant": tenant,
         "ingestion": operation.ingestion,
         "action": ACTION_BY_KIND[operation.kind],
         "operation": operation,
+        "run": operation.run,
         "steps": list(operation.steps.all()),
         "result": operation_payload(operation),
+        "live": live,
         "resumable": _offers_resume(
             request.user, operation, is_latest=not operation_superseded(operation=operation)
         ),
+        "awaiting_decision": awaiting_decision,
+        "may_change": may_change,
+        "undo_window": not live and _offers_undo(operation),
+        # Kept already, undoable once it has published.
+        "undo_later": operation.retention == Retention.KEPT and (live or awaiting_decision),
     }
+
+
+def _operation(tenant, operation_id: str) -> RefreshOperation:
+    try:
+        return operation_get(tenant=tenant, operation_id=operation_id)
+    except OperationNotFoundError:
+        raise Http404("No such operation.") from None
+
+
+def _follows_its_run(operation: RefreshOperation) -> bool:
+    """Whether the record may still change on its own (its page polls it until it ends):
+    steps under way, or a run that loads (and, in zero-downtime mode, publishes at its end)."""
+    if operation.status == OperationStatus.IN_PROGRESS:
+        return True
+    run = operation.run
+    return (
+        operation.status == OperationStatus.ACCEPTED
+        and run is not None
+        and (run.is_active or is_staged(operation))
+    )
+
+
+def _offers_undo(operation: RefreshOperation) -> bool:
+    """Whether to offer Undo: `undo_preview` and `refresh_undo` decide (a later operation,
+    a protected ingestion...); this only hides the button once nothing is kept any more."""
+    retained_until = operation.retained_until
+    return (
+        operation.status in UNDO_OFFERED_STATUSES
+        and operation.retention == Retention.KEPT
+        and retained_until is not None
+        and retained_until > timezone.now()
+    )
+
+
+def _confirmed(request, *, table_name: str, context: dict):
+    """The typed-name confirmation: (form, None) when the name matches exactly, else
+    (None, the refusal to answer with); nothing has run either way."""
+    form = ConfirmOperationForm(request.POST, table_name=table_name)
+    if form.is_valid():
+        return form, None
+    error = {
+        "code": "NAME_MISMATCH",
+        "title": ERROR_TITLES["NAME_MISMATCH"],
+        "detail": " ".join(form.errors.get("typed_name", ["The form is invalid."])),
+        "next_step": NEXT_STEPS["NAME_MISMATCH"],
+    }
+    return None, _panel(request, {**context, "error": error}, status=400)
 
 
 def _offers_resume(user, operation: RefreshOperation, *, is_latest: bool) -> bool:
@@ -340,8 +424,15 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
     if "history-card" in parts:
         context["history"] = processed_file_summary(ingestion=ingestion)
     if "operation-list" in parts:
-        operations = list(operation_list(ingestion=ingestion)[:OPERATIONS_SHOWN])
+        # Each shown as its run's outcome made it (cheap: only one that follows a run reads it).
+        operations = [
+            operation_sync(operation=operation)
+            for operation in operation_list(ingestion=ingestion)[:OPERATIONS_SHOWN]
+        ]
         context["operations"] = operations
+        context["undo_window_ids"] = {
+            operation.public_id for operation in operations if _offers_undo(operation)
+        }
         context["resumable_operation_id"] = next(
             (
                 operation.public_id
@@ -381,15 +472,9 @@ def ingestion_operation(request, tenant, ingestion_id: str, action: str):
 
 
 def _operation_execute(request, tenant, ingestion, action: Action, context: dict):
-    form = ConfirmOperationForm(request.POST, table_name=ingestion.destination_table)
-    if not form.is_valid():
-        error = {
-            "code": "NAME_MISMATCH",
-            "title": ERROR_TITLES["NAME_MISMATCH"],
-            "detail": " ".join(form.errors.get("typed_name", ["The form is invalid."])),
-            "next_step": NEXT_STEPS["NAME_MISMATCH"],
-        }
-        return _panel(request, {**context, "error": error}, status=400)
+    form, refusal = _confirmed(request, table_name=ingestion.destination_table, context=context)
+    if refusal:
+        return refusal
     try:
         operation = refresh_execute(
             ingestion=ingestion,
@@ -461,34 +546,105 @@ def run_cancel(request, tenant, run_id: str):
     return _changed(render(request, "partials/run-table.html", context))
 
 
+OPERATION_FRAGMENTS = {
+    "operation-result": "partials/operation/_result.html",
+    "operation-panel": "partials/operation-panel.html",
+}
+
+
 @require_GET
 @tenant_view
 def operation_detail(request, tenant, operation_id: str):
-    try:
-        operation = operation_get(tenant=tenant, operation_id=operation_id)
-    except OperationNotFoundError:
-        raise Http404("No such operation.") from None
-    return render(request, "operation.html", _operation_context(request, tenant, operation))
+    """The operation's story. Its `operation-result` fragment polls while the operation
+    follows its run: each poll brings its status up to the run's outcome."""
+    operation = operation_sync(operation=_operation(tenant, operation_id))
+    context = _operation_context(request, tenant, operation)
+    template = OPERATION_FRAGMENTS.get(_fragment(request), "operation.html")
+    response = render(request, template, context)
+    if request.GET.get("polling") and not context["live"]:
+        _changed(response)  # it has just ended: the ingestion page's cards follow
+    patch_vary_headers(response, ("HX-Request", "HX-Target"))
+    return response
+
+
+def _acting_on(tenant, operation: RefreshOperation) -> dict:
+    """The context of an action on an operation, for its refusals ("Back to the operation")."""
+    return {
+        "tenant": tenant,
+        "ingestion": operation.ingestion,
+        "action": ACTION_BY_KIND[operation.kind],
+        "operation": operation,
+    }
 
 
 @require_POST
 @tenant_view
 def operation_resume(request, tenant, operation_id: str):
     """Finish the remaining steps of an operation that stopped on a failure."""
-    try:
-        operation = operation_get(tenant=tenant, operation_id=operation_id)
-    except OperationNotFoundError:
-        raise Http404("No such operation.") from None
-    context = {
-        "tenant": tenant,
-        "ingestion": operation.ingestion,
-        "action": ACTION_BY_KIND[operation.kind],
-    }
+    operation = _operation(tenant, operation_id)
+    context = _acting_on(tenant, operation)
     try:
         operation = refresh_resume(operation=operation, actor=request.user)
     except AutoloaderError as exc:
         return _refusal(request, exc, context)
     return _result(request, tenant, operation)
+
+
+@require_POST
+@tenant_view
+def operation_publish(request, tenant, operation_id: str):
+    """Publish what a zero-downtime refresh loaded although some files failed."""
+    return _operation_decide(request, tenant, operation_id, publish=True)
+
+
+@require_POST
+@tenant_view
+def operation_discard(request, tenant, operation_id: str):
+    """Discard what a zero-downtime refresh loaded: the table stays as it was."""
+    return _operation_decide(request, tenant, operation_id, publish=False)
+
+
+def _operation_decide(request, tenant, operation_id: str, *, publish: bool):
+    operation = _operation(tenant, operation_id)
+    context = _acting_on(tenant, operation)
+    _, refusal = _confirmed(request, table_name=operation.table_name, context=context)
+    if refusal:
+        return refusal
+    try:
+        operation = refresh_decide(
+            operation=operation, actor=request.user, publish=publish, confirm=True
+        )
+    except AutoloaderError as exc:
+        return _refusal(request, exc, context)
+    return _result(request, tenant, operation)
+
+
+@require_http_methods(["GET", "POST"])
+@tenant_view
+def operation_undo(request, tenant, operation_id: str):
+    """GET: what undoing the operation brings back and what it loses. POST: undo it, once
+    confirmed by the table's name."""
+    operation = _operation(tenant, operation_id)
+    context = _acting_on(tenant, operation)
+    if request.method == "POST":
+        _, refusal = _confirmed(request, table_name=operation.table_name, context=context)
+        if refusal:
+            return refusal
+        try:
+            operation = refresh_undo(operation=operation, actor=request.user, confirm=True)
+        except AutoloaderError as exc:
+            return _refusal(request, exc, context)
+        return _result(request, tenant, operation)
+    try:
+        undo = undo_preview(operation=operation, actor=request.user)
+    except AutoloaderError as exc:
+        return _refusal(request, exc, context)
+    context.update(
+        operation=undo.operation,
+        undo=undo.as_response(),
+        can_execute=request.user.has_perm(PERMISSION_BY_KIND[operation.kind], operation.ingestion),
+    )
+    return _panel(request, context)
 
 
 @require_GET

@@ -30,6 +30,11 @@ TONES = {
     OperationStatus.SUCCESS: "ok",
     OperationStatus.PARTIAL_FAILURE: "warn",
     OperationStatus.FAILED: "bad",
+    OperationStatus.PUBLISHED: "ok",
+    OperationStatus.AWAITING_DECISION: "warn",  # someone has to publish or discard
+    OperationStatus.DISCARDED: "muted",
+    OperationStatus.CANCELLED: "muted",
+    OperationStatus.UNDONE: "info",
     StepStatus.PENDING: "muted",
     StepStatus.SKIPPED: "muted",
     "refused": "bad",
