@@ -12,7 +12,6 @@ from django.db.models import Count, Q, QuerySet
 
 from ingestions.models import ACTIVE_RUN_STATUSES, Ingestion, ProcessedFile, Run, Tenant
 from ingestions.selectors import ingestion_list, runs_by_pk, table_state
-from refresh.models import RefreshOperation
 
 STATUS_FILTER_ACTIVE = "active"
 STATUS_FILTER_NEVER = "never"
@@ -78,13 +77,6 @@ def ingestion_rows(ingestions) -> list[IngestionRow]:
         )
         for ingestion in ingestions
     ]
-
-
-def operation_superseded(*, operation: RefreshOperation) -> bool:
-    """Whether a newer refresh operation exists on the same ingestion."""
-    return RefreshOperation.objects.filter(
-        ingestion_id=operation.ingestion_id, created_at__gt=operation.created_at
-    ).exists()
 
 
 # --- audit -----------------------------------------------------------------------------

@@ -13,7 +13,6 @@ error responses that carry the `X-Console-Fragment` header, and only those, so a
 unexpected server error never lands inside a panel.
 """
 
-from dataclasses import dataclass
 from functools import wraps
 from urllib.parse import urlencode
 
@@ -23,7 +22,6 @@ from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget, trigger_client_event
@@ -33,7 +31,6 @@ from ingestions import runs
 from ingestions.errors import (
     AutoloaderError,
     IngestionNotFoundError,
-    PermissionDeniedError,
     RunNotFoundError,
 )
 from ingestions.models import RunTrigger
@@ -46,11 +43,12 @@ from ingestions.selectors import (
 )
 from ingestions.tenancy import SESSION_TENANT_KEY, NoTenantError, tenant_for_request
 from refresh.errors import OperationNotFoundError
-from refresh.models import OperationKind, OperationStatus, RefreshOperation, Retention
-from refresh.presenters import is_staged, operation_payload, preview_payload
+from refresh.models import OperationStatus, RefreshOperation
+from refresh.presenters import operation_payload, preview_payload
 from refresh.selectors import operation_get, operation_list
 from refresh.services import (
-    PERMISSION_BY_KIND,
+    ingestion_offers,
+    operation_offers,
     operation_sync,
     refresh_decide,
     refresh_execute,
@@ -59,13 +57,13 @@ from refresh.services import (
     refresh_undo,
     undo_preview,
 )
+from refresh.specs import SPEC_BY_SLUG, OperationSpec, spec_of
 
 from .forms import AuditFilterForm, ConfirmOperationForm, IngestionFilterForm, TenantSwitchForm
 from .selectors import (
     audit_entry_list,
     ingestion_rows,
     ingestion_search,
-    operation_superseded,
 )
 
 # Fired (after the swap settles) whenever an ingestion's state changed: the run table, the
@@ -74,7 +72,6 @@ CHANGED_EVENT = "ingestion-changed"
 # Fired by the run table's answers while a run is active.
 PROGRESS_EVENT = "run-progress"
 FRAGMENT_HEADER = "X-Console-Fragment"
-RUN_PERMISSION = "ingestions.run_ingestion"
 
 LIST_PAGE_SIZE = 50
 CHART_RUNS = 30
@@ -82,56 +79,6 @@ RUN_TABLE_ROWS = 15
 OPERATIONS_SHOWN = 10
 AUDIT_TRAIL_SHOWN = 15
 AUDIT_PAGE_SIZE = 50
-RESUMABLE_STATUSES = (OperationStatus.PARTIAL_FAILURE, OperationStatus.FAILED)
-# Statuses in which an operation's changes stand: Undo is offered while what it replaced is
-# kept (`refresh_undo` decides; the button only avoids a certain refusal).
-UNDO_OFFERED_STATUSES = (
-    OperationStatus.PUBLISHED,
-    OperationStatus.SUCCESS,
-    OperationStatus.ACCEPTED,
-    OperationStatus.PARTIAL_FAILURE,
-)
-
-
-@dataclass(frozen=True)
-class Action:
-    """A destructive action of the actions panel: its URL slug, operation kind and words."""
-
-    slug: str
-    kind: str
-    label: str
-    summary: str
-
-
-DESTRUCTIVE_ACTIONS = [
-    Action(
-        "full-refresh",
-        OperationKind.FULL_REFRESH,
-        "Full refresh",
-        "Reload every source file into a new table, swapped in when the run ends.",
-    ),
-    Action(
-        "fresh-start",
-        OperationKind.FRESH_START,
-        "Fresh start",
-        "A new table of only the new files, swapped in when the run ends; history kept.",
-    ),
-    Action(
-        "drop-table",
-        OperationKind.DROP_TABLE,
-        "Drop table",
-        "Delete the table only. History and runs are untouched.",
-    ),
-    Action(
-        "clear-history",
-        OperationKind.CLEAR_PROCESSED_FILES,
-        "Clear history",
-        "Forget the processed files. The next run loads them all again.",
-    ),
-]
-ACTION_BY_SLUG = {action.slug: action for action in DESTRUCTIVE_ACTIONS}
-ACTION_BY_KIND = {action.kind: action for action in DESTRUCTIVE_ACTIONS}
-
 # The console's words for a refusal: a title, and what to do next when the domain error's
 # own `help` speaks to API clients rather than to someone in front of the page.
 ERROR_TITLES = {
@@ -213,14 +160,6 @@ def _changed(response):
     return trigger_client_event(response, CHANGED_EVENT, after="settle")
 
 
-def _allowed_actions(user, ingestion) -> list[Action]:
-    return [
-        action
-        for action in DESTRUCTIVE_ACTIONS
-        if user.has_perm(PERMISSION_BY_KIND[action.kind], ingestion)
-    ]
-
-
 def _panel(request, context: dict, *, status: int = 200):
     """The operation panel: a fragment for HTMX, inside its own page otherwise."""
     template = "partials/operation-panel.html" if request.htmx else "operation.html"
@@ -260,28 +199,21 @@ def _result(request, tenant, operation: RefreshOperation):
 def _operation_context(request, tenant, operation: RefreshOperation) -> dict:
     """An operation's whole story: its record, run, decision and undo, and what to offer."""
     operation = operation_get(tenant=tenant, operation_id=operation.public_id)  # with steps
-    live = _follows_its_run(operation)
-    awaiting_decision = operation.status == OperationStatus.AWAITING_DECISION
-    may_change = operation.ingestion is not None and request.user.has_perm(
-        PERMISSION_BY_KIND[operation.kind], operation.ingestion
-    )
+    offers = operation_offers(operation=operation, actor=request.user)
     return {
         "tenant": tenant,
         "ingestion": operation.ingestion,
-        "action": ACTION_BY_KIND[operation.kind],
+        "action": spec_of(operation.kind),
         "operation": operation,
         "run": operation.run,
         "steps": list(operation.steps.all()),
         "result": operation_payload(operation),
-        "live": live,
-        "resumable": _offers_resume(
-            request.user, operation, is_latest=not operation_superseded(operation=operation)
-        ),
-        "awaiting_decision": awaiting_decision,
-        "may_change": may_change,
-        "undo_window": not live and _offers_undo(operation),
-        # Kept already, undoable once it has published.
-        "undo_later": operation.retention == Retention.KEPT and (live or awaiting_decision),
+        "live": not offers.settled,
+        "resumable": offers.resume,
+        "awaiting_decision": operation.status == OperationStatus.AWAITING_DECISION,
+        "may_change": offers.may_change,
+        "undo_window": offers.undo,
+        "undo_later": offers.undo_later,
     }
 
 
@@ -290,31 +222,6 @@ def _operation(tenant, operation_id: str) -> RefreshOperation:
         return operation_get(tenant=tenant, operation_id=operation_id)
     except OperationNotFoundError:
         raise Http404("No such operation.") from None
-
-
-def _follows_its_run(operation: RefreshOperation) -> bool:
-    """Whether the record may still change on its own (its page polls it until it ends):
-    steps under way, or a run that loads (and, in zero-downtime mode, publishes at its end)."""
-    if operation.status == OperationStatus.IN_PROGRESS:
-        return True
-    run = operation.run
-    return (
-        operation.status == OperationStatus.ACCEPTED
-        and run is not None
-        and (run.is_active or is_staged(operation))
-    )
-
-
-def _offers_undo(operation: RefreshOperation) -> bool:
-    """Whether to offer Undo: `undo_preview` and `refresh_undo` decide (a later operation,
-    a protected ingestion...); this only hides the button once nothing is kept any more."""
-    retained_until = operation.retained_until
-    return (
-        operation.status in UNDO_OFFERED_STATUSES
-        and operation.retention == Retention.KEPT
-        and retained_until is not None
-        and retained_until > timezone.now()
-    )
 
 
 def _confirmed(request, *, table_name: str, context: dict):
@@ -330,17 +237,6 @@ def _confirmed(request, *, table_name: str, context: dict):
         "next_step": NEXT_STEPS["NAME_MISMATCH"],
     }
     return None, _panel(request, {**context, "error": error}, status=400)
-
-
-def _offers_resume(user, operation: RefreshOperation, *, is_latest: bool) -> bool:
-    """Whether to offer Resume: `refresh_resume` decides, this only avoids a button that
-    would certainly be refused (an operation that ended well, or that a newer one replaced)."""
-    return (
-        is_latest
-        and operation.ingestion is not None
-        and operation.status in RESUMABLE_STATUSES
-        and user.has_perm(PERMISSION_BY_KIND[operation.kind], operation.ingestion)
-    )
 
 
 # --- pages -----------------------------------------------------------------------------
@@ -400,8 +296,8 @@ def ingestion_detail(request, tenant, ingestion_id: str):
             _changed(response)  # the run being followed has just ended: refresh the rest
     else:
         context = _detail_context(request, tenant, ingestion, parts=set(DETAIL_FRAGMENTS))
-        context["actions"] = _allowed_actions(request.user, ingestion)
-        context["can_run"] = request.user.has_perm(RUN_PERMISSION, ingestion)
+        context["actions"] = ingestion_offers(ingestion=ingestion, actor=request.user)
+        context["can_run"] = runs.run_allowed(actor=request.user, ingestion=ingestion)
         response = render(request, "ingestion_detail.html", context)
     patch_vary_headers(response, ("HX-Request", "HX-Target"))
     return response
@@ -417,7 +313,7 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
             chart_runs=latest,
             runs_total=len(latest),
             active_run=next((run for run in latest if run.is_active), None),
-            can_cancel=request.user.has_perm(RUN_PERMISSION, ingestion),
+            can_cancel=runs.run_allowed(actor=request.user, ingestion=ingestion),
         )
     if "table-card" in parts:
         context["table"] = table_state(ingestion=ingestion)
@@ -430,16 +326,15 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
             for operation in operation_list(ingestion=ingestion)[:OPERATIONS_SHOWN]
         ]
         context["operations"] = operations
-        context["undo_window_ids"] = {
-            operation.public_id for operation in operations if _offers_undo(operation)
+        offers = {  # newest first: every one but the first was superseded
+            operation.public_id: operation_offers(
+                operation=operation, actor=request.user, superseded=index > 0
+            )
+            for index, operation in enumerate(operations)
         }
+        context["undo_window_ids"] = {key for key, offer in offers.items() if offer.undo}
         context["resumable_operation_id"] = next(
-            (
-                operation.public_id
-                for operation in operations[:1]  # newest first: only the latest resumes
-                if _offers_resume(request.user, operation, is_latest=True)
-            ),
-            None,
+            (key for key, offer in offers.items() if offer.resume), None
         )
     if "audit-trail" in parts:
         context["audit_entries"] = list(
@@ -452,7 +347,7 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
 @tenant_view
 def ingestion_operation(request, tenant, ingestion_id: str, action: str):
     """GET: the dry-run preview of a destructive action. POST: execute it, once confirmed."""
-    action = ACTION_BY_SLUG.get(action)
+    action = SPEC_BY_SLUG.get(action)
     if action is None:
         raise Http404("No such action.")
     ingestion = _ingestion(tenant, ingestion_id)
@@ -466,12 +361,12 @@ def ingestion_operation(request, tenant, ingestion_id: str, action: str):
     context.update(
         plan=plan,
         preview=preview_payload(plan),
-        can_execute=request.user.has_perm(PERMISSION_BY_KIND[action.kind], ingestion),
+        can_execute=plan.allowed,
     )
     return _panel(request, context)
 
 
-def _operation_execute(request, tenant, ingestion, action: Action, context: dict):
+def _operation_execute(request, tenant, ingestion, action: OperationSpec, context: dict):
     form, refusal = _confirmed(request, table_name=ingestion.destination_table, context=context)
     if refusal:
         return refusal
@@ -495,9 +390,9 @@ def ingestion_run(request, tenant, ingestion_id: str):
     ingestion = _ingestion(tenant, ingestion_id)
     context = {"tenant": tenant, "ingestion": ingestion}
     try:
-        if not request.user.has_perm(RUN_PERMISSION, ingestion):
-            raise PermissionDeniedError("Your role does not allow running this ingestion.")
-        run = runs.run_request(ingestion=ingestion, actor=request.user, trigger=RunTrigger.MANUAL)
+        run = runs.run_request(
+            ingestion=ingestion, actor=request.user, trigger=RunTrigger.MANUAL, authorize=True
+        )
     except AutoloaderError as exc:
         return _refusal(request, exc, context)
     if not request.htmx:
@@ -517,7 +412,7 @@ def run_detail(request, tenant, run_id: str):
         "tenant": tenant,
         "ingestion": run.ingestion,
         "run": run,
-        "can_cancel": request.user.has_perm(RUN_PERMISSION, run.ingestion),
+        "can_cancel": runs.run_allowed(actor=request.user, ingestion=run.ingestion),
     }
     template = (
         "partials/run-summary.html" if _fragment(request) == "run-summary" else "run_detail.html"
@@ -534,9 +429,7 @@ def run_cancel(request, tenant, run_id: str):
         raise Http404("No such run.") from None
     ingestion = run.ingestion
     try:
-        if not request.user.has_perm(RUN_PERMISSION, ingestion):
-            raise PermissionDeniedError("Your role does not allow cancelling runs.")
-        runs.run_cancel(run=run)
+        runs.run_cancel(run=run, actor=request.user)
     except AutoloaderError as exc:
         return _refusal(request, exc, {"tenant": tenant, "ingestion": ingestion})
     if not request.htmx:
@@ -572,7 +465,7 @@ def _acting_on(tenant, operation: RefreshOperation) -> dict:
     return {
         "tenant": tenant,
         "ingestion": operation.ingestion,
-        "action": ACTION_BY_KIND[operation.kind],
+        "action": spec_of(operation.kind),
         "operation": operation,
     }
 
@@ -642,7 +535,7 @@ def operation_undo(request, tenant, operation_id: str):
     context.update(
         operation=undo.operation,
         undo=undo.as_response(),
-        can_execute=request.user.has_perm(PERMISSION_BY_KIND[operation.kind], operation.ingestion),
+        can_execute=undo.allowed,
     )
     return _panel(request, context)
 

@@ -24,6 +24,7 @@ from django.utils import timezone
 from .engines import Engine, Stage, load_engine
 from .errors import (
     AutoloaderError,
+    PermissionDeniedError,
     RefreshInProgressError,
     RunCancelledError,
     RunInProgressError,
@@ -67,8 +68,12 @@ def run_request(
     stage_name: str = "",
     stage_replaces_history: bool = False,
     on_partial_failure: str = OnPartialFailure.DECIDE,
+    authorize: bool = False,
 ) -> Run:
     """Queue a run of `ingestion` for the worker.
+
+    With `authorize`, the actor's role must allow running the ingestion (the API and the
+    console ask; a refresh operation's own run was authorized as that operation).
 
     With `stage_name`, the run is staged (a zero-downtime refresh): it loads a new version
     of the table beside the live one (replacing the history, or adding to it) and publishes
@@ -80,12 +85,15 @@ def run_request(
     same lock a refresh operation takes to start, so a run and a refresh cannot interleave.
 
     Raises:
+        PermissionDeniedError: `authorize` and the actor may not run the ingestion.
         RunInProgressError: the ingestion already has a queued or running run.
         RefreshInProgressError: a refresh operation is changing the ingestion (unless this
             run is that operation's own step).
     """
     from .tasks import execute_run
 
+    if authorize:
+        _authorize(actor, ingestion, "running")
     requested_by = actor if getattr(actor, "is_authenticated", False) else None
     for attempt in range(1, RUN_REQUEST_ATTEMPTS + 1):
         try:
@@ -166,12 +174,30 @@ def refuse_while_awaiting_decision(ingestion: Ingestion) -> None:
         )
 
 
-def run_cancel(*, run: Run) -> Run:
+RUN_PERMISSION = "ingestions.run_ingestion"
+
+
+def run_allowed(*, actor, ingestion: Ingestion) -> bool:
+    """Whether the actor's role may start and cancel runs of the ingestion."""
+    return actor.has_perm(RUN_PERMISSION, ingestion)
+
+
+def _authorize(actor, ingestion: Ingestion, doing: str) -> None:
+    if not run_allowed(actor=actor, ingestion=ingestion):
+        raise PermissionDeniedError(f"Your role does not allow {doing} this ingestion.")
+
+
+def run_cancel(*, run: Run, actor=None) -> Run:
     """Cancel a run: a queued one at once, a running one at its next batch boundary.
 
+    With `actor`, its role must allow running the ingestion.
+
     Raises:
+        PermissionDeniedError: the actor may not cancel runs of this ingestion.
         RunNotCancellableError: the run has already finished.
     """
+    if actor is not None:
+        _authorize(actor, run.ingestion, "cancelling runs of")
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.status == RunStatus.QUEUED:

@@ -14,19 +14,9 @@ from ingestions.selectors import processed_file_paths, processed_file_summary
 from ingestions.sources import list_source_entries
 
 from .models import OperationKind, StepName
+from .specs import spec_of
 
 BYTES_PER_GB = 1_000_000_000  # decimal GB, as cloud bills count them
-
-STEPS_BY_KIND = {
-    OperationKind.FULL_REFRESH: [
-        StepName.TABLE_DROPPED,
-        StepName.PROCESSED_FILES_CLEARED,
-        StepName.RUN_TRIGGERED,
-    ],
-    OperationKind.FRESH_START: [StepName.TABLE_DROPPED, StepName.RUN_TRIGGERED],
-    OperationKind.DROP_TABLE: [StepName.TABLE_DROPPED],
-    OperationKind.CLEAR_PROCESSED_FILES: [StepName.PROCESSED_FILES_CLEARED],
-}
 
 
 def gigabytes(size_bytes: int) -> float:
@@ -102,6 +92,8 @@ class Plan:
     mode: str = ""  # "atomic" / "drop_first" for a full refresh or fresh start
     plan_id: str | None = None  # set once the dry-run is recorded
     plan_required: bool = False  # executing needs this plan_id (cost above the threshold)
+    retain_days: int = 0  # what it replaces is kept this long, for undo (0: no undo)
+    allowed: bool = False  # the previewing actor's role allows executing it
 
     def as_record(self) -> dict:
         return asdict(self.impact)
@@ -297,7 +289,7 @@ def plan_operation(*, ingestion: Ingestion, kind: str, engine=None, mode: str = 
     `mode` is the full refresh / fresh start mode ("atomic" or "drop_first"; see
     `refresh.services.effective_mode`), which changes what the preview says of downtime.
     """
-    steps = STEPS_BY_KIND[OperationKind(kind)]
+    steps = list(spec_of(kind).steps)
     engine = engine or load_engine(ingestion.engine)
     # Checked against the tenant's locations before anything is listed.
     source = (

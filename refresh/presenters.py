@@ -7,38 +7,14 @@ from .models import (
     OperationStatus,
     RefreshOperation,
     Retention,
-    StepName,
     StepStatus,
 )
 from .planning import Plan, public_estimate, public_impact
-
-ENDPOINT_BY_KIND = {
-    OperationKind.FULL_REFRESH: ("POST", "full-refresh"),
-    OperationKind.FRESH_START: ("POST", "fresh-start"),
-    OperationKind.DROP_TABLE: ("DELETE", "table"),
-    OperationKind.CLEAR_PROCESSED_FILES: ("DELETE", "processed-files"),
-}
-DONE_PHRASES = {
-    StepName.TABLE_DROPPED: ("Table dropped", "table not dropped"),
-    StepName.PROCESSED_FILES_CLEARED: ("file history cleared", "file history kept"),
-    StepName.RUN_TRIGGERED: ("run triggered", "no run triggered"),
-}
-FAILED_PHRASES = {
-    StepName.TABLE_DROPPED: "dropping the table",
-    StepName.PROCESSED_FILES_CLEARED: "clearing the file history",
-    StepName.RUN_TRIGGERED: "triggering the run",
-}
-SUCCESS_MESSAGES = {
-    OperationKind.FULL_REFRESH: "Full refresh completed successfully",
-    OperationKind.FRESH_START: "Fresh start completed successfully",
-    OperationKind.DROP_TABLE: "Table dropped successfully",
-    OperationKind.CLEAR_PROCESSED_FILES: "Processed file history cleared",
-}
+from .specs import STEPS, spec_of
 
 
 def endpoint(kind: str, ingestion_id: str) -> str:
-    method, suffix = ENDPOINT_BY_KIND[OperationKind(kind)]
-    return f"{method} /api/v1/ingestions/{ingestion_id}/{suffix}"
+    return spec_of(kind).endpoint(ingestion_id)
 
 
 def preview_payload(plan: Plan) -> dict:
@@ -55,6 +31,7 @@ def preview_payload(plan: Plan) -> dict:
         "estimate": public_estimate(plan.as_record()),
         "warnings": plan.warnings,
         "notes": plan.notes,
+        "retention": {"retain_days": plan.retain_days, "undoable": plan.retain_days > 0},
         "next_steps": {
             "to_proceed": f"{endpoint(plan.kind, ingestion_id)} with confirm=true"
             + (f' and plan_id="{plan.plan_id}"' if plan.plan_required else ""),
@@ -107,9 +84,8 @@ def operation_payload(operation: RefreshOperation) -> dict:
         body["error_message"] = operation.error
         body["recovery"] = {
             "message": "Nothing was published: the table and its history are as they were",
-            "action": "Fix the cause, then run the operation again: POST "
-            f"/api/v1/ingestions/{operation.ingestion_public_id}/"
-            f"{operation.kind.replace('_', '-')}",
+            "action": "Fix the cause, then run the operation again: "
+            + endpoint(operation.kind, operation.ingestion_public_id),
             "state": "Table and history unchanged",
             "remaining_steps": [],
         }
@@ -181,14 +157,14 @@ def _message(operation: RefreshOperation, steps) -> str:
         return "The run failed; nothing was published: the table is unchanged"
     if operation.status == OperationStatus.ACCEPTED and is_staged(operation):
         return (
-            f"{OperationKind(operation.kind).label} accepted: run {operation.run.public_id} "
+            f"{spec_of(operation.kind).label} accepted: run {operation.run.public_id} "
             "builds the new version beside the live table, published when it ends"
         )
     if operation.status in (OperationStatus.ACCEPTED, OperationStatus.SUCCESS):
         dropped_nothing = steps and steps[0].details.get("table_existed") is False
         if operation.kind == OperationKind.DROP_TABLE and dropped_nothing:
             return "Table did not exist"
-        return SUCCESS_MESSAGES[OperationKind(operation.kind)]
+        return spec_of(operation.kind).success_message
     if operation.status == OperationStatus.IN_PROGRESS:
         return "Operation in progress"
     if operation.status == OperationStatus.FAILED:
@@ -201,16 +177,16 @@ def _message(operation: RefreshOperation, steps) -> str:
 def _recovery(operation: RefreshOperation, steps, failed) -> dict:
     done = [step for step in steps if step.status == StepStatus.SUCCESS]
     not_done = [step for step in steps if step.status in (StepStatus.FAILED, StepStatus.PENDING)]
-    state_parts = [DONE_PHRASES[step.name][0] for step in done] + [
-        DONE_PHRASES[step.name][1] for step in not_done
+    state_parts = [STEPS[step.name].done for step in done] + [
+        STEPS[step.name].not_done for step in not_done
     ]
     state = ", ".join(state_parts)
     state = state[:1].upper() + state[1:]
     resume = f"POST /api/v1/refresh-operations/{operation.public_id}/resume"
-    failed_what = FAILED_PHRASES[failed.name] if failed else "a step"
+    failed_what = STEPS[failed.name].failing if failed else "a step"
     if done:
         message = (
-            f"{', '.join(DONE_PHRASES[s.name][0] for s in done)}, but {failed_what} failed"
+            f"{', '.join(STEPS[s.name].done for s in done)}, but {failed_what} failed"
             f" ({operation.error_code or 'error'}: {operation.error})"
         )
     else:

@@ -31,7 +31,6 @@ from ingestions.models import (
     PublishState,
     Run,
     RunStatus,
-    RunTrigger,
 )
 from ingestions.runs import (
     ingestion_lock,
@@ -71,20 +70,11 @@ from .models import (
     StepStatus,
 )
 from .planning import Plan, gigabytes, plan_operation
+from .specs import SPECS, spec_of
 
 logger = logging.getLogger(__name__)
 
-PERMISSION_BY_KIND = {
-    OperationKind.FULL_REFRESH: "ingestions.full_refresh_ingestion",
-    OperationKind.FRESH_START: "ingestions.fresh_start_ingestion",
-    OperationKind.DROP_TABLE: "ingestions.drop_table_ingestion",
-    OperationKind.CLEAR_PROCESSED_FILES: "ingestions.clear_history_ingestion",
-}
 PREVIEW_PERMISSION = "ingestions.view_ingestion"
-RUN_TRIGGER_BY_KIND = {
-    OperationKind.FULL_REFRESH: RunTrigger.FULL_REFRESH,
-    OperationKind.FRESH_START: RunTrigger.FRESH_START,
-}
 
 
 # --- preview ---------------------------------------------------------------------------
@@ -97,6 +87,7 @@ def refresh_preview(
     actor,
     mode: str | None = None,
     auto_run: bool = True,
+    retain_days: int | None = None,
     engine=None,
 ) -> Plan:
     """Dry-run: what `kind` would do, with its impact. Changes no table, history or run.
@@ -111,10 +102,17 @@ def refresh_preview(
     engine = engine or load_engine(ingestion.engine)
     mode = effective_mode(kind=kind, mode=mode, auto_run=auto_run, engine=engine)
     plan = plan_operation(ingestion=ingestion, kind=kind, engine=engine, mode=mode)
+    _with_retention(
+        plan,
+        retain_days=effective_retain_days(
+            ingestion=ingestion, retain_days=retain_days, engine=engine
+        ),
+    )
     record = RefreshPlan.objects.create(
         ingestion=ingestion, kind=kind, impact=plan.as_record(), created_by=_user(actor)
     )
     plan.plan_id = record.public_id
+    plan.allowed = actor.has_perm(spec_of(kind).permission, ingestion)
     plan.plan_required = plan.impact.estimated_cost_usd > settings.REFRESH_PLAN_REQUIRED_ABOVE_USD
     return plan
 
@@ -160,13 +158,14 @@ def refresh_execute(
         RateLimitedError: the actor used up the rate of `kind` (executions only count).
     """
     kind = OperationKind(kind)
-    _require(actor, PERMISSION_BY_KIND[kind], ingestion, kind=kind)
+    _require(actor, spec_of(kind).permission, ingestion, kind=kind)
     if confirm is not True:
         raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
     if ingestion.protected:
         audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
         raise TableProtectedError(
-            f"Ingestion {ingestion.public_id} is protected: {kind.label.lower()} is refused."
+            f"Ingestion {ingestion.public_id} is protected: {spec_of(kind).label.lower()} is "
+            "refused."
         )
     # Refused from here on (plan, a run in progress...), the call gives its slot back.
     with rate_limit_slot(user=actor, kind=kind):
@@ -184,6 +183,7 @@ def refresh_execute(
                 ingestion=ingestion, retain_days=retain_days, engine=engine
             ),
         }
+        _with_retention(plan, retain_days=request["retain_days"])
         operation = _start(ingestion=ingestion, kind=kind, actor=actor, plan=plan, request=request)
     _run_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
     return operation
@@ -202,7 +202,7 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
     if ingestion is None:
         raise OperationNotResumableError("The ingestion of this operation was deleted.")
     kind = OperationKind(operation.kind)
-    _require(actor, PERMISSION_BY_KIND[kind], ingestion, kind=kind)
+    _require(actor, spec_of(kind).permission, ingestion, kind=kind)
     if ingestion.protected:
         audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
         raise TableProtectedError(f"Ingestion {ingestion.public_id} is protected.")
@@ -383,11 +383,26 @@ def _check_plan(*, ingestion: Ingestion, kind: str, plan: Plan, plan_id: str | N
 def effective_mode(*, kind: str, mode: str | None, auto_run: bool, engine) -> str:
     """The mode an operation runs in: zero-downtime ("atomic") unless it was asked to drop
     first, triggers no run to publish with (auto_run false), or its engine cannot stage."""
-    if kind not in STAGED_KINDS:
+    if not spec_of(kind).can_publish_at_end:
         return ""
     if not auto_run or not engine.can_stage:
         return RefreshMode.DROP_FIRST.value
     return RefreshMode(mode or settings.REFRESH_DEFAULT_MODE).value
+
+
+def _with_retention(plan: Plan, *, retain_days: int) -> None:
+    """Say in the plan how long the operation can be undone."""
+    plan.retain_days = retain_days
+    if retain_days:
+        plan.notes.append(
+            f"Undoable for {retain_days} day{'s' if retain_days != 1 else ''}: "
+            f"{spec_of(plan.kind).kept_for_undo}"
+        )
+    else:
+        plan.notes.append(
+            "Cannot be undone: nothing is kept (retain_days is 0, or the engine cannot keep "
+            "table versions)"
+        )
 
 
 def effective_retain_days(*, ingestion: Ingestion, retain_days: int | None, engine) -> int:
@@ -623,7 +638,7 @@ def _clear_history(*, ingestion: Ingestion, **_) -> dict:
 
 def _trigger_run(*, ingestion: Ingestion, operation: RefreshOperation, actor, engine) -> dict:
     engine.ping()  # the run would fail at once on an unreachable engine: say so now
-    trigger = RUN_TRIGGER_BY_KIND.get(operation.kind, RunTrigger.API)
+    trigger = spec_of(operation.kind).run_trigger
     run = _run_of_interrupted_step(operation, ingestion=ingestion, trigger=trigger) or run_request(
         ingestion=ingestion, actor=actor, trigger=trigger, for_refresh_operation=True
     )
@@ -684,7 +699,7 @@ def _trigger_staged_run(
     ).first() or run_request(  # the run of an attempt that died before recording it
         ingestion=ingestion,
         actor=actor,
-        trigger=RUN_TRIGGER_BY_KIND[operation.kind],
+        trigger=spec_of(operation.kind).run_trigger,
         for_refresh_operation=True,
         stage_name=stage_name_for(operation),
         stage_replaces_history=operation.kind == OperationKind.FULL_REFRESH,
@@ -708,7 +723,6 @@ STAGED_STEP_ACTIONS = {
     StepName.PROCESSED_FILES_CLEARED: _replace_history_at_publish,
     StepName.RUN_TRIGGERED: _trigger_staged_run,
 }
-STAGED_KINDS = (OperationKind.FULL_REFRESH, OperationKind.FRESH_START)
 
 
 # --- following a zero-downtime operation to its outcome --------------------------------
@@ -774,7 +788,7 @@ def refresh_decide(
     if ingestion is None:
         raise OperationNotDecidableError("The ingestion of this operation was deleted.")
     kind = OperationKind(operation.kind)
-    _require(actor, PERMISSION_BY_KIND[kind], ingestion, kind=kind)
+    _require(actor, spec_of(kind).permission, ingestion, kind=kind)
     if confirm is not True:
         raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
     operation = operation_sync(operation=operation)
@@ -857,11 +871,13 @@ class UndoPlan:
     blocked_by: AutoloaderError | None
     restores: dict
     discards: dict
+    allowed: bool  # the actor's role allows the undo (the preview only needs to view)
 
     def as_response(self) -> dict:
         return {
             "operation_id": self.operation.public_id,
             "undoable": self.blocked_by is None,
+            "allowed": self.allowed,
             "blocked_by": None
             if self.blocked_by is None
             else {"error_code": self.blocked_by.error_code, "detail": str(self.blocked_by)},
@@ -897,6 +913,7 @@ def undo_preview(*, operation: RefreshOperation, actor, engine=None) -> UndoPlan
             "table_exists": table["kind"] in ("snapshot", "retired")
             or (table["kind"] == "unchanged" and engine.table_exists(ingestion.table_identifier)),
             "row_count": table.get("row_count"),
+            "size_bytes": table.get("size_bytes"),
             "size_gb": gigabytes(table["size_bytes"]) if "size_bytes" in table else None,
             "history_files": ProcessedFile.all_generations.filter(
                 ingestion=ingestion, generation=mark["generation"], pk__lte=mark["last_id"]
@@ -911,13 +928,18 @@ def undo_preview(*, operation: RefreshOperation, actor, engine=None) -> UndoPlan
         discards = {
             "table_exists": current.exists,
             "row_count": current.row_count,
+            "size_bytes": current.size_bytes,
             "size_gb": gigabytes(current.size_bytes),
             "history_files": ingestion.processed_files.count(),
             "runs_since": [run.public_id for run in runs_since],
             "rows_loaded_since": sum(run.rows_written for run in runs_since),
         }
     return UndoPlan(
-        operation=operation, blocked_by=blocked_by, restores=restores, discards=discards
+        operation=operation,
+        blocked_by=blocked_by,
+        restores=restores,
+        discards=discards,
+        allowed=actor.has_perm(spec_of(operation.kind).permission, ingestion),
     )
 
 
@@ -943,7 +965,7 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
     if ingestion is None:
         raise OperationNotUndoableError("The ingestion of this operation was deleted.")
     kind = OperationKind(operation.kind)
-    _require(actor, PERMISSION_BY_KIND[kind], ingestion, kind=kind)
+    _require(actor, spec_of(kind).permission, ingestion, kind=kind)
     if confirm is not True:
         raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
     operation = operation_sync(operation=operation)
@@ -1066,7 +1088,7 @@ def _undo_blocker(
     )
     if later is not None:
         return OperationNotUndoableError(
-            f"Operation {later.public_id} ({OperationKind(later.kind).label.lower()}) changed "
+            f"Operation {later.public_id} ({spec_of(later.kind).label.lower()}) changed "
             f"the table after {name}: undo it first."
         )
     return None
@@ -1093,7 +1115,8 @@ def retention_expire(*, now=None) -> list[str]:
             if table_point is not None:
                 engine = load_engine(point["engine"])
                 replaced = (
-                    operation.kind in STAGED_KINDS and operation.status not in NOTHING_CHANGED
+                    spec_of(operation.kind).can_publish_at_end
+                    and operation.status not in NOTHING_CHANGED
                 )
                 freed = engine.release(
                     point["table_identifier"],
@@ -1129,6 +1152,73 @@ def _purge_archived_history(ingestion: Ingestion) -> int:
     return history_purge_archived(ingestion=ingestion, keep_from=keep_from)
 
 
+# --- what an actor may do with an operation ---------------------------------------------
+
+RESUMABLE_STATUSES = (OperationStatus.PARTIAL_FAILURE, OperationStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class OperationOffers:
+    """What to offer an actor on an operation, so adapters only show it. The services
+    (`refresh_resume`, `refresh_decide`, `refresh_undo`) still decide every call; this
+    avoids a button that would certainly be refused."""
+
+    settled: bool  # False while it may still change on its own (steps, its run, publish)
+    may_change: bool  # the actor's role allows this kind (and its resume, decision, undo)
+    resume: bool
+    decide: bool
+    undo: bool
+    undo_later: bool  # kept already: undoable once its run has published
+
+
+def operation_offers(
+    *, operation: RefreshOperation, actor, superseded: bool | None = None
+) -> OperationOffers:
+    """`superseded`: whether a newer operation exists on its ingestion, when the caller
+    knows it already (a newest-first list); looked up otherwise."""
+    ingestion = operation.ingestion
+    may_change = ingestion is not None and actor.has_perm(
+        spec_of(operation.kind).permission, ingestion
+    )
+    settled = operation_settled(operation=operation)
+    if superseded is None:
+        superseded = RefreshOperation.objects.filter(
+            ingestion_id=operation.ingestion_id, created_at__gt=operation.created_at
+        ).exists()
+    kept = (
+        operation.retention == Retention.KEPT
+        and operation.retained_until is not None
+        and operation.retained_until > timezone.now()
+    )
+    awaiting = operation.status == OperationStatus.AWAITING_DECISION
+    return OperationOffers(
+        settled=settled,
+        may_change=may_change,
+        resume=may_change and not superseded and operation.status in RESUMABLE_STATUSES,
+        decide=may_change and awaiting,
+        undo=may_change and settled and kept and operation.status not in NOTHING_CHANGED,
+        undo_later=operation.retention == Retention.KEPT and (not settled or awaiting),
+    )
+
+
+def operation_settled(*, operation: RefreshOperation) -> bool:
+    """Whether the record no longer changes on its own: no step under way, no run that
+    loads (and, in zero-downtime mode, publishes when it ends)."""
+    if operation.status == OperationStatus.IN_PROGRESS:
+        return False
+    run = operation.run
+    return not (
+        operation.status == OperationStatus.ACCEPTED
+        and run is not None
+        and (run.is_active or bool(run.stage_name))
+    )
+
+
+def ingestion_offers(*, ingestion: Ingestion, actor) -> list:
+    """The refresh operations (specs) the actor's role allows on the ingestion."""
+    return [spec for spec in SPECS.values() if actor.has_perm(spec.permission, ingestion)]
+
+
 # --- helpers ---------------------------------------------------------------------------
 
 
@@ -1138,7 +1228,7 @@ def _require(actor, permission: str, ingestion: Ingestion, *, kind: str) -> None
             actor=actor, ingestion=ingestion, kind=kind, reason="INSUFFICIENT_PERMISSIONS"
         )
         raise PermissionDeniedError(
-            f"Your role does not allow {OperationKind(kind).label.lower()} on this ingestion."
+            f"Your role does not allow {spec_of(kind).label.lower()} on this ingestion."
         )
 
 

@@ -10,7 +10,8 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from ingestions.models import Membership, RunStatus
-from refresh.models import OperationKind, OperationStatus, StepName, StepStatus
+from refresh.models import OperationStatus, StepName, StepStatus
+from refresh.specs import STEPS, spec_of
 
 register = template.Library()
 
@@ -39,11 +40,6 @@ TONES = {
     StepStatus.SKIPPED: "muted",
     "refused": "bad",
     "dry_run": "info",
-}
-STEP_TITLES = {
-    StepName.TABLE_DROPPED: "Drop the table",
-    StepName.PROCESSED_FILES_CLEARED: "Clear the processed-file history",
-    StepName.RUN_TRIGGERED: "Trigger a run",
 }
 
 
@@ -129,8 +125,8 @@ def humanize_code(value) -> str:
 @register.filter
 def kind_label(kind) -> str:
     try:
-        return OperationKind(kind).label
-    except ValueError:
+        return spec_of(kind).label
+    except (ValueError, KeyError):
         return humanize_code(kind)
 
 
@@ -144,7 +140,8 @@ def changed_fields(changes) -> str:
 
 @register.filter
 def step_title(name) -> str:
-    return STEP_TITLES.get(name, humanize_code(name))
+    step = STEPS.get(name)
+    return step.title if step else humanize_code(name)
 
 
 @register.filter
@@ -234,6 +231,12 @@ def blast_radius(plan) -> dict:
             f"History of {thousands(count)} files is kept: those files are not loaded again"
         )
     kept.append("Source files are never touched; past runs and operations stay on record")
+    days = getattr(plan, "retain_days", 0)
+    if days:
+        kept.append(
+            f"It can be undone for {days} day{'s' if days != 1 else ''}: "
+            f"{spec_of(plan.kind).kept_for_undo}"
+        )
     return {"lost": lost, "kept": kept}
 
 
