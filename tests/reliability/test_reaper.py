@@ -2,10 +2,16 @@
 a refresh killed mid-step never leaves a dropped table with nothing running or a locked
 ingestion, and an undo killed half-way ends with the table and the history both restored."""
 
+import os
+import signal
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
+from pyiceberg.exceptions import NoSuchTableError
 
 from ingestions.models import ACTIVE_RUN_STATUSES, ProcessedFile, Run
 from refresh import services
@@ -14,6 +20,7 @@ from refresh.services import operation_sync, refresh_execute, refresh_reap, refr
 
 from ..conftest import open_table, write_csv_files
 from ..helpers import drain_queue
+from ..ingestions.test_worker_crash import ROOT, database_url, start_worker, wait_for
 from .test_crash_injection import RequestProcessDied, dying_step
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -96,3 +103,95 @@ def test_the_reaper_finishes_an_undo_whose_request_died_after_restoring_the_tabl
     operation.refresh_from_db()
     assert operation.status == OperationStatus.UNDONE
     assert ProcessedFile.objects.filter(ingestion=loaded).count() == 4
+
+
+# --- a real web process, SIGKILLed in the middle of a step ---------------------------------
+
+# Executes a full refresh the way a web request does, but its drop step (once its effect is
+# done, before its record) waits to be killed.
+WEB_PROCESS = """
+import os, sys, time
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from ingestions.models import Ingestion
+from refresh import services
+from refresh.models import StepName
+
+drop = services.STEP_ACTIONS[StepName.TABLE_DROPPED]
+
+def drop_then_hang(**kwargs):
+    drop(**kwargs)
+    print("dropped", flush=True)
+    time.sleep(600)
+
+services.STEP_ACTIONS[StepName.TABLE_DROPPED] = drop_then_hang
+services.refresh_execute(
+    ingestion=Ingestion.objects.get(pk=int(sys.argv[1])),
+    kind="full_refresh",
+    actor=get_user_model().objects.get(pk=int(sys.argv[2])),
+    confirm=True,
+    mode="drop_first",
+)
+"""
+
+
+@pytest.mark.slow
+def test_a_sigkilled_web_process_leaves_no_dropped_table_behind(
+    loaded, admin_user, source_dir, tmp_path, monkeypatch
+):
+    write_csv_files(source_dir, files=2, rows=25, start=4)
+    monkeypatch.setenv("REFRESH_STALE_SECONDS", "2")
+    monkeypatch.setenv("AUTOLOADER_REAPER_INTERVAL_SECONDS", "0.5")
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "AUTOLOADER_CATALOG_URI": settings.AUTOLOADER_CATALOG_URI,
+        "AUTOLOADER_WAREHOUSE": settings.AUTOLOADER_WAREHOUSE,
+        "AUTOLOADER_CATALOG_NAME": settings.AUTOLOADER_CATALOG_NAME,
+        "DJANGO_SETTINGS_MODULE": "console.settings",
+    }
+    web = subprocess.Popen(
+        [sys.executable, "-c", WEB_PROCESS, str(loaded.pk), str(admin_user.pk)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "web.log").open("wb"),
+    )
+    try:
+        assert web.stdout.readline().strip() == b"dropped", (tmp_path / "web.log").read_text()
+        web.send_signal(signal.SIGKILL)
+        web.wait(timeout=10)
+    finally:
+        web.kill()
+    operation = RefreshOperation.objects.get()
+    assert operation.status == OperationStatus.IN_PROGRESS
+    assert not open_table_exists(loaded)  # dropped, with nothing running yet
+
+    worker = start_worker(tmp_path / "worker.log")
+    try:
+        wait_for(
+            lambda: (
+                RefreshOperation.objects.filter(
+                    pk=operation.pk, status=OperationStatus.ACCEPTED
+                ).exists()
+                and not Run.objects.filter(status__in=ACTIVE_RUN_STATUSES).exists()
+            ),
+            timeout=60,
+            what="the reaper to finish the operation and the worker its run",
+        )
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+    ids = ids_in(loaded)
+    assert len(ids) == len(set(ids)) == 6 * 25
+    assert ProcessedFile.objects.filter(ingestion=loaded).count() == 6
+    assert "finished by the worker" in " ".join(RefreshOperation.objects.get().notes)
+
+
+def open_table_exists(ingestion) -> bool:
+    try:
+        open_table(ingestion.table_identifier)
+    except NoSuchTableError:
+        return False
+    return True
