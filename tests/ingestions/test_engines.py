@@ -8,7 +8,7 @@ import pytest
 
 from ingestions.engines import ENGINE_CHOICES, Engine, load_engine, validate_table_name
 from ingestions.engines.iceberg import IcebergEngine
-from ingestions.errors import EngineUnavailableError, SchemaMismatchError
+from ingestions.errors import EngineError, EngineUnavailableError, SchemaMismatchError
 
 from .conftest import SPARK_TEST_MASTER, free_port, spark_drop_namespaces
 
@@ -184,6 +184,51 @@ def test_table_recreated_after_drop_starts_fresh(engine):
     assert (info.row_count, info.file_count, info.snapshot_id) == (1, 1, snapshot_id)
     assert engine.table_schema(TABLE).names == ["code"]
     assert [snapshot.properties["run_id"] for snapshot in engine.list_snapshots(TABLE)] == ["new"]
+
+
+# --- restore points (undo): engines that cannot keep one say so, the others restore exactly
+
+
+def test_a_kept_version_is_restored_whatever_was_written_since(engine, warehouse_data_files):
+    engine.append(TABLE, orders(1, 2), properties={})
+    if not engine.can_retain:
+        with pytest.raises(EngineError):
+            engine.retain(TABLE, name="undo_op_1")
+        return
+    point = engine.retain(TABLE, name="undo_op_1")
+    assert (point["kind"], point["row_count"]) == ("snapshot", 2)
+    engine.append(TABLE, orders(3, 4, 5), properties={})
+
+    engine.restore(TABLE, point)
+    engine.restore(TABLE, point)  # idempotent
+
+    assert engine.describe_table(TABLE).row_count == 2
+    assert len(warehouse_data_files()) == 1  # the version undone is deleted with its files
+
+
+def test_a_retired_table_comes_back_and_is_purged_when_released(engine, warehouse_data_files):
+    engine.append(TABLE, orders(1, 2), properties={})
+    if not engine.can_retain:
+        with pytest.raises(EngineError):
+            engine.retire(TABLE, name="undo_op_1")
+        return
+    point = engine.retire(TABLE, name="undo_op_1")
+    assert point["kind"] == "retired" and not engine.table_exists(TABLE)
+    assert engine.retire(TABLE, name="undo_op_1") == point  # idempotent
+    engine.append(TABLE, orders(7), properties={})  # a run recreated it meanwhile
+
+    engine.restore(TABLE, point)
+    assert engine.describe_table(TABLE).row_count == 2
+
+    again = engine.retire(TABLE, name="undo_op_2")
+    assert engine.release(TABLE, again, expire_before=None) > 0
+    assert not engine.table_exists(again["table"]) and warehouse_data_files() == []
+
+
+def test_nothing_to_keep_of_a_missing_table(engine):
+    if engine.can_retain:
+        assert engine.retain(TABLE, name="undo_op_1")["kind"] == "absent"
+        assert engine.retire(TABLE, name="undo_op_1")["kind"] == "absent"
 
 
 def test_ping_answers_on_a_reachable_catalog(engine):
