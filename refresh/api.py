@@ -94,6 +94,12 @@ OPERATION_SCHEMA = inline_serializer(
         "details": serializers.DictField(required=False),
         "recovery": serializers.DictField(required=False),
         "error_code": serializers.CharField(required=False),
+        "phase": serializers.CharField(
+            required=False,
+            help_text="Where the work stands: queued, running, publishing while its run "
+            "loads; then the status (published, awaiting_decision, undone...).",
+        ),
+        "run": serializers.DictField(required=False, help_text="Its run, summarized."),
         "retention": serializers.DictField(
             required=False, help_text="What is kept for undo, until when, and how to undo."
         ),

@@ -2,6 +2,8 @@
 
 from django.utils import timezone
 
+from ingestions.models import ACTIVE_RUN_STATUSES, PublishState
+
 from .models import (
     OperationKind,
     OperationStatus,
@@ -69,6 +71,9 @@ def operation_payload(operation: RefreshOperation) -> dict:
         "warnings": operation.warnings,
         "notes": operation.notes,
     }
+    body["phase"] = operation_phase(operation)
+    if operation.run_id:
+        body["run"] = _run_summary(operation.run)
     body["retention"] = retention_payload(operation)
     if operation.undo:
         body["undo"] = operation.undo
@@ -100,6 +105,34 @@ def operation_payload(operation: RefreshOperation) -> dict:
         body["error_message"] = operation.error
         body["recovery"] = _recovery(operation, steps, failed)
     return body
+
+
+def operation_phase(operation: RefreshOperation) -> str:
+    """Where the work stands, beyond the PRD's synchronous "accepted": the run's state while
+    it loads (queued, running, publishing), then the operation's outcome."""
+    run = operation.run if operation.run_id else None
+    if operation.status == OperationStatus.IN_PROGRESS:
+        return "undoing" if operation.retention == Retention.RESTORING else "in_progress"
+    if operation.status == OperationStatus.ACCEPTED and run is not None:
+        if run.publish_state == PublishState.PUBLISHING:
+            return "publishing"
+        if run.status in ACTIVE_RUN_STATUSES:
+            return run.status.lower()  # "queued", "running"
+        return f"run_{run.status.lower()}"  # drop_first: the run ended ("run_failed"...)
+    return operation.status
+
+
+def _run_summary(run) -> dict:
+    return {
+        "id": run.public_id,
+        "status": run.status,
+        "files_loaded": run.files_loaded,
+        "files_failed": run.files_failed,
+        "rows_written": run.rows_written,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "url": f"/api/v1/runs/{run.public_id}",
+    }
 
 
 def retention_payload(operation: RefreshOperation) -> dict:

@@ -322,3 +322,24 @@ def test_undo_deletes_the_version_it_throws_away(loaded, admin_user):
     assert not any(Path(path.removeprefix("file://")).exists() for path in new_files)
     assert all(Path(path.removeprefix("file://")).exists() for path in old_files)
     assert rows_of(loaded) == 100
+
+
+def test_the_operation_tells_its_whole_story(loaded, admin_client):
+    accepted = admin_client.post(
+        "/api/v1/ingestions/sales/full-refresh", {"confirm": True}, format="json"
+    ).json()
+    assert accepted["status"] == "accepted"  # the PRD's synchronous answer
+    assert accepted["phase"] == "queued" and accepted["run"]["status"] == "QUEUED"
+    assert all(step["timestamp"] for step in accepted["operations"])  # the PRD's shape
+    url = f"/api/v1/refresh-operations/{accepted['operation_id']}"
+
+    drain_queue()
+    published = admin_client.get(url).json()
+    assert (published["status"], published["phase"]) == ("published", "published")
+    assert published["run"]["rows_written"] == 100
+    assert published["publish"]["published_at"]
+
+    admin_client.post(f"{url}/undo", {"confirm": True}, format="json")
+    undone = admin_client.get(url).json()
+    assert undone["phase"] == "undone"
+    assert undone["undo"]["requested_by"] and undone["undo"]["finished_at"]
