@@ -22,6 +22,16 @@ def validate_destination_table(value: str) -> None:
         validate_table_name(value, max_part_length=MAX_TABLE_NAME_PART_LENGTH)
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
+    if RESERVED_TABLE_MARK in value:
+        # Staged versions and tables kept for undo are named "<table>__autoloader_...":
+        # no ingestion may load into (or adopt) one of them.
+        raise ValidationError(
+            f"Table name {value!r}: {RESERVED_TABLE_MARK!r} is reserved for the tables the "
+            "autoloader keeps beside yours (staged versions, tables kept for undo)."
+        )
+
+
+RESERVED_TABLE_MARK = "__autoloader_"
 
 
 def new_public_id(prefix: str) -> str:

@@ -32,6 +32,7 @@ from ingestions.models import Ingestion, ProcessedFile, Role, RunStatus, Storage
 from ingestions.runs import run_execute, run_request
 from ingestions.secrets import new_secrets_key
 from ingestions.sources import read_source_file
+from refresh.models import RefreshOperation
 
 from ..conftest import open_table, write_csv_files
 from ..factories import IngestionFactory, grant_location
@@ -302,6 +303,26 @@ def test_a_destination_spelling_the_victims_physical_name_stays_in_the_callers_n
     assert run["status"] == "SUCCESS", run
     assert table_row_count("globex__acme__raw.sales_data") == 10
     assert_untouched(victim, before)
+
+
+def test_no_ingestion_can_load_into_or_adopt_a_table_kept_for_undo(
+    victim, acme_admin, source_dir, drain_queue
+):
+    before_rows = table_row_count(victim.table_identifier)
+    drop = acme_admin.delete(f"/api/v1/ingestions/{victim.public_id}/table?confirm=true")
+    kept = RefreshOperation.objects.get(public_id=drop.json()["operation_id"])
+    set_aside = kept.restore_point["table"]["table"]  # "acme__raw.sales_data__autoloader_undo_…"
+    logical = set_aside.removeprefix("acme__")
+
+    for extra in ({}, {"existing_table": "adopt"}, {"existing_table": "replace"}):
+        response = acme_admin.post(
+            "/api/v1/ingestions",
+            ingestion_body(str(source_dir), table=logical, id="grab", **extra),
+            format="json",
+        )
+        assert response.status_code == 400, response.json()
+        assert "reserved" in str(response.json())
+    assert table_row_count(set_aside) == before_rows  # still there for the undo
 
 
 # --- 2. sources outside the tenant's locations ----------------------------------------------
