@@ -883,9 +883,7 @@ class UndoPlan:
             else {"error_code": self.blocked_by.error_code, "detail": str(self.blocked_by)},
             "restores": self.restores,
             "discards": self.discards,
-            "retained_until": self.operation.retained_until.isoformat()
-            if self.operation.retained_until
-            else None,
+            "retained_until": self.operation.retained_until,
             "retained_bytes": self.operation.retained_bytes,
         }
 
