@@ -784,14 +784,9 @@ def refresh_decide(
         OperationNotDecidableError: the operation does not wait for a decision.
         EngineError: the table changed since the new version was staged (publish only).
     """
-    ingestion = operation.ingestion
-    if ingestion is None:
-        raise OperationNotDecidableError("The ingestion of this operation was deleted.")
-    kind = OperationKind(operation.kind)
-    _require(actor, spec_of(kind).permission, ingestion, kind=kind)
-    if confirm is not True:
-        raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
-    operation = operation_sync(operation=operation)
+    operation, ingestion = _acting_on(
+        operation, actor=actor, confirm=confirm, gone=OperationNotDecidableError
+    )
     if operation.status != OperationStatus.AWAITING_DECISION:
         raise OperationNotDecidableError(
             f"Operation {operation.public_id} is {operation.status}: there is nothing to "
@@ -959,14 +954,10 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
         RateLimitedError: the actor used up the rate of undos.
         EngineError: the table could not be restored (the undo can be retried).
     """
-    ingestion = operation.ingestion
-    if ingestion is None:
-        raise OperationNotUndoableError("The ingestion of this operation was deleted.")
+    operation, ingestion = _acting_on(
+        operation, actor=actor, confirm=confirm, gone=OperationNotUndoableError
+    )
     kind = OperationKind(operation.kind)
-    _require(actor, spec_of(kind).permission, ingestion, kind=kind)
-    if confirm is not True:
-        raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
-    operation = operation_sync(operation=operation)
     if operation.status == OperationStatus.UNDONE:
         return operation
     if ingestion.protected:
@@ -1218,6 +1209,19 @@ def ingestion_offers(*, ingestion: Ingestion, actor) -> list:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _acting_on(operation: RefreshOperation, *, actor, confirm, gone: type[AutoloaderError]):
+    """What every confirmed action on an existing operation checks first: its ingestion
+    still exists, the actor's role allows its kind, `confirm` is exactly True. Returns the
+    operation brought up to its run's outcome, and its ingestion."""
+    ingestion = operation.ingestion
+    if ingestion is None:
+        raise gone("The ingestion of this operation was deleted.")
+    _require(actor, spec_of(operation.kind).permission, ingestion, kind=operation.kind)
+    if confirm is not True:
+        raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
+    return operation_sync(operation=operation), ingestion
 
 
 def _require(actor, permission: str, ingestion: Ingestion, *, kind: str) -> None:
