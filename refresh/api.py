@@ -133,6 +133,10 @@ DRY_RUN_SCHEMA = inline_serializer(
         "estimate": ESTIMATE_SCHEMA,
         "warnings": serializers.ListField(child=serializers.CharField()),
         "notes": serializers.ListField(child=serializers.CharField()),
+        "retention": serializers.DictField(
+            help_text="retain_days, undoable, kept_until and storage_kept_bytes: how long the "
+            "operation stays undoable and the storage held for it meanwhile."
+        ),
         "next_steps": serializers.DictField(),
     },
 )

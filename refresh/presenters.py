@@ -1,5 +1,7 @@
 """The PRD's response shapes, built from plans and operation records (API and console)."""
 
+from datetime import timedelta
+
 from django.utils import timezone
 
 from ingestions.models import ACTIVE_RUN_STATUSES, PublishState
@@ -33,7 +35,7 @@ def preview_payload(plan: Plan) -> dict:
         "estimate": public_estimate(plan.as_record()),
         "warnings": plan.warnings,
         "notes": plan.notes,
-        "retention": {"retain_days": plan.retain_days, "undoable": plan.retain_days > 0},
+        "retention": _planned_retention(plan),
         "next_steps": {
             "to_proceed": f"{endpoint(plan.kind, ingestion_id)} with confirm=true"
             + (f' and plan_id="{plan.plan_id}"' if plan.plan_required else ""),
@@ -41,6 +43,20 @@ def preview_payload(plan: Plan) -> dict:
         },
     }
     return body
+
+
+def _planned_retention(plan: Plan) -> dict:
+    """How long the operation would stay undoable, and the storage held meanwhile: the
+    table it replaces or drops (a history clear holds no table files)."""
+    kept = plan.retain_days > 0 and spec_of(plan.kind).changes_table and plan.table["exists"]
+    return {
+        "retain_days": plan.retain_days,
+        "undoable": plan.retain_days > 0,
+        "kept_until": timezone.now() + timedelta(days=plan.retain_days)
+        if plan.retain_days
+        else None,
+        "storage_kept_bytes": plan.table["size_bytes"] if kept else 0,
+    }
 
 
 def step_payload(step) -> dict:

@@ -272,6 +272,9 @@ def test_rest_undo_previews_then_undoes_and_every_answer_says_what_is_kept(loade
 
 
 def test_rest_undo_refusals(loaded, admin_client, member, other_tenant):
+    preview = admin_client.delete("/api/v1/ingestions/sales/table?dry_run=true").json()
+    assert preview["retention"]["retain_days"] == 7
+    assert preview["retention"]["storage_kept_bytes"] > 0  # the table is set aside, not purged
     drop = admin_client.delete("/api/v1/ingestions/sales/table?confirm=true")
     url = f"/api/v1/refresh-operations/{drop.json()['operation_id']}/undo"
 
