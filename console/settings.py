@@ -13,6 +13,10 @@
 | AUTOLOADER_S3_ENDPOINT_URL, _REGION, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY | AWS_* | S3 defaults |
 | AUTOLOADER_SECRETS_KEY | in $DATA_DIR/secrets_key (DEBUG only) | encrypts location secrets |
 | AUTOLOADER_LISTING_MAX_ENTRIES / _MAX_SECONDS | 1000000 / 30 | bounds of one source listing |
+| AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS | 3600 | how often a table is maintained at most |
+| AUTOLOADER_SNAPSHOT_RETENTION_HOURS / _RETAIN_LAST | 24 / 10 | snapshots kept |
+| AUTOLOADER_COMPACT_SMALL_FILE_BYTES / _MIN_FILES / _MAX_BYTES | 32 MiB / 10 / 512 MiB | |
+| AUTOLOADER_ORPHAN_MIN_AGE_HOURS | 1 | age before an unreferenced file is deleted |
 | AUTOLOADER_SPARK_MASTER | local[*] | Spark master or Spark Connect sc://host:port |
 | AUTOLOADER_SPARK_CATALOG | spark_catalog | Spark catalog of the spark engine's tables |
 | AUTOLOADER_SPARK_CONF | {} | JSON object of Spark configuration, passed verbatim |
@@ -228,14 +232,35 @@ AUTOLOADER_CATALOG_URI = os.environ.get(
     "AUTOLOADER_CATALOG_URI", f"sqlite:///{DATA_DIR / 'catalog.db'}"
 )
 AUTOLOADER_WAREHOUSE = os.environ.get("AUTOLOADER_WAREHOUSE", (DATA_DIR / "warehouse").as_uri())
-# A batch commits at most this many files or bytes in one Iceberg snapshot.
-AUTOLOADER_BATCH_MAX_FILES = env_int("AUTOLOADER_BATCH_MAX_FILES", 100)
+# A batch is one Iceberg snapshot. It closes at the first bound it reaches: bytes of source
+# files, rows read, seconds spent reading (so a long run reports progress and sees a cancel
+# between commits), or files. A commit costs the same for 1 file or 10,000, so the bounds
+# are sizes; the files bound is only an upper limit (1 = a commit per file).
 AUTOLOADER_BATCH_MAX_BYTES = env_int("AUTOLOADER_BATCH_MAX_BYTES", 512 * 1024 * 1024)
+AUTOLOADER_BATCH_MAX_ROWS = env_int("AUTOLOADER_BATCH_MAX_ROWS", 10_000_000)
+AUTOLOADER_BATCH_MAX_SECONDS = env_float("AUTOLOADER_BATCH_MAX_SECONDS", 30.0)
+AUTOLOADER_BATCH_MAX_FILES = env_int("AUTOLOADER_BATCH_MAX_FILES", 100_000)
 # A running run whose heartbeat is older than this is taken to have lost its worker.
 AUTOLOADER_RUN_STALE_SECONDS = env_float("AUTOLOADER_RUN_STALE_SECONDS", 120.0)
 # How often the worker looks for runs whose worker died.
 AUTOLOADER_REAPER_INTERVAL_SECONDS = env_float("AUTOLOADER_REAPER_INTERVAL_SECONDS", 15.0)
 AUTOLOADER_DEFAULT_COST_PER_GB_USD = env_float("AUTOLOADER_DEFAULT_COST_PER_GB_USD", 0.25)
+
+# --- Table maintenance (docs/maintenance.md) -------------------------------------------
+# A table is maintained at most this often, and only while runs keep changing it.
+AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS = env_float(
+    "AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS", 3600.0
+)
+# Snapshots older than this are expired, except the newest AUTOLOADER_SNAPSHOT_RETAIN_LAST.
+AUTOLOADER_SNAPSHOT_RETENTION_HOURS = env_float("AUTOLOADER_SNAPSHOT_RETENTION_HOURS", 24.0)
+AUTOLOADER_SNAPSHOT_RETAIN_LAST = env_int("AUTOLOADER_SNAPSHOT_RETAIN_LAST", 10)
+# Data files below this size are compacted once there are at least _MIN_FILES of them,
+# at most _MAX_BYTES of them per commit (they are read into memory).
+AUTOLOADER_COMPACT_SMALL_FILE_BYTES = env_int("AUTOLOADER_COMPACT_SMALL_FILE_BYTES", 32 * 1024**2)
+AUTOLOADER_COMPACT_MIN_FILES = env_int("AUTOLOADER_COMPACT_MIN_FILES", 10)
+AUTOLOADER_COMPACT_MAX_BYTES = env_int("AUTOLOADER_COMPACT_MAX_BYTES", 512 * 1024**2)
+# Files no metadata references are deleted once older than this (a write may be in flight).
+AUTOLOADER_ORPHAN_MIN_AGE_HOURS = env_float("AUTOLOADER_ORPHAN_MIN_AGE_HOURS", 1.0)
 
 # --- Refresh operations ----------------------------------------------------------------
 # Off -> the refresh endpoints answer 503 REFRESH_API_DISABLED (the granular API stays).

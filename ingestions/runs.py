@@ -10,6 +10,7 @@ batch record). Recovery reads the table's snapshots to decide, never guesses.
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -46,7 +47,7 @@ from .models import (
 from .selectors import processed_file_paths, run_active
 from .services import history_archive
 from .sources import SourceFile, list_source_files, read_source_file
-from .sources.readers import conform_to_schema, with_metadata_columns
+from .sources.readers import conform_to_schema, source_file_column, with_metadata_columns
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ SNAPSHOT_RUN_KEY = "autoloader.run-id"
 SNAPSHOT_BATCH_KEY = "autoloader.batch-key"
 SNAPSHOT_INGESTION_KEY = "autoloader.ingestion-id"
 RUN_REQUEST_ATTEMPTS = 3
+# Files under this many rows are small: fitted to the table's schema together, and their
+# rows made one chunk before writing.
+SMALL_FILE_ROWS = 10_000
 
 
 # --- requesting and cancelling ---------------------------------------------------------
@@ -361,6 +365,9 @@ class _RunExecutor:
         self.table_name = self.ingestion.table_identifier
         self.source = None
         self.stage = None
+        # The table's schema, read once and again only after a commit that changed it.
+        self.table_schema: pa.Schema | None = None
+        self.table_schema_known = False
 
     def execute(self) -> None:
         batches_recover(ingestion=self.ingestion, engine=self.engine)
@@ -446,15 +453,36 @@ class _RunExecutor:
             raise RunCancelledError()
 
     def _load_batch(self, batch: list[SourceFile]) -> list[dict]:
-        """Read the batch's files and commit the good ones as one snapshot; returns failures."""
+        """Read the batch's files and commit the good ones as one snapshot; returns failures.
+
+        Rows and reading time are known only while reading: past either bound, the files
+        read so far commit and the rest of the batch goes on as a batch of its own.
+        """
         # Each batch checks the location again: one revoked during the run reads no more.
         self.source = source_open(tenant=self.ingestion.tenant, uri=self.ingestion.source_uri)
-        ingested_at = timezone.now()
-        target_schema = self.engine.table_schema(self.table_name)
-        parts: list[pa.Table] = []
-        loaded: list[_LoadedFile] = []
         failures: list[dict] = []
-        for source in batch:
+        while batch:
+            data, loaded, batch = self._read_files(batch, failures)
+            if loaded:
+                self._check_cancel()
+                self._commit(data, loaded)
+        return failures
+
+    def _read_files(
+        self, files: list[SourceFile], failures: list[dict]
+    ) -> tuple[pa.Table | None, list[_LoadedFile], list[SourceFile]]:
+        """Read `files` until the batch's row or time bound; returns the data (None when no
+        file had rows), the files it holds and the files left unread. Failures are added
+        to `failures`."""
+        max_rows = max(1, settings.AUTOLOADER_BATCH_MAX_ROWS)
+        deadline = time.monotonic() + settings.AUTOLOADER_BATCH_MAX_SECONDS
+        fitter = _BatchFitter(schema=self._table_schema(), failures=failures)
+        read: list[tuple[SourceFile, int]] = []
+        rows, rest = 0, []
+        for position, source in enumerate(files):
+            if read and (rows >= max_rows or time.monotonic() >= deadline):
+                rest = files[position:]
+                break
             try:
                 data = read_source_file(
                     source=self.source,
@@ -462,29 +490,28 @@ class _RunExecutor:
                     file_format=self.ingestion.source_format,
                     options=self.ingestion.source_options or {},
                 )
-                if data.num_rows == 0:
-                    # Nothing to load, and its types say nothing (a header-only CSV reads
-                    # as strings): it joins the history but never decides the schema.
-                    loaded.append(_LoadedFile(source=source, rows=0))
-                    continue
-                data = with_metadata_columns(data, source_file=source.path, ingested_at=ingested_at)
-                if target_schema is not None:
-                    data = conform_to_schema(data, target_schema)
-                else:
-                    # First load: the first good file decides the schema, the others fit it.
-                    target_schema = data.schema
             except AutoloaderError as exc:
-                failures.append(
-                    {"path": source.path, "error": str(exc), "error_code": exc.error_code}
-                )
+                failures.append(_failure(source, exc))
                 continue
-            parts.append(data)
-            loaded.append(_LoadedFile(source=source, rows=data.num_rows))
-        if loaded:
-            self._check_cancel()
-            data = pa.concat_tables(parts, promote_options="permissive") if parts else None
-            self._commit(data, loaded)
-        return failures
+            read.append((source, data.num_rows))
+            rows += data.num_rows
+            if data.num_rows:
+                fitter.add(source, data)
+        data, fitted = fitter.finish()
+        # A file without rows has nothing to load, and its types say nothing (a header-only
+        # CSV reads as strings): it joins the history but never decides the schema.
+        loaded = [
+            _LoadedFile(source=source, rows=file_rows)
+            for source, file_rows in read
+            if not file_rows or source.path in fitted
+        ]
+        return data, loaded, rest
+
+    def _table_schema(self) -> pa.Schema | None:
+        if not self.table_schema_known:
+            self.table_schema = self.engine.table_schema(self.table_name)
+            self.table_schema_known = True
+        return self.table_schema
 
     def _commit(self, data: pa.Table | None, loaded: list[_LoadedFile]) -> None:
         """Commit a batch (exactly-once protocol); `data` is None when every file was empty."""
@@ -529,9 +556,90 @@ class _RunExecutor:
             self._check_cancel()  # an append interrupted by a cancel ends the run CANCELLED
             raise
         batch_mark_committed(batch=batch, snapshot_id=snapshot_id)
+        if self.table_schema is None or not data.schema.equals(self.table_schema):
+            # The commit created the table or changed its schema: read it again next batch.
+            self.table_schema_known = False
+
+
+class _BatchFitter:
+    """Fits a batch's files to the table's schema and adds their lineage columns.
+
+    Small files of one schema are fitted together, once (per file, the fixed cost of a
+    fit is most of a small file's time); when that fails, file by file, so a bad file fails
+    alone. A big file is fitted by itself as soon as it is read, so its raw rows are freed.
+    With no table yet, the first file decides the schema and the others fit it.
+    """
+
+    def __init__(self, *, schema: pa.Schema | None, failures: list[dict]):
+        self.schema = schema
+        self.failures = failures
+        self.ingested_at = timezone.now()
+        self.parts: list[pa.Table] = []
+        self.fitted: set[str] = set()
+        self.pending: list[tuple[SourceFile, pa.Table]] = []
+        self.pending_rows = 0
+
+    def add(self, source: SourceFile, data: pa.Table) -> None:
+        if self.pending and not data.schema.equals(self.pending[0][1].schema):
+            self._fit_pending()
+        self.pending.append((source, data))
+        self.pending_rows += data.num_rows
+        if self.pending_rows >= SMALL_FILE_ROWS:
+            self._fit_pending()
+
+    def finish(self) -> tuple[pa.Table | None, set[str]]:
+        """The batch's data (None when no file fitted) and the paths of the files in it."""
+        self._fit_pending()
+        return _concat(self.parts), self.fitted
+
+    def _fit_pending(self) -> None:
+        files, self.pending, self.pending_rows = self.pending, [], 0
+        if len(files) > 1:
+            try:
+                self._fit(files)
+                return
+            except (AutoloaderError, pa.ArrowException, ValueError):
+                pass  # one of them does not fit: find which, file by file
+        for item in files:
+            try:
+                self._fit([item])
+            except AutoloaderError as exc:
+                self.failures.append(_failure(item[0], exc))
+
+    def _fit(self, files: list[tuple[SourceFile, pa.Table]]) -> None:
+        data = pa.concat_tables([data for _, data in files])
+        paths = source_file_column([(source.path, part.num_rows) for source, part in files])
+        data = with_metadata_columns(data, source_file=paths, ingested_at=self.ingested_at)
+        if self.schema is not None:
+            data = conform_to_schema(data, self.schema)
+        else:
+            self.schema = data.schema
+        self.parts.append(data)
+        self.fitted.update(source.path for source, _ in files)
+
+
+def _failure(source: SourceFile, exc: AutoloaderError) -> dict:
+    return {"path": source.path, "error": str(exc), "error_code": exc.error_code}
+
+
+def _concat(parts: list[pa.Table]) -> pa.Table | None:
+    if not parts:
+        return None
+    data = pa.concat_tables(parts, promote_options="permissive")
+    if data.num_columns and data.num_rows < SMALL_FILE_ROWS * data.column(0).num_chunks:
+        # Many small files: pyiceberg writes chunk by chunk, and thousands of tiny chunks
+        # write several times slower than one. Copying small files' rows costs little.
+        data = data.combine_chunks()
+    return data
 
 
 def _split_batches(files: list[SourceFile]) -> list[list[SourceFile]]:
+    """Cut the files into batches by the bounds the listing knows: bytes and files.
+
+    A batch is one Iceberg commit, and a commit's cost grows with the table, not with the
+    batch: many small files make few big batches. The files bound is an upper bound (1
+    gives one commit per file, the most commit boundaries, as the crash tests want).
+    """
     max_files = max(1, settings.AUTOLOADER_BATCH_MAX_FILES)
     max_bytes = max(1, settings.AUTOLOADER_BATCH_MAX_BYTES)
     batches: list[list[SourceFile]] = []

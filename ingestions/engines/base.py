@@ -85,6 +85,18 @@ class Stage:
     base: int | None  # the live table's snapshot the new version replaces
 
 
+@dataclass(frozen=True)
+class MaintenanceResult:
+    """What one maintenance action did to a table (zeros: nothing was due)."""
+
+    snapshots_expired: int = 0
+    files_removed: int = 0  # data, manifest and metadata files deleted
+    files_compacted: int = 0  # small data files rewritten into fewer
+    files_written: int = 0  # the files that replaced them
+    bytes_freed: int = 0
+    snapshot_id: int | None = None  # the commit that made the change, if it made one
+
+
 class Engine(ABC):
     """Reads and writes the autoloader's Iceberg tables.
 
@@ -98,6 +110,8 @@ class Engine(ABC):
     can_stage: bool = False
     # Whether `retain` / `retire` / `restore` / `release` work: undo needs them.
     can_retain: bool = False
+    # Whether `expire_snapshots` / `compact_files` / `remove_orphan_files` do anything.
+    can_maintain: bool = False
 
     @abstractmethod
     def ping(self) -> None:
@@ -321,3 +335,65 @@ class Engine(ABC):
         the table's snapshots to learn whether the commit happened.
         """
         return  # an optional hook: engines that cannot interrupt their work need nothing
+
+    # --- maintenance: what keeps a table's cost flat as it ages -------------------------
+    #
+    # Engines that cannot maintain their tables do nothing: the defaults report no change.
+
+    def expire_snapshots(
+        self, table_name: str, *, before: datetime, keep_last: int
+    ) -> MaintenanceResult:
+        """Expire the snapshots committed before `before`, then delete the files only they
+        referenced.
+
+        Never expires the head of a tag or branch (undo windows, staged versions) nor one of
+        the `keep_last` newest snapshots. Callers pass a `before` that spares what the
+        exactly-once recovery may still look up.
+
+        Args:
+            table_name: "namespace.table".
+            before: Expire only snapshots committed earlier (tz-aware UTC).
+            keep_last: Keep at least this many of the newest snapshots, however old.
+
+        Raises:
+            EngineError: the expiry failed (e.g. a concurrent commit); nothing was expired.
+        """
+        return MaintenanceResult()
+
+    def compact_files(
+        self,
+        table_name: str,
+        *,
+        small_file_bytes: int,
+        min_files: int,
+        max_bytes: int,
+        properties: dict[str, str],
+    ) -> MaintenanceResult:
+        """Rewrite the current snapshot's small data files into fewer, in one commit.
+
+        Every row, the lineage column included, is kept exactly. The commit is optimistic: a
+        write to the table since the files were read makes it fail, never lose that write.
+
+        Args:
+            table_name: "namespace.table".
+            small_file_bytes: Files smaller than this are candidates.
+            min_files: Do nothing unless at least this many candidates exist.
+            max_bytes: Rewrite at most this many bytes of candidates in one commit.
+            properties: Snapshot summary properties of the rewrite's commit.
+
+        Raises:
+            EngineError: the rewrite failed or lost the race to a concurrent commit.
+        """
+        return MaintenanceResult()
+
+    def remove_orphan_files(self, table_name: str, *, older_than: datetime) -> MaintenanceResult:
+        """Delete files under the table's location that no metadata references.
+
+        Args:
+            table_name: "namespace.table".
+            older_than: Spare files modified at or after this time (a write in flight).
+
+        Raises:
+            EngineError: the table's files could not be listed.
+        """
+        return MaintenanceResult()

@@ -20,6 +20,7 @@ from pyiceberg.table.snapshots import Snapshot
 from ingestions.engines.base import (
     MAX_PHYSICAL_NAME_PART_LENGTH,
     Engine,
+    MaintenanceResult,
     SnapshotInfo,
     Stage,
     TableInfo,
@@ -36,6 +37,12 @@ MAIN = "main"
 
 # A concurrent writer to the same table makes a commit fail; the data is rewritten and retried.
 COMMIT_ATTEMPTS = 3
+
+# Every commit writes a new metadata file; keep the last few, not all of them.
+NEW_TABLE_PROPERTIES = {
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+}
 
 # Building a catalog opens a connection pool and checks the catalog tables: do it once per
 # process. The pid is in the key because a forked child must not share its parent's pool.
@@ -75,6 +82,7 @@ class IcebergEngine(Engine):
     name = "iceberg"
     can_stage = True
     can_retain = True
+    can_maintain = True
 
     def __init__(
         self,
@@ -142,33 +150,52 @@ class IcebergEngine(Engine):
         validate_table_name(table_name)
         if not all(isinstance(item, str) for pair in properties.items() for item in pair):
             raise TypeError("Snapshot properties must map strings to strings.")
-        namespace = table_name.split(".")[0]
         with self._errors(f"append to {table_name}"):
-            catalog = self._catalog()
-            catalog.create_namespace_if_not_exists(namespace)
-            table = catalog.create_table_if_not_exists(
-                table_name, schema=data.schema, location=self._table_location(table_name)
-            )
+            table = self._table_for_append(table_name, data.schema)
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
                     with table.transaction() as transaction:
-                        # A no-op when nothing changed; otherwise adds columns and widens
-                        # types in the same commit as the data.
-                        with transaction.update_schema() as schema_update:
-                            schema_update.union_by_name(data.schema)
+                        if not _has_schema(table, data.schema):
+                            # Adds columns and widens types in the same commit as the data.
+                            with transaction.update_schema() as schema_update:
+                                schema_update.union_by_name(data.schema)
                         transaction.append(
                             data, snapshot_properties=properties, branch=branch or MAIN
                         )
                 except iceberg_errors.CommitFailedException:
                     if attempt == COMMIT_ATTEMPTS:
                         raise
-                    table = catalog.load_table(table_name)
+                    table = self._catalog().load_table(table_name)
                 else:
                     break
             # The committed metadata is the table's now, so the branch's head is ours.
             if branch:
                 return table.metadata.refs[branch].snapshot_id
             return table.current_snapshot().snapshot_id
+
+    def _table_for_append(self, table_name: str, schema: pa.Schema) -> Table:
+        """The table, loaded, or created (with its namespace) from `schema` when missing.
+
+        Loaded for each append, not kept between them: a table kept from an earlier batch
+        goes stale when anything else commits to (or renames, or drops) it, and a stale
+        table writes its data files before its commit is refused, leaving orphans. pyiceberg
+        loads the table again to commit in any case, so keeping it would save one read.
+        """
+        catalog = self._catalog()
+        try:
+            return catalog.load_table(table_name)
+        except iceberg_errors.NoSuchTableError:
+            pass
+        catalog.create_namespace_if_not_exists(table_name.split(".")[0])
+        try:
+            return catalog.create_table(
+                table_name,
+                schema=schema,
+                location=self._table_location(table_name),
+                properties=NEW_TABLE_PROPERTIES,
+            )
+        except iceberg_errors.TableAlreadyExistsError:
+            return catalog.load_table(table_name)  # created meanwhile by another writer
 
     def stage_begin(self, table_name: str, *, name: str) -> Stage:
         validate_table_name(table_name)
@@ -329,7 +356,7 @@ class IcebergEngine(Engine):
                 table = catalog.load_table(table_name)
             if expire_before is None:
                 return 0
-            return _expire_snapshots(table, before=expire_before)
+            return _expire_and_delete(table, _snapshots_to_expire(table, before=expire_before))
 
     def source_file_rows(self, table_name: str) -> dict[str, int]:
         table = self._load_table(table_name)
@@ -417,29 +444,180 @@ class IcebergEngine(Engine):
         except _ENGINE_FAILURES as exc:
             raise EngineError(f"Iceberg could not {action}: {_reason(exc)}") from exc
 
+    # --- maintenance (see docs/maintenance.md) -----------------------------------------
+
+    def expire_snapshots(
+        self, table_name: str, *, before: datetime, keep_last: int
+    ) -> MaintenanceResult:
+        table = self._load_table(table_name)
+        if table is None:
+            return MaintenanceResult()
+        with self._errors(f"expire snapshots of {table_name}"):
+            expired = _snapshots_to_expire(table, before=before, keep_last=keep_last)
+            freed = _expire_and_delete(table, expired)
+        return MaintenanceResult(snapshots_expired=len(expired), bytes_freed=freed)
+
+    def compact_files(
+        self,
+        table_name: str,
+        *,
+        small_file_bytes: int,
+        min_files: int,
+        max_bytes: int,
+        properties: dict[str, str],
+    ) -> MaintenanceResult:
+        # pyiceberg 0.12 has no rewrite action: an overwrite that deletes the small files and
+        # adds their rows back, in one commit, is one (what its own `delete` does per file).
+        from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+
+        table = self._load_table(table_name)
+        if table is None or table.current_snapshot() is None:
+            return MaintenanceResult()
+        with self._errors(f"compact the data files of {table_name}"):
+            if not table.spec().is_unpartitioned():
+                return MaintenanceResult()  # files of different partitions cannot be merged
+            tasks = list(table.scan().plan_files())
+            if any(task.delete_files for task in tasks):
+                return MaintenanceResult()  # merge-on-read deletes: rewriting must apply them
+            small, size = [], 0
+            for task in sorted(tasks, key=lambda task: task.file.file_size_in_bytes):
+                file_size = task.file.file_size_in_bytes
+                if file_size >= small_file_bytes or (small and size + file_size > max_bytes):
+                    break
+                small.append(task)
+                size += file_size
+            if len(small) < min_files:
+                return MaintenanceResult()
+            # Read with the table's current schema: files written before a column was added
+            # or widened are read the way the table reads them.
+            rows = ArrowScan(
+                table_metadata=table.metadata,
+                io=table.io,
+                projected_schema=table.schema(),
+                row_filter=AlwaysTrue(),
+            ).to_table(tasks=small)
+            expected = sum(task.file.record_count for task in small)
+            if rows.num_rows != expected:
+                raise EngineError(
+                    f"Compaction of {table_name} read {rows.num_rows} rows, not {expected}."
+                )
+            # The overwrite asserts that main is still the snapshot the files were read from:
+            # a run committing meanwhile makes this commit fail, never the run's.
+            with (
+                table.transaction() as transaction,
+                transaction.update_snapshot(
+                    snapshot_properties=properties, branch=MAIN
+                ).overwrite() as rewrite,
+            ):
+                written = list(
+                    _dataframe_to_data_files(
+                        table_metadata=transaction.table_metadata,
+                        df=rows,
+                        io=table.io,
+                        write_uuid=rewrite.commit_uuid,
+                    )
+                )
+                for task in small:
+                    rewrite.delete_data_file(task.file)
+                for data_file in written:
+                    rewrite.append_data_file(data_file)
+            snapshot_id = table.current_snapshot().snapshot_id
+        return MaintenanceResult(
+            files_compacted=len(small), files_written=len(written), snapshot_id=snapshot_id
+        )
+
+    def remove_orphan_files(self, table_name: str, *, older_than: datetime) -> MaintenanceResult:
+        from pyarrow.fs import FileSelector, FileType
+
+        table = self._load_table(table_name)
+        if table is None or not hasattr(table.io, "fs_by_scheme"):
+            return MaintenanceResult()  # not pyarrow's FileIO: nothing to list files with
+        with self._errors(f"remove orphan files of {table_name}"):
+            location = table.location().rstrip("/")
+            scheme, netloc, root = table.io.parse_location(location)
+            filesystem = table.io.fs_by_scheme(scheme, netloc)
+            referenced = {
+                table.io.parse_location(path)[2]
+                for holder in [table, *self._tables_sharing(table_name, location)]
+                for path in self._referenced_files(holder)
+            }
+            cutoff = older_than.timestamp()
+            removed = freed = 0
+            selector = FileSelector(root, recursive=True, allow_not_found=True)
+            for info in filesystem.get_file_info(selector):
+                if info.type != FileType.File or info.path in referenced:
+                    continue
+                if info.mtime is None or info.mtime.timestamp() >= cutoff:
+                    continue  # possibly a write in flight
+                try:
+                    filesystem.delete_file(info.path)
+                except FileNotFoundError:
+                    continue
+                removed += 1
+                freed += info.size or 0
+        return MaintenanceResult(files_removed=removed, bytes_freed=freed)
+
+    def _tables_sharing(self, table_name: str, location: str) -> list[Table]:
+        """The other tables of the namespace whose files lie in, or around, the location: a
+        table set aside for undo keeps the location of the table it was, which a new table of
+        the same name takes again."""
+        catalog = self._catalog()
+        tables = []
+        for identifier in catalog.list_tables(table_name.split(".")[0]):
+            if ".".join(identifier) == table_name:
+                continue
+            try:
+                other = catalog.load_table(identifier)
+            except iceberg_errors.NoSuchTableError:
+                continue  # dropped meanwhile
+            other_location = other.location().rstrip("/")
+            if (
+                other_location == location
+                or other_location.startswith(f"{location}/")
+                or location.startswith(f"{other_location}/")
+            ):
+                tables.append(other)
+        return tables
+
+    @staticmethod
+    def _referenced_files(table: Table) -> set[str]:
+        """Every file the table's metadata still names: metadata versions, statistics,
+        manifest lists, manifests and live data files."""
+        metadata = table.metadata
+        files = {table.metadata_location}
+        files |= {entry.metadata_file for entry in metadata.metadata_log}
+        files |= {statistics.statistics_path for statistics in metadata.statistics}
+        files |= {statistics.statistics_path for statistics in metadata.partition_statistics}
+        files |= set(_reachable_files(metadata.snapshots, table.io))
+        return files
+
+
+def _has_schema(table: Table, schema: pa.Schema) -> bool:
+    """Whether `schema` is the table's (as Arrow types): then there is nothing to merge."""
+    return schema.equals(schema_to_pyarrow(table.schema(), include_field_ids=False))
+
 
 def _retired_name(table_name: str, name: str) -> str:
     namespace, table = table_name.split(".")
     return f"{namespace}.{table}__{name}"[: len(namespace) + 1 + MAX_PHYSICAL_NAME_PART_LENGTH]
 
 
-def _expire_snapshots(table: Table, *, before: datetime) -> int:
-    """Expire the snapshots committed before `before` that no tag or branch holds, then
-    delete the files that only they referenced.
-
-    Returns:
-        The bytes of data files deleted.
-    """
-    held = {ref.snapshot_id for ref in table.metadata.refs.values()}
-    cutoff = int(before.timestamp() * 1000)
-    return _expire_and_delete(
-        table,
-        [
-            snapshot.snapshot_id
-            for snapshot in table.metadata.snapshots
-            if snapshot.timestamp_ms < cutoff and snapshot.snapshot_id not in held
-        ],
+def _snapshots_to_expire(table: Table, *, before: datetime, keep_last: int = 0) -> list[int]:
+    """The snapshots committed before `before` that no tag or branch holds, but for the
+    newest `keep_last`: expire them with `_expire_and_delete`."""
+    snapshots = sorted(
+        table.metadata.snapshots,
+        key=lambda snapshot: (snapshot.sequence_number or 0, snapshot.timestamp_ms),
     )
+    kept = {ref.snapshot_id for ref in table.metadata.refs.values()}
+    if keep_last > 0:
+        kept |= {snapshot.snapshot_id for snapshot in snapshots[-keep_last:]}
+    cutoff = int(before.timestamp() * 1000)
+    return [
+        snapshot.snapshot_id
+        for snapshot in snapshots
+        if snapshot.timestamp_ms < cutoff and snapshot.snapshot_id not in kept
+    ]
 
 
 def _expire_unreachable(table: Table) -> int:

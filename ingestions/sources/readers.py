@@ -7,9 +7,12 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import lru_cache
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -203,6 +206,10 @@ def normalize_for_iceberg(data: pa.Table) -> pa.Table:
         ValueError: A column has a type Iceberg cannot store (duration, decimal256 over 38
             digits, ...) or a uint64 value beyond int64.
     """
+    if data.schema.metadata is None and all(
+        field.metadata is None and _is_writable_as_is(field.type) for field in data.schema
+    ):
+        return data  # the common case (CSV): nothing to cast, the same table rebuilt
     fields, columns = [], []
     for field, column in zip(data.schema, data.columns, strict=True):
         try:
@@ -216,6 +223,15 @@ def normalize_for_iceberg(data: pa.Table) -> pa.Table:
         fields.append(pa.field(field.name, writable_type, nullable=field.nullable))
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+@lru_cache(maxsize=1024)
+def _is_writable_as_is(data_type: pa.DataType) -> bool:
+    """Whether Iceberg stores `data_type` as it is (kept per type: a source has few)."""
+    try:
+        return iceberg_writable_type(data_type) == data_type
+    except ValueError:
+        return False
 
 
 def iceberg_writable_type(data_type: pa.DataType) -> pa.DataType:
@@ -309,24 +325,40 @@ def _all_types(data_type: pa.DataType) -> Iterator[pa.DataType]:
         yield from _all_types(data_type.field(index).type)
 
 
-def with_metadata_columns(data: pa.Table, *, source_file: str, ingested_at: datetime) -> pa.Table:
+def with_metadata_columns(
+    data: pa.Table, *, source_file: str | pa.Array, ingested_at: datetime
+) -> pa.Table:
     """Append `_source_file` and `_ingested_at` (UTC) to every row of `data`.
 
+    `source_file` is one path for all rows, or a path per row (`source_file_column`) for the
+    rows of several files stacked together.
+
     Raises:
-        ValueError: `ingested_at` is naive.
+        ValueError: `ingested_at` is naive, or `source_file` has not one path per row.
     """
     if ingested_at.tzinfo is None:
         raise ValueError("ingested_at must be timezone-aware.")
+    if isinstance(source_file, str):
+        source_file = pa.repeat(pa.scalar(source_file, pa.string()), data.num_rows)
+    elif len(source_file) != data.num_rows:
+        raise ValueError(f"{len(source_file)} source paths for {data.num_rows} rows.")
     # A file exported from one of our own tables already carries these; ours win.
     data = data.drop_columns([name for name in METADATA_COLUMNS if name in data.column_names])
-    data = data.append_column(
-        pa.field("_source_file", pa.string()),
-        pa.repeat(pa.scalar(source_file, pa.string()), data.num_rows),
-    )
+    data = data.append_column(pa.field("_source_file", pa.string()), source_file)
     return data.append_column(
         pa.field("_ingested_at", INGESTED_AT_TYPE),
         pa.repeat(pa.scalar(ingested_at.astimezone(UTC), INGESTED_AT_TYPE), data.num_rows),
     )
+
+
+def source_file_column(files: list[tuple[str, int]]) -> pa.Array:
+    """The `_source_file` of files' rows stacked in order: each (path, rows) path, rows times."""
+    files = [(path, rows) for path, rows in files if rows]  # run ends must increase
+    run_ends = list(accumulate(rows for _, rows in files))
+    encoded = pa.RunEndEncodedArray.from_arrays(
+        pa.array(run_ends, pa.int64()), pa.array([path for path, _ in files], pa.string())
+    )
+    return pc.run_end_decode(encoded)
 
 
 def conform_to_schema(data: pa.Table, schema: pa.Schema) -> pa.Table:
