@@ -33,6 +33,7 @@ from ingestions.errors import (
     IngestionNotFoundError,
     RunNotFoundError,
 )
+from ingestions.maintenance import maintenance_list
 from ingestions.models import RunTrigger
 from ingestions.selectors import (
     ingestion_get,
@@ -78,6 +79,7 @@ CHART_RUNS = 30
 RUN_TABLE_ROWS = 15
 OPERATIONS_SHOWN = 10
 AUDIT_TRAIL_SHOWN = 15
+MAINTENANCE_SHOWN = 8
 AUDIT_PAGE_SIZE = 50
 # The console's words for a refusal: a title, and what to do next when the domain error's
 # own `help` speaks to API clients rather than to someone in front of the page.
@@ -277,6 +279,7 @@ DETAIL_FRAGMENTS = (
     "table-card",
     "history-card",
     "operation-list",
+    "maintenance-list",
     "audit-trail",
 )
 
@@ -336,6 +339,8 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
         context["resumable_operation_id"] = next(
             (key for key, offer in offers.items() if offer.resume), None
         )
+    if "maintenance-list" in parts:
+        context["maintenance"] = list(maintenance_list(ingestion=ingestion)[:MAINTENANCE_SHOWN])
     if "audit-trail" in parts:
         context["audit_entries"] = list(
             audit_entry_list(tenant=tenant, ingestion=ingestion)[:AUDIT_TRAIL_SHOWN]

@@ -18,6 +18,7 @@ from .models import (
     Run,
     RunBatch,
     StorageLocation,
+    TableMaintenance,
     Tenant,
 )
 from .services import ingestion_update
@@ -113,6 +114,14 @@ class ProcessedFileAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["ingestion"]
     show_full_result_count = False  # the history can be millions of rows
     readonly_fields = [field.name for field in ProcessedFile._meta.fields]
+
+
+@admin.register(TableMaintenance)
+class TableMaintenanceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["started_at", "ingestion", "action", "snapshots_expired", "bytes_freed"]
+    list_filter = ["action"]
+    list_select_related = ["ingestion"]
+    readonly_fields = [field.name for field in TableMaintenance._meta.fields]
 
 
 # --- storage locations ------------------------------------------------------------------

@@ -18,7 +18,14 @@ from .engines import ENGINE_CHOICES
 from .engines.base import MAX_TABLE_NAME_PART_LENGTH, validate_table_name
 from .errors import PermissionDeniedError
 from .locations import location_list
-from .models import PUBLIC_ID_VALIDATOR, Ingestion, RunTrigger, SourceFormat
+from .maintenance import maintenance_list
+from .models import (
+    PUBLIC_ID_VALIDATOR,
+    Ingestion,
+    MaintenanceAction,
+    RunTrigger,
+    SourceFormat,
+)
 from .pagination import StrictLimitOffsetPagination
 from .runs import run_cancel, run_request
 from .selectors import (
@@ -404,3 +411,37 @@ class LocationListApi(TenantAPIView):
     def get(self, request):
         self.require("view_ingestion")
         return Response(self.OutputSerializer(location_list(tenant=self.tenant), many=True).data)
+
+
+class IngestionMaintenanceApi(TenantAPIView):
+    """The maintenance the worker ran on the ingestion's table, newest first."""
+
+    Pagination = StrictLimitOffsetPagination
+
+    pagination_class = Pagination  # read by the schema: the list is paginated
+
+    # Named apart from the other views' `OutputSerializer`: the schema names components by class.
+    class MaintenanceOutputSerializer(serializers.Serializer):
+        action = serializers.ChoiceField(choices=MaintenanceAction.choices)
+        table = serializers.CharField(source="table_name")
+        started_at = serializers.DateTimeField()
+        finished_at = serializers.DateTimeField(allow_null=True)
+        snapshots_expired = serializers.IntegerField()
+        files_removed = serializers.IntegerField()
+        files_compacted = serializers.IntegerField()
+        files_written = serializers.IntegerField()
+        bytes_freed = serializers.IntegerField()
+        snapshot_id = serializers.IntegerField(allow_null=True)
+        error = serializers.CharField()
+
+    @extend_schema(
+        operation_id="ingestions_maintenance_list",
+        responses={200: MaintenanceOutputSerializer(many=True), **COMMON_ERRORS},
+    )
+    def get(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
+        paginator = self.Pagination()
+        actions = maintenance_list(ingestion=ingestion)
+        page = paginator.paginate_queryset(actions, request, view=self)
+        payload = self.MaintenanceOutputSerializer(page, many=True).data
+        return paginator.get_paginated_response(payload)

@@ -393,3 +393,35 @@ class StorageLocation(models.Model):
     @property
     def has_secret(self) -> bool:
         return bool(self.s3_secret_access_key_encrypted)
+
+
+class MaintenanceAction(models.TextChoices):
+    EXPIRE_SNAPSHOTS = "expire_snapshots", "Expire snapshots"
+    COMPACT_FILES = "compact_files", "Compact small files"
+    REMOVE_ORPHAN_FILES = "remove_orphan_files", "Remove orphan files"
+
+
+class TableMaintenance(models.Model):
+    """One maintenance action the worker ran on an ingestion's table (`ingestions.maintenance`)."""
+
+    ingestion = models.ForeignKey(Ingestion, on_delete=models.CASCADE, related_name="maintenance")
+    table_name = models.CharField(max_length=200)
+    action = models.CharField(max_length=32, choices=MaintenanceAction.choices)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    snapshots_expired = models.PositiveIntegerField(default=0)
+    files_removed = models.PositiveIntegerField(default=0)
+    files_compacted = models.PositiveIntegerField(default=0)
+    files_written = models.PositiveIntegerField(default=0)
+    bytes_freed = models.BigIntegerField(default=0)
+    snapshot_id = models.BigIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [
+            models.Index(fields=["ingestion", "-started_at"], name="maintenance_by_ingestion")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} of {self.table_name} at {self.started_at:%Y-%m-%d %H:%M}"

@@ -15,6 +15,11 @@ urlpatterns = [
         api.IngestionRunsApi.as_view(),
         name="api-ingestion-runs",
     ),
+    path(
+        "ingestions/<str:ingestion_id>/maintenance",
+        api.IngestionMaintenanceApi.as_view(),
+        name="api-ingestion-maintenance",
+    ),
     path("locations", api.LocationListApi.as_view(), name="api-locations"),
     path("runs/<str:run_id>", api.RunDetailApi.as_view(), name="api-run"),
     path("runs/<str:run_id>/cancel", api.RunCancelApi.as_view(), name="api-run-cancel"),

@@ -213,3 +213,12 @@ def test_the_run_page_polls_its_summary_while_the_run_is_active(loaded, admin_co
     ended = admin_console.get(f"/runs/{run.public_id}/", **hx("run-summary")).content.decode()
     assert "every 2s" not in ended.split(">", 1)[0]
     assert "Success" in ended
+
+
+def test_the_page_shows_what_the_worker_did_to_maintain_the_table(loaded, admin_console):
+    from ingestions.maintenance import maintenance_run
+
+    assert "Nothing yet." in admin_console.get(PAGE).content.decode()
+    actions = maintenance_run(ingestion=loaded)
+    html = admin_console.get(PAGE, **hx("maintenance-list")).content.decode()
+    assert actions and all(f'data-maintenance="{item.action}"' in html for item in actions)

@@ -50,6 +50,7 @@ ENDPOINTS = [
     Endpoint("POST", "runs/{run}/cancel", 403, 202, 202, 404),
     Endpoint("GET", "ingestions/{ingestion}/processed-files", 200, 200, 200, 404),
     Endpoint("DELETE", "ingestions/{ingestion}/processed-files?confirm=true", 403, 403, 200, 404),
+    Endpoint("GET", "ingestions/{ingestion}/maintenance", 200, 200, 200, 404),
 ]
 
 

@@ -49,7 +49,7 @@ class Endpoint(NamedTuple):
 
 
 # Dry-runs need view; fresh start needs operator; full refresh, drop table and clearing the
-# history need admin; resuming needs the permission of the operation's kind. Another
+# history need admin; resuming and undoing need the permission of the operation's kind. Another
 # tenant's admin gets 404 everywhere: the object must look absent.
 ENDPOINTS = [
     Endpoint("POST", "ingestions/{ingestion}/full-refresh", 200, 200, 200, DRY_RUN),
@@ -79,6 +79,34 @@ ENDPOINTS = [
         403,
         202,
         202,
+        not_found="OPERATION_NOT_FOUND",
+    ),
+    # Undo: previewed by any member, executed with the permission of the operation's kind.
+    Endpoint(
+        "POST",
+        "refresh-operations/{operation}/undo",
+        200,
+        200,
+        200,
+        DRY_RUN,
+        not_found="OPERATION_NOT_FOUND",
+    ),
+    Endpoint(
+        "POST",
+        "refresh-operations/{operation}/undo",
+        403,
+        403,
+        200,
+        CONFIRM,
+        not_found="OPERATION_NOT_FOUND",
+    ),
+    Endpoint(
+        "POST",
+        "refresh-operations/{fresh_operation}/undo",
+        403,
+        200,
+        200,
+        CONFIRM,
         not_found="OPERATION_NOT_FOUND",
     ),
 ]

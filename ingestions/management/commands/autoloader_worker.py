@@ -4,6 +4,8 @@ It is django-tasks-db's worker plus a reaper thread: a worker killed in the midd
 run leaves its task marked running forever, so the reaper re-queues such runs (stale
 heartbeat) for a live worker to resume. The reaper also finishes refresh operations (and
 undos) whose web process died half-way, and ends retention windows (`refresh.services`).
+A third thread maintains the tables (`ingestions.maintenance`): a long compaction there
+never delays the recovery of a run or of an operation.
 """
 
 import logging
@@ -15,10 +17,14 @@ from django.db import connection
 from django.utils.crypto import get_random_string
 from django_tasks_db.management.commands.db_worker import Worker
 
+from ingestions.maintenance import maintenance_due
 from ingestions.runs import runs_recover_stale
 from refresh.services import refresh_reap, retention_expire
 
 logger = logging.getLogger("ingestions.worker")
+
+RECOVERY = (runs_recover_stale, refresh_reap, retention_expire)
+MAINTENANCE = (maintenance_due,)
 
 
 class Command(BaseCommand):
@@ -30,9 +36,9 @@ class Command(BaseCommand):
 
     def handle(self, *, interval: float, batch: bool, **options):
         stop = threading.Event()
-        self._reap_once()
-        reaper = threading.Thread(target=self._reap, args=(stop,), name="reaper", daemon=True)
-        reaper.start()
+        self._reap_once(RECOVERY)  # maintenance waits for its thread: startup stays quick
+        for name, tasks in (("reaper", RECOVERY), ("maintenance", MAINTENANCE)):
+            threading.Thread(target=self._loop, args=(stop, tasks), name=name, daemon=True).start()
         worker = Worker(
             queue_names=["default"],
             interval=interval,
@@ -50,16 +56,17 @@ class Command(BaseCommand):
         finally:
             stop.set()
 
-    def _reap(self, stop: threading.Event) -> None:
+    def _loop(self, stop: threading.Event, tasks) -> None:
         try:
             while not stop.wait(settings.AUTOLOADER_REAPER_INTERVAL_SECONDS):
-                self._reap_once()
+                self._reap_once(tasks)
         finally:
             connection.close()
 
-    def _reap_once(self) -> None:
-        for task in (runs_recover_stale, refresh_reap, retention_expire):
+    def _reap_once(self, tasks=None) -> None:
+        """One pass of `tasks` (default: recovery, then maintenance)."""
+        for task in tasks or (*RECOVERY, *MAINTENANCE):
             try:
                 task()
-            except Exception:  # a transient database error must not kill the reaper
+            except Exception:  # a transient database error must not kill the thread
                 logger.warning("reaper pass (%s) failed", task.__name__, exc_info=True)
