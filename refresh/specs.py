@@ -15,6 +15,7 @@ from .models import OperationKind, StepName
 class StepSpec:
     name: str
     title: str  # "Drop the table": what the step does, for a preview or a step list
+    staged_title: str  # the same in zero-downtime mode, where it takes effect at publish
     done: str  # "table dropped": the state once it succeeded (a recovery's "state")
     not_done: str  # "table not dropped"
     failing: str  # "dropping the table": what failed
@@ -54,6 +55,7 @@ STEPS = {
         StepSpec(
             StepName.TABLE_DROPPED,
             title="Drop the table",
+            staged_title="Replace the table when the new version is published",
             done="table dropped",
             not_done="table not dropped",
             failing="dropping the table",
@@ -61,6 +63,7 @@ STEPS = {
         StepSpec(
             StepName.PROCESSED_FILES_CLEARED,
             title="Clear the processed-file history",
+            staged_title="Replace the processed-file history at publish",
             done="file history cleared",
             not_done="file history kept",
             failing="clearing the file history",
@@ -68,6 +71,7 @@ STEPS = {
         StepSpec(
             StepName.RUN_TRIGGERED,
             title="Trigger a run",
+            staged_title="Trigger the run that builds the new version",
             done="run triggered",
             not_done="no run triggered",
             failing="triggering the run",

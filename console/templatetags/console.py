@@ -139,9 +139,13 @@ def changed_fields(changes) -> str:
 
 
 @register.filter
-def step_title(name) -> str:
+def step_title(name, operation=None) -> str:
+    """What a step does; in zero-downtime mode (`operation` given), what it does at publish."""
     step = STEPS.get(name)
-    return step.title if step else humanize_code(name)
+    if step is None:
+        return humanize_code(name)
+    staged = operation is not None and operation.request.get("mode") == "atomic"
+    return step.staged_title if staged else step.title
 
 
 @register.filter

@@ -118,7 +118,11 @@ def test_full_refresh_shows_the_api_numbers_asks_for_the_name_and_runs_live(
     steps = page.locator(".steps-table tbody tr")
     expect(steps).to_have_count(3)
     for position, step in enumerate(
-        ["Drop the table", "Clear the processed-file history", "Trigger a run"]
+        [  # zero-downtime: each step takes effect when the new version is published
+            "Replace the table when the new version is published",
+            "Replace the processed-file history at publish",
+            "Trigger the run that builds the new version",
+        ]
     ):
         expect(steps.nth(position)).to_contain_text(step)
         expect(steps.nth(position)).to_contain_text("Success")
