@@ -14,7 +14,7 @@ from pyiceberg import exceptions as iceberg_errors
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException, schema_to_pyarrow
-from pyiceberg.table import Table
+from pyiceberg.table import Table, TableMetadata, Transaction
 from pyiceberg.table.snapshots import Snapshot
 
 from ingestions.engines.base import (
@@ -70,6 +70,26 @@ _ENGINE_FAILURES = (
     ValueError,
     TypeError,
 )
+
+
+class _Transaction(Transaction):
+    """A pyiceberg transaction that computes its pending metadata once per change.
+
+    pyiceberg rebuilds and deep-copies the whole table metadata, every snapshot included, on
+    each read of `Transaction.table_metadata`: about twenty times per append, so an append
+    costs more the older the table. The metadata models are frozen and a read never changes
+    them, so while neither the table's metadata nor the pending updates have changed, the
+    metadata computed last is still exact and is returned again.
+    """
+
+    _memo: tuple[object, object, TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        base, updates = self._table.metadata, self._updates
+        if self._memo is None or self._memo[0] is not base or self._memo[1] is not updates:
+            self._memo = (base, updates, super().table_metadata)
+        return self._memo[2]
 
 
 class IcebergEngine(Engine):
@@ -154,7 +174,7 @@ class IcebergEngine(Engine):
             table = self._table_for_append(table_name, data.schema)
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
-                    with table.transaction() as transaction:
+                    with _Transaction(table) as transaction:
                         if not _has_schema(table, data.schema):
                             # Adds columns and widens types in the same commit as the data.
                             with transaction.update_schema() as schema_update:
