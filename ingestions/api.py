@@ -41,7 +41,9 @@ from .serializers import (
     IngestionOutputSerializer,
     RunOutputSerializer,
     StrictSerializer,
+    maintenance_enabled_field,
     retain_days_field,
+    snapshot_retention_hours_field,
 )
 from .services import (
     ExistingTable,
@@ -175,6 +177,8 @@ class IngestionListCreateApi(TenantAPIView):
             help_text="Days a refresh operation keeps what it replaces, for undo (0: no undo; "
             "null: the server's default, 7).",
         )
+        maintenance_enabled = maintenance_enabled_field(default=True)
+        snapshot_retention_hours = snapshot_retention_hours_field()
         existing_table = serializers.ChoiceField(
             choices=ExistingTable.choices,
             required=False,
@@ -221,6 +225,8 @@ class IngestionListCreateApi(TenantAPIView):
             cost_per_gb_usd=data.get("cost_per_gb_usd"),
             protected=data["protected"],
             retain_days=data.get("retain_days"),
+            maintenance_enabled=data["maintenance_enabled"],
+            snapshot_retention_hours=data.get("snapshot_retention_hours"),
             existing_table=data.get("existing_table"),
         )
         return Response(one_ingestion_payload(ingestion), status=status.HTTP_201_CREATED)
@@ -245,6 +251,8 @@ class IngestionDetailApi(TenantAPIView):
             help_text="Days a refresh operation keeps what it replaces, for undo (0: no undo; "
             "null: the server's default, 7).",
         )
+        maintenance_enabled = maintenance_enabled_field(required=False)
+        snapshot_retention_hours = snapshot_retention_hours_field()
         destination = serializers.DictField(required=False)
 
         def validate_destination(self, value):

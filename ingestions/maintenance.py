@@ -31,6 +31,7 @@ from .engines.base import MaintenanceResult
 from .errors import AutoloaderError
 from .models import (
     ACTIVE_RUN_STATUSES,
+    MAX_SNAPSHOT_RETENTION_HOURS,
     BatchStatus,
     Ingestion,
     MaintenanceAction,
@@ -74,16 +75,34 @@ def maintenance_due(*, now: datetime | None = None) -> list[TableMaintenance]:
     return done
 
 
-def ingestions_due_for_maintenance(*, now: datetime) -> QuerySet[Ingestion]:
-    """Idle ingestions of a maintained engine whose table a run changed, not maintained for
-    an interval, and changed by a run within a snapshot retention before the last pass
-    (the pass after that is the one that expires the run's snapshots)."""
+def snapshot_retention(ingestion: Ingestion) -> timedelta:
+    """How long the ingestion's table keeps its snapshots: its own policy, else the server's."""
+    hours = ingestion.snapshot_retention_hours
+    if hours is None:
+        hours = settings.AUTOLOADER_SNAPSHOT_RETENTION_HOURS
+    return timedelta(hours=hours)
+
+
+def ingestions_due_for_maintenance(*, now: datetime) -> list[Ingestion]:
+    """Idle ingestions of a maintained engine, with maintenance on, whose table a run
+    changed, not maintained for an interval, and changed by a run within their snapshot
+    retention before the last pass (the pass after that is the one that expires the run's
+    snapshots)."""
     interval = timedelta(seconds=settings.AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS)
-    retention = timedelta(hours=settings.AUTOLOADER_SNAPSHOT_RETENTION_HOURS)
+    default = timedelta(hours=settings.AUTOLOADER_SNAPSHOT_RETENTION_HOURS)
+    widest = timedelta(hours=MAX_SNAPSHOT_RETENTION_HOURS)
     last_pass = TableMaintenance.objects.filter(ingestion=OuterRef("pk")).order_by("-started_at")
     last_change = Run.objects.filter(ingestion=OuterRef("pk"), finished_at__isnull=False)
+
+    def changed_since_last_pass_minus(retention: timedelta) -> Q:
+        return Q(
+            last_change_at__gte=ExpressionWrapper(
+                F("last_pass_at") - Value(retention), output_field=DateTimeField()
+            )
+        )
+
     ingestions = (
-        Ingestion.objects.filter(engine__in=MAINTAINED_ENGINES)
+        Ingestion.objects.filter(engine__in=MAINTAINED_ENGINES, maintenance_enabled=True)
         .select_related("tenant")
         .annotate(
             last_pass_at=Subquery(last_pass.values("started_at")[:1]),
@@ -92,15 +111,29 @@ def ingestions_due_for_maintenance(*, now: datetime) -> QuerySet[Ingestion]:
         .filter(last_change_at__isnull=False)
         .filter(
             Q(last_pass_at__isnull=True)
-            | Q(
-                last_pass_at__lt=now - interval,
-                last_change_at__gte=ExpressionWrapper(
-                    F("last_pass_at") - Value(retention), output_field=DateTimeField()
-                ),
+            | (
+                Q(last_pass_at__lt=now - interval)
+                # An ingestion's own retention is checked below: hours times an interval
+                # is not portable SQL.
+                & (
+                    (
+                        Q(snapshot_retention_hours__isnull=True)
+                        & changed_since_last_pass_minus(default)
+                    )
+                    | (
+                        Q(snapshot_retention_hours__isnull=False)
+                        & changed_since_last_pass_minus(widest)
+                    )
+                )
             )
         )
     )
-    return _idle(ingestions)
+    return [
+        ingestion
+        for ingestion in _idle(ingestions)
+        if ingestion.last_pass_at is None
+        or ingestion.last_change_at >= ingestion.last_pass_at - snapshot_retention(ingestion)
+    ]
 
 
 def maintenance_run(
@@ -135,7 +168,7 @@ def maintenance_run(
             MaintenanceAction.EXPIRE_SNAPSHOTS,
             lambda: engine.expire_snapshots(
                 table_name,
-                before=snapshot_expiry_cutoff(table_name=table_name, now=now),
+                before=snapshot_expiry_cutoff(ingestion=ingestion, now=now),
                 keep_last=settings.AUTOLOADER_SNAPSHOT_RETAIN_LAST,
             ),
         ),
@@ -156,16 +189,16 @@ def maintenance_run(
     return done
 
 
-def snapshot_expiry_cutoff(*, table_name: str, now: datetime) -> datetime:
-    """The time before which the table's snapshots may be expired.
+def snapshot_expiry_cutoff(*, ingestion: Ingestion, now: datetime) -> datetime:
+    """The time before which the ingestion's table's snapshots may be expired.
 
-    A snapshot retention ago, or earlier: the exactly-once recovery resolves a PENDING batch
+    Its snapshot retention ago, or earlier: the exactly-once recovery resolves a PENDING batch
     by finding the snapshot that names it (`runs.batch_resolve`), so nothing committed after
     the oldest PENDING batch of the table may go.
     """
-    cutoff = now - timedelta(hours=settings.AUTOLOADER_SNAPSHOT_RETENTION_HOURS)
+    cutoff = now - snapshot_retention(ingestion)
     oldest_pending = RunBatch.objects.filter(
-        table_name=table_name, status=BatchStatus.PENDING
+        table_name=ingestion.table_identifier, status=BatchStatus.PENDING
     ).aggregate(oldest=Min("created_at"))["oldest"]
     if oldest_pending is not None:
         cutoff = min(cutoff, oldest_pending - PENDING_BATCH_MARGIN)

@@ -5,7 +5,7 @@ import secrets
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, RegexValidator
 from django.db import models
 from django.db.models import F, Q
 
@@ -32,6 +32,9 @@ def validate_destination_table(value: str) -> None:
 
 
 RESERVED_TABLE_MARK = "__autoloader_"
+
+# The longest an ingestion may keep its table's snapshots for time travel (a year).
+MAX_SNAPSHOT_RETENTION_HOURS = 24 * 366
 
 
 def new_public_id(prefix: str) -> str:
@@ -141,6 +144,13 @@ class Ingestion(models.Model):
     # Days a destructive refresh operation keeps what it replaced, so it can be undone;
     # None: settings.REFRESH_RETAIN_DAYS. 0: nothing is kept (no undo).
     retain_days = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Table maintenance (`ingestions.maintenance`): on by default; off leaves the table as
+    # runs wrote it. Snapshots are kept this many hours for time travel before they may be
+    # expired; None: settings.AUTOLOADER_SNAPSHOT_RETENTION_HOURS.
+    maintenance_enabled = models.BooleanField(default=True)
+    snapshot_retention_hours = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MaxValueValidator(MAX_SNAPSHOT_RETENTION_HOURS)]
+    )
     # The processed-file history in force: clearing it starts a new generation (the old
     # one is archived, for undo) instead of deleting rows.
     history_generation = models.PositiveIntegerField(default=0, editable=False)

@@ -3,7 +3,29 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from .models import Ingestion, ProcessedFile, Run
+from .models import MAX_SNAPSHOT_RETENTION_HOURS, Ingestion, ProcessedFile, Run
+
+
+def maintenance_enabled_field(**options) -> serializers.BooleanField:
+    """Whether the worker maintains an ingestion's table (`ingestions.maintenance`)."""
+    return serializers.BooleanField(
+        help_text="Whether the worker maintains the table: compaction, snapshot expiry, "
+        "orphan removal (default true).",
+        **options,
+    )
+
+
+def snapshot_retention_hours_field() -> serializers.IntegerField:
+    """The hours an ingestion's table keeps its snapshots for time travel."""
+    return serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=MAX_SNAPSHOT_RETENTION_HOURS,
+        help_text="Hours the table's snapshots are kept for time travel before maintenance "
+        "may expire them (null: the server's default, "
+        f"{settings.AUTOLOADER_SNAPSHOT_RETENTION_HOURS:g}).",
+    )
 
 
 def retain_days_field(**options) -> serializers.IntegerField:
@@ -92,6 +114,8 @@ class IngestionOutputSerializer(serializers.ModelSerializer):
             "cost_per_gb_usd",
             "protected",
             "retain_days",
+            "maintenance_enabled",
+            "snapshot_retention_hours",
             "created_at",
             "updated_at",
             "table",

@@ -33,6 +33,8 @@ UPDATABLE_FIELDS = (
     "cost_per_gb_usd",
     "protected",
     "retain_days",
+    "maintenance_enabled",
+    "snapshot_retention_hours",
 )
 AUDITED_FIELDS = (
     "public_id",
@@ -47,6 +49,8 @@ AUDITED_FIELDS = (
     "cost_per_gb_usd",
     "protected",
     "retain_days",
+    "maintenance_enabled",
+    "snapshot_retention_hours",
 )
 
 
@@ -71,6 +75,8 @@ def ingestion_create(
     cost_per_gb_usd: Decimal | float | None = None,
     protected: bool = False,
     retain_days: int | None = None,
+    maintenance_enabled: bool = True,
+    snapshot_retention_hours: int | None = None,
     public_id: str | None = None,
     existing_table: str | None = None,
 ) -> Ingestion:
@@ -107,6 +113,8 @@ def ingestion_create(
         ),
         protected=protected,
         retain_days=retain_days,
+        maintenance_enabled=maintenance_enabled,
+        snapshot_retention_hours=snapshot_retention_hours,
         created_by=actor if getattr(actor, "is_authenticated", False) else None,
     )
     if public_id:

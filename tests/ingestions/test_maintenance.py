@@ -8,6 +8,8 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 import pytest
+from auditlog.models import LogEntry
+from django.test import Client
 from django.utils import timezone
 
 from ingestions import maintenance
@@ -81,6 +83,15 @@ def data_file_count(ingestion) -> int:
 
 def table_folder(ingestion) -> Path:
     return Path(urlparse(open_table(ingestion.table_identifier).location()).path)
+
+
+def console_page(api_client, ingestion) -> str:
+    """The ingestion's console page, seen by the same user logged in to the console."""
+    client = Client()
+    client.force_login(api_client.user)
+    response = client.get(f"/ingestions/{ingestion.public_id}/")
+    assert response.status_code == 200
+    return response.content.decode()
 
 
 @pytest.fixture
@@ -290,3 +301,110 @@ def test_orphan_removal_spares_the_files_of_a_table_set_aside_at_the_same_locati
     assert open_table(point["table"]).scan().to_arrow().num_rows == 3
     load_engine().restore(table_name, point)
     assert open_table(table_name).scan().to_arrow().num_rows == 3
+
+
+def test_an_ingestion_with_maintenance_off_is_left_as_its_runs_wrote_it(
+    csv_ingestion, small_runs, member
+):
+    admin = member(Role.ADMIN)
+    url = f"/api/v1/ingestions/{csv_ingestion.public_id}"
+
+    response = admin.patch(url, {"maintenance_enabled": False}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["maintenance_enabled"] is False
+    Command()._reap_once()
+    assert not TableMaintenance.objects.filter(ingestion=csv_ingestion).exists()
+    assert data_file_count(csv_ingestion) == 5
+    assert "Maintenance is off for this ingestion" in console_page(admin, csv_ingestion)
+    # Turned back on, the next reaper pass maintains it; both changes are audited.
+    assert admin.patch(url, {"maintenance_enabled": True}, format="json").status_code == 200
+    Command()._reap_once()
+    assert data_file_count(csv_ingestion) == 1
+    changes = [
+        entry.changes["maintenance_enabled"]
+        for entry in LogEntry.objects.get_for_object(csv_ingestion).order_by("timestamp")
+        if "maintenance_enabled" in (entry.changes or {})
+    ]
+    assert changes[-2:] == [["True", "False"], ["False", "True"]]
+
+
+def test_an_ingestions_own_snapshot_retention_keeps_its_snapshots_for_time_travel(
+    csv_ingestion, small_runs, member
+):
+    """The server keeps no snapshot (retention 0 in these tests); this ingestion keeps 48 h."""
+    admin = member(Role.ADMIN)
+    response = admin.patch(
+        f"/api/v1/ingestions/{csv_ingestion.public_id}",
+        {"snapshot_retention_hours": 48},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    csv_ingestion.refresh_from_db()
+    engine = load_engine()
+    snapshots_before = engine.list_snapshots(csv_ingestion.table_identifier)
+
+    done = maintenance_run(ingestion=csv_ingestion)
+
+    expiry = next(item for item in done if item.action == MaintenanceAction.EXPIRE_SNAPSHOTS)
+    assert expiry.snapshots_expired == 0
+    assert {item.snapshot_id for item in snapshots_before} <= {
+        item.snapshot_id for item in engine.list_snapshots(csv_ingestion.table_identifier)
+    }
+    assert "kept for time travel for 48 h" in console_page(admin, csv_ingestion)
+    # The table is maintained again while its last run is within the 48 h, then no more.
+    in_a_day = timezone.now() + timezone.timedelta(hours=25)
+    assert csv_ingestion in maintenance.ingestions_due_for_maintenance(now=in_a_day)
+    in_three_days = timezone.now() + timezone.timedelta(hours=73)
+    TableMaintenance.objects.filter(ingestion=csv_ingestion).update(
+        started_at=in_three_days - timezone.timedelta(hours=2)
+    )
+    assert maintenance.ingestions_due_for_maintenance(now=in_three_days) == []
+    # Back to the server's retention (none here), the next pass expires them.
+    admin.patch(
+        f"/api/v1/ingestions/{csv_ingestion.public_id}",
+        {"snapshot_retention_hours": None},
+        format="json",
+    )
+    csv_ingestion.refresh_from_db()
+    later = maintenance_run(ingestion=csv_ingestion)
+    expired = [item for item in later if item.action == MaintenanceAction.EXPIRE_SNAPSHOTS]
+    assert expired[0].snapshots_expired >= 5
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"snapshot_retention_hours": -1},
+        {"snapshot_retention_hours": 24 * 367},
+        {"snapshot_retention_hours": "a day"},
+        {"maintenance_enabled": "sometimes"},
+    ],
+)
+def test_a_bad_maintenance_policy_is_refused_and_changes_nothing(csv_ingestion, member, body):
+    admin = member(Role.ADMIN)
+
+    response = admin.patch(f"/api/v1/ingestions/{csv_ingestion.public_id}", body, format="json")
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error_code"] == "VALIDATION_ERROR"
+    assert next(iter(body)) in response.json()["detail"]
+    csv_ingestion.refresh_from_db()
+    assert (csv_ingestion.maintenance_enabled, csv_ingestion.snapshot_retention_hours) == (
+        True,
+        None,
+    )
+
+
+def test_a_viewer_cannot_change_the_maintenance_policy(csv_ingestion, member):
+    viewer = member(Role.VIEWER)
+
+    response = viewer.patch(
+        f"/api/v1/ingestions/{csv_ingestion.public_id}",
+        {"maintenance_enabled": False},
+        format="json",
+    )
+
+    assert response.status_code == 403
+    csv_ingestion.refresh_from_db()
+    assert csv_ingestion.maintenance_enabled is True
