@@ -138,7 +138,7 @@ def one_file_runs(work: Path, runs: int, maintain_every: int = 0) -> dict:
     product_run(one_load)
     reference = engine._catalog().load_table(one_load.table_identifier)
     scans = {"aged": [], "one_load": []}
-    for _ in range(5):
+    for _ in range(15):
         scans["aged"].append(timed(lambda: table.scan().to_arrow()))
         scans["one_load"].append(timed(lambda: reference.scan().to_arrow()))
     location = table.location()
