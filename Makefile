@@ -33,6 +33,7 @@ run: migrate
 # pytest exits 5 when it collected nothing: that must not pass as green.
 test: install
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_spark_jars.sh
 	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ "$$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; \
 	exit "$$rc"

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
-def setup_django(data_dir: Path) -> None:
-    """Point the product at a fresh data dir (SQLite, catalog, warehouse) and migrate."""
+def setup_django(data_dir: Path, *, migrate: bool = True) -> None:
+    """Point the product at a data dir (SQLite, catalog, warehouse); migrate a fresh one."""
     os.environ["AUTOLOADER_DATA_DIR"] = str(data_dir)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
     sys.path.insert(0, str(ROOT))
@@ -23,8 +23,9 @@ def setup_django(data_dir: Path) -> None:
     from django.core.management import call_command
 
     django.setup()
-    call_command("migrate", verbosity=0)
-    call_command("createcachetable", verbosity=0)
+    if migrate:
+        call_command("migrate", verbosity=0)
+        call_command("createcachetable", verbosity=0)
 
 
 def grant_source(tenant, uri: str) -> None:

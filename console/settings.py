@@ -17,8 +17,8 @@
 | AUTOLOADER_SNAPSHOT_RETENTION_HOURS / _RETAIN_LAST | 24 / 10 | snapshots kept |
 | AUTOLOADER_COMPACT_SMALL_FILE_BYTES / _MIN_FILES / _MAX_BYTES | 32 MiB / 10 / 512 MiB | |
 | AUTOLOADER_ORPHAN_MIN_AGE_HOURS | 1 | age before an unreferenced file is deleted |
-| AUTOLOADER_SPARK_MASTER | local[*] | Spark master or Spark Connect sc://host:port |
-| AUTOLOADER_SPARK_CATALOG | spark_catalog | Spark catalog of the spark engine's tables |
+| AUTOLOADER_SPARK_MASTER | local[*] | Spark master: local[*], spark://, k8s://, yarn |
+| AUTOLOADER_SPARK_CATALOG | (the embedded engine's) | Spark catalog of the spark engine's tables |
 | AUTOLOADER_SPARK_CONF | {} | JSON object of Spark configuration, passed verbatim |
 """
 
@@ -331,11 +331,12 @@ AUTOLOADER_DEMO_LANDING_DIR = Path(
 ).resolve()
 AUTOLOADER_LISTING_MAX_ENTRIES = env_int("AUTOLOADER_LISTING_MAX_ENTRIES", 1_000_000)
 AUTOLOADER_LISTING_MAX_SECONDS = env_float("AUTOLOADER_LISTING_MAX_SECONDS", 30.0)
-# Spark engine: local[*], spark://host:7077, k8s://https://host:443, yarn, or Spark Connect
-# sc://host:15002. The catalog holding the tables: spark_catalog (Spark's built-in one) or
-# a catalog named in AUTOLOADER_SPARK_CONF, e.g. an Iceberg catalog "lake".
+# Spark engine: local[*], spark://host:7077, k8s://https://host:443 or yarn. Its tables are
+# in the embedded engine's catalog (AUTOLOADER_CATALOG_NAME, the same catalog database and
+# warehouse, through Iceberg's JDBC catalog) unless AUTOLOADER_SPARK_CATALOG names a catalog
+# configured on the cluster or in AUTOLOADER_SPARK_CONF, e.g. an Iceberg REST catalog "lake".
 AUTOLOADER_SPARK_MASTER = os.environ.get("AUTOLOADER_SPARK_MASTER", "local[*]")
-AUTOLOADER_SPARK_CATALOG = os.environ.get("AUTOLOADER_SPARK_CATALOG", "spark_catalog")
+AUTOLOADER_SPARK_CATALOG = os.environ.get("AUTOLOADER_SPARK_CATALOG", "")
 # Spark configuration passed through verbatim, as a JSON object of strings, e.g.
 # {"spark.sql.catalog.lake": "org.apache.iceberg.spark.SparkCatalog", ...}.
 AUTOLOADER_SPARK_CONF = {

@@ -167,7 +167,13 @@ class IngestionListCreateApi(TenantAPIView):
         name = serializers.CharField(max_length=200)
         source = SourceInputSerializer()
         destination = DestinationInputSerializer()
-        engine = serializers.ChoiceField(choices=ENGINE_CHOICES, default="iceberg")
+        engine = serializers.ChoiceField(
+            choices=ENGINE_CHOICES,
+            default="iceberg",
+            help_text="iceberg: the embedded engine (pyiceberg, in the worker). spark: Spark's "
+            "executors read the files and write the same Iceberg tables (local[*], spark://, "
+            "k8s://, yarn; Spark Connect is not supported).",
+        )
         cost_per_gb_usd = serializers.DecimalField(
             max_digits=10, decimal_places=4, min_value=0, required=False
         )

@@ -23,6 +23,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .engines import Engine, Stage, load_engine
+from .engines.base import FileBatch
 from .errors import (
     AutoloaderError,
     PermissionDeniedError,
@@ -460,13 +461,45 @@ class _RunExecutor:
         """
         # Each batch checks the location again: one revoked during the run reads no more.
         self.source = source_open(tenant=self.ingestion.tenant, uri=self.ingestion.source_uri)
+        if self.engine.reads_files:
+            return self._load_batch_on_engine(batch)
         failures: list[dict] = []
         while batch:
             data, loaded, batch = self._read_files(batch, failures)
             if loaded:
                 self._check_cancel()
-                self._commit(data, loaded)
+                self._commit(loaded, rows=data.num_rows if data is not None else 0, data=data)
+                if data is not None and (
+                    self.table_schema is None or not data.schema.equals(self.table_schema)
+                ):
+                    # The commit created the table or changed its schema: read it again.
+                    self.table_schema_known = False
         return failures
+
+    def _load_batch_on_engine(self, batch: list[SourceFile]) -> list[dict]:
+        """The engine reads the batch's files itself (a cluster's executors), counts each
+        file's rows, then commits the good files' rows: the worker reads no source bytes."""
+        files = {source.path: source for source in batch}
+        try:
+            read = self.engine.read_files(
+                source=self.source,
+                paths=list(files),
+                file_format=self.ingestion.source_format,
+                options=self.ingestion.source_options or {},
+            )
+        except Exception:
+            self._check_cancel()  # a read interrupted by a cancel ends the run CANCELLED
+            raise
+        try:
+            loaded = [
+                _LoadedFile(source=files[path], rows=rows) for path, rows in read.rows.items()
+            ]
+            if loaded:
+                self._check_cancel()
+                self._commit(loaded, rows=read.total_rows, files=read)
+        finally:
+            self.engine.release_files(read)
+        return [_failure(files[path], exc) for path, exc in read.failures.items()]
 
     def _read_files(
         self, files: list[SourceFile], failures: list[dict]
@@ -513,8 +546,16 @@ class _RunExecutor:
             self.table_schema_known = True
         return self.table_schema
 
-    def _commit(self, data: pa.Table | None, loaded: list[_LoadedFile]) -> None:
-        """Commit a batch (exactly-once protocol); `data` is None when every file was empty."""
+    def _commit(
+        self,
+        loaded: list[_LoadedFile],
+        *,
+        rows: int,
+        data: pa.Table | None = None,
+        files: FileBatch | None = None,
+    ) -> None:
+        """Commit a batch (exactly-once protocol): `data` read here, or `files` read by the
+        engine; no commit to the table when the files have no rows."""
         batch = RunBatch.objects.create(
             run=self.run,
             batch_key=f"{self.run.public_id}.{uuid.uuid4().hex[:12]}",
@@ -531,34 +572,39 @@ class _RunExecutor:
                 }
                 for item in loaded
             ],
-            rows=data.num_rows if data is not None else 0,
+            rows=rows,
             bytes=sum(item.source.size_bytes for item in loaded),
         )
         self.heartbeat.check()
-        if data is None:
+        if not rows:
             # No rows, so no Iceberg commit to wait for: the history is the whole batch.
             batch_mark_committed(batch=batch, snapshot_id=None)
             return
+        properties = {
+            SNAPSHOT_RUN_KEY: self.run.public_id,
+            SNAPSHOT_BATCH_KEY: batch.batch_key,
+            SNAPSHOT_INGESTION_KEY: self.ingestion.public_id,
+        }
+        branch = self.stage.branch if self.stage else None
         try:
-            snapshot_id = self.engine.append(
-                self.table_name,
-                data,
-                branch=self.stage.branch if self.stage else None,
-                properties={
-                    SNAPSHOT_RUN_KEY: self.run.public_id,
-                    SNAPSHOT_BATCH_KEY: batch.batch_key,
-                    SNAPSHOT_INGESTION_KEY: self.ingestion.public_id,
-                },
-            )
+            if files is not None:
+                snapshot_id = self.engine.append_files(
+                    self.table_name,
+                    files,
+                    properties=properties,
+                    ingested_at=timezone.now(),
+                    branch=branch,
+                )
+            else:
+                snapshot_id = self.engine.append(
+                    self.table_name, data, branch=branch, properties=properties
+                )
         except Exception:
             # The commit may or may not have reached the table: let the table decide.
             batch_resolve(batch=batch, engine=self.engine)
             self._check_cancel()  # an append interrupted by a cancel ends the run CANCELLED
             raise
         batch_mark_committed(batch=batch, snapshot_id=snapshot_id)
-        if self.table_schema is None or not data.schema.equals(self.table_schema):
-            # The commit created the table or changed its schema: read it again next batch.
-            self.table_schema_known = False
 
 
 class _BatchFitter:

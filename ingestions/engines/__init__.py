@@ -42,13 +42,30 @@ def load_engine(name: str = "iceberg") -> Engine:
             raise ImportError(
                 "The spark engine needs pyspark: pip install 'autoloader-console[spark]'"
             ) from exc
-        from ingestions.engines.spark import SparkEngine
+        from ingestions.engines.spark import SparkEngine, shared_catalog_conf
 
+        conf = dict(settings.AUTOLOADER_SPARK_CONF)
+        catalog = settings.AUTOLOADER_SPARK_CATALOG or settings.AUTOLOADER_CATALOG_NAME
+        shared = (
+            catalog == settings.AUTOLOADER_CATALOG_NAME
+            and f"spark.sql.catalog.{catalog}" not in conf
+        )
+        if shared:
+            # The embedded engine's catalog, unless the configuration names another one.
+            conf = {
+                **shared_catalog_conf(
+                    catalog_name=catalog,
+                    catalog_uri=settings.AUTOLOADER_CATALOG_URI,
+                    warehouse=settings.AUTOLOADER_WAREHOUSE,
+                ),
+                **conf,
+            }
         return SparkEngine(
             master=settings.AUTOLOADER_SPARK_MASTER,
-            catalog=settings.AUTOLOADER_SPARK_CATALOG,
+            catalog=catalog,
             warehouse=settings.AUTOLOADER_WAREHOUSE,
-            conf=settings.AUTOLOADER_SPARK_CONF,
+            conf=conf,
+            shared_catalog_uri=settings.AUTOLOADER_CATALOG_URI if shared else None,
         )
     raise ValueError(f"Unknown engine {name!r}; known engines: {', '.join(ENGINE_CHOICES)}.")
 

@@ -6,8 +6,13 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from ingestions.errors import FileReadError
+    from ingestions.locations import SourceHandle
 
 TABLE_NAME_PART = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_TABLE_NAME_PART_LENGTH = 64
@@ -33,6 +38,19 @@ def validate_table_name(name: str, *, max_part_length: int = MAX_PHYSICAL_NAME_P
                 "lowercase letters, digits or underscores, not starting with a digit."
             )
     return name
+
+
+def table_location(warehouse: str, table_name: str) -> str | None:
+    """Where a table's files live: a tenant's tables under the warehouse's "<prefix>/" folder.
+
+    "acme__raw.orders" is written to "<warehouse>/acme/raw/orders"; names without a tenant
+    prefix (tables made before tenants had one) keep the catalog's default (None).
+    """
+    namespace, table = table_name.split(".")
+    tenant_prefix, separator, tenant_namespace = namespace.partition("__")
+    if not separator:
+        return None
+    return f"{warehouse.rstrip('/')}/{tenant_prefix}/{tenant_namespace}/{table}"
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,23 @@ class Stage:
     base: int | None  # the live table's snapshot the new version replaces
 
 
+@dataclass
+class FileBatch:
+    """A batch of source files read by an engine that reads them itself (`reads_files`).
+
+    Read and counted by `Engine.read_files` before the batch's commit is recorded (the
+    exactly-once protocol records each file's rows first), written by `append_files`.
+    """
+
+    rows: dict[str, int]  # relative path -> rows, for each file that loads
+    failures: dict[str, FileReadError]  # relative path -> why it does not load
+    handle: object = None  # the engine's own: what `append_files` writes
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+
 @dataclass(frozen=True)
 class MaintenanceResult:
     """What one maintenance action did to a table (zeros: nothing was due)."""
@@ -112,6 +147,9 @@ class Engine(ABC):
     can_retain: bool = False
     # Whether `expire_snapshots` / `compact_files` / `remove_orphan_files` do anything.
     can_maintain: bool = False
+    # Whether the engine reads the source files itself (`read_files` / `append_files`): a
+    # cluster's executors, not the worker process, then read the bytes.
+    reads_files: bool = False
 
     @abstractmethod
     def ping(self) -> None:
@@ -325,6 +363,38 @@ class Engine(ABC):
             if snapshot.properties.get(key) == value:
                 return snapshot
         return None
+
+    def read_files(
+        self, *, source: SourceHandle, paths: list[str], file_format: str, options: dict
+    ) -> FileBatch:
+        """Read and count the files at `paths` (relative to the checked `source`), where the
+        engine runs; only engines with `reads_files` implement it.
+
+        A file that cannot be read, or has a malformed row, fails alone: it is in
+        `failures`, the others in `rows`. Call `release_files` when done with the batch.
+
+        Raises:
+            EngineError: the engine could not read any of them for a reason of its own.
+        """
+        raise NotImplementedError(f"The {self.name} engine does not read source files.")
+
+    def append_files(
+        self,
+        table_name: str,
+        batch: FileBatch,
+        *,
+        properties: dict[str, str],
+        ingested_at: datetime,
+        branch: str | None = None,
+    ) -> int:
+        """Append the rows of the batch's loading files, with the lineage columns
+        `_source_file` (the relative path) and `_ingested_at`, as one snapshot; the same
+        contract as `append` otherwise."""
+        raise NotImplementedError(f"The {self.name} engine does not read source files.")
+
+    def release_files(self, batch: FileBatch) -> None:
+        """Free what the engine keeps of a batch read by `read_files`."""
+        return  # an optional hook: engines that keep nothing need nothing
 
     def cancel(self) -> None:
         """Interrupt the work this engine has in flight, from any thread; a no-op by default.

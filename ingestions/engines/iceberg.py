@@ -24,6 +24,7 @@ from ingestions.engines.base import (
     SnapshotInfo,
     Stage,
     TableInfo,
+    table_location,
     validate_table_name,
 )
 from ingestions.errors import (
@@ -396,16 +397,7 @@ class IcebergEngine(Engine):
         }
 
     def _table_location(self, table_name: str) -> str | None:
-        """A tenant's tables live under the warehouse's "<tenant prefix>/" folder.
-
-        "acme__raw.orders" is written to "<warehouse>/acme/raw/orders"; names without a
-        tenant prefix (tables made before tenants had one) keep pyiceberg's default.
-        """
-        namespace, table = table_name.split(".")
-        tenant_prefix, separator, tenant_namespace = namespace.partition("__")
-        if not separator:
-            return None
-        return f"{self.warehouse.rstrip('/')}/{tenant_prefix}/{tenant_namespace}/{table}"
+        return table_location(self.warehouse, table_name)
 
     def list_snapshots(self, table_name: str) -> list[SnapshotInfo]:
         table = self._load_table(table_name)

@@ -1,150 +1,255 @@
-"""Engine on Apache Spark: local[*], a cluster (spark://, k8s://, yarn) or Spark Connect (sc://).
+"""Engine on Apache Spark with Iceberg's own Spark runtime: the executors read the source files.
 
-The tables live in the Spark catalog named by AUTOLOADER_SPARK_CATALOG, and the catalog
-decides the table format:
+Where the embedded engine reads every file in the worker process, this one hands Spark the
+batch's paths (`read_files`): the executors parse the files, count each file's rows and
+malformed rows, and write the good files' rows, with their lineage columns, to the Iceberg
+table in one commit (`append_files`). On a cluster the data never passes through the
+worker; the worker lists the source, keeps the history and runs the exactly-once protocol.
 
-- **An Iceberg catalog** (`spark.sql.catalog.<name>` is Iceberg's `SparkCatalog` or
-  `SparkSessionCatalog`, configured on the cluster or through AUTOLOADER_SPARK_CONF, passed
-  through verbatim): real Iceberg tables. Each append carries the run and batch in its
-  snapshot summary through Iceberg's `snapshot-property.<key>` write options, exactly like
-  the iceberg engine; new columns and widened types are merged by Iceberg (`mergeSchema`);
-  snapshots and sizes come from the `<table>.snapshots` and `<table>.refs` metadata tables;
-  drop is `DROP TABLE ... PURGE`.
-- **Spark's built-in catalog** (`spark_catalog` without Iceberg): external Parquet tables
-  under `<warehouse>/<namespace>.db/<table>`. Parquet tables have no snapshots, so the engine
-  keeps the equivalent beside the data, a commit log (see `_ParquetTables`): Spark writes a
-  batch into a hidden `_staging/<snapshot id>/` folder, the engine then writes one log record
-  naming the snapshot, its summary properties and its files (the commit point), and only
-  then moves the files into the table. A process that dies before the record leaves an
-  invisible staging folder (deleted by the next append); one that dies after it leaves
-  files that every later call moves into place first (roll-forward). So `find_snapshot`
-  answers the batch protocol's question exactly as Iceberg's snapshots do. One writer per
-  table at a time, which one active run per ingestion guarantees.
+The tables are Iceberg tables in the Spark catalog AUTOLOADER_SPARK_CATALOG:
+
+- **By default, the embedded engine's catalog.** Spark's Iceberg JDBC catalog is pointed at
+  the same catalog database (SQLite or PostgreSQL) and warehouse as pyiceberg's SQL catalog,
+  under the same catalog name (`shared_catalog_conf`): a table written by either engine is
+  the same table to the other and to any Iceberg reader. Iceberg's runtime jar comes from
+  the `snowpark-connect-deps-iceberg` wheel, the JDBC driver from Debian's packages
+  (`scripts/ensure_spark_jars.sh`); nothing is downloaded.
+- **A cluster's own catalog** (REST, Hive, Glue, Nessie...): configured on the cluster or
+  through AUTOLOADER_SPARK_CONF (`spark.sql.catalog.<name>.*`, passed through verbatim).
+
+Each append carries the run and batch in its snapshot summary (Iceberg's
+`snapshot-property.<key>` write options); new columns and widened types are merged by
+Iceberg (`mergeSchema`); snapshots and sizes come from the `snapshots` and `refs` metadata
+tables; a drop is `DROP TABLE ... PURGE`; a cancel interrupts the engine's job group.
 
 pyspark is imported lazily: only this module needs it (`pip install 'autoloader-console[spark]'`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
-import secrets
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
-from ingestions.engines.base import Engine, SnapshotInfo, TableInfo, validate_table_name
+from ingestions.engines.base import (
+    Engine,
+    FileBatch,
+    SnapshotInfo,
+    TableInfo,
+    table_location,
+    validate_table_name,
+)
 from ingestions.errors import (
     AutoloaderError,
     EngineError,
     EngineUnavailableError,
+    FileReadError,
     SchemaMismatchError,
 )
-from ingestions.locations import warehouse_filesystem as filesystem_for
 from ingestions.sources.discovery import first_line
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import DataType, StructType
 
+    from ingestions.locations import SourceHandle
+
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "The spark engine needs pyspark: pip install 'autoloader-console[spark]'"
-BUILT_IN_CATALOG = "spark_catalog"
-DEFAULT_CONNECT_PORT = 15002
 CONNECT_TIMEOUT_SECONDS = 5.0
-# A Parquet file per this many bytes of a batch (Spark's own default block size).
-TARGET_FILE_BYTES = 128 * 1024 * 1024
+CANCEL_RECHECK_SECONDS = 1.0
+# Iceberg's own Spark runtime, shipped in the snowpark-connect-deps-iceberg wheel (1.0.2:
+# later versions strip the shaded classes the runtime needs).
+ICEBERG_RUNTIME_JAR = "iceberg-spark-runtime-3.5_2.12-1.10.2.jar"
+ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
+# Debian's JDBC drivers (libxerial-sqlite-jdbc-java, libpostgresql-jdbc-java).
+JDBC_DRIVER_JARS = {
+    "sqlite": Path("/usr/share/java/sqlite-jdbc.jar"),
+    "postgresql": Path("/usr/share/java/postgresql.jar"),
+}
 # Iceberg's snapshot-property write option marks our commit so its snapshot id can be read.
 COMMIT_ID_PROPERTY = "autoloader.commit-id"
+# Columns the engine adds while reading a batch, never written to the table.
+INPUT_COLUMN = "__autoloader_input_file"
+CORRUPT_COLUMN = "__autoloader_corrupt_record"
+# The embedded engine's new-table properties, and what lets `mergeSchema` evolve the table.
+NEW_TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    "write.spark.accept-any-schema": "true",
+}
+# Reader options of the product (sources.readers) and Spark's names for them.
+SPARK_CSV_OPTIONS = {
+    "delimiter": "sep",
+    "header": "header",
+    "quote_char": "quote",
+    "encoding": "encoding",
+    "newlines_in_values": "multiLine",
+}
 
 JOB_INTERRUPT_KEY = "spark.job.interruptOnCancel"
 
-STAGING_DIR = "_staging"
-LOG_DIR = "_autoloader_log"
-LOG_RECORD = re.compile(r"(?P<sequence>\d{20})-(?P<snapshot_id>\d+)\.json")
-
-# One session per process and master: a classic SparkContext is a per-process singleton,
-# and a Spark Connect session is worth reusing across runs.
-_sessions: dict[tuple[int, str], SparkSession] = {}
+# One SparkContext per process and master; a session per catalog configuration on top of
+# it (`SparkSession.newSession`: its own SQL configuration and catalogs).
+_contexts: dict[tuple[int, str], SparkSession] = {}
+_sessions: dict[tuple, SparkSession] = {}
 _sessions_lock = threading.Lock()
 
 
+def iceberg_runtime_jar() -> Path:
+    """The path of Iceberg's Spark runtime jar in the installed wheel."""
+    try:
+        import snowpark_connect_deps_iceberg as jars
+    except ImportError as exc:
+        raise ImportError(f"{INSTALL_HINT} (no Iceberg runtime: {exc})") from exc
+    return Path(jars.get_jar_path(ICEBERG_RUNTIME_JAR))
+
+
+def shared_catalog_conf(*, catalog_name: str, catalog_uri: str, warehouse: str) -> dict[str, str]:
+    """Spark's Iceberg JDBC catalog over the embedded engine's catalog database.
+
+    `catalog_uri` is pyiceberg's (SQLAlchemy's) URL of it; the name must be the same on
+    both sides, because Iceberg's JDBC catalog keys its rows by catalog name.
+
+    Raises:
+        ValueError: a catalog database Spark has no JDBC driver for.
+    """
+    from sqlalchemy.engine import make_url
+
+    url = make_url(catalog_uri)
+    backend = url.get_backend_name()
+    prefix = f"spark.sql.catalog.{catalog_name}"
+    conf = {
+        prefix: "org.apache.iceberg.spark.SparkCatalog",
+        f"{prefix}.type": "jdbc",
+        f"{prefix}.warehouse": warehouse,
+        # Every commit reads the catalog: the other engine may have committed since.
+        f"{prefix}.cache-enabled": "false",
+        # pyiceberg creates the catalog tables; Spark's own check of them leaves a result
+        # set open that holds a SQLite read lock for the whole session.
+        f"{prefix}.jdbc.init-catalog-tables": "false",
+    }
+    if backend == "sqlite":
+        conf[f"{prefix}.uri"] = f"jdbc:sqlite:{url.database}"
+    elif backend == "postgresql":
+        host = url.host or "localhost"
+        port = f":{url.port}" if url.port else ""
+        conf[f"{prefix}.uri"] = f"jdbc:postgresql://{host}{port}/{url.database}"
+        if url.username:
+            conf[f"{prefix}.jdbc.user"] = url.username
+        if url.password:
+            conf[f"{prefix}.jdbc.password"] = url.password
+    else:
+        raise ValueError(
+            f"The spark engine cannot share a {backend} catalog database; configure "
+            "its catalog with AUTOLOADER_SPARK_CONF."
+        )
+    conf["spark.jars"] = ",".join(
+        str(jar) for jar in (iceberg_runtime_jar(), JDBC_DRIVER_JARS[backend])
+    )
+    conf["spark.sql.extensions"] = ICEBERG_EXTENSIONS
+    return conf
+
+
 class SparkEngine(Engine):
-    """Tables written by Spark, in an Iceberg catalog or Spark's built-in catalog."""
+    """Iceberg tables written by Spark, whose executors read the source files."""
 
     name = "spark"
+    reads_files = True
 
     def __init__(
         self,
         *,
         master: str = "local[*]",
-        catalog: str = BUILT_IN_CATALOG,
+        catalog: str,
         warehouse: str,
         conf: Mapping[str, str] | None = None,
+        shared_catalog_uri: str | None = None,
     ):
+        """`shared_catalog_uri`: the embedded engine's catalog database, whose tables must
+        exist before Spark opens it (pyiceberg creates them); None for a catalog of
+        Spark's own (`conf`)."""
+        if master.startswith("sc://"):
+            raise ValueError(
+                "Spark Connect (sc://) is not supported: no Iceberg runtime for a Connect "
+                "server can be installed here. Use local[*], spark://, k8s:// or yarn."
+            )
         self.master = master
         self.catalog = catalog
         self.warehouse = warehouse.rstrip("/")
         self.conf = dict(conf or {})
-        # The job group (or Connect tag) of this engine's Spark jobs: `cancel` interrupts it.
+        self.shared_catalog_uri = shared_catalog_uri
+        # The job group of this engine's Spark jobs: `cancel` interrupts it.
         self.job_tag = f"autoloader-{uuid.uuid4().hex[:16]}"
         self._cancel_requested = threading.Event()
-        self._uses_iceberg: bool | None = None
-        self._configured = False
 
     # --- the Engine interface ----------------------------------------------------------
 
     def ping(self) -> None:
         with self._errors("reach Spark"):
-            spark = self._session()
-            if self.uses_iceberg:
-                # Loads the catalog plugin: a missing Iceberg runtime jar shows up here.
-                spark.sql(f"SHOW NAMESPACES IN {_quote(self.catalog)}").collect()
-            else:
-                spark.sql("SELECT 1").collect()
-                self._parquet().check_warehouse()
+            # Loads the catalog plugin: a missing Iceberg runtime jar shows up here.
+            self._session().sql(f"SHOW NAMESPACES IN {_quote(self.catalog)}").collect()
 
     def table_exists(self, table_name: str) -> bool:
         validate_table_name(table_name)
         with self._errors(f"look up {table_name}"):
-            if self.uses_iceberg:
-                return self._session().catalog.tableExists(self._qualified(table_name))
-            return self._parquet().exists(table_name)
+            return self._session().catalog.tableExists(self._qualified(table_name))
 
     def describe_table(self, table_name: str) -> TableInfo:
         validate_table_name(table_name)
         with self._errors(f"describe {table_name}"):
-            if self.uses_iceberg:
-                return self._iceberg_describe(table_name)
-            return self._parquet().describe(table_name)
+            spark = self._session()
+            qualified = self._qualified(table_name)
+            if not spark.catalog.tableExists(qualified):
+                return TableInfo.missing(table_name)
+            current = _rows(
+                spark.sql(
+                    "SELECT s.snapshot_id, s.committed_at, s.summary "  # noqa: S608 - quoted names
+                    f"FROM {qualified}.refs r "
+                    f"JOIN {qualified}.snapshots s ON r.snapshot_id = s.snapshot_id "
+                    "WHERE r.name = 'main'"
+                )
+            )
+            if not current:
+                return TableInfo(table_name, True, 0, 0, 0, None, None)
+            row = current[0]
+            summary = dict(row["summary"] or [])
+            return TableInfo(
+                table_name=table_name,
+                exists=True,
+                row_count=int(summary.get("total-records") or 0),
+                size_bytes=int(summary.get("total-files-size") or 0),
+                file_count=int(summary.get("total-data-files") or 0),
+                snapshot_id=int(row["snapshot_id"]),
+                last_updated_at=row["committed_at"],
+            )
 
     def table_schema(self, table_name: str) -> pa.Schema | None:
         validate_table_name(table_name)
         with self._errors(f"read the schema of {table_name}"):
-            schema = self._spark_schema(table_name)
+            schema = self._spark_schema(self._session(), table_name)
             return None if schema is None else _to_arrow_schema(schema)
 
     def drop_table(self, table_name: str) -> bool:
         validate_table_name(table_name)
-        with self._errors(f"drop {table_name}"), self._jobs() as spark:
-            if self.uses_iceberg:
-                qualified = self._qualified(table_name)
-                existed = spark.catalog.tableExists(qualified)
-                # PURGE deletes the data and metadata files, not only the catalog entry.
-                spark.sql(f"DROP TABLE IF EXISTS {qualified} PURGE")
-                return existed
-            return self._parquet().drop(table_name, spark)
+        with self._errors(f"drop {table_name}"), self._jobs("drop a table") as spark:
+            qualified = self._qualified(table_name)
+            existed = spark.catalog.tableExists(qualified)
+            # PURGE deletes the data and metadata files, not only the catalog entry.
+            spark.sql(f"DROP TABLE IF EXISTS {qualified} PURGE")
+            return existed
 
     def append(
         self,
@@ -154,120 +259,287 @@ class SparkEngine(Engine):
         properties: dict[str, str],
         branch: str | None = None,
     ) -> int:
+        """Rows the worker holds (not a run's files: those go through `read_files`)."""
         validate_table_name(table_name)
+        _check_properties(properties)
         if branch is not None:
             raise EngineError("The spark engine cannot write to a branch.")
-        if not all(isinstance(item, str) for pair in properties.items() for item in pair):
-            raise TypeError("Snapshot properties must map strings to strings.")
-        with self._errors(f"append to {table_name}"), self._jobs() as spark:
-            data_schema = _from_arrow_schema(data.schema)
-            table_schema = self._spark_schema(table_name)
-            merged = (
-                data_schema if table_schema is None else merge_schemas(table_schema, data_schema)
+        with self._errors(f"append to {table_name}"), self._jobs("append rows") as spark:
+            schema = _from_arrow_schema(data.schema)
+            frame = spark.createDataFrame([tuple(row.values()) for row in data.to_pylist()], schema)
+            return self._write(spark, table_name, frame, properties)
+
+    def read_files(
+        self, *, source: SourceHandle, paths: list[str], file_format: str, options: dict
+    ) -> FileBatch:
+        failures: dict[str, FileReadError] = {}
+        unsupported = sorted(set(options) - set(SPARK_CSV_OPTIONS) - {"null_values"})
+        if options.get("null_values") and len(options["null_values"]) > 1:
+            unsupported.append("null_values (more than one)")
+        if unsupported:
+            reason = (
+                f"the spark engine does not support the reader option(s) {', '.join(unsupported)}"
             )
-            if self.uses_iceberg:
-                return self._iceberg_append(spark, table_name, data, merged, properties)
-            return self._parquet().append(spark, table_name, data, merged, properties)
+            return FileBatch(
+                rows={}, failures={path: FileReadError(path, reason) for path in paths}
+            )
+        uris = {}
+        for path in paths:
+            full_path = source.full_path(path)
+            if ".." in path.split("/") or not source.is_readable(full_path):
+                failures[path] = FileReadError(path, "it resolves outside the storage location")
+            else:
+                uris[path] = _spark_uri(source, full_path)
+        if not uris:
+            return FileBatch(rows={}, failures=failures)
+        with self._errors("read the source files"), self._jobs("read source files") as spark:
+            reader = _Reader(
+                spark, file_format=file_format, options=options, check=self._raise_if_cancelled
+            )
+            try:
+                frame, counts = reader.read(list(uris.values()))
+            except Exception as exc:
+                if self._interrupted(exc):
+                    raise
+                # One of them cannot be read with the others: which, one file at a time.
+                frame, counts = self._read_one_by_one(reader, uris, failures)
+            inputs = {_input_key(name): name for name in counts}
+            rows: dict[str, int] = {}
+            loading: dict[str, str] = {}  # Spark's input file name -> relative path
+            for path, uri in uris.items():
+                if path in failures:
+                    continue
+                name = inputs.get(_input_key(uri))
+                file_rows, malformed = counts.get(name, (0, 0))
+                if malformed:
+                    failures[path] = FileReadError(
+                        path,
+                        f"{malformed} of its {file_rows} rows are malformed (wrong number of "
+                        "fields, or a value that does not parse as its column's type)",
+                    )
+                    continue
+                rows[path] = file_rows
+                if name is not None:
+                    loading[name] = path
+            if not loading and frame is not None:
+                frame.unpersist()
+                frame = None
+        return FileBatch(rows=rows, failures=failures, handle=(frame, loading))
+
+    def append_files(
+        self,
+        table_name: str,
+        batch: FileBatch,
+        *,
+        properties: dict[str, str],
+        ingested_at: datetime,
+        branch: str | None = None,
+    ) -> int:
+        from pyspark.sql import functions as F
+
+        validate_table_name(table_name)
+        _check_properties(properties)
+        if branch is not None:
+            raise EngineError("The spark engine cannot write to a branch.")
+        frame, loading = batch.handle or (None, {})
+        if frame is None:
+            raise EngineError("The batch has no rows to write.")
+        with self._errors(f"append to {table_name}"), self._jobs("append files") as spark:
+            paths = spark.createDataFrame(
+                sorted(loading.items()), schema=f"{INPUT_COLUMN}_ string, _source_file string"
+            )
+            columns = [name for name in frame.columns if name not in (INPUT_COLUMN, CORRUPT_COLUMN)]
+            rows = frame.join(
+                F.broadcast(paths), frame[INPUT_COLUMN] == paths[f"{INPUT_COLUMN}_"]
+            ).select(
+                *[frame[name] for name in columns],
+                paths["_source_file"],
+                F.lit(ingested_at).cast("timestamp").alias("_ingested_at"),
+            )
+            return self._write(spark, table_name, rows, properties)
+
+    def release_files(self, batch: FileBatch) -> None:
+        frame = (batch.handle or (None, {}))[0]
+        if frame is not None:
+            try:
+                frame.unpersist()
+            except Exception as exc:  # the session may be gone: nothing left to free
+                logger.debug("could not unpersist a batch: %s", first_line(exc))
 
     def list_snapshots(self, table_name: str) -> list[SnapshotInfo]:
         validate_table_name(table_name)
         with self._errors(f"list the snapshots of {table_name}"):
-            if self.uses_iceberg:
-                return self._iceberg_snapshots(table_name)
-            return self._parquet().snapshots(table_name)
+            spark = self._session()
+            qualified = self._qualified(table_name)
+            if not spark.catalog.tableExists(qualified):
+                return []
+            rows = _rows(
+                spark.sql(
+                    "SELECT snapshot_id, committed_at, operation, summary "  # noqa: S608
+                    f"FROM {qualified}.snapshots ORDER BY committed_at, snapshot_id"
+                )
+            )
+            return [
+                SnapshotInfo(
+                    snapshot_id=int(row["snapshot_id"]),
+                    committed_at=row["committed_at"],
+                    properties={"operation": row["operation"], **dict(row["summary"] or [])},
+                )
+                for row in rows
+            ]
+
+    def source_file_rows(self, table_name: str) -> dict[str, int]:
+        validate_table_name(table_name)
+        with self._errors(f"count the rows of {table_name} per source file"):
+            spark = self._session()
+            qualified = self._qualified(table_name)
+            if not spark.catalog.tableExists(qualified):
+                return {}
+            if "_source_file" not in spark.table(qualified).columns:
+                return {}
+            rows = spark.table(qualified).groupBy("_source_file").count().collect()
+            return {row["_source_file"]: int(row["count"]) for row in rows if row[0]}
 
     def cancel(self) -> None:
         self._cancel_requested.set()
         with _sessions_lock:
-            spark = _sessions.get(self._session_key())
+            spark = _contexts.get(self._context_key())
         if spark is None:
             return
-        if self.is_connect:
-            spark.interruptTag(self.job_tag)
+        spark.sparkContext.cancelJobGroup(self.job_tag)
+        # Spark cancels only the jobs already running; each step checks the request before
+        # it starts one, and this second cancel catches a job started in between.
+        timer = threading.Timer(
+            CANCEL_RECHECK_SECONDS, spark.sparkContext.cancelJobGroup, args=(self.job_tag,)
+        )
+        timer.daemon = True
+        timer.start()
+
+    def _raise_if_cancelled(self) -> None:
+        if self._cancel_requested.is_set():
+            raise EngineError("Spark's work was cancelled.")
+
+    # --- writing -----------------------------------------------------------------------
+
+    def _write(
+        self, spark: SparkSession, table_name: str, frame: DataFrame, properties: dict[str, str]
+    ) -> int:
+        """Append `frame` as one snapshot carrying `properties`; returns its id."""
+        qualified = self._qualified(table_name)
+        table_schema = self._spark_schema(spark, table_name)
+        if table_schema is None:
+            namespace = table_name.split(".")[0]
+            spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {_quote(self.catalog)}.{_quote(namespace)}")
+            location = table_location(self.warehouse, table_name)
+            spark.sql(
+                f"CREATE TABLE IF NOT EXISTS {qualified} ({_ddl(frame.schema)}) "
+                "USING iceberg"
+                + (f" LOCATION {_literal(location)}" if location else "")
+                + " TBLPROPERTIES ("
+                + ", ".join(
+                    f"{_literal(key)} = {_literal(value)}"
+                    for key, value in NEW_TABLE_PROPERTIES.items()
+                )
+                + ")"
+            )
         else:
-            spark.sparkContext.cancelJobGroup(self.job_tag)
+            merge_schemas(table_schema, frame.schema)  # refuses what Iceberg cannot widen
+        commit_id = uuid.uuid4().hex
+        options = {f"snapshot-property.{key}": value for key, value in properties.items()}
+        options[f"snapshot-property.{COMMIT_ID_PROPERTY}"] = commit_id
+        options["mergeSchema"] = "true"
+        self._raise_if_cancelled()
+        frame.writeTo(qualified).options(**options).append()
+        rows = _rows(
+            spark.sql(
+                f"SELECT snapshot_id FROM {qualified}.snapshots "  # noqa: S608 - quoted names
+                "WHERE summary[:key] = :commit_id",
+                args={"key": COMMIT_ID_PROPERTY, "commit_id": commit_id},
+            )
+        )
+        if not rows:
+            raise EngineError(f"The append to {table_name} left no snapshot.")
+        return int(rows[0]["snapshot_id"])
+
+    def _read_one_by_one(
+        self, reader: _Reader, uris: dict[str, str], failures: dict[str, FileReadError]
+    ) -> tuple[DataFrame | None, dict[str, tuple[int, int]]]:
+        frames, counts = [], {}
+        for path, uri in uris.items():
+            try:
+                frame, file_counts = reader.read([uri])
+            except Exception as exc:
+                if self._interrupted(exc):
+                    raise
+                failures[path] = FileReadError(path, _reason(exc))
+                continue
+            frames.append(frame)
+            counts.update(file_counts)
+        if not frames:
+            return None, counts
+        combined = frames[0]
+        for frame in frames[1:]:
+            combined = combined.unionByName(frame, allowMissingColumns=True)
+        return combined, counts
+
+    def _interrupted(self, exc: BaseException) -> bool:
+        """Whether a failed read is not the files' fault: a cancel, or Spark gone."""
+        return self._cancel_requested.is_set() or _is_unreachable(exc)
 
     # --- configuration -----------------------------------------------------------------
-
-    @property
-    def is_connect(self) -> bool:
-        return self.master.startswith("sc://")
-
-    @property
-    def uses_iceberg(self) -> bool:
-        """Whether the engine's catalog is an Iceberg catalog (else Spark's built-in one)."""
-        if self._uses_iceberg is None:
-            key = f"spark.sql.catalog.{self.catalog}"
-            implementation = self.conf.get(key)
-            if implementation is None:
-                # Configured on the cluster (spark-defaults.conf, the Connect server) rather
-                # than here: ask the session.
-                with self._errors("read the Spark configuration"):
-                    implementation = self._session().conf.get(key, None)
-            self._uses_iceberg = "iceberg" in (implementation or "").lower()
-        return self._uses_iceberg
 
     def _qualified(self, table_name: str) -> str:
         return _qualified_name(self.catalog, table_name)
 
-    def _parquet(self) -> _ParquetTables:
-        return _ParquetTables(warehouse=self.warehouse, catalog=self.catalog)
+    def _spark_schema(self, spark: SparkSession, table_name: str) -> StructType | None:
+        qualified = self._qualified(table_name)
+        if not spark.catalog.tableExists(qualified):
+            return None
+        return spark.table(qualified).schema
 
     # --- sessions and jobs -------------------------------------------------------------
 
-    def _session_key(self) -> tuple[int, str]:
+    def _context_key(self) -> tuple[int, str]:
         return (os.getpid(), self.master)
 
     def _session(self) -> SparkSession:
-        key = self._session_key()
+        """This engine's session: its own catalogs and SQL settings, on the process's one
+        SparkContext for the master."""
+        key = (*self._context_key(), tuple(sorted(self.conf.items())))
         with _sessions_lock:
             spark = _sessions.get(key)
             if spark is None:
-                self._check_reachable()
-                spark = self._build_session()
+                root = _contexts.get(self._context_key())
+                if root is None:
+                    self._check_reachable()
+                    root = self._build_session()
+                    _contexts[self._context_key()] = root
+                if self.shared_catalog_uri:
+                    _create_catalog_tables(self.catalog, self.shared_catalog_uri, self.warehouse)
+                spark = root.newSession()
+                for name, value in self.conf.items():
+                    if name.startswith("spark.sql.") and name != "spark.sql.extensions":
+                        spark.conf.set(name, value)
+                spark.conf.set("spark.sql.session.timeZone", "UTC")
                 _sessions[key] = spark
-            if not self._configured:
-                self._configure(spark)
-                self._configured = True
             return spark
-
-    def _configure(self, spark: SparkSession) -> None:
-        """Apply this engine's configuration to a session that may predate it."""
-        for key, value in {"spark.sql.session.timeZone": "UTC", **self.conf}.items():
-            if spark.conf.get(key, None) == value:
-                continue
-            try:
-                spark.conf.set(key, value)
-            except Exception as exc:  # a static key of a session that already started
-                logger.warning("Spark setting %s cannot change at run time: %s", key, exc)
 
     def _build_session(self) -> SparkSession:
         try:
-            if self.is_connect:
-                # The Connect client's own builder: pyspark's generic one refuses a remote
-                # session in a process that also runs a classic one.
-                from pyspark.sql.connect.session import SparkSession
-
-                builder = SparkSession.builder.remote(self.master)
-            else:
-                from pyspark.sql import SparkSession
-
-                builder = SparkSession.builder.master(self.master).appName("autoloader")
+            from pyspark.sql import SparkSession
         except ImportError as exc:
             raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
+        builder = SparkSession.builder.master(self.master).appName("autoloader")
         # UTC, so timestamps mean the same instants in Spark as in Arrow and Iceberg.
         builder = builder.config("spark.sql.session.timeZone", "UTC")
         for key, value in self.conf.items():
             builder = builder.config(key, value)
-        # An existing classic session is returned as it is (one SparkContext per process):
-        # `_configure` then sets what can still be set at run time.
+        # An existing session of this process is returned as it is (one SparkContext per
+        # process): its jars and static settings stay; `_session` sets the SQL ones.
         return builder.getOrCreate()
 
     def _check_reachable(self) -> None:
-        """Fail fast on a master or Connect server that does not answer.
-
-        Spark itself retries for minutes before giving up on either.
-        """
+        """Fail fast on a standalone master that does not answer (Spark retries for minutes)."""
         for host, port in _master_addresses(self.master):
             try:
                 socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS).close()
@@ -277,37 +549,26 @@ class SparkEngine(Engine):
                 ) from exc
 
     @contextmanager
-    def _jobs(self) -> Iterator[SparkSession]:
-        """Group the Spark jobs started inside (this thread), so that `cancel` interrupts them.
-
-        Classic sessions use a job group whose cancellation interrupts running tasks; Spark
-        Connect has no SparkContext and tags its operations instead.
-        """
+    def _jobs(self, description: str) -> Iterator[SparkSession]:
+        """Group the Spark jobs started inside (this thread), so that `cancel` interrupts them."""
         spark = self._session()
-        if self.is_connect:
-            spark.addTag(self.job_tag)
-        else:
-            spark.sparkContext.setJobGroup(
-                self.job_tag, "autoloader: append a batch", interruptOnCancel=True
-            )
+        self._raise_if_cancelled()
+        spark.sparkContext.setJobGroup(
+            self.job_tag, f"autoloader: {description}", interruptOnCancel=True
+        )
         try:
             yield spark
         finally:
-            if self.is_connect:
-                spark.removeTag(self.job_tag)
-            else:
-                # What SparkContext.clearJobGroup does; pyspark has no wrapper for it.
-                for key in ("spark.jobGroup.id", "spark.job.description", JOB_INTERRUPT_KEY):
-                    spark.sparkContext.setLocalProperty(key, None)
+            # What SparkContext.clearJobGroup does; pyspark has no wrapper for it.
+            for key in ("spark.jobGroup.id", "spark.job.description", JOB_INTERRUPT_KEY):
+                spark.sparkContext.setLocalProperty(key, None)
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
-        """Translate Spark, Py4J, gRPC and filesystem failures into the autoloader's errors."""
+        """Translate Spark, Py4J and filesystem failures into the autoloader's errors."""
         try:
             yield
-        except AutoloaderError:
-            raise
-        except ImportError:
+        except (AutoloaderError, ImportError):
             raise
         except Exception as exc:
             reason = _reason(exc)
@@ -322,312 +583,93 @@ class SparkEngine(Engine):
                     f"Spark catalog {self.catalog!r} is unreachable, could not {action}: "
                     f"{reason}. Put the iceberg-spark-runtime jar on the cluster's classpath."
                 ) from exc
+            if "Cannot write incompatible data" in reason or "Cannot safely cast" in reason:
+                raise SchemaMismatchError(reason) from exc
             raise EngineError(f"Spark could not {action}: {reason}") from exc
 
-    # --- Iceberg catalog ---------------------------------------------------------------
 
-    def _spark_schema(self, table_name: str) -> StructType | None:
-        if self.uses_iceberg:
-            spark = self._session()
-            qualified = self._qualified(table_name)
-            if not spark.catalog.tableExists(qualified):
-                return None
-            return spark.table(qualified).schema
-        return self._parquet().schema(table_name)
+class _Reader:
+    """Reads files of one format with Spark, counting each file's rows and malformed rows."""
 
-    def _iceberg_append(
+    def __init__(
         self,
         spark: SparkSession,
-        table_name: str,
-        data: pa.Table,
-        merged: StructType,
-        properties: dict[str, str],
-    ) -> int:
-        namespace = table_name.split(".")[0]
-        qualified = self._qualified(table_name)
-        spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {_quote(self.catalog)}.{_quote(namespace)}")
-        # Accepting any schema lets `mergeSchema` add columns and widen types on write.
-        spark.sql(
-            f"CREATE TABLE IF NOT EXISTS {qualified} ({merged.toDDL()}) USING iceberg "
-            "TBLPROPERTIES ('write.spark.accept-any-schema' = 'true', "
-            "'format-version' = '2')"
-        )
-        commit_id = uuid.uuid4().hex
-        options = {f"snapshot-property.{key}": value for key, value in properties.items()}
-        options[f"snapshot-property.{COMMIT_ID_PROPERTY}"] = commit_id
-        options["mergeSchema"] = "true"
-        frame = _dataframe(spark, data, merged)
-        frame.writeTo(qualified).options(**options).append()
-        rows = _rows(
-            spark.sql(
-                f"SELECT snapshot_id FROM {qualified}.snapshots "  # noqa: S608 - quoted names
-                "WHERE summary[:key] = :commit_id",
-                args={"key": COMMIT_ID_PROPERTY, "commit_id": commit_id},
-            )
-        )
-        if not rows:
-            raise EngineError(f"The append to {table_name} left no snapshot.")
-        return int(rows[0]["snapshot_id"])
-
-    def _iceberg_snapshots(self, table_name: str) -> list[SnapshotInfo]:
-        spark = self._session()
-        qualified = self._qualified(table_name)
-        if not spark.catalog.tableExists(qualified):
-            return []
-        rows = _rows(
-            spark.sql(
-                "SELECT snapshot_id, committed_at, operation, summary "  # noqa: S608 - quoted names
-                f"FROM {qualified}.snapshots ORDER BY committed_at, snapshot_id"
-            )
-        )
-        return [
-            SnapshotInfo(
-                snapshot_id=int(row["snapshot_id"]),
-                committed_at=row["committed_at"],
-                properties={"operation": row["operation"], **dict(row["summary"] or [])},
-            )
-            for row in rows
-        ]
-
-    def _iceberg_describe(self, table_name: str) -> TableInfo:
-        spark = self._session()
-        qualified = self._qualified(table_name)
-        if not spark.catalog.tableExists(qualified):
-            return TableInfo.missing(table_name)
-        current = _rows(
-            spark.sql(
-                "SELECT s.snapshot_id, s.committed_at, s.summary "  # noqa: S608 - quoted names
-                f"FROM {qualified}.refs r "
-                f"JOIN {qualified}.snapshots s ON r.snapshot_id = s.snapshot_id "
-                "WHERE r.name = 'main'"
-            )
-        )
-        if not current:
-            return TableInfo(table_name, True, 0, 0, 0, None, None)
-        row = current[0]
-        summary = dict(row["summary"] or [])
-        return TableInfo(
-            table_name=table_name,
-            exists=True,
-            row_count=int(summary.get("total-records") or 0),
-            size_bytes=int(summary.get("total-files-size") or 0),
-            file_count=int(summary.get("total-data-files") or 0),
-            snapshot_id=int(row["snapshot_id"]),
-            last_updated_at=row["committed_at"],
-        )
-
-
-class _ParquetTables:
-    """External Parquet tables of Spark's built-in catalog, with their commit logs.
-
-    Layout under `<warehouse>/<namespace>.db/<table>/`:
-        part-*.parquet                  the table's data (what Spark SQL reads)
-        _staging/<snapshot id>/         a batch written by Spark, not yet published
-        _autoloader_log/<seq>-<id>.json one record per committed snapshot: its properties,
-                                        summary, files and the table's schema after it
-    Spark ignores paths starting with "_" when it reads a table, so neither the staging
-    folders nor the log are ever read as data.
-    """
-
-    def __init__(self, *, warehouse: str, catalog: str):
-        self.warehouse = warehouse
-        self.catalog = catalog
-
-    # --- reads -------------------------------------------------------------------------
-
-    def exists(self, table_name: str) -> bool:
-        return self._last_record(table_name) is not None
-
-    def schema(self, table_name: str) -> StructType | None:
-        from pyspark.sql.types import StructType
-
-        record = self._last_record(table_name)
-        return None if record is None else StructType.fromJson(record["schema"])
-
-    def describe(self, table_name: str) -> TableInfo:
-        record = self._last_record(table_name)
-        if record is None:
-            return TableInfo.missing(table_name)
-        summary = record["summary"]
-        return TableInfo(
-            table_name=table_name,
-            exists=True,
-            row_count=summary["total-records"],
-            size_bytes=summary["total-files-size"],
-            file_count=summary["total-data-files"],
-            snapshot_id=record["snapshot_id"],
-            last_updated_at=_from_epoch_ms(record["committed_at_ms"]),
-        )
-
-    def snapshots(self, table_name: str) -> list[SnapshotInfo]:
-        return [_record_snapshot(record) for record in self._records(table_name)]
-
-    def check_warehouse(self) -> None:
-        filesystem, path = filesystem_for(self.warehouse)
-        filesystem.get_file_info(path)
-
-    # --- writes ------------------------------------------------------------------------
-
-    def append(
-        self,
-        spark: SparkSession,
-        table_name: str,
-        data: pa.Table,
-        merged: StructType,
-        properties: dict[str, str],
-    ) -> int:
-        filesystem, location = self._location(table_name)
-        self._roll_forward(filesystem, location, drop_orphans=True)
-        previous = self._last_record(table_name)
-        snapshot_id = secrets.randbits(62) + 1  # positive, like Iceberg's snapshot ids
-        staging = f"{location}/{STAGING_DIR}/{snapshot_id}"
-        frame = _dataframe(spark, data, merged)
-        partitions = max(1, -(-data.nbytes // TARGET_FILE_BYTES))
-        frame.coalesce(partitions).write.mode("error").parquet(
-            _spark_uri(self._uri(table_name) + f"/{STAGING_DIR}/{snapshot_id}")
-        )
-        files = [
-            {"name": info.base_name, "size": info.size}
-            for info in filesystem.get_file_info(pafs.FileSelector(staging))
-            if info.type == pafs.FileType.File and _is_data_file(info.base_name)
-        ]
-        before = previous["summary"] if previous else {}
-        added_bytes = sum(item["size"] for item in files)
-        record = {
-            "sequence": (previous["sequence"] + 1) if previous else 1,
-            "snapshot_id": snapshot_id,
-            "parent_snapshot_id": previous["snapshot_id"] if previous else None,
-            "committed_at_ms": int(datetime.now(UTC).timestamp() * 1000),
-            "operation": "append",
-            "schema": merged.jsonValue(),
-            "files": files,
-            "properties": properties,
-            "summary": {
-                "added-records": data.num_rows,
-                "added-data-files": len(files),
-                "added-files-size": added_bytes,
-                "total-records": before.get("total-records", 0) + data.num_rows,
-                "total-data-files": before.get("total-data-files", 0) + len(files),
-                "total-files-size": before.get("total-files-size", 0) + added_bytes,
-            },
+        *,
+        file_format: str,
+        options: dict,
+        check: Callable[[], None],
+    ):
+        self.spark = spark
+        self.check = check  # raises when the work was cancelled: called before each job
+        self.file_format = file_format
+        self.options = {
+            SPARK_CSV_OPTIONS[key]: str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in options.items()
+            if key in SPARK_CSV_OPTIONS
         }
-        self._write_record(filesystem, location, record)  # the commit point
-        self._publish(filesystem, location, record)
-        schema_changed = previous is None or previous["schema"] != record["schema"]
-        self._register(spark, table_name, merged, schema_changed=schema_changed)
-        return snapshot_id
+        if options.get("null_values"):
+            self.options["nullValue"] = options["null_values"][0]
+        if file_format == "csv":
+            self.options.setdefault("header", "true")
 
-    def drop(self, table_name: str, spark: SparkSession) -> bool:
-        filesystem, location = self._location(table_name)
-        existed = self.exists(table_name)
-        spark.sql(f"DROP TABLE IF EXISTS {self._qualified(table_name)}")
-        if filesystem.get_file_info(location).type != pafs.FileType.NotFound:
-            filesystem.delete_dir(location)
-        return existed
+    def read(self, uris: list[str]) -> tuple[DataFrame, dict[str, tuple[int, int]]]:
+        """The files' rows, kept by Spark (memory, then disk), and {input file: (rows,
+        malformed rows)} for each file with rows."""
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
 
-    # --- the commit log ----------------------------------------------------------------
+        frame = self._frame(uris).withColumn(INPUT_COLUMN, F.input_file_name())
+        frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+        self.check()
+        try:
+            malformed = (
+                F.count(F.col(CORRUPT_COLUMN)) if CORRUPT_COLUMN in frame.columns else F.lit(0)
+            )
+            counts = {
+                row[0]: (int(row[1]), int(row[2]))
+                for row in frame.groupBy(INPUT_COLUMN).agg(F.count(F.lit(1)), malformed).collect()
+            }
+        except Exception:
+            frame.unpersist()
+            raise
+        return frame, counts
 
-    def _location(self, table_name: str) -> tuple[pafs.FileSystem, str]:
-        return filesystem_for(self._uri(table_name))
+    def _frame(self, uris: list[str]) -> DataFrame:
+        from pyspark.sql.types import StringType, StructField, StructType
 
-    def _uri(self, table_name: str) -> str:
-        namespace, table = table_name.split(".")
-        return f"{self.warehouse}/{namespace}.db/{table}"
-
-    def _qualified(self, table_name: str) -> str:
-        return _qualified_name(self.catalog, table_name)
-
-    def _record_names(self, filesystem: pafs.FileSystem, location: str) -> list[str]:
-        infos = filesystem.get_file_info(
-            pafs.FileSelector(f"{location}/{LOG_DIR}", allow_not_found=True)
+        reader = self.spark.read.options(**self.options)
+        if self.file_format == "parquet":
+            return reader.parquet(*uris)
+        if self.file_format == "json":
+            return (
+                reader.option("mode", "PERMISSIVE")
+                .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
+                .json(uris)
+            )
+        # CSV: infer the types first (as the embedded engine does), then read again with
+        # them and a column that catches malformed rows; a file whose header differs from
+        # the others' fails the read, and is read by itself instead.
+        self.check()
+        inferred = reader.option("inferSchema", "true").csv(uris).schema
+        self.check()
+        schema = StructType([*inferred.fields, StructField(CORRUPT_COLUMN, StringType())])
+        return (
+            self.spark.read.options(**self.options)
+            .schema(schema)
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
+            .option("enforceSchema", "false")
+            .csv(uris)
         )
-        return sorted(info.base_name for info in infos if LOG_RECORD.fullmatch(info.base_name))
 
-    def _read_record(self, filesystem: pafs.FileSystem, location: str, name: str) -> dict:
-        with filesystem.open_input_stream(f"{location}/{LOG_DIR}/{name}") as stream:
-            return json.loads(stream.read())
 
-    def _records(self, table_name: str) -> list[dict]:
-        filesystem, location = self._location(table_name)
-        self._roll_forward(filesystem, location)
-        return [
-            self._read_record(filesystem, location, name)
-            for name in self._record_names(filesystem, location)
-        ]
+def _create_catalog_tables(catalog_name: str, catalog_uri: str, warehouse: str) -> None:
+    """Make sure the shared catalog's tables exist before Spark opens the database."""
+    from ingestions.engines.iceberg import IcebergEngine
 
-    def _last_record(self, table_name: str) -> dict | None:
-        filesystem, location = self._location(table_name)
-        self._roll_forward(filesystem, location)
-        names = self._record_names(filesystem, location)
-        return self._read_record(filesystem, location, names[-1]) if names else None
-
-    def _write_record(self, filesystem: pafs.FileSystem, location: str, record: dict) -> None:
-        # Written aside, then renamed: a reader sees the whole record or none of it (on S3 the
-        # final object appears in one request).
-        name = f"{record['sequence']:020d}-{record['snapshot_id']}.json"
-        filesystem.create_dir(f"{location}/{LOG_DIR}")
-        temporary = f"{location}/{LOG_DIR}/.{uuid.uuid4().hex}.tmp"
-        with filesystem.open_output_stream(temporary) as stream:
-            stream.write(json.dumps(record, sort_keys=True).encode())
-        filesystem.move(temporary, f"{location}/{LOG_DIR}/{name}")
-
-    def _publish(self, filesystem: pafs.FileSystem, location: str, record: dict) -> None:
-        """Move a committed snapshot's files into the table; safe to repeat after a crash."""
-        staging = f"{location}/{STAGING_DIR}/{record['snapshot_id']}"
-        for item in record["files"]:
-            source, target = f"{staging}/{item['name']}", f"{location}/{item['name']}"
-            if filesystem.get_file_info(source).type == pafs.FileType.File:
-                filesystem.move(source, target)
-        if filesystem.get_file_info(staging).type != pafs.FileType.NotFound:
-            filesystem.delete_dir(staging)
-
-    def _roll_forward(
-        self, filesystem: pafs.FileSystem, location: str, *, drop_orphans: bool = False
-    ) -> None:
-        """Finish publishing committed snapshots; with `drop_orphans`, delete uncommitted ones.
-
-        Only the table's writer drops orphans: a staging folder without a record may belong
-        to a write in progress when anyone else looks.
-        """
-        staged = filesystem.get_file_info(
-            pafs.FileSelector(f"{location}/{STAGING_DIR}", allow_not_found=True)
-        )
-        if not staged:
-            return
-        committed = {
-            LOG_RECORD.fullmatch(name)["snapshot_id"]: name
-            for name in self._record_names(filesystem, location)
-        }
-        for info in staged:
-            if info.type != pafs.FileType.Directory:
-                continue
-            if info.base_name in committed:
-                record = self._read_record(filesystem, location, committed[info.base_name])
-                logger.warning("publishing snapshot %s of %s late", info.base_name, location)
-                self._publish(filesystem, location, record)
-            elif drop_orphans:
-                logger.warning("deleting uncommitted batch %s of %s", info.base_name, location)
-                filesystem.delete_dir(info.path)
-
-    def _register(
-        self, spark: SparkSession, table_name: str, schema: StructType, *, schema_changed: bool
-    ) -> None:
-        """Keep the catalog's entry in step with the log, so Spark SQL reads the table."""
-        namespace = table_name.split(".")[0]
-        qualified = self._qualified(table_name)
-        registered = spark.catalog.tableExists(qualified)
-        if registered and not schema_changed:
-            spark.sql(f"REFRESH TABLE {qualified}")
-            return
-        spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {_quote(self.catalog)}.{_quote(namespace)}")
-        if registered:
-            # An external table: dropping the entry keeps the files. Parquet tables cannot
-            # widen a column in place, so the entry is made again with the merged schema.
-            spark.sql(f"DROP TABLE {qualified}")
-        location = _spark_uri(self._uri(table_name)).replace("'", "\\'")
-        spark.sql(
-            f"CREATE TABLE {qualified} ({schema.toDDL()}) USING parquet LOCATION '{location}'"
-        )
+    engine = IcebergEngine(catalog_name=catalog_name, catalog_uri=catalog_uri, warehouse=warehouse)
+    with engine._errors("open the catalog"):
+        engine._catalog()
 
 
 # --- schemas ---------------------------------------------------------------------------
@@ -648,12 +690,15 @@ def merge_schemas(table: StructType, data: StructType) -> StructType:
         incoming = data_fields.get(field.name)
         data_type = field.dataType
         if incoming is not None and incoming.dataType != field.dataType:
-            if not _is_widening(field.dataType, incoming.dataType):
+            if _is_widening(incoming.dataType, field.dataType):
+                pass  # a narrower value fits the table's column as it is
+            elif not _is_widening(field.dataType, incoming.dataType):
                 raise SchemaMismatchError(
                     f"Column {field.name!r} is {field.dataType.simpleString()} in the table "
                     f"but {incoming.dataType.simpleString()} in the data."
                 )
-            data_type = incoming.dataType
+            else:
+                data_type = incoming.dataType
         fields.append(StructField(field.name, data_type, nullable=True))
     known = {field.name for field in table.fields}
     fields += [
@@ -685,57 +730,56 @@ def _is_widening(table_type: DataType, data_type: DataType) -> bool:
     return False
 
 
-def _from_arrow_schema(schema: pa.Schema) -> StructType:
-    from pyspark.sql.pandas.types import from_arrow_schema
+def _ddl(schema: StructType) -> str:
+    """Column definitions for CREATE TABLE, every column nullable (files may lack it)."""
+    return ", ".join(
+        f"{_quote(field.name)} {field.dataType.simpleString()}" for field in schema.fields
+    )
 
-    # Naive timestamps stay naive (TIMESTAMP_NTZ); zoned ones are instants (TIMESTAMP).
-    return from_arrow_schema(schema, prefer_timestamp_ntz=True)
+
+def _from_arrow_schema(schema: pa.Schema) -> StructType:
+    from pyspark.sql.pandas.types import from_arrow_type
+    from pyspark.sql.types import StructField, StructType
+
+    fields = []
+    for field in schema:
+        arrow_type = field.type
+        if pa.types.is_large_string(arrow_type):
+            arrow_type = pa.string()
+        fields.append(StructField(field.name, from_arrow_type(arrow_type), nullable=True))
+    return StructType(fields)
 
 
 def _to_arrow_schema(schema: StructType) -> pa.Schema:
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    return to_arrow_schema(schema, timezone="UTC")
+    return to_arrow_schema(schema)
 
 
-def _dataframe(spark: SparkSession, data: pa.Table, schema: StructType) -> DataFrame:
-    """`data` as a DataFrame of the table's schema: columns in its order, missing ones null."""
-    target = _to_arrow_schema(schema)
-    columns = []
-    for field in target:
-        if field.name in data.column_names:
-            columns.append(data.column(field.name).cast(field.type))
-        else:
-            columns.append(pa.nulls(data.num_rows, field.type))
-    return spark.createDataFrame(pa.Table.from_arrays(columns, schema=target), schema=schema)
+def _check_properties(properties: dict[str, str]) -> None:
+    if not all(isinstance(item, str) for pair in properties.items() for item in pair):
+        raise TypeError("Snapshot properties must map strings to strings.")
 
 
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _record_snapshot(record: dict) -> SnapshotInfo:
-    summary = {key: str(value) for key, value in record["summary"].items()}
-    return SnapshotInfo(
-        snapshot_id=record["snapshot_id"],
-        committed_at=_from_epoch_ms(record["committed_at_ms"]),
-        properties={**record["properties"], **summary, "operation": record["operation"]},
-    )
+def _spark_uri(source: SourceHandle, full_path: str) -> str:
+    """The URI Spark reads a source file at: a local path as file:, S3 through s3a:."""
+    if source.uri.startswith("s3://"):
+        return f"s3a://{full_path}"
+    return Path(full_path).as_uri()
 
 
-def _is_data_file(name: str) -> bool:
-    return not name.startswith(("_", "."))
-
-
-def _spark_uri(uri: str) -> str:
-    # Hadoop's S3 connector is s3a://; pyarrow's is s3://. The same bucket either way.
-    return "s3a://" + uri[len("s3://") :] if uri.startswith("s3://") else uri
+def _input_key(uri: str) -> str:
+    """A file's URI as Spark's `input_file_name()` gives it and as we build it, made equal:
+    no scheme or authority, no percent-encoding."""
+    parts = urlsplit(uri)
+    return unquote(f"{parts.netloc}{parts.path}" if parts.scheme == "s3a" else parts.path)
 
 
 def _master_addresses(master: str) -> list[tuple[str, int]]:
-    """The host:port pairs a master URL names: sc:// (Connect) and spark:// (standalone)."""
-    if master.startswith("sc://"):
-        parsed = urlsplit(master.split(";")[0])
-        return [(parsed.hostname or "localhost", parsed.port or DEFAULT_CONNECT_PORT)]
+    """The host:port pairs a standalone master URL (spark://) names."""
     if master.startswith("spark://"):
         addresses = []
         for host_port in master[len("spark://") :].split(","):
@@ -752,8 +796,6 @@ def _is_unreachable(exc: BaseException) -> bool:
         for marker in (
             "Py4JNetworkError",
             "Connection refused",
-            "StatusCode.UNAVAILABLE",
-            "failed to connect to all addresses",
             "SparkContext was shut down",
             "Cannot call methods on a stopped SparkContext",
         )
@@ -777,14 +819,21 @@ def _quote(identifier: str) -> str:
     return "`" + identifier.replace("`", "``") + "`"
 
 
+def _literal(text: str) -> str:
+    """A Spark SQL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _rows(frame: DataFrame) -> list[dict]:
-    # Through Arrow: timestamps arrive zone-aware (UTC), whatever the local zone of this
-    # process; maps arrive as lists of (key, value) pairs.
-    return frame.toArrow().to_pylist()
-
-
-def _from_epoch_ms(epoch_ms: int) -> datetime:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    """The rows of a small result; timestamps zone-aware (pyspark gives them naive, in this
+    process's local time)."""
+    return [
+        {
+            key: value.astimezone(UTC) if isinstance(value, datetime) else value
+            for key, value in row.asDict(recursive=False).items()
+        }
+        for row in frame.collect()
+    ]
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,15 +1,12 @@
-"""Fixtures for scaling out: S3 on loopback (moto's server), Spark local and Connect, PostgreSQL."""
+"""Fixtures for scaling out: S3 on loopback (moto's server), Spark local[2], PostgreSQL."""
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -122,111 +119,55 @@ def s3_bucket(moto_server, settings) -> S3Bucket:
     return bucket
 
 
-# --- Spark: one local session and one Spark Connect server per test session -------------
-
-
-def _spark_home() -> Path:
-    from pyspark.find_spark_home import _find_spark_home
-
-    return Path(_find_spark_home())
+# --- Spark: one local SparkContext per test session, with Iceberg's runtime ---------------
 
 
 @pytest.fixture(scope="session")
-def spark_session(tmp_path_factory):
-    """The shared local[2] SparkSession (~6 s to start): no UI, nothing fetched, loopback."""
+def spark_session():
+    """The shared local[2] SparkContext (~6-10 s to start) with Iceberg's Spark runtime and
+    the JDBC drivers: no UI, nothing fetched, loopback. Each engine opens its own session
+    on it (its catalogs: each test has its own catalog database)."""
     pytest.importorskip("pyspark", reason="the spark engine tests need pyspark (dev extra)")
     from pyspark.sql import SparkSession
 
+    from ingestions.engines import spark as spark_engine
+
     # Python workers (Arrow UDFs) must run this interpreter, whatever `python3` is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    warehouse = tmp_path_factory.mktemp("spark-warehouse")
+    jars = [spark_engine.iceberg_runtime_jar(), *spark_engine.JDBC_DRIVER_JARS.values()]
+    missing = [str(jar) for jar in jars if not jar.exists()]
+    assert not missing, f"missing jars {missing}: run scripts/ensure_spark_jars.sh"
     spark = (
         SparkSession.builder.master(SPARK_TEST_MASTER)
         .appName("autoloader-tests")
+        .config("spark.jars", ",".join(str(jar) for jar in jars))
+        .config("spark.sql.extensions", spark_engine.ICEBERG_EXTENSIONS)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.warehouse.dir", str(warehouse))
         .config("spark.sql.session.timeZone", "UTC")
         .getOrCreate()
     )
     assert not spark.conf.get("spark.jars.packages", ""), "tests must never fetch jars"
     spark.sparkContext.setLogLevel("ERROR")
+    with spark_engine._sessions_lock:
+        spark_engine._contexts[(os.getpid(), SPARK_TEST_MASTER)] = spark
     yield spark
+    with spark_engine._sessions_lock:
+        spark_engine._contexts.clear()
+        spark_engine._sessions.clear()
     spark.stop()
 
 
-@pytest.fixture(scope="session")
-def spark_connect_url(tmp_path_factory):
-    """A local Spark Connect server (shipped in the pyspark package) on a loopback port."""
-    pytest.importorskip("pyspark", reason="the spark engine tests need pyspark (dev extra)")
-    spark_home = _spark_home()
-    if not list((spark_home / "jars").glob("spark-connect_*.jar")):
-        pytest.skip("this pyspark package ships no Spark Connect server")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("spark-connect")
-    log = workdir / "server.log"
-    command = [
-        str(spark_home / "bin" / "spark-submit"),
-        "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
-        "--name", "autoloader-tests-connect",
-        "--master", "local[1]",
-        "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
-        "--conf", f"spark.connect.grpc.binding.port={port}",
-        "--conf", "spark.ui.enabled=false",
-        "--conf", "spark.driver.bindAddress=127.0.0.1",
-        "--conf", "spark.driver.host=127.0.0.1",
-        "--conf", "spark.sql.shuffle.partitions=1",
-        "--conf", "spark.sql.session.timeZone=UTC",
-        "--conf", f"spark.sql.warehouse.dir={workdir / 'warehouse'}",
-    ]  # fmt: skip
-    env = {**os.environ, "SPARK_HOME": str(spark_home)}
-    with log.open("wb") as output:
-        server = subprocess.Popen(
-            command, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=workdir
-        )
-    try:
-        wait_for_port(port, timeout=120, process=server)
-    except (TimeoutError, RuntimeError) as exc:
-        server.kill()
-        server.wait()
-        pytest.fail(f"Spark Connect server did not start: {exc}\n{log.read_text()[-3000:]}")
-    try:
-        yield f"sc://127.0.0.1:{port}"
-    finally:
-        _close_connect_sessions()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _close_connect_sessions() -> None:
-    """Close the engine's Connect clients while their server still answers.
-
-    A client left open runs cleanup calls at interpreter exit; with the server gone they
-    retry with back-off for minutes, and pytest cannot exit meanwhile.
-    """
-    from ingestions.engines import spark as spark_engine
-
-    with spark_engine._sessions_lock:
-        connect_keys = [key for key in spark_engine._sessions if str(key[1]).startswith("sc://")]
-        sessions = [spark_engine._sessions.pop(key) for key in connect_keys]
-    for session in sessions:
-        # A client already closed has nothing left to release.
-        with contextlib.suppress(Exception):
-            session.stop()
-
-
-def spark_drop_namespaces(spark) -> None:
-    """Forget every table a test registered: the catalog outlives the test."""
-    for database in spark.catalog.listDatabases():
-        if database.name != "default":
-            spark.sql(f"DROP NAMESPACE IF EXISTS `{database.name}` CASCADE")
+@pytest.fixture
+def spark_settings(spark_session, settings):
+    """The spark engine of the product's settings: local[2], the embedded engine's catalog."""
+    settings.AUTOLOADER_SPARK_MASTER = SPARK_TEST_MASTER
+    settings.AUTOLOADER_SPARK_CATALOG = ""
+    settings.AUTOLOADER_SPARK_CONF = {}
+    return settings
 
 
 # --- PostgreSQL: an Iceberg SQL catalog in its own database ------------------------------

@@ -1,8 +1,9 @@
-"""The spark engine in the product: exactly-once runs, crash recovery, cancellation, settings.
+"""The spark engine in the product: Spark's executors read the files and write Iceberg tables.
 
-Spark local[2] on Spark's built-in catalog, whose commit log stands in for Iceberg's
-snapshots (see ingestions/engines/spark.py). The engine behaviour suite shared with the
-iceberg engine is in test_engines.py.
+Spark local[2] with Iceberg's own Spark runtime; its JDBC catalog shares the embedded
+engine's catalog database, so every table here is also read with plain pyiceberg, as any
+other Iceberg reader would. The engine behaviour suite shared with the iceberg engine is in
+test_engines.py.
 """
 
 import threading
@@ -12,10 +13,10 @@ import pyarrow as pa
 import pytest
 from django.utils import timezone
 
+from ingestions import runs as runs_module
 from ingestions.engines import load_engine
 from ingestions.engines import spark as spark_module
 from ingestions.engines.spark import SparkEngine
-from ingestions.errors import EngineUnavailableError
 from ingestions.models import BatchStatus, ProcessedFile, Run, RunBatch, RunStatus
 from ingestions.runs import (
     SNAPSHOT_BATCH_KEY,
@@ -25,95 +26,164 @@ from ingestions.runs import (
     runs_recover_stale,
 )
 
-from ..conftest import write_csv_files
+from ..conftest import open_table, write_csv_files
 from ..factories import IngestionFactory
-from .conftest import SPARK_TEST_MASTER, spark_drop_namespaces
+from .conftest import SPARK_TEST_MASTER
 from .test_runs import FaultyEngine, WorkerKilled, drain_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-TABLE = "raw.sales"
-
 
 @pytest.fixture
-def spark(spark_session, settings):
-    settings.AUTOLOADER_SPARK_MASTER = SPARK_TEST_MASTER
-    settings.AUTOLOADER_SPARK_CATALOG = "spark_catalog"
-    settings.AUTOLOADER_SPARK_CONF = {}
-    yield spark_session
-    spark_drop_namespaces(spark_session)
-
-
-@pytest.fixture
-def spark_ingestion(tenant, source_dir):
+def spark_ingestion(tenant, source_dir, spark_settings):
     return IngestionFactory(
         tenant=tenant,
         public_id="sales-on-spark",
         source_uri=str(source_dir),
         source_format="csv",
-        destination_table=TABLE,
+        destination_table="raw.sales",
         engine="spark",
     )
 
 
-def rows_by_file(spark, table_name: str) -> dict[str, int]:
-    """What a Spark SQL user sees in the table."""
-    rows = spark.table(f"spark_catalog.{table_name}").groupBy("_source_file").count().collect()
-    return {row["_source_file"]: row["count"] for row in rows}
+@pytest.fixture
+def no_reads_in_the_worker(monkeypatch):
+    """Any read of a source file by the worker process fails the test."""
+
+    def refuse(**kwargs):
+        raise AssertionError(f"the worker read {kwargs.get('path')} itself")
+
+    monkeypatch.setattr(runs_module, "read_source_file", refuse)
 
 
-def test_load_engine_builds_the_spark_engine_from_settings(settings, tmp_path):
-    settings.AUTOLOADER_SPARK_MASTER = "sc://spark.example.internal:15002"
-    settings.AUTOLOADER_SPARK_CATALOG = "lake"
-    settings.AUTOLOADER_SPARK_CONF = {
-        "spark.sql.catalog.lake": "org.apache.iceberg.spark.SparkCatalog"
-    }
+def rows_by_file(table_name: str) -> dict[str, int]:
+    """What any Iceberg reader sees in the table: plain pyiceberg on the same catalog."""
+    rows = open_table(table_name).scan(selected_fields=("_source_file",)).to_arrow()
+    counts = rows.group_by("_source_file").aggregate([("_source_file", "count")])
+    return dict(zip(*counts.to_pydict().values(), strict=True))
+
+
+def test_load_engine_shares_the_embedded_engines_catalog(spark_settings):
+    settings = spark_settings
 
     engine = load_engine("spark")
 
     assert isinstance(engine, SparkEngine)
-    assert (engine.master, engine.catalog, engine.is_connect) == (
-        "sc://spark.example.internal:15002",
-        "lake",
-        True,
+    assert (engine.master, engine.catalog) == (SPARK_TEST_MASTER, "test")
+    prefix = "spark.sql.catalog.test"
+    database = settings.AUTOLOADER_CATALOG_URI.removeprefix("sqlite:///")
+    assert engine.conf[prefix] == "org.apache.iceberg.spark.SparkCatalog"
+    assert engine.conf[f"{prefix}.uri"] == f"jdbc:sqlite:{database}"
+    assert engine.conf[f"{prefix}.warehouse"] == settings.AUTOLOADER_WAREHOUSE
+    assert engine.conf[f"{prefix}.jdbc.init-catalog-tables"] == "false"
+    jars = engine.conf["spark.jars"].split(",")
+    assert [jar.rsplit("/", 1)[1] for jar in jars] == [
+        spark_module.ICEBERG_RUNTIME_JAR,
+        "sqlite-jdbc.jar",
+    ]
+
+
+def test_a_postgresql_catalog_is_reached_through_its_jdbc_driver():
+    conf = spark_module.shared_catalog_conf(
+        catalog_name="autoloader",
+        catalog_uri="postgresql+psycopg://loader:s3cret@db.internal:5433/catalog",
+        warehouse="file:///data/warehouse",
     )
-    assert engine.warehouse == settings.AUTOLOADER_WAREHOUSE
-    assert engine.uses_iceberg is True  # read from the configuration, no session needed
+
+    assert conf["spark.sql.catalog.autoloader.uri"] == "jdbc:postgresql://db.internal:5433/catalog"
+    assert conf["spark.sql.catalog.autoloader.jdbc.user"] == "loader"
+    assert conf["spark.sql.catalog.autoloader.jdbc.password"] == "s3cret"
+    assert conf["spark.jars"].endswith("/usr/share/java/postgresql.jar")
 
 
-def test_a_spark_run_loads_every_row_once_into_a_table_spark_sql_reads(
-    spark, settings, spark_ingestion, source_dir
+def test_a_cluster_catalog_in_the_configuration_is_used_as_it_is(spark_settings, tmp_path):
+    """A catalog of the cluster's own (here Iceberg's hadoop catalog), passed through verbatim."""
+    lake = {
+        "spark.sql.catalog.lake": "org.apache.iceberg.spark.SparkCatalog",
+        "spark.sql.catalog.lake.type": "hadoop",
+        "spark.sql.catalog.lake.warehouse": (tmp_path / "lake").as_uri(),
+    }
+    spark_settings.AUTOLOADER_SPARK_CATALOG = "lake"
+    spark_settings.AUTOLOADER_SPARK_CONF = lake
+
+    engine = load_engine("spark")
+    snapshot_id = engine.append("raw.orders", pa.table({"id": [1, 2]}), properties={"k": "v"})
+
+    assert engine.conf == lake and engine.shared_catalog_uri is None
+    assert engine.describe_table("raw.orders").snapshot_id == snapshot_id
+    assert list((tmp_path / "lake" / "raw" / "orders" / "metadata").glob("*.metadata.json"))
+
+
+def test_spark_connect_is_refused_with_the_reason(spark_settings):
+    spark_settings.AUTOLOADER_SPARK_MASTER = "sc://spark.example.internal:15002"
+
+    with pytest.raises(ValueError, match="Spark Connect"):
+        load_engine("spark")
+
+
+def test_a_spark_run_loads_every_row_once_and_the_worker_reads_no_file(
+    spark_settings, spark_ingestion, source_dir, no_reads_in_the_worker
 ):
-    settings.AUTOLOADER_BATCH_MAX_FILES = 2
+    spark_settings.AUTOLOADER_BATCH_MAX_FILES = 2
     write_csv_files(source_dir, files=5, rows=6)
 
     run = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
 
     assert run.status == RunStatus.SUCCESS, run.error
     assert (run.files_loaded, run.rows_written) == (5, 30)
-    # The tenant's physical table, behind the user's "raw.sales".
-    assert spark_ingestion.table_identifier == "acme__raw.sales"
-    assert rows_by_file(spark, spark_ingestion.table_identifier) == {
-        f"part-{index:04d}.csv": 6 for index in range(5)
-    }
-    snapshots = load_engine("spark").list_snapshots(spark_ingestion.table_identifier)
+    table = spark_ingestion.table_identifier
+    assert table == "acme__raw.sales"  # the tenant's physical table behind "raw.sales"
+    assert rows_by_file(table) == {f"part-{index:04d}.csv": 6 for index in range(5)}
+    snapshots = load_engine("spark").list_snapshots(table)
     assert [snapshot.properties[SNAPSHOT_BATCH_KEY] for snapshot in snapshots] == list(
         RunBatch.objects.filter(run=run).order_by("id").values_list("batch_key", flat=True)
     )
-    info = load_engine("spark").describe_table(spark_ingestion.table_identifier)
-    assert (info.row_count, info.snapshot_id) == (30, snapshots[-1].snapshot_id)
+    # Both engines describe the same table the same way, from its metadata.
+    spark_info, iceberg_info = load_engine("spark").describe_table(table), load_engine(
+        "iceberg"
+    ).describe_table(table)
+    assert (spark_info.row_count, spark_info.snapshot_id) == (30, snapshots[-1].snapshot_id)
+    assert (iceberg_info.row_count, iceberg_info.snapshot_id) == (30, snapshots[-1].snapshot_id)
+    # The tenant's folder of the warehouse, like the embedded engine's tables.
+    assert open_table(table).location().endswith("/warehouse/acme/raw/sales")
+    lineage = open_table(table).scan(selected_fields=("_ingested_at",)).to_arrow()
+    assert str(lineage.schema.field("_ingested_at").type) == "timestamp[us, tz=UTC]"
+
+
+def test_a_malformed_file_fails_alone_and_a_new_column_is_merged(
+    spark_settings, spark_ingestion, source_dir, no_reads_in_the_worker
+):
+    write_csv_files(source_dir, files=3, rows=4)
+    (source_dir / "b-short-row.csv").write_text("id,name,amount\n1,a,2.5\n2,b\n")
+    (source_dir / "c-wider.csv").write_text("id,name,amount,region\n100,x,1.5,north\n")
+
+    run = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+
+    assert run.status == RunStatus.PARTIAL_SUCCESS, run.error
+    assert [item["path"] for item in run.failed_files] == ["b-short-row.csv"]
+    assert "malformed" in run.failed_files[0]["error"]
+    assert run.failed_files[0]["error_code"] == "FILE_READ_ERROR"
+    table = spark_ingestion.table_identifier
+    assert rows_by_file(table) == {
+        **{f"part-{index:04d}.csv": 4 for index in range(3)},
+        "c-wider.csv": 1,
+    }
+    assert "region" in open_table(table).schema().column_names
+    assert set(
+        ProcessedFile.objects.filter(ingestion=spark_ingestion).values_list("path", flat=True)
+    ) == {"part-0000.csv", "part-0001.csv", "part-0002.csv", "c-wider.csv"}
 
 
 @pytest.mark.parametrize("after_real_call", [True, False], ids=["after-commit", "before-commit"])
 def test_a_spark_run_whose_worker_died_mid_batch_resumes_exactly_once(
-    spark, settings, spark_ingestion, source_dir, after_real_call
+    spark_settings, spark_ingestion, source_dir, after_real_call
 ):
-    settings.AUTOLOADER_BATCH_MAX_FILES = 2
+    spark_settings.AUTOLOADER_BATCH_MAX_FILES = 2
     write_csv_files(source_dir, files=5, rows=7)
     run = run_request(ingestion=spark_ingestion)
     dying = FaultyEngine(
         load_engine("spark"),
-        fail_on="append",
+        fail_on="append_files",
         after_real_call=after_real_call,
         exception=WorkerKilled(),
     )
@@ -126,76 +196,30 @@ def test_a_spark_run_whose_worker_died_mid_batch_resumes_exactly_once(
 
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCESS, run.error
-    assert rows_by_file(spark, spark_ingestion.table_identifier) == {
+    assert rows_by_file(spark_ingestion.table_identifier) == {
         f"part-{index:04d}.csv": 7 for index in range(5)
     }
     assert ProcessedFile.objects.filter(ingestion=spark_ingestion).count() == 5
     assert not RunBatch.objects.filter(status=BatchStatus.PENDING).exists()
 
 
-def test_a_crash_after_the_commit_record_is_rolled_forward(spark, monkeypatch, tmp_path):
-    engine = SparkEngine(master=SPARK_TEST_MASTER, warehouse=(tmp_path / "wh").as_uri())
-    engine.append(TABLE, pa.table({"id": [1, 2]}), properties={"batch": "a"})
-    real_publish = spark_module._ParquetTables._publish
-
-    def die_before_publishing(self, filesystem, location, record):
-        raise WorkerKilled()
-
-    monkeypatch.setattr(spark_module._ParquetTables, "_publish", die_before_publishing)
-    with pytest.raises(WorkerKilled):
-        engine.append(TABLE, pa.table({"id": [3, 4, 5]}), properties={"batch": "b"})
-    monkeypatch.setattr(spark_module._ParquetTables, "_publish", real_publish)
-
-    # The record is the commit: recovery finds the batch, and reading publishes its files.
-    found = engine.find_snapshot(TABLE, key="batch", value="b")
-    assert found is not None
-    assert not list((tmp_path / "wh").rglob("_staging/*/*.parquet"))
-    assert sorted(row.id for row in spark.table(f"spark_catalog.{TABLE}").collect()) == [
-        1,
-        2,
-        3,
-        4,
-        5,
-    ]
-    assert engine.describe_table(TABLE).row_count == 5
-
-
-def test_a_crash_before_the_commit_record_leaves_nothing_visible(spark, monkeypatch, tmp_path):
-    engine = SparkEngine(master=SPARK_TEST_MASTER, warehouse=(tmp_path / "wh").as_uri())
-    engine.append(TABLE, pa.table({"id": [1]}), properties={"batch": "a"})
-
-    def die_before_the_record(self, filesystem, location, record):
-        raise WorkerKilled()
-
-    monkeypatch.setattr(spark_module._ParquetTables, "_write_record", die_before_the_record)
-    with pytest.raises(WorkerKilled):
-        engine.append(TABLE, pa.table({"id": [2]}), properties={"batch": "b"})
-    monkeypatch.undo()
-
-    assert engine.find_snapshot(TABLE, key="batch", value="b") is None
-    assert [row.id for row in spark.table(f"spark_catalog.{TABLE}").collect()] == [1]
-    assert list((tmp_path / "wh").rglob("_staging/*/*.parquet"))  # invisible leftovers ...
-    engine.append(TABLE, pa.table({"id": [2]}), properties={"batch": "b-again"})
-    assert not list((tmp_path / "wh").rglob("_staging/*/*.parquet"))  # ... dropped by the writer
-    assert sorted(row.id for row in spark.table(f"spark_catalog.{TABLE}").collect()) == [1, 2]
-
-
 def test_cancelling_a_run_interrupts_its_spark_job(
-    spark, settings, spark_ingestion, source_dir, monkeypatch
+    spark_settings, spark_session, spark_ingestion, source_dir, monkeypatch
 ):
-    settings.AUTOLOADER_RUN_STALE_SECONDS = 1.2  # the heartbeat looks every 0.2 s
+    spark_settings.AUTOLOADER_RUN_STALE_SECONDS = 1.2  # the heartbeat looks every 0.2 s
     write_csv_files(source_dir, files=2, rows=3)
-    real_dataframe = spark_module._dataframe
+    real_frame = spark_module._Reader._frame
 
-    def slow_dataframe(session, data, schema):
+    def slow_frame(reader, uris):
         # A Spark job that would take a minute: each partition sleeps in a Python worker.
         def sleepy(batches):
             time.sleep(60)
             yield from batches
 
-        return real_dataframe(session, data, schema).mapInArrow(sleepy, schema)
+        frame = real_frame(reader, uris)
+        return frame.mapInArrow(sleepy, frame.schema)
 
-    monkeypatch.setattr(spark_module, "_dataframe", slow_dataframe)
+    monkeypatch.setattr(spark_module._Reader, "_frame", slow_frame)
     run = run_request(ingestion=spark_ingestion)
     finished = []
     worker = threading.Thread(
@@ -204,7 +228,7 @@ def test_cancelling_a_run_interrupts_its_spark_job(
     started = time.monotonic()
     worker.start()
     deadline = time.monotonic() + 60
-    while not spark.sparkContext.statusTracker().getActiveJobsIds():
+    while not spark_session.sparkContext.statusTracker().getActiveJobsIds():
         assert time.monotonic() < deadline, "the Spark job never started"
         time.sleep(0.1)
 
@@ -215,36 +239,21 @@ def test_cancelling_a_run_interrupts_its_spark_job(
     assert time.monotonic() - started < 45  # interrupted, not waited for
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED, run.error
-    assert RunBatch.objects.get(run=run).status == BatchStatus.ABANDONED
     assert not load_engine("spark").table_exists(spark_ingestion.table_identifier)
     assert ProcessedFile.objects.filter(ingestion=spark_ingestion).count() == 0
 
 
-def test_catalog_configuration_is_passed_through_verbatim(spark, tmp_path):
-    conf = {
-        "spark.sql.catalog.lake": "org.apache.iceberg.spark.SparkCatalog",
-        "spark.sql.catalog.lake.type": "hadoop",
-        "spark.sql.catalog.lake.warehouse": (tmp_path / "lake").as_uri(),
-    }
-    engine = SparkEngine(
-        master=SPARK_TEST_MASTER, catalog="lake", warehouse=tmp_path.as_uri(), conf=conf
+def test_a_table_written_by_spark_is_adopted_file_by_file(spark_settings, tenant, source_dir):
+    write_csv_files(source_dir, files=3, rows=5)
+    first = IngestionFactory(
+        tenant=tenant,
+        public_id="first",
+        source_uri=str(source_dir),
+        destination_table="raw.sales",
+        engine="spark",
     )
-    try:
-        session = engine._session()
-        assert {key: session.conf.get(key) for key in conf} == conf
-        assert engine.uses_iceberg is True
-        # No Iceberg runtime jar can be fetched here: the engine says what is missing.
-        with pytest.raises(EngineUnavailableError, match="iceberg-spark-runtime") as raised:
-            engine.ping()
-        assert raised.value.error_code == "CLUSTER_UNAVAILABLE"
-    finally:
-        for key in conf:
-            spark.conf.unset(key)
+    run_execute(run_id=run_request(ingestion=first).public_id)
 
+    counts = load_engine("spark").source_file_rows(first.table_identifier)
 
-def test_the_built_in_catalog_is_detected_without_configuration(spark, tmp_path):
-    engine = SparkEngine(master=SPARK_TEST_MASTER, warehouse=tmp_path.as_uri())
-
-    engine.ping()
-
-    assert engine.uses_iceberg is False
+    assert counts == {f"part-{index:04d}.csv": 5 for index in range(3)}
