@@ -139,9 +139,10 @@ def test_a_spark_run_loads_every_row_once_and_the_worker_reads_no_file(
         RunBatch.objects.filter(run=run).order_by("id").values_list("batch_key", flat=True)
     )
     # Both engines describe the same table the same way, from its metadata.
-    spark_info, iceberg_info = load_engine("spark").describe_table(table), load_engine(
-        "iceberg"
-    ).describe_table(table)
+    spark_info, iceberg_info = (
+        load_engine("spark").describe_table(table),
+        load_engine("iceberg").describe_table(table),
+    )
     assert (spark_info.row_count, spark_info.snapshot_id) == (30, snapshots[-1].snapshot_id)
     assert (iceberg_info.row_count, iceberg_info.snapshot_id) == (30, snapshots[-1].snapshot_id)
     # The tenant's folder of the warehouse, like the embedded engine's tables.
