@@ -6,8 +6,12 @@ farm-bench's wall time, CPU and peak memory are those of the load and nothing el
 
 - `bare`: what anyone would write by hand: one `pyarrow.dataset` read of the folder (all
   cores), one pyiceberg append.
-- `product`: a real run on the embedded engine (listing, history, batches of
-  AUTOLOADER_BATCH_MAX_BYTES, lineage columns, the exactly-once protocol).
+- `bare-spark`: the same by hand on Spark local[*]: one read of the folder, the lineage
+  columns, one write into a new Iceberg table.
+- `product`: a real run (listing, history, batches of AUTOLOADER_BATCH_MAX_BYTES, lineage
+  columns, the exactly-once protocol) on `--engine` iceberg (embedded) or spark (Spark
+  local[*]: its executors read the files). Prints the run's own time and this process's
+  peak memory: on spark, the worker's, without the JVM's.
 
     .venv/bin/python bench/large_load.py generate --folder /tmp/large
     farm-bench -n 3 --timeout 1800 -- .venv/bin/python bench/large_load.py product \\
@@ -24,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import setup_django, temp_dir
+from _common import ROOT, setup_django, temp_dir
 
 HEADER = "order_id,customer,region,quantity,unit_price,note\n"
 REGIONS = ("north", "south", "east", "west")
@@ -61,6 +65,38 @@ def bare(folder: Path, work: Path) -> int:
     return data.num_rows
 
 
+def bare_spark(folder: Path, work: Path) -> int:
+    """What a Spark user would write: one read of the folder, lineage columns, one write
+    into a new Iceberg table (Iceberg's hadoop catalog), on the same local[*] Spark."""
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from ingestions.engines.spark import ICEBERG_EXTENSIONS, iceberg_runtime_jar
+
+    spark = (
+        SparkSession.builder.master("local[*]")
+        .config("spark.jars", str(iceberg_runtime_jar()))
+        .config("spark.sql.extensions", ICEBERG_EXTENSIONS)
+        .config("spark.sql.catalog.bare", "org.apache.iceberg.spark.SparkCatalog")
+        .config("spark.sql.catalog.bare.type", "hadoop")
+        .config("spark.sql.catalog.bare.warehouse", (work / "wh").as_uri())
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "4g")
+        .getOrCreate()
+    )
+    frame = (
+        spark.read.option("header", "true")
+        .option("inferSchema", "true")
+        .csv(str(folder))
+        .withColumn("_source_file", F.input_file_name())
+        .withColumn("_ingested_at", F.current_timestamp())
+    )
+    frame.writeTo("bare.raw.large").using("iceberg").create()
+    rows = spark.table("bare.raw.large").count()
+    spark.stop()
+    return rows
+
+
 def product(folder: Path, work: Path, engine: str) -> int:
     template = folder.parent / f"{folder.name}-product-template"
     if template.exists():
@@ -94,7 +130,7 @@ def product(folder: Path, work: Path, engine: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["generate", "bare", "product"])
+    parser.add_argument("mode", choices=["generate", "bare", "bare-spark", "product"])
     parser.add_argument("--folder", type=Path, required=True)
     parser.add_argument("--files", type=int, default=40)
     parser.add_argument("--rows-per-file", type=int, default=500_000)
@@ -111,6 +147,9 @@ def main() -> None:
         started = time.perf_counter()
         if args.mode == "bare":
             rows = bare(args.folder, work)
+        elif args.mode == "bare-spark":
+            sys.path.insert(0, str(ROOT))
+            rows = bare_spark(args.folder, work)
         else:
             rows = product(args.folder, work, args.engine)
         seconds = time.perf_counter() - started

@@ -258,3 +258,31 @@ def test_a_table_written_by_spark_is_adopted_file_by_file(spark_settings, tenant
     counts = load_engine("spark").source_file_rows(first.table_identifier)
 
     assert counts == {f"part-{index:04d}.csv": 5 for index in range(3)}
+
+
+def test_spark_and_the_embedded_engine_share_a_postgresql_catalog(
+    spark_settings, postgres_catalog_uri, tenant, source_dir
+):
+    """Production's catalog database: Spark's JDBC catalog and pyiceberg's SQL catalog in one
+    PostgreSQL database, each reading and dropping the other's tables (PostgreSQL pass only)."""
+    spark_settings.AUTOLOADER_CATALOG_URI = postgres_catalog_uri
+    write_csv_files(source_dir, files=2, rows=3)
+    on_spark = IngestionFactory(
+        tenant=tenant, public_id="on-spark", source_uri=str(source_dir), engine="spark"
+    )
+    run = run_execute(run_id=run_request(ingestion=on_spark).public_id)
+    assert run.status == RunStatus.SUCCESS, run.error
+    embedded, spark = load_engine("iceberg"), load_engine("spark")
+    assert spark.conf[f"spark.sql.catalog.{spark.catalog}.uri"].startswith("jdbc:postgresql://")
+
+    # The embedded engine sees Spark's table and its batch; Spark sees the embedded engine's.
+    assert embedded.describe_table(on_spark.table_identifier).row_count == 6
+    assert embedded.find_snapshot(
+        on_spark.table_identifier,
+        key=SNAPSHOT_BATCH_KEY,
+        value=RunBatch.objects.get(run=run).batch_key,
+    )
+    embedded.append("acme__raw.other", pa.table({"id": [1, 2, 3]}), properties={"by": "pyiceberg"})
+    assert spark.describe_table("acme__raw.other").row_count == 3
+    assert spark.drop_table("acme__raw.other") is True
+    assert not embedded.table_exists("acme__raw.other")
