@@ -66,6 +66,7 @@ def load_engine(name: str = "iceberg") -> Engine:
             warehouse=settings.AUTOLOADER_WAREHOUSE,
             conf=conf,
             shared_catalog_uri=settings.AUTOLOADER_CATALOG_URI if shared else None,
+            catalog_properties=iceberg_io_properties(),
         )
     raise ValueError(f"Unknown engine {name!r}; known engines: {', '.join(ENGINE_CHOICES)}.")
 

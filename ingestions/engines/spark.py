@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import uuid
@@ -45,6 +46,7 @@ from ingestions.engines.base import (
     Engine,
     FileBatch,
     SnapshotInfo,
+    Stage,
     TableInfo,
     table_location,
     validate_table_name,
@@ -100,6 +102,8 @@ SPARK_CSV_OPTIONS = {
 }
 
 JOB_INTERRUPT_KEY = "spark.job.interruptOnCancel"
+# Hadoop's glob pattern characters, escaped in the paths Spark reads (see `_spark_uri`).
+GLOB_CHARACTERS = re.compile(r"([{}\[\]*?\\])")
 
 # One SparkContext per process and master; a session per catalog configuration on top of
 # it (`SparkSession.newSession`: its own SQL configuration and catalogs).
@@ -169,6 +173,14 @@ class SparkEngine(Engine):
     name = "spark"
     reads_files = True
 
+    @property
+    def can_stage(self) -> bool:
+        return self.shared_catalog_uri is not None
+
+    @property
+    def can_retain(self) -> bool:
+        return self.shared_catalog_uri is not None
+
     def __init__(
         self,
         *,
@@ -177,10 +189,12 @@ class SparkEngine(Engine):
         warehouse: str,
         conf: Mapping[str, str] | None = None,
         shared_catalog_uri: str | None = None,
+        catalog_properties: Mapping[str, str] | None = None,
     ):
         """`shared_catalog_uri`: the embedded engine's catalog database, whose tables must
         exist before Spark opens it (pyiceberg creates them); None for a catalog of
-        Spark's own (`conf`)."""
+        Spark's own (`conf`). `catalog_properties`: the embedded engine's FileIO settings
+        (an s3:// warehouse) for what it does on the shared catalog."""
         if master.startswith("sc://"):
             raise ValueError(
                 "Spark Connect (sc://) is not supported: no Iceberg runtime for a Connect "
@@ -191,6 +205,7 @@ class SparkEngine(Engine):
         self.warehouse = warehouse.rstrip("/")
         self.conf = dict(conf or {})
         self.shared_catalog_uri = shared_catalog_uri
+        self.catalog_properties = dict(catalog_properties or {})
         # The job group of this engine's Spark jobs: `cancel` interrupts it.
         self.job_tag = f"autoloader-{uuid.uuid4().hex[:16]}"
         self._cancel_requested = threading.Event()
@@ -262,12 +277,10 @@ class SparkEngine(Engine):
         """Rows the worker holds (not a run's files: those go through `read_files`)."""
         validate_table_name(table_name)
         _check_properties(properties)
-        if branch is not None:
-            raise EngineError("The spark engine cannot write to a branch.")
         with self._errors(f"append to {table_name}"), self._jobs("append rows") as spark:
             schema = _from_arrow_schema(data.schema)
             frame = spark.createDataFrame([tuple(row.values()) for row in data.to_pylist()], schema)
-            return self._write(spark, table_name, frame, properties)
+            return self._write(spark, table_name, frame, properties, branch=branch)
 
     def read_files(
         self, *, source: SourceHandle, paths: list[str], file_format: str, options: dict
@@ -283,13 +296,13 @@ class SparkEngine(Engine):
             return FileBatch(
                 rows={}, failures={path: FileReadError(path, reason) for path in paths}
             )
-        uris = {}
+        uris, keys = {}, {}
         for path in paths:
             full_path = source.full_path(path)
             if ".." in path.split("/") or not source.is_readable(full_path):
                 failures[path] = FileReadError(path, "it resolves outside the storage location")
             else:
-                uris[path] = _spark_uri(source, full_path)
+                uris[path], keys[path] = _spark_uri(source, full_path), full_path
         if not uris:
             return FileBatch(rows={}, failures=failures)
         with self._errors("read the source files"), self._jobs("read source files") as spark:
@@ -306,10 +319,10 @@ class SparkEngine(Engine):
             inputs = {_input_key(name): name for name in counts}
             rows: dict[str, int] = {}
             loading: dict[str, str] = {}  # Spark's input file name -> relative path
-            for path, uri in uris.items():
+            for path in uris:
                 if path in failures:
                     continue
-                name = inputs.get(_input_key(uri))
+                name = inputs.get(keys[path])
                 file_rows, malformed = counts.get(name, (0, 0))
                 if malformed:
                     failures[path] = FileReadError(
@@ -339,8 +352,6 @@ class SparkEngine(Engine):
 
         validate_table_name(table_name)
         _check_properties(properties)
-        if branch is not None:
-            raise EngineError("The spark engine cannot write to a branch.")
         frame, loading = batch.handle or (None, {})
         if frame is None:
             raise EngineError("The batch has no rows to write.")
@@ -356,7 +367,7 @@ class SparkEngine(Engine):
                 paths["_source_file"],
                 F.lit(ingested_at).cast("timestamp").alias("_ingested_at"),
             )
-            return self._write(spark, table_name, rows, properties)
+            return self._write(spark, table_name, rows, properties, branch=branch)
 
     def release_files(self, batch: FileBatch) -> None:
         frame = (batch.handle or (None, {}))[0]
@@ -400,6 +411,49 @@ class SparkEngine(Engine):
             rows = spark.table(qualified).groupBy("_source_file").count().collect()
             return {row["_source_file"]: int(row["count"]) for row in rows if row[0]}
 
+    # --- staged versions and restore points: metadata of the shared catalog -------------
+    #
+    # Branches, tags and renames are catalog operations, not data work: on the shared
+    # catalog they are made by the embedded engine's code on the same tables (one
+    # implementation of each), and Spark writes the data into the branch.
+
+    def stage_begin(self, table_name: str, *, name: str) -> Stage:
+        return self._catalog_engine().stage_begin(table_name, name=name)
+
+    def stage_publish(self, stage: Stage) -> int | None:
+        return self._catalog_engine().stage_publish(stage)
+
+    def stage_discard(self, stage: Stage) -> None:
+        self._catalog_engine().stage_discard(stage)
+
+    def retain(self, table_name: str, *, name: str) -> dict:
+        return self._catalog_engine().retain(table_name, name=name)
+
+    def retire(self, table_name: str, *, name: str) -> dict:
+        return self._catalog_engine().retire(table_name, name=name)
+
+    def restore(self, table_name: str, point: dict) -> None:
+        self._catalog_engine().restore(table_name, point)
+
+    def release(self, table_name: str, point: dict, *, expire_before: datetime | None) -> int:
+        return self._catalog_engine().release(table_name, point, expire_before=expire_before)
+
+    def _catalog_engine(self) -> Engine:
+        """The embedded engine over the same catalog database: Spark's catalog is its."""
+        if self.shared_catalog_uri is None:
+            raise EngineError(
+                f"The spark engine on catalog {self.catalog!r} (the cluster's own) cannot "
+                "stage a version or keep one for undo."
+            )
+        from ingestions.engines.iceberg import IcebergEngine
+
+        return IcebergEngine(
+            catalog_name=self.catalog,
+            catalog_uri=self.shared_catalog_uri,
+            warehouse=self.warehouse,
+            properties=self.catalog_properties,
+        )
+
     def cancel(self) -> None:
         self._cancel_requested.set()
         with _sessions_lock:
@@ -422,12 +476,23 @@ class SparkEngine(Engine):
     # --- writing -----------------------------------------------------------------------
 
     def _write(
-        self, spark: SparkSession, table_name: str, frame: DataFrame, properties: dict[str, str]
+        self,
+        spark: SparkSession,
+        table_name: str,
+        frame: DataFrame,
+        properties: dict[str, str],
+        *,
+        branch: str | None = None,
     ) -> int:
-        """Append `frame` as one snapshot carrying `properties`; returns its id."""
+        """Append `frame` to the table's main, or to `branch` (a staged version), as one
+        snapshot carrying `properties`; returns its id."""
         qualified = self._qualified(table_name)
         table_schema = self._spark_schema(spark, table_name)
-        if table_schema is None:
+        if branch is not None:
+            if table_schema is None:
+                raise EngineError(f"{table_name} has no branch {branch}: it does not exist.")
+            merge_schemas(table_schema, frame.schema)
+        elif table_schema is None:
             namespace = table_name.split(".")[0]
             spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {_quote(self.catalog)}.{_quote(namespace)}")
             location = table_location(self.warehouse, table_name)
@@ -449,7 +514,9 @@ class SparkEngine(Engine):
         options[f"snapshot-property.{COMMIT_ID_PROPERTY}"] = commit_id
         options["mergeSchema"] = "true"
         self._raise_if_cancelled()
-        frame.writeTo(qualified).options(**options).append()
+        # Iceberg's identifier of a branch: `<table>.branch_<name>`.
+        target = f"{qualified}.{_quote(f'branch_{branch}')}" if branch else qualified
+        frame.writeTo(target).options(**options).append()
         rows = _rows(
             spark.sql(
                 f"SELECT snapshot_id FROM {qualified}.snapshots "  # noqa: S608 - quoted names
@@ -765,16 +832,20 @@ def _check_properties(properties: dict[str, str]) -> None:
 
 
 def _spark_uri(source: SourceHandle, full_path: str) -> str:
-    """The URI Spark reads a source file at: a local path as file:, S3 through s3a:."""
+    """The path Spark reads a source file at: a local file under file://, an S3 object
+    through s3a://. Spark takes paths as Hadoop glob patterns: the pattern characters are
+    escaped, so that a file named "x*.csv" or "{a,b}.csv" reads itself, not its siblings;
+    Hadoop decodes nothing else ("%20" is those three characters)."""
+    escaped = GLOB_CHARACTERS.sub(r"\\\1", full_path)
     if source.uri.startswith("s3://"):
-        return f"s3a://{full_path}"
-    return Path(full_path).as_uri()
+        return f"s3a://{escaped}"
+    return f"file://{escaped}"
 
 
-def _input_key(uri: str) -> str:
-    """A file's URI as Spark's `input_file_name()` gives it and as we build it, made equal:
-    no scheme or authority, no percent-encoding."""
-    parts = urlsplit(uri)
+def _input_key(name: str) -> str:
+    """The file behind Spark's `input_file_name()` (a URI, percent-encoded) as the source's
+    full path: "/dir/file" locally, "bucket/key" on S3."""
+    parts = urlsplit(name)
     return unquote(f"{parts.netloc}{parts.path}" if parts.scheme == "s3a" else parts.path)
 
 

@@ -193,6 +193,7 @@ def test_a_kept_version_is_restored_whatever_was_written_since(engine, warehouse
         with pytest.raises(EngineError):
             engine.retain(TABLE, name="undo_op_1")
         return
+    kept_files = warehouse_data_files()
     point = engine.retain(TABLE, name="undo_op_1")
     assert (point["kind"], point["row_count"]) == ("snapshot", 2)
     engine.append(TABLE, orders(3, 4, 5), properties={})
@@ -201,7 +202,7 @@ def test_a_kept_version_is_restored_whatever_was_written_since(engine, warehouse
     engine.restore(TABLE, point)  # idempotent
 
     assert engine.describe_table(TABLE).row_count == 2
-    assert len(warehouse_data_files()) == 1  # the version undone is deleted with its files
+    assert warehouse_data_files() == kept_files  # the version undone goes with its files
 
 
 def test_a_retired_table_comes_back_and_is_purged_when_released(engine, warehouse_data_files):
@@ -227,6 +228,20 @@ def test_nothing_to_keep_of_a_missing_table(engine):
     if engine.can_retain:
         assert engine.retain(TABLE, name="undo_op_1")["kind"] == "absent"
         assert engine.retire(TABLE, name="undo_op_1")["kind"] == "absent"
+
+
+@pytest.mark.parametrize("table_exists", [True, False], ids=["branch", "new-table"])
+def test_a_staged_version_is_invisible_until_published_whole(engine, table_exists):
+    if table_exists:
+        engine.append(TABLE, orders(1, 2), properties={})
+    stage = engine.stage_begin(TABLE, name="autoloader_op_1")
+    engine.append(stage.write_to, orders(7, 8, 9), properties={"batch": "s"}, branch=stage.branch)
+
+    assert engine.describe_table(TABLE).row_count == (2 if table_exists else 0)
+    engine.stage_publish(stage)
+
+    assert engine.describe_table(TABLE).row_count == 3
+    assert engine.find_snapshot(TABLE, key="batch", value="s") is not None
 
 
 def test_ping_answers_on_a_reachable_catalog(engine):

@@ -110,6 +110,8 @@ def test_a_cluster_catalog_in_the_configuration_is_used_as_it_is(spark_settings,
     snapshot_id = engine.append("raw.orders", pa.table({"id": [1, 2]}), properties={"k": "v"})
 
     assert engine.conf == lake and engine.shared_catalog_uri is None
+    # Branches and tags of a catalog the product does not share are not its to make.
+    assert not engine.can_stage and not engine.can_retain
     assert engine.describe_table("raw.orders").snapshot_id == snapshot_id
     assert list((tmp_path / "lake" / "raw" / "orders" / "metadata").glob("*.metadata.json"))
 
@@ -286,3 +288,58 @@ def test_spark_and_the_embedded_engine_share_a_postgresql_catalog(
     assert spark.describe_table("acme__raw.other").row_count == 3
     assert spark.drop_table("acme__raw.other") is True
     assert not embedded.table_exists("acme__raw.other")
+
+
+def test_a_zero_downtime_refresh_on_spark_publishes_whole_and_can_be_undone(
+    spark_settings, spark_ingestion, source_dir, member
+):
+    """The new version is written by Spark into a branch of the live table (Iceberg's
+    `branch_<name>`), published in one step, and undone to the old rows and history."""
+    from ingestions.models import Role
+    from refresh.models import OperationStatus, RefreshOperation
+    from refresh.services import operation_sync, refresh_execute, refresh_undo
+
+    write_csv_files(source_dir, files=2, rows=5)
+    run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+    write_csv_files(source_dir, files=1, rows=5, start=2)
+    admin = member(Role.ADMIN).user
+    table = spark_ingestion.table_identifier
+    before = open_table(table).current_snapshot().snapshot_id
+
+    operation = refresh_execute(
+        ingestion=spark_ingestion, kind="full_refresh", actor=admin, confirm=True
+    )
+    assert operation.steps.first().details["replaced_at_publish"]
+    assert open_table(table).current_snapshot().snapshot_id == before  # not yet published
+    drain_queue()
+
+    operation = operation_sync(operation=RefreshOperation.objects.get(pk=operation.pk))
+    assert operation.status == OperationStatus.PUBLISHED, operation.error
+    assert rows_by_file(table) == {f"part-{index:04d}.csv": 5 for index in range(3)}
+    assert load_engine("spark").describe_table(table).row_count == 15
+
+    refresh_undo(operation=operation, actor=admin, confirm=True)
+
+    assert open_table(table).current_snapshot().snapshot_id == before
+    assert rows_by_file(table) == {f"part-{index:04d}.csv": 5 for index in range(2)}
+    assert ProcessedFile.objects.filter(ingestion=spark_ingestion).count() == 2
+
+
+def test_a_file_named_like_a_pattern_is_read_alone_not_as_a_glob(
+    spark_settings, spark_ingestion, source_dir
+):
+    """Spark expands globs in paths: "part-*.csv" would read every part file again."""
+    write_csv_files(source_dir, files=3, rows=4)
+    (source_dir / "part-*.csv").write_text("id,name,amount\n99,star,1.0\n")
+    (source_dir / "{a,b}.csv").write_text("id,name,amount\n98,brace,2.0\n")
+    (source_dir / "100%20 done?.csv").write_text("id,name,amount\n97,percent,3.0\n")
+
+    run = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+
+    assert run.status == RunStatus.SUCCESS, run.failed_files
+    assert rows_by_file(spark_ingestion.table_identifier) == {
+        **{f"part-{index:04d}.csv": 4 for index in range(3)},
+        "part-*.csv": 1,
+        "{a,b}.csv": 1,
+        "100%20 done?.csv": 1,
+    }
