@@ -538,7 +538,10 @@ class SparkEngine(Engine):
             except Exception as exc:
                 if self._interrupted(exc):
                     raise
-                failures[path] = FileReadError(path, _reason(exc))
+                # Spark names the file by its full path: the user knows it by its own.
+                full_path = _input_key(uri.replace("\\", ""))
+                reason = _reason(exc).replace(f"file:{full_path}", path).replace(full_path, path)
+                failures[path] = FileReadError(path, reason)
                 continue
             frames.append(frame)
             counts.update(file_counts)
@@ -599,6 +602,9 @@ class SparkEngine(Engine):
         builder = SparkSession.builder.master(self.master).appName("autoloader")
         # UTC, so timestamps mean the same instants in Spark as in Arrow and Iceberg.
         builder = builder.config("spark.sql.session.timeZone", "UTC")
+        # No web UI on every interface of the worker's host unless asked for: it shows the
+        # jobs' paths and settings to whoever reaches the port.
+        builder = builder.config("spark.ui.enabled", "false")
         for key, value in self.conf.items():
             builder = builder.config(key, value)
         # An existing session of this process is returned as it is (one SparkContext per
@@ -908,5 +914,16 @@ def _rows(frame: DataFrame) -> list[dict]:
 
 
 def _reason(exc: BaseException) -> str:
-    # Spark's messages carry a JVM stack trace after the first line.
-    return first_line(exc)
+    """What went wrong, in one line: for a JVM error, its root cause ("ZipException: Not
+    in GZIP format"), not Py4J's "An error occurred while calling o63.csv"."""
+    java = getattr(exc, "java_exception", None)
+    if java is None:
+        return first_line(exc)  # Spark's own messages carry a stack trace after the first line
+    try:
+        while java.getCause() is not None and java.getCause() != java:
+            java = java.getCause()
+        name = java.getClass().getSimpleName()
+        message = java.getMessage() or ""
+    except Exception:  # the JVM is gone: what Py4J said is all there is
+        return first_line(exc)
+    return f"{name}: {message.splitlines()[0] if message else ''}".rstrip(": ")

@@ -343,3 +343,23 @@ def test_a_file_named_like_a_pattern_is_read_alone_not_as_a_glob(
         "{a,b}.csv": 1,
         "100%20 done?.csv": 1,
     }
+
+
+def test_a_file_spark_cannot_read_fails_alone_saying_why_by_its_own_name(
+    spark_settings, spark_ingestion, source_dir
+):
+    write_csv_files(source_dir, files=2, rows=3)
+    (source_dir / "broken.csv.gz").write_bytes(b"this is not gzip at all")
+
+    run = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+
+    assert run.status == RunStatus.PARTIAL_SUCCESS, run.error
+    [failure] = run.failed_files
+    assert failure["path"] == "broken.csv.gz"
+    assert "GZIP" in failure["error"] or "gzip" in failure["error"], failure["error"]
+    assert "An error occurred while calling" not in failure["error"]
+    assert str(source_dir) not in failure["error"]  # no server path in what users read
+    assert rows_by_file(spark_ingestion.table_identifier) == {
+        "part-0000.csv": 3,
+        "part-0001.csv": 3,
+    }
