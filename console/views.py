@@ -33,7 +33,7 @@ from ingestions.errors import (
     IngestionNotFoundError,
     RunNotFoundError,
 )
-from ingestions.maintenance import maintenance_list, snapshot_retention
+from ingestions.maintenance import MAINTAINED_ENGINES, maintenance_list, snapshot_retention
 from ingestions.models import RunTrigger
 from ingestions.selectors import (
     ingestion_get,
@@ -342,6 +342,7 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
     if "maintenance-list" in parts:
         context["maintenance"] = list(maintenance_list(ingestion=ingestion)[:MAINTENANCE_SHOWN])
         context["snapshot_retention_hours"] = snapshot_retention(ingestion).total_seconds() / 3600
+        context["engine_maintains"] = ingestion.engine in MAINTAINED_ENGINES
     if "audit-trail" in parts:
         context["audit_entries"] = list(
             audit_entry_list(tenant=tenant, ingestion=ingestion)[:AUDIT_TRAIL_SHOWN]

@@ -363,3 +363,22 @@ def test_a_file_spark_cannot_read_fails_alone_saying_why_by_its_own_name(
         "part-0000.csv": 3,
         "part-0001.csv": 3,
     }
+
+
+def test_the_console_shows_a_spark_ingestion_and_who_maintains_its_table(
+    spark_settings, spark_ingestion, source_dir, member
+):
+    from django.test import Client
+
+    from ingestions.models import Role
+
+    write_csv_files(source_dir, files=1, rows=4)
+    run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+    client = Client()
+    client.force_login(member(Role.VIEWER).user)
+
+    page = client.get(f"/ingestions/{spark_ingestion.public_id}/")
+
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "maintained by the cluster's own Iceberg procedures" in text
