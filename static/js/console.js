@@ -99,6 +99,17 @@
     if (event.target.matches("select[data-autosubmit]")) event.target.form.requestSubmit();
   });
 
+  // With DEBUG on, django-htmx's debug script replaces the whole page with any 400, 403,
+  // 404 or 500 answer (to show Django's error page). A refusal the console renders is not
+  // an error page: keep that script from seeing it (it listens on document, this runs
+  // first, on window, while the event travels down).
+  window.addEventListener("htmx:beforeOnLoad", function (event) {
+    var xhr = event.detail.xhr;
+    if (xhr && xhr.status >= 400 && xhr.getResponseHeader("X-Console-Fragment")) {
+      event.stopPropagation();
+    }
+  }, true);
+
   // Refusals (403, 409, 423, 429...) come back as fragments marked X-Console-Fragment:
   // swap those like a success. Any other error response is not swapped into the page.
   document.addEventListener("htmx:beforeSwap", function (event) {

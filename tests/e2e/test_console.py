@@ -239,3 +239,27 @@ def test_a_refusal_is_a_message_in_the_page_with_what_to_do_next(page, loaded, u
     expect(page.locator("#operation-panel").get_by_role("link", name=run.public_id)).to_be_visible()
     expect(page.locator("#server-error")).to_be_hidden()
     assert load_engine().table_exists(loaded.table_identifier)
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug"])
+def test_a_403_after_a_role_change_is_shown_in_place_even_with_debug_on(
+    page, loaded, user_of, settings, debug
+):
+    """With DEBUG on (make run's default) django-htmx's debug script is in the page: it must
+    not replace the whole page with the console's own answer to a refused action."""
+    from ingestions.models import Membership
+
+    settings.DEBUG = debug
+    operator = user_of(Role.OPERATOR)
+    log_in(page, operator)
+    open_ingestion(page)
+    open_preview(page, "Fresh start")
+    Membership.objects.filter(user=operator).update(role=Role.VIEWER)  # demoted meanwhile
+
+    confirm(page, "raw.sales")
+
+    expect(page.get_by_role("alert").first).to_be_visible()
+    expect(page.get_by_role("link", name="Autoloader Console")).to_be_visible()  # still the page
+    expect(page.get_by_role("heading", level=1)).to_be_visible()
+    assert ("django-htmx.js" in page.content()) is debug
+    assert RefreshOperation.objects.filter(ingestion=loaded).count() == 0
