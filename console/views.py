@@ -25,6 +25,8 @@ from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget, trigger_client_event
+from drf_spectacular.views import SpectacularSwaggerView
+from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 
 from console.api_errors import STATUS_BY_ERROR_CODE
 from ingestions import runs
@@ -578,3 +580,13 @@ def tenant_switch(request, tenant):
         return redirect("ingestion-list")
     messages.error(request, "You are not a member of that tenant.")
     return redirect("ingestion-list")
+
+
+class ApiDocsView(SpectacularSwaggerView):
+    """The API's interactive docs (served locally); a visitor who is not logged in is sent
+    to the login page and back, not answered with a bare 401."""
+
+    def handle_exception(self, exc):
+        if isinstance(exc, NotAuthenticated | AuthenticationFailed):
+            return redirect_to_login(self.request.get_full_path())
+        return super().handle_exception(exc)

@@ -70,7 +70,8 @@ COMMON_ERRORS = {
 
 
 class TenantAPIView(APIView):
-    """Resolves the caller's tenant and checks Django permissions against it."""
+    # Resolves the caller's tenant and checks Django permissions against it. (A comment,
+    # not a docstring: the schema would show a docstring as every endpoint's description.)
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)

@@ -271,3 +271,9 @@ def test_openapi_schema_and_docs_are_served_locally(admin_client, client):
     docs = admin_client.get("/api/docs/")
     assert docs.status_code == 200
     assert b"cdn" not in docs.content.lower()
+    # Not logged in: to the login page and back, not a bare 401; the schema stays JSON.
+    anonymous = client.get("/api/docs/")
+    assert (anonymous.status_code, anonymous["Location"]) == (302, "/login/?next=/api/docs/")
+    assert client.get("/api/schema/").status_code == 401
+    # No internal docstring as the endpoints' description.
+    assert "Resolves the caller" not in schema.content.decode()
