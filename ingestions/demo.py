@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
@@ -115,6 +116,18 @@ DEMO_USERS = [
     ("operator", "acme", Role.OPERATOR),
     ("viewer", "acme", Role.VIEWER),
     ("globex-admin", "globex", Role.ADMIN),
+    # A member of two tenants: the console's tenant switcher is theirs.
+    ("consultant", "acme", Role.OPERATOR),
+    ("consultant", "globex", Role.VIEWER),
+]
+# Platform staff who reviews the audit in the Django admin: read-only, no tenant role.
+DEMO_AUDITOR = "auditor"
+AUDITOR_PERMISSIONS = [
+    ("auditlog", "view_logentry"),
+    ("refresh", "view_refreshoperation"),
+    ("refresh", "view_refreshplan"),
+    ("ingestions", "view_run"),
+    ("ingestions", "view_tablemaintenance"),
 ]
 
 
@@ -143,6 +156,18 @@ def seed_demo(*, landing_dir: Path, password: str, queue_runs: bool = True) -> d
             user=user, tenant=tenants[tenant_slug], defaults={"role": role}
         )
         users[username] = user
+    auditor, created = get_user_model().objects.get_or_create(
+        username=DEMO_AUDITOR, defaults={"is_staff": True}
+    )
+    if created:
+        auditor.set_password(password)
+        auditor.save()
+        auditor.user_permissions.add(
+            *[
+                Permission.objects.get(content_type__app_label=app, codename=codename)
+                for app, codename in AUDITOR_PERMISSIONS
+            ]
+        )
     source_root = landing_dir
     for (
         tenant_slug,
@@ -177,4 +202,10 @@ def seed_demo(*, landing_dir: Path, password: str, queue_runs: bool = True) -> d
         if queue_runs and not Run.objects.filter(ingestion=ingestion).exists():
             run_request(ingestion=ingestion, actor=None, trigger="manual")
     token, _ = Token.objects.get_or_create(user=users["admin"])
-    return {"users": [(u, t, r.value) for u, t, r in DEMO_USERS], "token": token.key}
+    return {
+        "users": [
+            *[(u, t, r.value) for u, t, r in DEMO_USERS],
+            (DEMO_AUDITOR, "the platform", "staff: reviews the audit in /admin/"),
+        ],
+        "token": token.key,
+    }

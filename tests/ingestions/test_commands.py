@@ -6,6 +6,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import Client
 from rest_framework.test import APIClient
 
 from ingestions.demo import DEMO_INGESTIONS, DEMO_USERS
@@ -190,7 +191,18 @@ def test_seed_demo_creates_tenants_users_and_ingestions(data_dir):
         ("operator", "acme", Role.OPERATOR),
         ("viewer", "acme", Role.VIEWER),
         ("globex-admin", "globex", Role.ADMIN),
+        ("consultant", "acme", Role.OPERATOR),
+        ("consultant", "globex", Role.VIEWER),
     }
+    auditor = get_user_model().objects.get(username="auditor")
+    assert auditor.is_staff and not auditor.is_superuser and not auditor.memberships.exists()
+    assert auditor.has_perm("auditlog.view_logentry")
+    assert not auditor.has_perm("auditlog.delete_logentry")
+    admin_site = Client()
+    assert admin_site.login(username="auditor", password=DEFAULT_DEMO_PASSWORD)
+    assert admin_site.get("/admin/auditlog/logentry/").status_code == 200
+    assert admin_site.get("/admin/refresh/refreshoperation/").status_code == 200
+    assert admin_site.get("/admin/ingestions/ingestion/").status_code == 403
     assert set(Ingestion.objects.values_list("tenant__slug", "public_id")) == {
         ("acme", "sales-daily"),
         ("acme", "web-events"),
