@@ -18,3 +18,9 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 accesslog = "-"
 errorlog = "-"
 wsgi_app = "console.wsgi:application"
+# gunicornc's control socket: in the data dir (AUTOLOADER_DATA_DIR, default var/), not in
+# ~/.gunicorn; GUNICORN_CONTROL_SOCKET moves it.
+control_socket = os.environ.get(
+    "GUNICORN_CONTROL_SOCKET",
+    os.path.join(os.environ.get("AUTOLOADER_DATA_DIR", "var"), "gunicorn.ctl"),
+)

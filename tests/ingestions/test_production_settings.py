@@ -85,7 +85,11 @@ def get(url: str, *, https: bool = True):
 
 def test_serve_runs_gunicorn_whitenoise_and_workers_and_stops_on_sigterm(tmp_path):
     port = free_port()
-    env = production_env(tmp_path, PORT=str(port), AUTOLOADER_WORKERS="2", PYTHON=sys.executable)
+    home = tmp_path / "home"  # where gunicorn would put its control socket by default
+    env = production_env(
+        tmp_path, PORT=str(port), AUTOLOADER_WORKERS="2", PYTHON=sys.executable, HOME=str(home)
+    )
+    env.pop("XDG_RUNTIME_DIR", None)
     # What `make serve` does before it starts the processes.
     for command in (["migrate", "--noinput"], ["createcachetable"], ["collectstatic", "--noinput"]):
         result = manage(*command, env=env)
@@ -131,6 +135,9 @@ def test_serve_runs_gunicorn_whitenoise_and_workers_and_stops_on_sigterm(tmp_pat
             text=True,
         ).stdout.split()
         assert len(children) == 2, log.read_text()[-3000:]
+        # gunicorn's control socket is in the data dir, nothing in the user's home.
+        assert (tmp_path / "gunicorn.ctl").is_socket()
+        assert not (home / ".gunicorn").exists()
     finally:
         serve.send_signal(signal.SIGTERM)
         try:

@@ -27,13 +27,8 @@ class Command(BaseCommand):
         base = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         # Once, here: the web and the worker would otherwise race to create it.
         call_command("init_catalog")
-        web_cmd = [
-            sys.executable, "-m", "gunicorn", "console.wsgi:application",
-            "--bind", f"{host}:{port}", "--workers", str(web_workers), "--threads", "4",
-            "--graceful-timeout", "10", "--access-logfile", "-", "--chdir", str(settings.BASE_DIR),
-        ]  # fmt: skip
         children = [
-            subprocess.Popen(web_cmd),
+            subprocess.Popen(web_command(host=host, port=port, web_workers=web_workers)),
             subprocess.Popen([*base, "autoloader_worker"]),
         ]
         stopping = False
@@ -97,3 +92,13 @@ class Command(BaseCommand):
             ]
         lines += ["  Ctrl-C stops web and worker.", ""]
         self.stdout.write("\n".join(lines))
+
+
+def web_command(*, host: str, port: int, web_workers: int) -> list[str]:
+    """gunicorn's command line; its control socket lives in the data dir, not in ~/.gunicorn."""
+    return [
+        sys.executable, "-m", "gunicorn", "console.wsgi:application",
+        "--bind", f"{host}:{port}", "--workers", str(web_workers), "--threads", "4",
+        "--graceful-timeout", "10", "--access-logfile", "-", "--chdir", str(settings.BASE_DIR),
+        "--control-socket", str(settings.DATA_DIR / "gunicorn.ctl"),
+    ]  # fmt: skip
