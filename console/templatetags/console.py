@@ -251,6 +251,16 @@ CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 56, 56, 14, 22
 CHART_SLOTS = 30
 
 
+def compact_number(value: int) -> str:
+    """A count in at most five characters: 999, 12.3k, 2.5M, 1.2B."""
+    for limit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= limit:
+            scaled = value / limit
+            text = f"{scaled:.1f}" if scaled < 100 else f"{scaled:.0f}"
+            return text.removesuffix(".0") + suffix
+    return str(value)
+
+
 @register.inclusion_tag("partials/_run_chart_svg.html")
 def run_chart(runs):
     """An SVG of the last 30 runs, oldest left: rows loaded as bars, duration as a line."""
@@ -303,7 +313,8 @@ def run_chart(runs):
         "bars": bars,
         "points": " ".join(f"{x},{y}" for x, y in points),
         "dots": points,
-        "most_rows": thousands(most_rows),
+        # Short enough for the left margin ("2.5M", not a clipped "2,500,000").
+        "most_rows": compact_number(most_rows),
         "longest": duration(longest),
         "summary": summary,
         "empty": not runs,

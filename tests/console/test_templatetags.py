@@ -49,6 +49,18 @@ def test_the_chart_scales_bars_to_the_most_rows_and_keeps_30_runs():
     assert chart["bars"][-1]["title"].startswith("run-0 ")
 
 
+@pytest.mark.parametrize(
+    ("rows", "label"),
+    [(0, "0"), (999, "999"), (12_345, "12.3k"), (2_500_000, "2.5M"), (250_000_000, "250M"),
+     (1_200_000_000, "1.2B"), (3_000_000, "3M")],
+)  # fmt: skip
+def test_the_rows_axis_label_fits_the_margin(rows, label):
+    chart = tags.run_chart([run(rows=rows)])
+    assert chart["most_rows"] == label and len(label) <= 5
+    if rows >= 1000:
+        assert f"{rows:,}" in chart["summary"]  # the exact count stays in the description
+
+
 def test_an_empty_chart_says_so():
     chart = tags.run_chart([])
     assert chart["empty"] and chart["summary"] == "No runs yet."
