@@ -406,7 +406,7 @@ class RunCancelApi(TenantAPIView):
     def post(self, request, run_id: str):
         run = run_get(tenant=self.tenant, run_id=run_id)
         self.require("run_ingestion", run.ingestion)
-        run = run_cancel(run=run)
+        run = run_cancel(run=run, actor=request.user)
         return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pyarrow as pa
+from auditlog.models import LogEntry
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Case, F, JSONField, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from . import audit
 from .engines import Engine, Stage, load_engine
 from .engines.base import FileBatch
 from .errors import (
@@ -117,6 +119,22 @@ def run_request(
                 result = execute_run.enqueue(run.public_id)
                 run.task_id = str(result.id)
                 run.save(update_fields=["task_id"])
+                # A person's (or token's) request; a refresh operation is audited as a whole.
+                if requested_by is not None and not for_refresh_operation:
+                    audit.record_change(
+                        actor=actor,
+                        obj=run,
+                        tenant=ingestion.tenant,
+                        action="run_requested",
+                        log_action=LogEntry.Action.CREATE,
+                        object_repr=run.public_id,
+                        changes={"status": [None, run.status]},
+                        data={
+                            "ingestion_id": ingestion.public_id,
+                            "run_id": run.public_id,
+                            "trigger": trigger,
+                        },
+                    )
             break
         except IntegrityError:
             active = run_active(ingestion=ingestion)
@@ -217,6 +235,15 @@ def run_cancel(*, run: Run, actor=None) -> Run:
             raise RunNotCancellableError(
                 f"Run {run.public_id} has already finished ({run.status})."
             )
+        audit.record_change(
+            actor=actor,
+            obj=run,
+            tenant=run.ingestion.tenant,
+            action="run_cancelled",
+            object_repr=run.public_id,
+            changes={"cancel_requested": [False, True]},
+            data={"ingestion_id": run.ingestion.public_id, "run_id": run.public_id},
+        )
     return run
 
 

@@ -65,3 +65,26 @@ def test_every_member_may_read_the_audit(history, tenant):
     viewer = Client()
     viewer.force_login(MembershipFactory(tenant=tenant, role=Role.VIEWER).user)
     assert "3 entries" in viewer.get("/audit/").content.decode()
+
+
+def test_running_and_cancelling_a_run_are_audited_with_who_and_which(loaded, console, member):
+    operator = member(Role.OPERATOR)
+
+    started = operator.post("/api/v1/ingestions/sales/run", format="json")
+    run_id = started.json()["run_id"]
+    cancelled = operator.post(f"/api/v1/runs/{run_id}/cancel", format="json")
+
+    assert (started.status_code, cancelled.status_code) == (202, 202), cancelled.content
+    from auditlog.models import LogEntry
+
+    entries = {
+        entry.additional_data["operation"]: entry
+        for entry in LogEntry.objects.filter(object_repr=run_id)
+    }
+    assert set(entries) == {"run_requested", "run_cancelled"}
+    for entry in entries.values():
+        assert entry.actor == operator.user
+        assert entry.additional_data["tenant"] == "acme"
+        assert entry.additional_data["ingestion_id"] == "sales"
+    page = console(Role.VIEWER).get("/audit/").content.decode()
+    assert "Run requested" in page and "Run cancelled" in page and run_id in page
