@@ -6,6 +6,7 @@ operator types the destination table's name, and the server compares it exactly.
 
 from django import forms
 
+from ingestions.audit import CHANGE_ACTIONS
 from ingestions.models import Membership, RunStatus
 from refresh.models import OperationKind, OperationStatus
 
@@ -68,7 +69,9 @@ class TenantSwitchForm(forms.Form):
 
 class AuditFilterForm(forms.Form):
     operation = forms.ChoiceField(
-        label="Operation", required=False, choices=[("", "Any operation"), *OperationKind.choices]
+        label="Operation",
+        required=False,
+        choices=[("", "Any operation"), *OperationKind.choices, *CHANGE_ACTIONS],
     )
     outcome = forms.ChoiceField(
         label="Outcome",

@@ -3,6 +3,18 @@
 from auditlog.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 
+# The audited changes other than refresh operations (their `additional_data["operation"]`),
+# for the audit page's filter.
+CHANGE_ACTIONS = [
+    ("ingestion_created", "Ingestion created"),
+    ("ingestion_updated", "Ingestion updated"),
+    ("ingestion_deleted", "Ingestion deleted"),
+    ("run_requested", "Run requested"),
+    ("run_cancelled", "Run cancelled"),
+    ("location_granted", "Location granted"),
+    ("location_revoked", "Location revoked"),
+]
+
 
 def record_change(
     *,

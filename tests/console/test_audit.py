@@ -86,5 +86,8 @@ def test_running_and_cancelling_a_run_are_audited_with_who_and_which(loaded, con
         assert entry.actor == operator.user
         assert entry.additional_data["tenant"] == "acme"
         assert entry.additional_data["ingestion_id"] == "sales"
-    page = console(Role.VIEWER).get("/audit/").content.decode()
+    viewer = console(Role.VIEWER)
+    page = viewer.get("/audit/").content.decode()
     assert "Run requested" in page and "Run cancelled" in page and run_id in page
+    only_cancels = viewer.get("/audit/?operation=run_cancelled").content.decode()
+    assert "1 entries" in only_cancels and ">Run cancelled<" in only_cancels
