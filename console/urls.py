@@ -21,6 +21,7 @@ urlpatterns = [
     path("ingestions/", views.ingestion_list, name="ingestion-list"),
     path("ingestions/<str:ingestion_id>/", views.ingestion_detail, name="ingestion-detail"),
     path("ingestions/<str:ingestion_id>/run/", views.ingestion_run, name="ingestion-run"),
+    path("ingestions/<str:ingestion_id>/table/", views.ingestion_table, name="ingestion-table"),
     path(
         "ingestions/<str:ingestion_id>/<slug:action>/",
         views.ingestion_operation,

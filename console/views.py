@@ -38,10 +38,12 @@ from ingestions.errors import (
 from ingestions.maintenance import MAINTAINED_ENGINES, maintenance_list, snapshot_retention
 from ingestions.models import RunTrigger
 from ingestions.selectors import (
+    TABLE_SAMPLE_ROWS,
     ingestion_get,
     processed_file_summary,
     run_get,
     run_list,
+    table_overview,
     table_state,
 )
 from ingestions.tenancy import SESSION_TENANT_KEY, NoTenantError, tenant_for_request
@@ -306,6 +308,20 @@ def ingestion_detail(request, tenant, ingestion_id: str):
         response = render(request, "ingestion_detail.html", context)
     patch_vary_headers(response, ("HX-Request", "HX-Target"))
     return response
+
+
+@require_GET
+@tenant_view
+def ingestion_table(request, tenant, ingestion_id: str):
+    """The destination table: schema, snapshots and a sample of rows, read from the engine."""
+    ingestion = _ingestion(tenant, ingestion_id)
+    context = {
+        "tenant": tenant,
+        "ingestion": ingestion,
+        "overview": table_overview(ingestion=ingestion),
+        "sample_limit": TABLE_SAMPLE_ROWS,
+    }
+    return render(request, "ingestion_table.html", context)
 
 
 def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:

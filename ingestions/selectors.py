@@ -112,3 +112,68 @@ def table_state(*, ingestion: Ingestion) -> dict:
         "snapshot_id": info.snapshot_id,
         "last_updated_at": info.last_updated_at,
     }
+
+
+TABLE_SAMPLE_ROWS = 50
+TABLE_SNAPSHOTS_SHOWN = 50
+SAMPLE_VALUE_CHARACTERS = 200
+
+
+def table_overview(*, ingestion: Ingestion) -> dict:
+    """The destination table for a person: its schema (lineage columns marked), its newest
+    snapshots with the run or maintenance behind each, and its first rows (bounded).
+
+    An unreachable engine does not fail the caller: the overview says so in `error`.
+    """
+    from .engines import load_engine
+    from .errors import AutoloaderError
+    from .maintenance import SNAPSHOT_MAINTENANCE_KEY
+    from .runs import SNAPSHOT_RUN_KEY
+    from .sources.readers import METADATA_COLUMNS
+
+    engine = load_engine(ingestion.engine)
+    name = ingestion.table_identifier
+    try:
+        schema = engine.table_schema(name)
+        if schema is None:
+            return {"exists": False, "error": ""}
+        snapshots = engine.list_snapshots(name)[-TABLE_SNAPSHOTS_SHOWN:][::-1]
+        sample = engine.sample_rows(name, limit=TABLE_SAMPLE_ROWS)
+    except AutoloaderError as exc:
+        return {"exists": None, "error": str(exc)}
+    columns = [
+        {"name": field.name, "type": str(field.type), "lineage": field.name in METADATA_COLUMNS}
+        for field in schema
+    ]
+    rows = []
+    if sample is not None:
+        for row in sample.slice(0, TABLE_SAMPLE_ROWS).to_pylist():
+            rows.append([_shown(row.get(column["name"])) for column in columns])
+    return {
+        "exists": True,
+        "error": "",
+        "columns": columns,
+        "rows": rows,
+        "snapshots": [
+            {
+                "snapshot_id": snapshot.snapshot_id,
+                "committed_at": snapshot.committed_at,
+                "operation": snapshot.properties.get("operation", ""),
+                "run_id": snapshot.properties.get(SNAPSHOT_RUN_KEY, ""),
+                "maintenance": snapshot.properties.get(SNAPSHOT_MAINTENANCE_KEY, ""),
+                "added_records": snapshot.properties.get("added-records", ""),
+                "total_records": snapshot.properties.get("total-records", ""),
+            }
+            for snapshot in snapshots
+        ],
+    }
+
+
+def _shown(value) -> str:
+    """A cell as text, cut to SAMPLE_VALUE_CHARACTERS; None as an empty cell."""
+    if value is None:
+        return ""
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    if len(text) > SAMPLE_VALUE_CHARACTERS:
+        return text[: SAMPLE_VALUE_CHARACTERS - 1] + "…"
+    return text

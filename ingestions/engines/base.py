@@ -327,6 +327,17 @@ class Engine(ABC):
         """
         return 0
 
+    def sample_rows(self, table_name: str, *, limit: int) -> pa.Table | None:
+        """Up to `limit` rows of the table's current snapshot (whichever come first), for
+        a person to look at; None when the table is missing.
+
+        Raises:
+            EngineError: the engine cannot read the table.
+        """
+        from ingestions.errors import EngineError
+
+        raise EngineError(f"The {self.name} engine cannot show a table's rows.")
+
     def source_file_rows(self, table_name: str) -> dict[str, int]:
         """Count the table's rows per `_source_file` (the lineage column every load writes).
 

@@ -150,6 +150,13 @@ class IcebergEngine(Engine):
         # Without field ids: callers compare and cast by name, like any other engine's schema.
         return schema_to_pyarrow(table.schema(), include_field_ids=False)
 
+    def sample_rows(self, table_name: str, *, limit: int) -> pa.Table | None:
+        table = self._load_table(table_name)
+        if table is None:
+            return None
+        with self._errors(f"read rows of {table_name}"):
+            return table.scan(limit=limit).to_arrow()
+
     def drop_table(self, table_name: str) -> bool:
         validate_table_name(table_name)
         with self._errors(f"drop {table_name}"):

@@ -399,6 +399,19 @@ class SparkEngine(Engine):
                 for row in rows
             ]
 
+    def sample_rows(self, table_name: str, *, limit: int) -> pa.Table | None:
+        validate_table_name(table_name)
+        with self._errors(f"read rows of {table_name}"), self._jobs("sample rows") as spark:
+            qualified = self._qualified(table_name)
+            if not spark.catalog.tableExists(qualified):
+                return None
+            frame = spark.table(qualified).limit(limit)
+            rows = [tuple(row) for row in frame.collect()]
+            schema = _to_arrow_schema(frame.schema)
+            return pa.Table.from_pylist(
+                [dict(zip(schema.names, row, strict=True)) for row in rows], schema
+            )
+
     def source_file_rows(self, table_name: str) -> dict[str, int]:
         validate_table_name(table_name)
         with self._errors(f"count the rows of {table_name} per source file"):

@@ -222,3 +222,38 @@ def test_the_page_shows_what_the_worker_did_to_maintain_the_table(loaded, admin_
     actions = maintenance_run(ingestion=loaded)
     html = admin_console.get(PAGE, **hx("maintenance-list")).content.decode()
     assert actions and all(f'data-maintenance="{item.action}"' in html for item in actions)
+
+
+def test_the_table_page_shows_schema_snapshots_and_a_bounded_sample(loaded, console, settings):
+    from ingestions.models import Run
+    from ingestions.selectors import TABLE_SAMPLE_ROWS
+
+    page = console(Role.VIEWER).get("/ingestions/sales/table/")
+
+    assert page.status_code == 200
+    text = page.content.decode()
+    # The schema, the lineage columns marked.
+    assert 'data-column="_source_file"' in text and ">lineage<" in text
+    # The snapshot of the run that loaded the table, with a link to that run.
+    run = Run.objects.get(ingestion=loaded)
+    assert f'href="/runs/{run.public_id}/"' in text
+    # A sample of at most 50 of the 100 rows.
+    sample = text.split('data-table="sample"')[1]
+    assert sample.count("<tr>") - 1 == TABLE_SAMPLE_ROWS
+    assert "part-0000.csv" in sample
+    # Linked from the ingestion page.
+    assert (
+        'href="/ingestions/sales/table/"'
+        in console(Role.VIEWER).get("/ingestions/sales/").content.decode()
+    )
+
+
+def test_another_tenants_table_page_is_a_404(loaded, console, other_tenant):
+    outsider = console(Role.ADMIN, tenant_obj=other_tenant)
+
+    assert outsider.get("/ingestions/sales/table/").status_code == 404
+
+
+def test_the_table_page_of_a_table_not_created_yet_says_so(csv_ingestion, console):
+    text = console(Role.VIEWER).get(f"/ingestions/{csv_ingestion.public_id}/table/").content
+    assert b"The table does not exist" in text

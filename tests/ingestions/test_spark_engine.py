@@ -382,3 +382,5 @@ def test_the_console_shows_a_spark_ingestion_and_who_maintains_its_table(
     assert page.status_code == 200
     text = page.content.decode()
     assert "maintained by the cluster's own Iceberg procedures" in text
+    table_page = client.get(f"/ingestions/{spark_ingestion.public_id}/table/").content.decode()
+    assert ">lineage<" in table_page and "part-0000.csv" in table_page  # read through Spark
