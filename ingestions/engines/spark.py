@@ -311,11 +311,12 @@ class SparkEngine(Engine):
             )
             try:
                 frame, counts = reader.read(list(uris.values()))
+                cached = [frame]
             except Exception as exc:
                 if self._interrupted(exc):
                     raise
                 # One of them cannot be read with the others: which, one file at a time.
-                frame, counts = self._read_one_by_one(reader, uris, failures)
+                frame, counts, cached = self._read_one_by_one(reader, uris, failures)
             inputs = {_input_key(name): name for name in counts}
             rows: dict[str, int] = {}
             loading: dict[str, str] = {}  # Spark's input file name -> relative path
@@ -334,10 +335,11 @@ class SparkEngine(Engine):
                 rows[path] = file_rows
                 if name is not None:
                     loading[name] = path
-            if not loading and frame is not None:
-                frame.unpersist()
-                frame = None
-        return FileBatch(rows=rows, failures=failures, handle=(frame, loading))
+        batch = FileBatch(rows=rows, failures=failures, handle=(frame, loading, cached))
+        if not loading:
+            self.release_files(batch)  # nothing to write: free the rows Spark keeps now
+            batch.handle = None
+        return batch
 
     def append_files(
         self,
@@ -352,7 +354,7 @@ class SparkEngine(Engine):
 
         validate_table_name(table_name)
         _check_properties(properties)
-        frame, loading = batch.handle or (None, {})
+        frame, loading, _ = batch.handle or (None, {}, [])
         if frame is None:
             raise EngineError("The batch has no rows to write.")
         with self._errors(f"append to {table_name}"), self._jobs("append files") as spark:
@@ -370,8 +372,7 @@ class SparkEngine(Engine):
             return self._write(spark, table_name, rows, properties, branch=branch)
 
     def release_files(self, batch: FileBatch) -> None:
-        frame = (batch.handle or (None, {}))[0]
-        if frame is not None:
+        for frame in (batch.handle or (None, {}, []))[2]:
             try:
                 frame.unpersist()
             except Exception as exc:  # the session may be gone: nothing left to free
@@ -543,7 +544,9 @@ class SparkEngine(Engine):
 
     def _read_one_by_one(
         self, reader: _Reader, uris: dict[str, str], failures: dict[str, FileReadError]
-    ) -> tuple[DataFrame | None, dict[str, tuple[int, int]]]:
+    ) -> tuple[DataFrame | None, dict[str, tuple[int, int]], list[DataFrame]]:
+        """Read each file alone; returns their rows united by column name, the counts, and
+        the frames Spark keeps (to free when the batch is done)."""
         frames, counts = [], {}
         for path, uri in uris.items():
             try:
@@ -559,11 +562,11 @@ class SparkEngine(Engine):
             frames.append(frame)
             counts.update(file_counts)
         if not frames:
-            return None, counts
+            return None, counts, []
         combined = frames[0]
         for frame in frames[1:]:
             combined = combined.unionByName(frame, allowMissingColumns=True)
-        return combined, counts
+        return combined, counts, frames
 
     def _interrupted(self, exc: BaseException) -> bool:
         """Whether a failed read is not the files' fault: a cancel, or Spark gone."""

@@ -154,7 +154,7 @@ def test_a_spark_run_loads_every_row_once_and_the_worker_reads_no_file(
 
 
 def test_a_malformed_file_fails_alone_and_a_new_column_is_merged(
-    spark_settings, spark_ingestion, source_dir, no_reads_in_the_worker
+    spark_settings, spark_session, spark_ingestion, source_dir, no_reads_in_the_worker
 ):
     write_csv_files(source_dir, files=3, rows=4)
     (source_dir / "b-short-row.csv").write_text("id,name,amount\n1,a,2.5\n2,b\n")
@@ -175,6 +175,9 @@ def test_a_malformed_file_fails_alone_and_a_new_column_is_merged(
     assert set(
         ProcessedFile.objects.filter(ingestion=spark_ingestion).values_list("path", flat=True)
     ) == {"part-0000.csv", "part-0001.csv", "part-0002.csv", "c-wider.csv"}
+    # The files were read one at a time (the wider one's header differs): every frame Spark
+    # kept for the batch is freed.
+    assert spark_session.sparkContext._jsc.getPersistentRDDs().isEmpty()
 
 
 @pytest.mark.parametrize("after_real_call", [True, False], ids=["after-commit", "before-commit"])
