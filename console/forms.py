@@ -99,3 +99,14 @@ class AuditFilterForm(forms.Form):
             "actor": data["actor"].strip(),
             "ingestion_id": data["ingestion"].strip(),
         }
+
+
+class HistorySearchForm(forms.Form):
+    path = forms.CharField(label="Path starts with", required=False, max_length=1024)
+    after = forms.CharField(required=False, max_length=1024, widget=forms.HiddenInput)
+
+    def search(self) -> tuple[str, str]:
+        """(prefix, cursor); an invalid query (too long, a NUL) searches nothing special."""
+        if not self.is_valid():
+            return "", ""
+        return self.cleaned_data["path"], self.cleaned_data["after"]

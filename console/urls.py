@@ -23,6 +23,11 @@ urlpatterns = [
     path("ingestions/<str:ingestion_id>/run/", views.ingestion_run, name="ingestion-run"),
     path("ingestions/<str:ingestion_id>/table/", views.ingestion_table, name="ingestion-table"),
     path(
+        "ingestions/<str:ingestion_id>/history/",
+        views.ingestion_history,
+        name="ingestion-history",
+    ),
+    path(
         "ingestions/<str:ingestion_id>/<slug:action>/",
         views.ingestion_operation,
         name="ingestion-operation",

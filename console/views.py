@@ -39,6 +39,7 @@ from ingestions.maintenance import MAINTAINED_ENGINES, maintenance_list, snapsho
 from ingestions.models import RunTrigger
 from ingestions.selectors import (
     TABLE_SAMPLE_ROWS,
+    history_page,
     ingestion_get,
     processed_file_summary,
     run_get,
@@ -64,7 +65,13 @@ from refresh.services import (
 )
 from refresh.specs import SPEC_BY_SLUG, OperationSpec, spec_of
 
-from .forms import AuditFilterForm, ConfirmOperationForm, IngestionFilterForm, TenantSwitchForm
+from .forms import (
+    AuditFilterForm,
+    ConfirmOperationForm,
+    HistorySearchForm,
+    IngestionFilterForm,
+    TenantSwitchForm,
+)
 from .selectors import (
     audit_entry_list,
     ingestion_rows,
@@ -322,6 +329,26 @@ def ingestion_table(request, tenant, ingestion_id: str):
         "sample_limit": TABLE_SAMPLE_ROWS,
     }
     return render(request, "ingestion_table.html", context)
+
+
+@require_GET
+@tenant_view
+def ingestion_history(request, tenant, ingestion_id: str):
+    """The processed-file history, in path order, searchable by the start of a path."""
+    ingestion = _ingestion(tenant, ingestion_id)
+    form = HistorySearchForm(request.GET)
+    prefix, after = form.search()
+    files, next_cursor = history_page(ingestion=ingestion, prefix=prefix, after=after)
+    context = {
+        "tenant": tenant,
+        "ingestion": ingestion,
+        "form": form,
+        "files": files,
+        "prefix": prefix,
+        "next_query": urlencode({"path": prefix, "after": next_cursor}) if next_cursor else "",
+        "first_page": not after,
+    }
+    return render(request, "ingestion_history.html", context)
 
 
 def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:

@@ -67,6 +67,31 @@ def processed_file_paths(*, ingestion: Ingestion) -> set[str]:
     )
 
 
+HISTORY_PAGE_SIZE = 100
+
+
+def history_page(
+    *, ingestion: Ingestion, prefix: str = "", after: str = "", size: int | None = None
+) -> tuple[list[ProcessedFile], str | None]:
+    """One page of the processed-file history in path order, optionally of the paths that
+    start with `prefix`, after the path `after` (a cursor, not an offset: one bounded index
+    range read whatever the page, at a million rows as at ten).
+
+    Returns:
+        The page's files and the cursor of the next page (None on the last one).
+    """
+    size = size or HISTORY_PAGE_SIZE
+    files = ProcessedFile.objects.filter(ingestion=ingestion).select_related("run")
+    if prefix:
+        files = files.filter(path__startswith=prefix)
+    if after:
+        files = files.filter(path__gt=after)
+    page = list(files.order_by("path")[: size + 1])
+    if len(page) > size:
+        return page[:size], page[size - 1].path
+    return page, None
+
+
 def processed_file_summary(*, ingestion: Ingestion) -> dict:
     """Count, total bytes, first and last path (in path order, which dated folders make
     chronological) and load-time range of the history, in one query."""

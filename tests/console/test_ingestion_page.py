@@ -257,3 +257,46 @@ def test_another_tenants_table_page_is_a_404(loaded, console, other_tenant):
 def test_the_table_page_of_a_table_not_created_yet_says_so(csv_ingestion, console):
     text = console(Role.VIEWER).get(f"/ingestions/{csv_ingestion.public_id}/table/").content
     assert b"The table does not exist" in text
+
+
+def test_the_history_page_walks_the_files_by_cursor_and_searches_by_path(
+    csv_ingestion, console, monkeypatch, django_assert_max_num_queries
+):
+    from ingestions import selectors
+
+    from ..factories import ProcessedFileFactory
+
+    for month in ("2026-01", "2026-02"):
+        for day in range(1, 4):
+            ProcessedFileFactory(ingestion=csv_ingestion, path=f"{month}/day-{day:02d}.csv")
+    monkeypatch.setattr(selectors, "HISTORY_PAGE_SIZE", 4)
+    viewer = console(Role.VIEWER)
+    url = f"/ingestions/{csv_ingestion.public_id}/history/"
+
+    first = viewer.get(url).content.decode()
+    paths = re.findall(r'data-path="([^"]+)"', first)
+    assert paths == ["2026-01/day-01.csv", "2026-01/day-02.csv", "2026-01/day-03.csv",
+                     "2026-02/day-01.csv"]  # fmt: skip
+    next_link = re.search(r'href="\?([^"]+)" rel="next"', first).group(1).replace("&amp;", "&")
+    with django_assert_max_num_queries(8):  # the same few queries on every page
+        second = viewer.get(f"{url}?{next_link}").content.decode()
+    assert re.findall(r'data-path="([^"]+)"', second) == [
+        "2026-02/day-02.csv",
+        "2026-02/day-03.csv",
+    ]
+    assert "End of the history" in second
+    # Search by the start of the path.
+    found = viewer.get(url, {"path": "2026-02/"}).content.decode()
+    assert re.findall(r'data-path="([^"]+)"', found)[0] == "2026-02/day-01.csv"
+    assert "2026-01/" not in "".join(re.findall(r'data-path="([^"]+)"', found))
+    assert (
+        "No file of the history starts with" in viewer.get(url, {"path": "nope/"}).content.decode()
+    )
+    # A malformed query searches nothing special; another tenant sees no such ingestion.
+    assert viewer.get(url, {"path": "x\x00y"}).status_code == 200
+
+
+def test_another_tenants_history_page_is_a_404(loaded, console, other_tenant):
+    outsider = console(Role.ADMIN, tenant_obj=other_tenant)
+
+    assert outsider.get("/ingestions/sales/history/").status_code == 404
