@@ -14,8 +14,9 @@ farm-bench's wall time, CPU and peak memory are those of the load and nothing el
   peak memory: on spark, the worker's, without the JVM's.
 
     .venv/bin/python bench/large_load.py generate --folder /tmp/large
-    farm-bench -n 3 --timeout 1800 -- .venv/bin/python bench/large_load.py product \\
-        --folder /tmp/large --vs '.venv/bin/python bench/large_load.py bare --folder /tmp/large'
+    farm-bench -n 3 --timeout 1800 \\
+        --vs '.venv/bin/python bench/large_load.py bare --folder /tmp/large' \\
+        -- .venv/bin/python bench/large_load.py product --folder /tmp/large
 """
 
 import argparse
@@ -29,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, setup_django, temp_dir
+from small_files import bare_engine
 
 HEADER = "order_id,customer,region,quantity,unit_price,note\n"
 REGIONS = ("north", "south", "east", "west")
@@ -49,20 +51,6 @@ def generate(folder: Path, files: int, rows_per_file: int) -> None:
                     f"{(order_id & 31) + 1},{((order_id * 7919) & 65535) / 100},"
                     f"note {order_id * 2654435761 & 0xFFFFFFFF:x}\n"
                 )
-
-
-def bare(folder: Path, work: Path) -> int:
-    import pyarrow.dataset as ds
-    from pyiceberg.catalog.sql import SqlCatalog
-
-    catalog = SqlCatalog(
-        "bare", uri=f"sqlite:///{work / 'catalog.db'}", warehouse=(work / "wh").as_uri()
-    )
-    catalog.create_namespace("raw")
-    data = ds.dataset(str(folder), format="csv").to_table()
-    table = catalog.create_table("raw.bare", schema=data.schema)
-    table.append(data)
-    return data.num_rows
 
 
 def bare_spark(folder: Path, work: Path) -> int:
@@ -146,7 +134,7 @@ def main() -> None:
     try:
         started = time.perf_counter()
         if args.mode == "bare":
-            rows = bare(args.folder, work)
+            rows = bare_engine(args.folder, work)  # small_files.py's hand-written loader
         elif args.mode == "bare-spark":
             sys.path.insert(0, str(ROOT))
             rows = bare_spark(args.folder, work)
