@@ -387,3 +387,35 @@ def test_the_console_shows_a_spark_ingestion_and_who_maintains_its_table(
     assert "maintained by the cluster's own Iceberg procedures" in text
     table_page = client.get(f"/ingestions/{spark_ingestion.public_id}/table/").content.decode()
     assert ">lineage<" in table_page and "part-0000.csv" in table_page  # read through Spark
+
+
+def test_spark_never_reads_a_file_that_resolves_outside_the_location(
+    spark_settings, tenant, source_dir, tmp_path
+):
+    """Links planted in a granted source (after its listing) give Spark nothing to read."""
+    from ingestions.locations import source_open
+
+    outside = tmp_path / "someone-elses"
+    outside.mkdir()
+    (outside / "secret.csv").write_text("id,name,amount\n1,secret,9.9\n")
+    write_csv_files(source_dir, files=1, rows=3)
+    (source_dir / "theirs.csv").symlink_to(outside / "secret.csv")
+    (source_dir / "passwd.csv").symlink_to("/etc/passwd")
+    engine = load_engine("spark")
+    source = source_open(tenant=tenant, uri=str(source_dir))
+
+    batch = engine.read_files(
+        source=source,
+        paths=["part-0000.csv", "theirs.csv", "passwd.csv", "../someone-elses/secret.csv"],
+        file_format="csv",
+        options={},
+    )
+    try:
+        assert batch.rows == {"part-0000.csv": 3}
+        assert set(batch.failures) == {"theirs.csv", "passwd.csv", "../someone-elses/secret.csv"}
+        assert all("outside the storage location" in str(e) for e in batch.failures.values())
+        engine.append_files("acme__raw.sales", batch, properties={}, ingested_at=timezone.now())
+    finally:
+        engine.release_files(batch)
+    assert rows_by_file("acme__raw.sales") == {"part-0000.csv": 3}
+    assert (outside / "secret.csv").read_text() == "id,name,amount\n1,secret,9.9\n"
