@@ -13,6 +13,13 @@ CHANGE_ACTIONS = [
     ("run_cancelled", "Run cancelled"),
     ("location_granted", "Location granted"),
     ("location_revoked", "Location revoked"),
+    ("file_quarantined", "File quarantined"),
+    ("file_released", "File released from quarantine"),
+    ("token_created", "API token created"),
+    ("token_revoked", "API token revoked"),
+    ("membership_added", "Member added"),
+    ("membership_changed", "Member's role changed"),
+    ("membership_removed", "Member removed"),
 ]
 
 

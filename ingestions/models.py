@@ -435,3 +435,71 @@ class TableMaintenance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} of {self.table_name} at {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class FileFailure(models.Model):
+    """A source file that failed to load, until it loads or is released.
+
+    `attempts` counts the runs in a row that failed it. A quarantined file (by a user, or
+    by the worker after AUTOLOADER_QUARANTINE_AFTER_FAILURES failures in a row) is left out
+    of every run and every preview until it is released (`ingestions.quarantine`).
+    """
+
+    ingestion = models.ForeignKey(Ingestion, on_delete=models.CASCADE, related_name="failures")
+    path = models.CharField(max_length=1024)
+    size_bytes = models.BigIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    first_failed_at = models.DateTimeField()
+    last_failed_at = models.DateTimeField()
+    last_run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    quarantined_at = models.DateTimeField(null=True, blank=True)
+    # None with `quarantined_at` set: quarantined by the worker after repeated failures.
+    quarantined_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["path"]
+        constraints = [
+            models.UniqueConstraint(fields=["ingestion", "path"], name="one_failure_per_file")
+        ]
+
+    def __str__(self) -> str:
+        return self.path
+
+    @property
+    def quarantined(self) -> bool:
+        return self.quarantined_at is not None
+
+
+def new_token_key() -> str:
+    return f"alc_{secrets.token_urlsafe(32)}"
+
+
+class ApiToken(models.Model):
+    """A named API token of one user (`Authorization: Bearer <key>`).
+
+    Only a SHA-256 digest of the key is stored: the key is shown once, when it is made.
+    `prefix` (the key's first characters) tells tokens apart in lists.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16)
+    key_digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "name"], name="token_name_unique_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
