@@ -11,7 +11,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from refresh.metrics import metrics_view
 
-from . import health, views
+from . import health, tokens, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -19,6 +19,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("tenant/", views.tenant_switch, name="tenant-switch"),
     path("ingestions/", views.ingestion_list, name="ingestion-list"),
+    path("ingestions/new/", views.ingestion_create, name="ingestion-create"),
+    path("ingestions/check-source/", views.source_check, name="source-check"),
     path("ingestions/<str:ingestion_id>/", views.ingestion_detail, name="ingestion-detail"),
     path("ingestions/<str:ingestion_id>/run/", views.ingestion_run, name="ingestion-run"),
     path("ingestions/<str:ingestion_id>/table/", views.ingestion_table, name="ingestion-table"),
@@ -26,6 +28,18 @@ urlpatterns = [
         "ingestions/<str:ingestion_id>/history/",
         views.ingestion_history,
         name="ingestion-history",
+    ),
+    path("ingestions/<str:ingestion_id>/edit/", views.ingestion_edit, name="ingestion-edit"),
+    path("ingestions/<str:ingestion_id>/delete/", views.ingestion_delete, name="ingestion-delete"),
+    path(
+        "ingestions/<str:ingestion_id>/protect/",
+        views.ingestion_protect,
+        name="ingestion-protect",
+    ),
+    path(
+        "ingestions/<str:ingestion_id>/failed-files/<int:failure_id>/<slug:action>/",
+        views.failed_file_action,
+        name="failed-file-action",
     ),
     path(
         "ingestions/<str:ingestion_id>/<slug:action>/",
@@ -52,6 +66,8 @@ urlpatterns = [
     ),
     path("operations/<str:operation_id>/undo/", views.operation_undo, name="operation-undo"),
     path("audit/", views.audit, name="audit"),
+    path("tokens/", tokens.token_list, name="token-list"),
+    path("tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("api/v1/", include("ingestions.urls")),

@@ -633,3 +633,28 @@ class ApiDocsView(SpectacularSwaggerView):
         if isinstance(exc, NotAuthenticated | AuthenticationFailed):
             return redirect_to_login(self.request.get_full_path())
         return super().handle_exception(exc)
+
+
+# Placeholders, replaced by the ingestion forms and the failed-file actions.
+def ingestion_create(request):
+    raise Http404
+
+
+def source_check(request):
+    raise Http404
+
+
+def ingestion_edit(request, ingestion_id: str):
+    raise Http404
+
+
+def ingestion_delete(request, ingestion_id: str):
+    raise Http404
+
+
+def ingestion_protect(request, ingestion_id: str):
+    raise Http404
+
+
+def failed_file_action(request, ingestion_id: str, failure_id: int, action: str):
+    raise Http404
