@@ -17,6 +17,7 @@
 | AUTOLOADER_SNAPSHOT_RETENTION_HOURS / _RETAIN_LAST | 24 / 10 | snapshots kept |
 | AUTOLOADER_COMPACT_SMALL_FILE_BYTES / _MIN_FILES / _MAX_BYTES | 32 MiB / 10 / 512 MiB | |
 | AUTOLOADER_ORPHAN_MIN_AGE_HOURS | 1 | age before an unreferenced file is deleted |
+| AUTOLOADER_QUARANTINE_AFTER_FAILURES | 3 | runs in a row failing a file before it is quarantined (0: never) |
 | AUTOLOADER_SPARK_MASTER | local[*] | Spark master: local[*], spark://, k8s://, yarn |
 | AUTOLOADER_SPARK_CATALOG | (the embedded engine's) | Spark catalog of the spark engine's tables |
 | AUTOLOADER_SPARK_CONF | {} | JSON object of Spark configuration, passed verbatim |
@@ -261,6 +262,8 @@ AUTOLOADER_COMPACT_MIN_FILES = env_int("AUTOLOADER_COMPACT_MIN_FILES", 10)
 AUTOLOADER_COMPACT_MAX_BYTES = env_int("AUTOLOADER_COMPACT_MAX_BYTES", 512 * 1024**2)
 # Files no metadata references are deleted once older than this (a write may be in flight).
 AUTOLOADER_ORPHAN_MIN_AGE_HOURS = env_float("AUTOLOADER_ORPHAN_MIN_AGE_HOURS", 1.0)
+# A file that this many runs in a row failed to load is quarantined (0: never).
+AUTOLOADER_QUARANTINE_AFTER_FAILURES = env_int("AUTOLOADER_QUARANTINE_AFTER_FAILURES", 3)
 
 # --- Refresh operations ----------------------------------------------------------------
 # Off -> the refresh endpoints answer 503 REFRESH_API_DISABLED (the granular API stays).

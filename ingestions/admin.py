@@ -7,11 +7,16 @@ cascade to what audits rely on); storage locations are granted and revoked throu
 `ingestions.locations`, which checks overlaps and encrypts secrets.
 """
 
+import contextlib
+
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
 
+from .memberships import membership_remove, membership_set
 from .models import (
+    ApiToken,
+    FileFailure,
     Ingestion,
     Membership,
     ProcessedFile,
@@ -53,6 +58,21 @@ class TenantAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # would cascade to its ingestions, operations and locations
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not Membership:
+            return super().save_formset(request, form, formset, change)
+        # Through the service, so each added, changed or removed member is audited.
+        for membership in formset.save(commit=False):
+            if membership.pk is not None:
+                before = Membership.objects.get(pk=membership.pk)
+                if before.user_id != membership.user_id:  # a row given to someone else
+                    membership_remove(membership=before, actor=request.user)
+            membership_set(
+                tenant=form.instance, user=membership.user, role=membership.role, actor=request.user
+            )
+        for membership in formset.deleted_objects:
+            membership_remove(membership=membership, actor=request.user)
 
 
 @admin.register(Ingestion)
@@ -114,6 +134,23 @@ class ProcessedFileAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["ingestion"]
     show_full_result_count = False  # the history can be millions of rows
     readonly_fields = [field.name for field in ProcessedFile._meta.fields]
+
+
+@admin.register(FileFailure)
+class FileFailureAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Quarantined and released in the console or the API, where it is audited.
+    list_display = ["path", "ingestion", "attempts", "quarantined_at", "last_failed_at"]
+    list_filter = ["ingestion__tenant"]
+    search_fields = ["path", "ingestion__public_id"]
+    readonly_fields = [field.name for field in FileFailure._meta.fields]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Made and revoked by their users in the console (audited); only digests are stored.
+    list_display = ["name", "user", "prefix", "created_at", "last_used_at"]
+    search_fields = ["name", "user__username", "prefix"]
+    readonly_fields = [field.name for field in ApiToken._meta.fields]
 
 
 @admin.register(TableMaintenance)
@@ -226,3 +263,12 @@ class StorageLocationAdmin(admin.ModelAdmin):
 
         for location in queryset:
             location_revoke(location=location, actor=request.user)
+
+
+# API tokens are `ingestions.ApiToken` (digests only, made and revoked by their users in the
+# console). DRF's authtoken app stays installed only so migration 0008 can convert its rows;
+# its admin would offer a second, clear-text token system.
+with contextlib.suppress(admin.sites.NotRegistered):
+    from rest_framework.authtoken.models import TokenProxy
+
+    admin.site.unregister(TokenProxy)

@@ -55,6 +55,20 @@ class IngestionConflictError(AutoloaderError):
     help = "Choose another id, or omit it to get a generated one."
 
 
+class FailedFileNotFoundError(AutoloaderError):
+    """No failed file with this id in the ingestion."""
+
+    error_code = "FAILED_FILE_NOT_FOUND"
+    help = "List the ingestion's failed files with GET /api/v1/ingestions/{id}/failed-files."
+
+
+class FailedFileStateError(AutoloaderError):
+    """The file is not in the state the action needs (already quarantined, not quarantined)."""
+
+    error_code = "FAILED_FILE_STATE"
+    help = "Read the file's state again; quarantine a failed file, release a quarantined one."
+
+
 class PermissionDeniedError(AutoloaderError):
     """The caller's role does not allow this action."""
 

@@ -47,6 +47,7 @@ from .models import (
     RunStatus,
     RunTrigger,
 )
+from .quarantine import failures_forget, failures_record, quarantined_paths
 from .selectors import processed_file_paths, run_active
 from .services import history_archive
 from .sources import SourceFile, list_source_files, read_source_file
@@ -417,7 +418,13 @@ class _RunExecutor:
             source=self.source, pattern=self.ingestion.source_pattern or None
         )
         history = self._known_paths()
-        new_files = [source for source in listing if source.path not in history]
+        # Quarantined files are left out until released (`ingestions.quarantine`).
+        set_aside = quarantined_paths(ingestion=self.ingestion)
+        new_files = [
+            source
+            for source in listing
+            if source.path not in history and source.path not in set_aside
+        ]
         self.run.refresh_from_db(fields=["files_loaded"])
         Run.objects.filter(pk=self.run.pk).update(
             files_found=self.run.files_loaded + len(new_files)
@@ -431,6 +438,7 @@ class _RunExecutor:
                 Run.objects.filter(pk=self.run.pk).update(
                     files_failed=len(failed), failed_files=failed
                 )
+                failures_record(run=self.run, failures=batch_failures)
         self.run.refresh_from_db()
         if failed and self.run.files_loaded == 0 and len(failed) == len(new_files):
             status, error = RunStatus.FAILED, f"All {len(failed)} files failed to load."
@@ -692,7 +700,12 @@ class _BatchFitter:
 
 
 def _failure(source: SourceFile, exc: AutoloaderError) -> dict:
-    return {"path": source.path, "error": str(exc), "error_code": exc.error_code}
+    return {
+        "path": source.path,
+        "error": str(exc),
+        "error_code": exc.error_code,
+        "size_bytes": source.size_bytes,
+    }
 
 
 def _concat(parts: list[pa.Table]) -> pa.Table | None:
@@ -751,6 +764,10 @@ def batch_mark_committed(*, batch: RunBatch, snapshot_id: int | None) -> None:
         )
         if not batch.run.stage_name:
             _write_history(batch.run, batch.files, loaded_at=now)
+        # A file that loaded is no longer a failed file, staged or not.
+        failures_forget(
+            ingestion_id=batch.run.ingestion_id, paths=[item["path"] for item in batch.files]
+        )
 
 
 HISTORY_COLUMNS = (

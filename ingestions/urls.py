@@ -20,6 +20,16 @@ urlpatterns = [
         api.IngestionMaintenanceApi.as_view(),
         name="api-ingestion-maintenance",
     ),
+    path(
+        "ingestions/<str:ingestion_id>/failed-files",
+        api.IngestionFailedFilesApi.as_view(),
+        name="api-ingestion-failed-files",
+    ),
+    path(
+        "ingestions/<str:ingestion_id>/failed-files/<int:failure_id>/<slug:action>",
+        api.FailedFileActionApi.as_view(),
+        name="api-failed-file-action",
+    ),
     path("locations", api.LocationListApi.as_view(), name="api-locations"),
     path("runs/<str:run_id>", api.RunDetailApi.as_view(), name="api-run"),
     path("runs/<str:run_id>/cancel", api.RunCancelApi.as_view(), name="api-run-cancel"),

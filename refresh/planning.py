@@ -10,6 +10,7 @@ from django.db.models import F
 from ingestions.engines import load_engine
 from ingestions.locations import source_open
 from ingestions.models import Ingestion, Run, RunStatus
+from ingestions.quarantine import quarantined_paths
 from ingestions.selectors import processed_file_paths, processed_file_summary
 from ingestions.sources import list_source_entries
 
@@ -94,6 +95,7 @@ class Plan:
     plan_required: bool = False  # executing needs this plan_id (cost above the threshold)
     retain_days: int = 0  # what it replaces is kept this long, for undo (0: no undo)
     allowed: bool = False  # the previewing actor's role allows executing it
+    quarantined: int = 0  # source files left out because they are quarantined
 
     def as_record(self) -> dict:
         return asdict(self.impact)
@@ -325,8 +327,12 @@ def plan_operation(*, ingestion: Ingestion, kind: str, engine=None, mode: str = 
         "size_bytes": info.size_bytes,
         "snapshot_id": info.snapshot_id,
     }
+    # Quarantined files are left out of every run (`ingestions.quarantine`), so of previews.
+    set_aside = quarantined_paths(ingestion=ingestion) if listing is not None else set()
     if listing is not None:
-        to_process = [size for path, size, _ in entries if path not in known]
+        to_process = [
+            size for path, size, _ in entries if path not in known and path not in set_aside
+        ]
         impact = estimate_impact(
             ingestion=ingestion,
             files_to_process=len(to_process),
@@ -347,6 +353,7 @@ def plan_operation(*, ingestion: Ingestion, kind: str, engine=None, mode: str = 
         impact=impact,
         mode=mode,
     )
+    plan.quarantined = sum(1 for path, _, _ in entries if path in set_aside)
     plan.would_perform = [_would_perform(step, plan) for step in steps]
     plan.warnings = _warnings(plan)
     plan.notes = _notes(plan)
@@ -426,6 +433,11 @@ def _notes(plan: Plan) -> list[str]:
         notes.append(
             "drop_first: the table is dropped at once and stays empty or missing until the "
             "run has loaded it again"
+        )
+    if plan.quarantined:
+        notes.append(
+            f"{plan.quarantined:,} quarantined files are left out (release them on the "
+            "ingestion's history page to load them)"
         )
     if plan.impact.files_to_process:
         notes.append(

@@ -141,3 +141,53 @@ def test_plans_changelist_lists_dry_runs(auditor, csv_ingestion, tenant):
     plans = listed(auditor.get(PLANS, {"kind": "full_refresh"}))
 
     assert [record.public_id for record in plans] == [plan.plan_id]
+
+
+def test_membership_changes_in_the_admin_are_audited(auditor, tenant):
+    """Adding a member, changing a role and removing a member through the tenant's inline
+    each leave an entry naming the staff user, in the tenant's audit."""
+    from ingestions.models import Membership
+
+    user = UserFactory(username="newcomer")
+    url = reverse("admin:ingestions_tenant_change", args=[tenant.pk])
+
+    def post(rows: list[dict]):
+        data = {
+            "slug": tenant.slug,
+            "name": tenant.name,
+            "memberships-TOTAL_FORMS": str(len(rows)),
+            "memberships-INITIAL_FORMS": str(sum(1 for row in rows if row.get("id"))),
+            "memberships-MIN_NUM_FORMS": "0",
+            "memberships-MAX_NUM_FORMS": "1000",
+        }
+        for index, row in enumerate(rows):
+            for key, value in row.items():
+                data[f"memberships-{index}-{key}"] = value
+            data[f"memberships-{index}-tenant"] = str(tenant.pk)
+        response = auditor.post(url, data)
+        assert response.status_code == 302, response.context["errors"] if response.context else ""
+
+    post([{"user": str(user.pk), "role": Role.VIEWER}])
+    membership = Membership.objects.get(user=user, tenant=tenant)
+    post([{"id": str(membership.pk), "user": str(user.pk), "role": Role.OPERATOR}])
+    post([{"id": str(membership.pk), "user": str(user.pk), "role": Role.OPERATOR, "DELETE": "on"}])
+
+    assert not Membership.objects.filter(user=user).exists()
+    entries = LogEntry.objects.filter(
+        additional_data__operation__startswith="membership_"
+    ).order_by("id")
+    assert [
+        (e.additional_data["operation"], e.changes["role"], e.actor.username) for e in entries
+    ] == [
+        ("membership_added", [None, "viewer"], "auditor"),
+        ("membership_changed", ["viewer", "operator"], "auditor"),
+        ("membership_removed", ["operator", None], "auditor"),
+    ]
+    assert {e.additional_data["tenant"] for e in entries} == {tenant.slug}
+    assert {e.additional_data["member"] for e in entries} == {"newcomer"}
+
+
+def test_failed_files_and_tokens_are_read_only_in_the_admin(auditor):
+    for model in ("filefailure", "apitoken"):
+        assert auditor.get(reverse(f"admin:ingestions_{model}_changelist")).status_code == 200
+        assert auditor.get(reverse(f"admin:ingestions_{model}_add")).status_code == 403

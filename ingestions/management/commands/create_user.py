@@ -6,7 +6,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.text import slugify
 
-from ingestions.models import Membership, Role, Tenant
+from ingestions.memberships import membership_set
+from ingestions.models import Role, Tenant
 
 
 class Command(BaseCommand):
@@ -29,7 +30,7 @@ class Command(BaseCommand):
             password = password or secrets.token_urlsafe(12)
             user.set_password(password)
             user.save()
-        Membership.objects.update_or_create(user=user, tenant=tenant_obj, defaults={"role": role})
+        membership_set(tenant=tenant_obj, user=user, role=role, actor=None)
         self.stdout.write(
             f"{'created' if created else 'updated'}: {username} is {role} of {tenant_obj.slug}"
         )
