@@ -7,8 +7,10 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
+from django.urls import Resolver404, resolve
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from ingestions.errors import AutoloaderError
 
@@ -178,3 +180,27 @@ def _validation_summary(errors) -> str:
 
     walk("", errors)
     return "Invalid request. " + " ".join(parts[:5]) if parts else "Invalid request."
+
+
+class ApiNotFoundView(APIView):
+    """Every path under /api/ that names no endpoint: the JSON 404 the API promises, for any
+    method, in every mode (Django's own 404 page is HTML, and a debug page with DEBUG on)."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def _not_found(self, request, *args, **kwargs):
+        detail = f"No API endpoint at {request.path}."
+        if request.path.endswith("/") and _resolves(request.path.rstrip("/")):
+            detail += f" Did you mean {request.path.rstrip('/')} (no trailing slash)?"
+        raise exceptions.NotFound(detail)
+
+    get = post = put = patch = delete = head = options = _not_found
+
+
+def _resolves(path: str) -> bool:
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return False
+    return match.func.__name__ != ApiNotFoundView.__name__

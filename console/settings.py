@@ -17,7 +17,7 @@
 | AUTOLOADER_SNAPSHOT_RETENTION_HOURS / _RETAIN_LAST | 24 / 10 | snapshots kept |
 | AUTOLOADER_COMPACT_SMALL_FILE_BYTES / _MIN_FILES / _MAX_BYTES | 32 MiB / 10 / 512 MiB | |
 | AUTOLOADER_ORPHAN_MIN_AGE_HOURS | 1 | age before an unreferenced file is deleted |
-| AUTOLOADER_QUARANTINE_AFTER_FAILURES | 3 | runs in a row failing a file before it is quarantined (0: never) |
+| AUTOLOADER_QUARANTINE_AFTER_FAILURES | 3 | failed runs in a row before quarantine (0: never) |
 | AUTOLOADER_SPARK_MASTER | local[*] | Spark master: local[*], spark://, k8s://, yarn |
 | AUTOLOADER_SPARK_CATALOG | (the embedded engine's) | Spark catalog of the spark engine's tables |
 | AUTOLOADER_SPARK_CONF | {} | JSON object of Spark configuration, passed verbatim |

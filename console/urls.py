@@ -6,12 +6,12 @@ Console URL names, view names and templates run in parallel: `ingestion-detail` 
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from refresh.metrics import metrics_view
 
-from . import health, tokens, views
+from . import api_errors, health, tokens, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -75,4 +75,6 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", views.ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
+    # Last: any other path under /api/ is the API's JSON 404, not Django's HTML page.
+    re_path(r"^api/", api_errors.ApiNotFoundView.as_view(), name="api-not-found"),
 ]
