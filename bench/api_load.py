@@ -32,11 +32,10 @@ def free_port() -> int:
 
 
 def prepare(work: Path) -> tuple[str, str, str]:
-    from rest_framework.authtoken.models import Token
-
-    from ingestions.models import Membership, Role, Tenant
+    from ingestions.models import ApiToken, Membership, Role, Tenant
     from ingestions.runs import run_execute, run_request
     from ingestions.services import ingestion_create
+    from ingestions.tokens import token_create, token_revoke
 
     source = work / "source"
     source.mkdir()
@@ -49,7 +48,9 @@ def prepare(work: Path) -> tuple[str, str, str]:
 
     user, _ = get_user_model().objects.get_or_create(username="bench-admin")
     Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": Role.ADMIN})
-    token, _ = Token.objects.get_or_create(user=user)
+    for earlier in ApiToken.objects.filter(user=user, name="bench"):
+        token_revoke(user=user, token_id=earlier.pk)
+    _token, key = token_create(user=user, name="bench")
     grant_source(tenant, str(source))
     ingestion = ingestion_create(
         tenant=tenant,
@@ -62,7 +63,7 @@ def prepare(work: Path) -> tuple[str, str, str]:
     )
     run = run_request(ingestion=ingestion)
     run_execute(run_id=run.public_id)
-    return token.key, ingestion.public_id, run.public_id
+    return key, ingestion.public_id, run.public_id
 
 
 def hammer(

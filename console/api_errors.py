@@ -23,6 +23,7 @@ STATUS_BY_ERROR_CODE = {
     "DRY_RUN_REQUIRED": status.HTTP_400_BAD_REQUEST,
     "SOURCE_UNAVAILABLE": status.HTTP_400_BAD_REQUEST,
     "SOURCE_NOT_ALLOWED": status.HTTP_400_BAD_REQUEST,
+    "WEBHOOK_URL_NOT_ALLOWED": status.HTTP_400_BAD_REQUEST,
     "SOURCE_LISTING_LIMIT": status.HTTP_400_BAD_REQUEST,
     "FILE_READ_ERROR": status.HTTP_400_BAD_REQUEST,
     "SCHEMA_MISMATCH": status.HTTP_400_BAD_REQUEST,
@@ -35,12 +36,15 @@ STATUS_BY_ERROR_CODE = {
     "RUN_NOT_FOUND": status.HTTP_404_NOT_FOUND,
     "OPERATION_NOT_FOUND": status.HTTP_404_NOT_FOUND,
     "FAILED_FILE_NOT_FOUND": status.HTTP_404_NOT_FOUND,
+    "BATCH_NOT_FOUND": status.HTTP_404_NOT_FOUND,
+    "WEBHOOK_NOT_FOUND": status.HTTP_404_NOT_FOUND,
     "NOT_FOUND": status.HTTP_404_NOT_FOUND,
     "METHOD_NOT_ALLOWED": status.HTTP_405_METHOD_NOT_ALLOWED,
     "NOT_ACCEPTABLE": status.HTTP_406_NOT_ACCEPTABLE,
     "RUN_IN_PROGRESS": status.HTTP_409_CONFLICT,
     "RUN_NOT_CANCELLABLE": status.HTTP_409_CONFLICT,
     "FAILED_FILE_STATE": status.HTTP_409_CONFLICT,
+    "SCOPE_NOT_APPLICABLE": status.HTTP_409_CONFLICT,
     "INGESTION_EXISTS": status.HTTP_409_CONFLICT,
     "TABLE_EXISTS": status.HTTP_409_CONFLICT,
     "REFRESH_IN_PROGRESS": status.HTTP_409_CONFLICT,
@@ -188,6 +192,7 @@ class ApiNotFoundView(APIView):
 
     authentication_classes: list = []
     permission_classes: list = []
+    schema = None  # not an endpoint: left out of the OpenAPI schema
 
     def _not_found(self, request, *args, **kwargs):
         detail = f"No API endpoint at {request.path}."

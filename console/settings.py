@@ -18,6 +18,12 @@
 | AUTOLOADER_COMPACT_SMALL_FILE_BYTES / _MIN_FILES / _MAX_BYTES | 32 MiB / 10 / 512 MiB | |
 | AUTOLOADER_ORPHAN_MIN_AGE_HOURS | 1 | age before an unreferenced file is deleted |
 | AUTOLOADER_QUARANTINE_AFTER_FAILURES | 3 | failed runs in a row before quarantine (0: never) |
+| AUTOLOADER_WEBHOOK_ALLOWED_HOSTS | (none) | private hosts/IPs webhooks may reach (comma list) |
+| AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS | 10 | timeout of one webhook delivery |
+| AUTOLOADER_WEBHOOK_MAX_ATTEMPTS | 8 | attempts before a delivery is dead |
+| AUTOLOADER_WEBHOOK_BACKOFF_SECONDS | 30 | first retry delay, doubled each attempt (+ jitter) |
+| AUTOLOADER_WEBHOOK_DELIVERY_INTERVAL_SECONDS | 2 | how often the worker sends due deliveries |
+| AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS | 300 | shortest gap between two firings of a schedule |
 | AUTOLOADER_SPARK_MASTER | local[*] | Spark master: local[*], spark://, k8s://, yarn |
 | AUTOLOADER_SPARK_CATALOG | (the embedded engine's) | Spark catalog of the spark engine's tables |
 | AUTOLOADER_SPARK_CONF | {} | JSON object of Spark configuration, passed verbatim |
@@ -93,6 +99,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    # Only for migration ingestions 0008, which converts its tokens (its admin is unregistered).
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -102,6 +109,7 @@ INSTALLED_APPS = [
     "django_tasks_db",
     "ingestions",
     "refresh",
+    "webhooks",
     "console",
 ]
 
@@ -221,6 +229,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Choice sets that share a field name get names of their own.
+    "ENUM_NAME_OVERRIDES": {
+        "MaintenanceActionEnum": "ingestions.models.MaintenanceAction",
+        "ScheduleActionEnum": "refresh.models.ScheduleAction",
+        "BatchOperationEnum": ["full_refresh", "fresh_start"],
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "console.schema.postprocess_schema",
@@ -264,6 +278,19 @@ AUTOLOADER_COMPACT_MAX_BYTES = env_int("AUTOLOADER_COMPACT_MAX_BYTES", 512 * 102
 AUTOLOADER_ORPHAN_MIN_AGE_HOURS = env_float("AUTOLOADER_ORPHAN_MIN_AGE_HOURS", 1.0)
 # A file that this many runs in a row failed to load is quarantined (0: never).
 AUTOLOADER_QUARANTINE_AFTER_FAILURES = env_int("AUTOLOADER_QUARANTINE_AFTER_FAILURES", 3)
+
+# --- Webhooks (docs/webhooks.md) -------------------------------------------------------
+# Hosts (or IPs) webhooks may reach although they are not public (loopback, private...);
+# empty: public hosts only.
+AUTOLOADER_WEBHOOK_ALLOWED_HOSTS = env_list("AUTOLOADER_WEBHOOK_ALLOWED_HOSTS", "")
+AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS = env_float("AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS", 10.0)
+AUTOLOADER_WEBHOOK_MAX_ATTEMPTS = env_int("AUTOLOADER_WEBHOOK_MAX_ATTEMPTS", 8)
+AUTOLOADER_WEBHOOK_BACKOFF_SECONDS = env_float("AUTOLOADER_WEBHOOK_BACKOFF_SECONDS", 30.0)
+AUTOLOADER_WEBHOOK_DELIVERY_INTERVAL_SECONDS = env_float(
+    "AUTOLOADER_WEBHOOK_DELIVERY_INTERVAL_SECONDS", 2.0
+)
+# Schedules (`refresh.schedules`): a cron firing more often than this is refused.
+AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS = env_int("AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS", 300)
 
 # --- Refresh operations ----------------------------------------------------------------
 # Off -> the refresh endpoints answer 503 REFRESH_API_DISABLED (the granular API stays).

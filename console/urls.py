@@ -11,7 +11,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from refresh.metrics import metrics_view
 
-from . import api_errors, health, tokens, views
+from . import api_errors, batches, health, schedules, tokens, views, webhooks
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -42,6 +42,24 @@ urlpatterns = [
         name="failed-file-action",
     ),
     path(
+        "ingestions/<str:ingestion_id>/schedules/",
+        schedules.ingestion_schedules,
+        name="ingestion-schedules",
+    ),
+    path(
+        "ingestions/<str:ingestion_id>/schedules/run/",
+        schedules.schedule_run_set,
+        name="schedule-run-set",
+    ),
+    path(
+        "ingestions/<str:ingestion_id>/schedules/add/", schedules.schedule_add, name="schedule-add"
+    ),
+    path(
+        "schedules/<str:schedule_id>/<slug:action>/",
+        schedules.schedule_action,
+        name="schedule-action",
+    ),
+    path(
         "ingestions/<str:ingestion_id>/<slug:action>/",
         views.ingestion_operation,
         name="ingestion-operation",
@@ -65,13 +83,20 @@ urlpatterns = [
         name="operation-discard",
     ),
     path("operations/<str:operation_id>/undo/", views.operation_undo, name="operation-undo"),
+    path("refresh-batches/new/", batches.batch_new, name="batch-new"),
+    path("refresh-batches/<str:batch_id>/", batches.batch_detail, name="batch-detail"),
     path("audit/", views.audit, name="audit"),
     path("tokens/", tokens.token_list, name="token-list"),
     path("tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
+    path("webhooks/", webhooks.webhook_list, name="webhook-list"),
+    path("webhooks/<str:webhook_id>/", webhooks.webhook_detail, name="webhook-detail"),
+    path("webhooks/<str:webhook_id>/test/", webhooks.webhook_test, name="webhook-test"),
+    path("webhooks/<str:webhook_id>/delete/", webhooks.webhook_delete, name="webhook-delete"),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("api/v1/", include("ingestions.urls")),
     path("api/v1/", include("refresh.urls")),
+    path("api/v1/", include("webhooks.urls")),
     path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", views.ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),

@@ -16,10 +16,12 @@ unexpected server error never lands inside a panel.
 from functools import wraps
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
@@ -29,10 +31,13 @@ from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 
 from console.api_errors import STATUS_BY_ERROR_CODE
-from ingestions import runs
+from ingestions import quarantine, runs
+from ingestions import services as ingestion_services
 from ingestions.errors import (
     AutoloaderError,
+    FailedFileNotFoundError,
     IngestionNotFoundError,
+    PermissionDeniedError,
     RunNotFoundError,
 )
 from ingestions.maintenance import MAINTAINED_ENGINES, maintenance_list, snapshot_retention
@@ -47,6 +52,7 @@ from ingestions.selectors import (
     table_overview,
     table_state,
 )
+from ingestions.sources.preview import source_check as check_source
 from ingestions.tenancy import SESSION_TENANT_KEY, NoTenantError, tenant_for_request
 from refresh.errors import OperationNotFoundError
 from refresh.models import OperationStatus, RefreshOperation
@@ -69,7 +75,11 @@ from .forms import (
     AuditFilterForm,
     ConfirmOperationForm,
     HistorySearchForm,
+    IngestionDeleteForm,
     IngestionFilterForm,
+    IngestionForm,
+    ProtectForm,
+    SourceForm,
     TenantSwitchForm,
 )
 from .selectors import (
@@ -130,8 +140,8 @@ NEXT_STEPS = {
 # --- request plumbing ------------------------------------------------------------------
 
 
-def tenant_view(view):
-    """Login required; the view receives the request's tenant after the request."""
+def login_view(view):
+    """Login required; an HTMX fragment request is sent to the login page as a whole page."""
 
     @wraps(view)
     def wrapper(request, *args, **kwargs):
@@ -140,6 +150,17 @@ def tenant_view(view):
                 login = reverse("login")
                 return HttpResponseClientRedirect(f"{login}?{urlencode({'next': request.path})}")
             return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def tenant_view(view):
+    """Login required; the view receives the request's tenant after the request."""
+
+    @login_view
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
         try:
             tenant = tenant_for_request(request)
         except NoTenantError:
@@ -276,6 +297,8 @@ def ingestion_list(request, tenant):
         "filtered": any(filters.values()),
         "filter_query": _filter_query(request),
         "can_create": request.user.has_perm("ingestions.add_ingestion", tenant),
+        # Refreshing several together (`console.batches`); each member is checked again.
+        "can_batch": request.user.has_perm("ingestions.fresh_start_ingestion", tenant),
     }
     fragment = _fragment(request) == "ingestion-table"
     template = "partials/ingestion-table.html" if fragment else "ingestion_list.html"
@@ -312,6 +335,8 @@ def ingestion_detail(request, tenant, ingestion_id: str):
         context = _detail_context(request, tenant, ingestion, parts=set(DETAIL_FRAGMENTS))
         context["actions"] = ingestion_offers(ingestion=ingestion, actor=request.user)
         context["can_run"] = runs.run_allowed(actor=request.user, ingestion=ingestion)
+        context["can_change"] = request.user.has_perm("ingestions.change_ingestion", ingestion)
+        context["can_delete"] = request.user.has_perm("ingestions.delete_ingestion", ingestion)
         response = render(request, "ingestion_detail.html", context)
     patch_vary_headers(response, ("HX-Request", "HX-Target"))
     return response
@@ -347,6 +372,7 @@ def ingestion_history(request, tenant, ingestion_id: str):
         "prefix": prefix,
         "next_query": urlencode({"path": prefix, "after": next_cursor}) if next_cursor else "",
         "first_page": not after,
+        **_failed_files_context(request, ingestion),
     }
     return render(request, "ingestion_history.html", context)
 
@@ -367,6 +393,7 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
         context["table"] = table_state(ingestion=ingestion)
     if "history-card" in parts:
         context["history"] = processed_file_summary(ingestion=ingestion)
+        context["failure_counts"] = quarantine.failure_counts(ingestion=ingestion)
     if "operation-list" in parts:
         # Each shown as its run's outcome made it (cheap: only one that follows a run reads it).
         operations = [
@@ -635,26 +662,265 @@ class ApiDocsView(SpectacularSwaggerView):
         return super().handle_exception(exc)
 
 
-# Placeholders, replaced by the ingestion forms and the failed-file actions.
-def ingestion_create(request):
-    raise Http404
+# --- creating, changing and deleting an ingestion ---------------------------------------
 
 
-def source_check(request):
-    raise Http404
+def _require(request, permission: str, obj) -> None:
+    """The permission the API's view requires for the same call (`TenantAPIView.require`)."""
+    if not request.user.has_perm(f"ingestions.{permission}", obj):
+        raise PermissionDeniedError(
+            f"Your role does not allow this action ({permission.replace('_', ' ')})."
+        )
 
 
-def ingestion_edit(request, ingestion_id: str):
-    raise Http404
+def _form_page(request, tenant, form, *, ingestion=None, check=None, status: int = 200):
+    """The create or edit page; `check`: a "Check source" answer to show in it."""
+    context = {
+        "tenant": tenant,
+        "ingestion": ingestion,
+        "form": form,
+        "check": check,
+        "checking": check is not None,
+        "can_replace_table": request.user.has_perm("ingestions.drop_table_ingestion", tenant),
+    }
+    return render(request, "ingestion_form.html", context, status=status)
 
 
-def ingestion_delete(request, ingestion_id: str):
-    raise Http404
+@require_http_methods(["GET", "POST"])
+@tenant_view
+def ingestion_create(request, tenant):
+    """GET: the form. POST: create the ingestion through the service the API calls."""
+    try:
+        _require(request, "add_ingestion", tenant)
+    except AutoloaderError as exc:
+        return _refusal(request, exc, {"tenant": tenant})
+    if request.method == "GET":
+        return _form_page(request, tenant, IngestionForm(tenant=tenant))
+    form = IngestionForm(request.POST, tenant=tenant)
+    if form.is_valid():
+        try:
+            ingestion = ingestion_services.ingestion_create(
+                tenant=tenant, actor=request.user, **form.create_arguments()
+            )
+        except (ValidationError, AutoloaderError) as exc:
+            form.add_service_error(exc)
+        else:
+            messages.success(request, f"Ingestion {ingestion.public_id} created.")
+            return redirect("ingestion-detail", ingestion_id=ingestion.public_id)
+    return _form_page(request, tenant, form, status=400)
 
 
-def ingestion_protect(request, ingestion_id: str):
-    raise Http404
+@require_http_methods(["GET", "POST"])
+@tenant_view
+def ingestion_edit(request, tenant, ingestion_id: str):
+    """GET: the form with the ingestion's values. POST: save what changed (audited)."""
+    ingestion = _ingestion(tenant, ingestion_id)
+    try:
+        _require(request, "change_ingestion", ingestion)
+    except AutoloaderError as exc:
+        return _refusal(request, exc, {"tenant": tenant, "ingestion": ingestion})
+    if request.method == "GET":
+        form = IngestionForm(tenant=tenant, ingestion=ingestion)
+        return _form_page(request, tenant, form, ingestion=ingestion)
+    form = IngestionForm(request.POST, tenant=tenant, ingestion=ingestion)
+    if form.is_valid():
+        changes = form.changes()
+        try:
+            ingestion_services.ingestion_update(
+                ingestion=ingestion, data=changes, actor=request.user
+            )
+        except (ValidationError, AutoloaderError) as exc:
+            form.add_service_error(exc)
+            ingestion = _ingestion(tenant, ingestion_id)  # as saved, not as refused
+        else:
+            changed = ", ".join(field.replace("_", " ") for field in changes)
+            messages.success(request, f"Saved: {changed}." if changed else "Nothing changed.")
+            return redirect("ingestion-detail", ingestion_id=ingestion.public_id)
+    return _form_page(request, tenant, form, ingestion=ingestion, status=400)
 
 
-def failed_file_action(request, ingestion_id: str, failure_id: int, action: str):
-    raise Http404
+@require_POST
+@tenant_view
+def source_check(request, tenant):
+    """What the form's source matches and a sample of its first file, before anything is
+    saved (HTMX: the `source-check` fragment; without JavaScript: the form's page)."""
+    ingestion = None
+    if request.POST.get("ingestion"):  # the edit form's check
+        ingestion = _ingestion(tenant, request.POST["ingestion"])
+    try:
+        _require(request, "change_ingestion" if ingestion else "add_ingestion", ingestion or tenant)
+    except AutoloaderError as exc:
+        return _refusal(request, exc, {"tenant": tenant, "ingestion": ingestion})
+    form = SourceForm(request.POST, tenant=tenant)
+    check, status = {}, 200
+    if not form.is_valid():
+        check["form_errors"] = [
+            (form.fields[name].label if name in form.fields else "", errors)
+            for name, errors in form.errors.items()
+        ]
+        status = 400
+    else:
+        try:
+            check["result"] = check_source(
+                tenant=tenant,
+                uri=form.source_uri(),
+                file_format=form.cleaned_data["source_format"],
+                pattern=form.cleaned_data["source_pattern"],
+                options=form.reader_options(),
+            )
+        except ValueError as exc:  # reader options: the form checked them one by one
+            check["error"] = {"code": "VALIDATION_ERROR", "detail": str(exc)}
+            status = 400
+        except AutoloaderError as exc:
+            check["error"] = {"code": exc.error_code, "detail": exc.detail, "help": exc.help}
+            status = STATUS_BY_ERROR_CODE.get(exc.error_code, 500)
+    if request.htmx:
+        response = render(request, "partials/source-check.html", {"check": check}, status=status)
+        if status >= 400:
+            response[FRAGMENT_HEADER] = "error"
+        return response
+    page_form = IngestionForm(request.POST, tenant=tenant, ingestion=ingestion)
+    return _form_page(request, tenant, page_form, ingestion=ingestion, check=check, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@tenant_view
+def ingestion_delete(request, tenant, ingestion_id: str):
+    """GET: what deleting does to the table, the history and the runs. POST: delete, once
+    confirmed by the destination table's name."""
+    ingestion = _ingestion(tenant, ingestion_id)
+    context = {
+        "tenant": tenant,
+        "ingestion": ingestion,
+        "history_files": ingestion.processed_files.count(),
+        "run_count": ingestion.runs.count(),
+        "can_drop_table": request.user.has_perm("ingestions.drop_table_ingestion", ingestion),
+        "can_change": request.user.has_perm("ingestions.change_ingestion", ingestion),
+        "options": IngestionDeleteForm(),
+    }
+    try:
+        _require(request, "delete_ingestion", ingestion)
+    except AutoloaderError as exc:
+        return _refusal(request, exc, context)
+    if request.method == "GET":
+        return render(request, "ingestion_delete.html", context)
+    _, refusal = _confirmed(request, table_name=ingestion.destination_table, context=context)
+    if refusal:
+        return refusal
+    options = IngestionDeleteForm(request.POST)
+    drop_table = options.is_valid() and options.cleaned_data["drop_table"]
+    try:
+        outcome = ingestion_services.ingestion_delete(
+            ingestion=ingestion, actor=request.user, confirm=True, drop_table=drop_table
+        )
+    except AutoloaderError as exc:
+        return _refusal(request, exc, context)
+    table = outcome["table"]
+    if table["action"] == "dropped":
+        fate = f"its table {table['name']} was dropped"
+    else:
+        fate = (
+            f"its table {table['name']} is kept with its rows (a new ingestion on it can adopt "
+            "or replace it)"
+        )
+    messages.success(request, f"Ingestion {outcome['id']} deleted with its history; {fate}.")
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("ingestion-list"))
+    return redirect("ingestion-list")
+
+
+@require_POST
+@tenant_view
+def ingestion_protect(request, tenant, ingestion_id: str):
+    """Protect or unprotect, through the update the API makes (audited as a change)."""
+    ingestion = _ingestion(tenant, ingestion_id)
+    form = ProtectForm(request.POST)
+    if not form.is_valid():
+        return HttpResponseBadRequest("Say protected=true or protected=false.")
+    protected = form.cleaned_data["protected"]
+    try:
+        _require(request, "change_ingestion", ingestion)
+        ingestion_services.ingestion_update(
+            ingestion=ingestion, data={"protected": protected}, actor=request.user
+        )
+    except AutoloaderError as exc:
+        return _refusal(request, exc, {"tenant": tenant, "ingestion": ingestion})
+    if protected:
+        messages.success(request, "Protected: destructive operations are now refused.")
+    else:
+        messages.success(request, "Protection lifted: destructive operations are allowed again.")
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("ingestion-detail", args=[ingestion.public_id]))
+    return redirect("ingestion-detail", ingestion_id=ingestion.public_id)
+
+
+@require_POST
+@tenant_view
+def failed_file_action(request, tenant, ingestion_id: str, failure_id: int, action: str):
+    """Quarantine, release or retry one failed file; answers with the failed-files card."""
+    service = FAILED_FILE_ACTIONS.get(action)
+    if service is None:
+        raise Http404("No such action.")
+    ingestion = _ingestion(tenant, ingestion_id)
+    try:
+        failure = quarantine.failure_get(ingestion=ingestion, failure_id=failure_id)
+    except FailedFileNotFoundError:
+        raise Http404("No such failed file.") from None
+    error, done = None, ""
+    try:
+        result = service(failure=failure, actor=request.user)
+    except AutoloaderError as exc:
+        error = {
+            "code": exc.error_code,
+            "detail": exc.detail,
+            "next_step": exc.help,
+            "current_run_id": exc.extra.get("current_run_id"),
+        }
+    else:
+        done = {
+            "quarantine": f"{failure.path} is quarantined: runs and previews leave it out.",
+            "release": f"{failure.path} is released: the next run tries it again.",
+            "retry": f"{failure.path} is being retried in run {getattr(result, 'public_id', '')}.",
+        }[action]
+    if not request.htmx:
+        if error:
+            messages.error(request, error["detail"])
+        else:
+            messages.success(request, done)
+        return redirect("ingestion-history", ingestion_id=ingestion.public_id)
+    context = {**_failed_files_context(request, ingestion), "error": error, "done": done}
+    response = render(
+        request,
+        "partials/failed-files.html",
+        context,
+        status=STATUS_BY_ERROR_CODE.get(error["code"], 500) if error else 200,
+    )
+    if error:
+        response[FRAGMENT_HEADER] = "error"
+    return _changed(response)
+
+
+FAILED_FILE_ACTIONS = {
+    "quarantine": quarantine.failure_quarantine,
+    "release": quarantine.failure_release,
+    "retry": quarantine.failure_retry,
+}
+FAILED_FILES_SHOWN = 100
+
+
+def _failed_files_context(request, ingestion) -> dict:
+    failures = list(quarantine.failure_list(ingestion=ingestion)[: FAILED_FILES_SHOWN + 1])
+    more = len(failures) > FAILED_FILES_SHOWN
+    if more:
+        counts = quarantine.failure_counts(ingestion=ingestion)
+    else:  # all of them are here: count them without asking again
+        quarantined = sum(1 for failure in failures if failure.quarantined)
+        counts = {"failing": len(failures) - quarantined, "quarantined": quarantined}
+    return {
+        "ingestion": ingestion,
+        "failures": failures[:FAILED_FILES_SHOWN],
+        "failure_counts": counts,
+        "more_failures": more,
+        "may_act": runs.run_allowed(actor=request.user, ingestion=ingestion),
+        "quarantine_after": settings.AUTOLOADER_QUARANTINE_AFTER_FAILURES,
+    }

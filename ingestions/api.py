@@ -3,6 +3,7 @@
 Views translate HTTP to service calls and back; the rules live in services and selectors.
 """
 
+from django.db import transaction
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -14,17 +15,20 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+# The run schedule is the ingestion's `schedule`; its rules live with the other schedules.
+from refresh import schedules
+
 from .engines import ENGINE_CHOICES
 from .engines.base import MAX_TABLE_NAME_PART_LENGTH, validate_table_name
 from .errors import PermissionDeniedError
 from .locations import location_list
 from .maintenance import maintenance_list
 from .models import (
-    PUBLIC_ID_VALIDATOR,
     Ingestion,
     MaintenanceAction,
     RunTrigger,
     SourceFormat,
+    validate_public_id,
 )
 from .pagination import StrictLimitOffsetPagination
 from .quarantine import (
@@ -58,6 +62,7 @@ from .services import (
     ingestion_delete,
     ingestion_update,
 )
+from .sources.preview import source_check
 from .tenancy import tenant_for_request
 
 TABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,63}\.[a-z_][a-z0-9_]{0,63}$"
@@ -115,6 +120,10 @@ def ingestion_payload(ingestions, *, with_tables: bool = True) -> list[dict]:
         "tables": {ingestion.pk: table_state(ingestion=ingestion) for ingestion in ingestions}
         if with_tables
         else {},
+        "schedules": {
+            pk: schedules.schedule_payload(schedule)
+            for pk, schedule in schedules.run_schedules_by_ingestion(ingestions).items()
+        },
     }
     return IngestionOutputSerializer(ingestions, many=True, context=context).data
 
@@ -123,6 +132,10 @@ def one_ingestion_payload(ingestion: Ingestion) -> dict:
     context = {
         "last_runs": {ingestion.pk: run_latest(ingestion=ingestion)},
         "tables": {ingestion.pk: table_state(ingestion=ingestion)},
+        "schedules": {
+            pk: schedules.schedule_payload(schedule)
+            for pk, schedule in schedules.run_schedules_by_ingestion([ingestion]).items()
+        },
     }
     return IngestionOutputSerializer(ingestion, context=context).data
 
@@ -171,7 +184,7 @@ class IngestionListCreateApi(TenantAPIView):
     pagination_class = Pagination  # read by the schema: the list is paginated
 
     class InputSerializer(StrictSerializer):
-        id = serializers.CharField(required=False, validators=[PUBLIC_ID_VALIDATOR])
+        id = serializers.CharField(required=False, validators=[validate_public_id])
         name = serializers.CharField(max_length=200)
         source = SourceInputSerializer()
         destination = DestinationInputSerializer()
@@ -246,12 +259,52 @@ class IngestionListCreateApi(TenantAPIView):
         return Response(one_ingestion_payload(ingestion), status=status.HTTP_201_CREATED)
 
 
+class SourceCheckApi(TenantAPIView):
+    """What a source would give an ingestion, before one is created: the files its pattern
+    matches (counted, the first names) and the first rows of the first file with the schema
+    read from them. Nothing is saved."""
+
+    @extend_schema(
+        operation_id="ingestions_check_source",
+        request=SourceInputSerializer,
+        responses={
+            200: OpenApiResponse(description="files, sample (columns, rows) or sample_error"),
+            400: OpenApiResponse(
+                ERROR_SCHEMA,
+                description="VALIDATION_ERROR / SOURCE_NOT_ALLOWED / SOURCE_UNAVAILABLE",
+            ),
+            **COMMON_ERRORS,
+        },
+    )
+    def post(self, request):
+        self.require("add_ingestion")
+        serializer = SourceInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            result = source_check(
+                tenant=self.tenant,
+                uri=data["uri"],
+                file_format=data["format"],
+                pattern=data.get("pattern", ""),
+                options=data.get("options", {}),
+            )
+        except ValueError as exc:  # the reader options
+            raise serializers.ValidationError({"options": [str(exc)]}) from None
+        return Response(result)
+
+
 class IngestionDetailApi(TenantAPIView):
     class SourceUpdateSerializer(StrictSerializer):
         uri = serializers.CharField(max_length=1024, required=False)
         format = serializers.ChoiceField(choices=SourceFormat.choices, required=False)
         pattern = serializers.CharField(max_length=255, required=False, allow_blank=True)
         options = serializers.DictField(required=False, validators=[reject_null_characters])
+
+    class ScheduleUpdateSerializer(StrictSerializer):
+        cron = serializers.CharField(max_length=120, required=False)
+        timezone = serializers.CharField(max_length=64, required=False)
+        paused = serializers.BooleanField(required=False)
 
     class InputSerializer(StrictSerializer):
         name = serializers.CharField(max_length=200, required=False)
@@ -268,6 +321,25 @@ class IngestionDetailApi(TenantAPIView):
         maintenance_enabled = maintenance_enabled_field(required=False)
         snapshot_retention_hours = snapshot_retention_hours_field()
         destination = serializers.DictField(required=False)
+        schedule = serializers.DictField(
+            required=False,
+            allow_null=True,
+            help_text='The run schedule: {"cron": "0 2 * * *", "timezone": "Europe/Berlin", '
+            '"paused": false} (given fields change, others are kept); null removes it.',
+        )
+
+        def validate_schedule(self, value):
+            if value is None:
+                return None
+            schedule = IngestionDetailApi.ScheduleUpdateSerializer(data=value)
+            schedule.is_valid(raise_exception=True)
+            data = schedule.validated_data
+            if "cron" in data:  # checked here too, so that its errors sit under "schedule"
+                try:
+                    schedules.cron_parse(cron=data["cron"], timezone=data.get("timezone", "UTC"))
+                except schedules.ScheduleInvalidError as exc:
+                    raise serializers.ValidationError(exc.errors) from None
+            return data
 
         def validate_destination(self, value):
             raise serializers.ValidationError(
@@ -305,7 +377,14 @@ class IngestionDetailApi(TenantAPIView):
         for key in ("uri", "format", "pattern", "options"):
             if key in source:
                 data[f"source_{key}"] = source[key]
-        ingestion = ingestion_update(ingestion=ingestion, data=data, actor=request.user)
+        has_schedule, schedule = "schedule" in data, data.pop("schedule", None)
+        # One request, one outcome: an invalid schedule leaves the other fields unchanged.
+        with transaction.atomic():
+            ingestion = ingestion_update(ingestion=ingestion, data=data, actor=request.user)
+            if has_schedule and schedule is None:
+                schedules.run_schedule_clear(ingestion=ingestion, actor=request.user)
+            elif has_schedule:
+                schedules.schedule_set(ingestion=ingestion, actor=request.user, **schedule)
         return Response(one_ingestion_payload(ingestion))
 
     class DeleteInputSerializer(StrictSerializer):

@@ -20,6 +20,17 @@ CHANGE_ACTIONS = [
     ("membership_added", "Member added"),
     ("membership_changed", "Member's role changed"),
     ("membership_removed", "Member removed"),
+    ("webhook_created", "Webhook created"),
+    ("webhook_updated", "Webhook updated"),
+    ("webhook_deleted", "Webhook deleted"),
+    ("schedule_set", "Schedule set"),
+    ("schedule_updated", "Schedule updated"),
+    ("schedule_paused", "Schedule paused"),
+    ("schedule_resumed", "Schedule resumed"),
+    ("schedule_deleted", "Schedule deleted"),
+    ("schedule_approved", "Scheduled refresh approved"),
+    ("schedule_fired", "Schedule fired"),
+    ("schedule_refused", "Scheduled firing refused"),
 ]
 
 

@@ -1,21 +1,23 @@
 """The demo: two tenants, their users and ingestions over generated files (idempotent)."""
 
 import json
+import os
 import random
 from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
 from .locations import location_grant
-from .models import Ingestion, Membership, Role, Run, StorageLocation, Tenant
+from .models import ApiToken, Ingestion, Membership, Role, Run, StorageLocation, Tenant
 from .runs import run_request
 from .services import ingestion_create
+from .tokens import key_digest, token_create, token_revoke
 
 REGIONS = ["north", "south", "east", "west"]
 PRODUCTS = ["widget", "gadget", "gizmo", "doohickey", "sprocket"]
@@ -201,11 +203,44 @@ def seed_demo(*, landing_dir: Path, password: str, queue_runs: bool = True) -> d
                 )
         if queue_runs and not Run.objects.filter(ingestion=ingestion).exists():
             run_request(ingestion=ingestion, actor=None, trigger="manual")
-    token, _ = Token.objects.get_or_create(user=users["admin"])
+    key = demo_token_key(user=users["admin"])
     return {
         "users": [
             *[(u, t, r.value) for u, t, r in DEMO_USERS],
             (DEMO_AUDITOR, "the platform", "staff: reviews the audit in /admin/"),
         ],
-        "token": token.key,
+        "token": key,
     }
+
+
+# --- the demo admin's API token --------------------------------------------------------
+# Only a token's digest is stored, so the demo keeps its key in the data dir (readable by
+# its owner only) for `serve` to print and the next seed to reuse.
+DEMO_TOKEN_NAME = "demo"  # noqa: S105 - a name, not a secret
+DEMO_TOKEN_FILE = "demo-api-token"  # noqa: S105 - a file name
+
+
+def demo_token_saved() -> str | None:
+    """The demo admin's key saved in the data dir, if its token still exists."""
+    path = settings.DATA_DIR / DEMO_TOKEN_FILE
+    key = path.read_text().strip() if path.exists() else ""
+    if key and ApiToken.objects.filter(key_digest=key_digest(key)).exists():
+        return key
+    return None
+
+
+def demo_token_key(*, user) -> str:
+    """The key of `user`'s token "demo": the saved one while it works, else a new one."""
+    key = demo_token_saved()
+    if key is not None:
+        return key
+    lost = ApiToken.objects.filter(user=user, name=DEMO_TOKEN_NAME).first()
+    if lost is not None:  # its key is gone (a new data dir): replace it
+        token_revoke(user=user, token_id=lost.pk)
+    _token, key = token_create(user=user, name=DEMO_TOKEN_NAME)
+    path = settings.DATA_DIR / DEMO_TOKEN_FILE
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(key + "\n")
+    path.chmod(0o600)  # a file left from before keeps its mode through O_CREAT
+    return key

@@ -13,6 +13,14 @@ PUBLIC_ID_VALIDATOR = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{1,62}$",
     "Use 2-63 lowercase letters, digits and dashes, starting with a letter or digit.",
 )
+# Path segments of the console and the API beside ingestion ids (/ingestions/new/...).
+RESERVED_PUBLIC_IDS = frozenset({"new", "check-source"})
+
+
+def validate_public_id(value: str) -> None:
+    PUBLIC_ID_VALIDATOR(value)
+    if value in RESERVED_PUBLIC_IDS:
+        raise ValidationError(f"{value!r} is reserved: choose another id.")
 
 
 def validate_destination_table(value: str) -> None:
@@ -125,7 +133,7 @@ class SourceFormat(models.TextChoices):
 class Ingestion(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ingestions")
     public_id = models.CharField(
-        max_length=63, default=new_ingestion_id, validators=[PUBLIC_ID_VALIDATOR]
+        max_length=63, default=new_ingestion_id, validators=[validate_public_id]
     )
     name = models.CharField(max_length=200)
     source_uri = models.CharField(max_length=1024)
@@ -217,6 +225,7 @@ class PublishState(models.TextChoices):
     PUBLISHING = "publishing", "Publishing"  # the swap has begun; a resumed run finishes it
     PUBLISHED = "published", "Published"
     AWAITING_DECISION = "awaiting_decision", "Awaiting a decision"  # some files failed
+    AWAITING_BATCH = "awaiting_batch", "Awaiting its batch"  # loaded; published with the rest
     DISCARDED = "discarded", "Discarded"
 
 
@@ -255,6 +264,14 @@ class Run(models.Model):
     # live one and publishes it, with its history, when it ends. `stage_name` names it.
     stage_name = models.CharField(max_length=64, blank=True, default="")
     stage_replaces_history = models.BooleanField(default=False)
+    # A selective full refresh's scope (`ingestions.scope.Scope`, JSON): the staged version
+    # replaces only the rows of the files in it, and their history entries.
+    stage_scope = models.JSONField(null=True, blank=True)
+    # The files whose rows and history entries its version replaces, fixed when it begins.
+    stage_replacing = models.JSONField(null=True, blank=True)
+    # A member of a batch refresh (`refresh.batches`): loaded, it waits for the others
+    # (publish_state awaiting_batch) and the batch publishes every member or none.
+    publish_hold = models.BooleanField(default=False)
     stage_write_to = models.CharField(max_length=200, blank=True, default="")
     stage_branch = models.CharField(max_length=64, blank=True, default="")
     stage_base = models.BigIntegerField(null=True, blank=True)

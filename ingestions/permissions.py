@@ -22,6 +22,13 @@ ADMIN_PERMISSIONS = OPERATOR_PERMISSIONS | {
     "ingestions.full_refresh_ingestion",
     "ingestions.drop_table_ingestion",
     "ingestions.clear_history_ingestion",
+    # Webhooks (`webhooks.api`) are the tenant's: admins only.
+    "webhooks.view_webhook",
+    "webhooks.add_webhook",
+    "webhooks.change_webhook",
+    "webhooks.delete_webhook",
+    # A standing approval of a scheduled refresh above the plan threshold (refresh.schedules).
+    "refresh.approve_schedule",
 }
 ROLE_PERMISSIONS = {
     Role.VIEWER: VIEWER_PERMISSIONS,

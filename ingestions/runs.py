@@ -23,6 +23,8 @@ from django.db.models import Case, F, JSONField, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from webhooks import events as webhook_events
+
 from . import audit
 from .engines import Engine, Stage, load_engine
 from .engines.base import FileBatch
@@ -48,8 +50,9 @@ from .models import (
     RunTrigger,
 )
 from .quarantine import failures_forget, failures_record, quarantined_paths
+from .scope import Scope, scope_replacing
 from .selectors import processed_file_paths, run_active
-from .services import history_archive
+from .services import history_archive, history_replace_scope
 from .sources import SourceFile, list_source_files, read_source_file
 from .sources.readers import conform_to_schema, source_file_column, with_metadata_columns
 
@@ -76,6 +79,8 @@ def run_request(
     stage_name: str = "",
     stage_replaces_history: bool = False,
     on_partial_failure: str = OnPartialFailure.DECIDE,
+    stage_scope: dict | None = None,
+    publish_hold: bool = False,
     authorize: bool = False,
 ) -> Run:
     """Queue a run of `ingestion` for the worker.
@@ -85,7 +90,10 @@ def run_request(
 
     With `stage_name`, the run is staged (a zero-downtime refresh): it loads a new version
     of the table beside the live one (replacing the history, or adding to it) and publishes
-    both when it ends; a failed or cancelled one publishes nothing.
+    both when it ends; a failed or cancelled one publishes nothing. With `stage_scope` too
+    (a selective refresh), it reloads only the files in the scope and its version replaces
+    only their rows and history entries. With `publish_hold` (a batch refresh's member), the
+    loaded version waits for its batch to publish it (`refresh.batches`).
 
     The run row and its task row are inserted in one transaction, so a run is never queued
     without a task to execute it, and the conditional unique constraint refuses a second
@@ -115,6 +123,8 @@ def run_request(
                     requested_by=requested_by,
                     stage_name=stage_name,
                     stage_replaces_history=stage_replaces_history,
+                    stage_scope=stage_scope,
+                    publish_hold=publish_hold,
                     on_partial_failure=on_partial_failure,
                 )
                 result = execute_run.enqueue(run.public_id)
@@ -188,12 +198,16 @@ def refuse_while_awaiting_decision(ingestion: Ingestion) -> None:
         RefreshInProgressError: naming the operation that waits.
     """
     waiting = ingestion.refresh_operations.filter(
-        run__publish_state=PublishState.AWAITING_DECISION
+        run__publish_state__in=(PublishState.AWAITING_DECISION, PublishState.AWAITING_BATCH)
     ).first()
     if waiting is not None:
+        what = (
+            "waits for the other tables of its batch"
+            if waiting.run.publish_state == PublishState.AWAITING_BATCH
+            else "waits for a decision: publish or discard it first"
+        )
         raise RefreshInProgressError(
-            f"Refresh {waiting.public_id} of this ingestion waits for a decision: publish or "
-            "discard it first",
+            f"Refresh {waiting.public_id} of this ingestion {what}",
             current_operation_id=waiting.public_id,
         )
 
@@ -288,6 +302,7 @@ def run_execute(*, run_id: str, engine: Engine | None = None) -> Run | None:
     return Run.objects.get(pk=run.pk)
 
 
+@transaction.atomic  # the claim and its webhook event commit together
 def _claim(*, run_id: str, worker_id: str) -> Run | None:
     """Take the run for this worker: a queued run, or a running one whose worker went silent."""
     now = timezone.now()
@@ -313,13 +328,17 @@ def _claim(*, run_id: str, worker_id: str) -> Run | None:
     )
     if not claimed:
         return None
-    return Run.objects.select_related("ingestion").get(public_id=run_id)
+    run = Run.objects.select_related("ingestion").get(public_id=run_id)
+    webhook_events.run_event(run_pk=run.pk, event="run.started")
+    return run
 
 
+@transaction.atomic  # the end and its webhook event commit together
 def _finish(run: Run, worker_id: str, status: str, *, error: str = "") -> None:
-    Run.objects.filter(pk=run.pk, worker_id=worker_id).update(
+    if Run.objects.filter(pk=run.pk, worker_id=worker_id).update(
         status=status, error=error[:4000], finished_at=timezone.now(), heartbeat_at=timezone.now()
-    )
+    ):
+        webhook_events.run_event(run_pk=run.pk, event="run.finished")
     logger.info("run %s finished %s %s", run.public_id, status, error)
 
 
@@ -400,23 +419,38 @@ class _RunExecutor:
 
     def execute(self) -> None:
         batches_recover(ingestion=self.ingestion, engine=self.engine)
-        if self.run.stage_name:
-            if self.run.publish_state == PublishState.PUBLISHING:
-                # Killed while publishing: every batch is in; finish the swap, nothing more.
-                failed = self.run.files_failed
-                self._finish_staged(
-                    RunStatus.PARTIAL_SUCCESS if failed else RunStatus.SUCCESS,
-                    error=f"{failed} files failed to load." if failed else "",
-                )
-                return
-            self.stage = stage_of(self.run, engine=self.engine)
-            self.table_name = self.stage.write_to
+        if self.run.stage_name and self.run.publish_state == PublishState.PUBLISHING:
+            # Killed while publishing: every batch is in; finish the swap, nothing more.
+            failed = self.run.files_failed
+            self._finish_staged(
+                RunStatus.PARTIAL_SUCCESS if failed else RunStatus.SUCCESS,
+                error=f"{failed} files failed to load." if failed else "",
+            )
+            return
         # Checked against the tenant's locations now, not only when the ingestion was saved:
         # a revoked location or a symlink changed since then reaches nothing.
         self.source = source_open(tenant=self.ingestion.tenant, uri=self.ingestion.source_uri)
         listing = list_source_files(
             source=self.source, pattern=self.ingestion.source_pattern or None
         )
+        scope = Scope.parse(self.run.stage_scope)
+        replacing = None
+        if scope is not None:
+            listed = {item.path for item in listing}
+            listing = [
+                item for item in listing if scope.matches_listed(item.path, item.modified_ns)
+            ]
+            if not self.run.stage_write_to:  # first attempt: what the version replaces
+                paths, _ = scope_replacing(
+                    ingestion=self.ingestion,
+                    scope=scope,
+                    listed=listed,
+                    matched={item.path for item in listing},
+                )
+                replacing = sorted(paths)
+        if self.run.stage_name:
+            self.stage = stage_of(self.run, engine=self.engine, replacing=replacing)
+            self.table_name = self.stage.write_to
         history = self._known_paths()
         # Quarantined files are left out until released (`ingestions.quarantine`).
         set_aside = quarantined_paths(ingestion=self.ingestion)
@@ -457,7 +491,7 @@ class _RunExecutor:
         """Files not to load: the history (unless the staged version replaces it) and what
         this run committed already (a resumed staged run keeps its batches, not history)."""
         known = set()
-        if not self.run.stage_replaces_history:
+        if not self.run.stage_replaces_history and not self.run.stage_scope:
             known = processed_file_paths(ingestion=self.ingestion)
         if self.run.stage_name:
             for files in RunBatch.objects.filter(
@@ -470,7 +504,12 @@ class _RunExecutor:
         """End a staged run: publish before reporting SUCCESS (a client that waits for the
         run reads the new table), or wait for a decision when some files failed."""
         decision = self.run.on_partial_failure
-        if status == RunStatus.SUCCESS or (
+        if self.run.publish_hold:
+            # A batch's member: its batch publishes every member once all have loaded, or
+            # none (`refresh.batches`); a member with failed files fails the batch.
+            Run.objects.filter(pk=self.run.pk).update(publish_state=PublishState.AWAITING_BATCH)
+            error = f"{error} The new version waits for the other tables of its batch."
+        elif status == RunStatus.SUCCESS or (
             status == RunStatus.PARTIAL_SUCCESS and decision == OnPartialFailure.PUBLISH
         ):
             self.heartbeat.check()
@@ -831,8 +870,11 @@ class StagedRunFailedError(AutoloaderError):
     error_code = "RUN_FAILED"
 
 
-def stage_of(run: Run, *, engine: Engine) -> Stage:
-    """The run's staged version: begun on its first attempt, the same one when resumed."""
+def stage_of(run: Run, *, engine: Engine, replacing: list[str] | None = None) -> Stage:
+    """The run's staged version: begun on its first attempt, the same one when resumed.
+
+    `replacing`: a selective refresh's version starts as the live rows less these files'.
+    """
     if run.stage_write_to:
         return Stage(
             table_name=run.ingestion.table_identifier,
@@ -840,8 +882,12 @@ def stage_of(run: Run, *, engine: Engine) -> Stage:
             branch=run.stage_branch or None,
             base=run.stage_base,
         )
-    stage = engine.stage_begin(run.ingestion.table_identifier, name=run.stage_name)
+    stage = engine.stage_begin(
+        run.ingestion.table_identifier, name=run.stage_name, replacing=replacing
+    )
+    run.stage_replacing = replacing
     Run.objects.filter(pk=run.pk).update(
+        stage_replacing=replacing,
         stage_write_to=stage.write_to,
         stage_branch=stage.branch or "",
         stage_base=stage.base,
@@ -869,6 +915,8 @@ def staged_publish(*, run: Run, engine: Engine) -> None:
     with transaction.atomic():
         if run.stage_replaces_history:
             history_archive(ingestion=run.ingestion)  # kept for undo, purged by retention
+        elif run.stage_replacing is not None:
+            history_replace_scope(ingestion=run.ingestion, paths=run.stage_replacing)
         committed = RunBatch.objects.filter(run=run, status=BatchStatus.COMMITTED)
         files = [
             item
@@ -878,6 +926,7 @@ def staged_publish(*, run: Run, engine: Engine) -> None:
         known = processed_file_paths(ingestion=run.ingestion)
         _write_history(run, [item for item in files if item["path"] not in known], loaded_at=now)
         Run.objects.filter(pk=run.pk).update(publish_state=PublishState.PUBLISHED, published_at=now)
+        webhook_events.staged_run_event(run=run, event="refresh.published", status="published")
     logger.info("run %s published its new version of %s", run.public_id, run.ingestion_id)
 
 
@@ -885,7 +934,9 @@ def staged_discard(*, run: Run, engine: Engine) -> None:
     """Throw a staged run's version away: the live table and the history stay as they were."""
     if run.stage_write_to:
         engine.stage_discard(stage_of(run, engine=engine))
-    Run.objects.filter(pk=run.pk).update(publish_state=PublishState.DISCARDED)
+    with transaction.atomic():
+        Run.objects.filter(pk=run.pk).update(publish_state=PublishState.DISCARDED)
+        webhook_events.staged_run_event(run=run, event="refresh.failed", status="discarded")
 
 
 def _discard_staged(run: Run, engine: Engine | None) -> None:

@@ -102,6 +102,9 @@ class IngestionOutputSerializer(serializers.ModelSerializer):
     cost_per_gb_usd = serializers.FloatField()
     table = serializers.SerializerMethodField()
     last_run = serializers.SerializerMethodField()
+    schedule = serializers.SerializerMethodField(
+        help_text="The run schedule (cron, timezone, paused, next_fire_times...) or null."
+    )
 
     class Meta:
         model = Ingestion
@@ -120,6 +123,7 @@ class IngestionOutputSerializer(serializers.ModelSerializer):
             "updated_at",
             "table",
             "last_run",
+            "schedule",
         ]
 
     def get_source(self, ingestion: Ingestion) -> dict:
@@ -141,6 +145,9 @@ class IngestionOutputSerializer(serializers.ModelSerializer):
         last_runs = self.context.get("last_runs", {})
         run = last_runs.get(ingestion.pk)
         return RunOutputSerializer(run).data if run is not None else None
+
+    def get_schedule(self, ingestion: Ingestion) -> dict | None:
+        return self.context.get("schedules", {}).get(ingestion.pk)
 
 
 class ProcessedFileOutputSerializer(serializers.ModelSerializer):

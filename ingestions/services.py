@@ -5,7 +5,7 @@ from decimal import Decimal
 from auditlog.models import LogEntry
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
@@ -313,6 +313,50 @@ def history_archive(*, ingestion: Ingestion) -> None:
     operations call this, after checking that no run is active.
     """
     Ingestion.objects.filter(pk=ingestion.pk).update(history_generation=F("history_generation") + 1)
+    ingestion.refresh_from_db(fields=["history_generation"])
+
+
+HISTORY_COPY_COLUMNS = (
+    "ingestion_id",
+    "path",
+    "size_bytes",
+    "modified_at",
+    "etag",
+    "rows",
+    "run_id",
+    "loaded_at",
+)
+# Paths per DELETE: SQLite bounds a statement's parameters.
+PATH_CHUNK = 500
+
+
+def history_replace_scope(*, ingestion: Ingestion, paths: list[str]) -> None:
+    """Take `paths` out of the history in force, keeping the rest, for a selective refresh
+    (whose run writes their new entries next). Call it in a transaction.
+
+    The entries in force are copied into a new generation less `paths`, and the old one is
+    archived like a cleared history: `history_restore` brings it back whole (undo), and
+    retention purges it. One INSERT ... SELECT whatever the history's size.
+    """
+    old = Ingestion.objects.filter(pk=ingestion.pk).values_list("history_generation", flat=True)
+    old = old.get()
+    table = connection.ops.quote_name(ProcessedFile._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(column) for column in HISTORY_COPY_COLUMNS)
+    generation = connection.ops.quote_name("generation")
+    ingestion_column = connection.ops.quote_name("ingestion_id")
+    with connection.cursor() as cursor:
+        # Only quoted names of our own table and columns are formatted in; values are params.
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}, {generation}) "  # noqa: S608
+            f"SELECT {columns}, %s FROM {table} "
+            f"WHERE {ingestion_column} = %s AND {generation} = %s",
+            [old + 1, ingestion.pk, old],
+        )
+    for start in range(0, len(paths), PATH_CHUNK):
+        ProcessedFile.all_generations.filter(
+            ingestion=ingestion, generation=old + 1, path__in=paths[start : start + PATH_CHUNK]
+        )._raw_delete(ProcessedFile.all_generations.db)
+    Ingestion.objects.filter(pk=ingestion.pk).update(history_generation=old + 1)
     ingestion.refresh_from_db(fields=["history_generation"])
 
 

@@ -6,6 +6,8 @@ from . import api
 
 urlpatterns = [
     path("ingestions", api.IngestionListCreateApi.as_view(), name="api-ingestions"),
+    # Before "ingestions/<id>", which would take "check-source" for an id.
+    path("ingestions/check-source", api.SourceCheckApi.as_view(), name="api-source-check"),
     path("ingestions/<str:ingestion_id>", api.IngestionDetailApi.as_view(), name="api-ingestion"),
     path(
         "ingestions/<str:ingestion_id>/run", api.IngestionRunApi.as_view(), name="api-ingestion-run"

@@ -15,7 +15,16 @@ from django.contrib import admin
 from ingestions.admin import ReadOnlyAdminMixin
 from ingestions.models import Tenant
 
-from .models import OperationKind, OperationStatus, RefreshOperation, RefreshPlan, RefreshStep
+from .models import (
+    OperationKind,
+    OperationStatus,
+    RefreshBatch,
+    RefreshOperation,
+    RefreshPlan,
+    RefreshStep,
+    Schedule,
+    ScheduleFiring,
+)
 
 LogEntry = get_logentry_model()
 
@@ -66,6 +75,31 @@ class RefreshPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["ingestion", "created_by"]
     search_fields = ["public_id", "ingestion__public_id"]
     readonly_fields = [field.name for field in RefreshPlan._meta.fields]
+
+
+@admin.register(RefreshBatch)
+class RefreshBatchAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["public_id", "kind", "status", "tenant", "requested_by", "created_at"]
+    list_filter = ["kind", "status", "tenant"]
+    search_fields = ["public_id", "failed_ingestion_id"]
+    readonly_fields = [field.name for field in RefreshBatch._meta.fields]
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Set, paused, approved in the console or the API (`refresh.schedules`), where it is
+    # audited; the admin only shows them.
+    list_display = ["public_id", "ingestion", "action", "cron", "timezone", "paused"]
+    list_filter = ["action", "paused", "ingestion__tenant"]
+    search_fields = ["public_id", "ingestion__public_id"]
+    readonly_fields = [field.name for field in Schedule._meta.fields]
+
+
+@admin.register(ScheduleFiring)
+class ScheduleFiringAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["schedule", "slot", "outcome", "reason", "fired_at"]
+    list_filter = ["outcome"]
+    readonly_fields = [field.name for field in ScheduleFiring._meta.fields]
 
 
 # --- the audit log -----------------------------------------------------------------------

@@ -88,3 +88,20 @@ class IdempotencyKeyInUseError(AutoloaderError):
 
     error_code = "IDEMPOTENCY_KEY_IN_USE"
     help = "Retry in a moment to get the first request's response."
+
+
+class ScopeNotApplicableError(AutoloaderError):
+    """A selective refresh cannot run as asked (its kind, mode or table does not allow it)."""
+
+    error_code = "SCOPE_NOT_APPLICABLE"
+    help = (
+        "A scope applies to a zero-downtime full refresh (mode atomic, auto_run true) of a "
+        "table that has rows; refresh without a scope otherwise."
+    )
+
+
+class BatchNotFoundError(AutoloaderError):
+    """No batch refresh with this id in the caller's tenant."""
+
+    error_code = "BATCH_NOT_FOUND"
+    help = "Check the batch_id returned by POST /api/v1/refresh-batches."

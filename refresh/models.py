@@ -200,3 +200,156 @@ class RateLimitCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.count}"
+
+
+# --- schedules (`refresh.schedules`) -------------------------------------------------------
+
+
+def new_schedule_id() -> str:
+    return new_public_id("sch")
+
+
+class ScheduleAction(models.TextChoices):
+    """What a schedule fires: a run of the ingestion, or a refresh operation."""
+
+    RUN = "run", "Run"
+    FULL_REFRESH = "full_refresh", "Full refresh"
+    FRESH_START = "fresh_start", "Fresh start"
+
+
+class Schedule(models.Model):
+    """A cron expression in a time zone that fires a run or a refresh of one ingestion.
+
+    The worker fires every due one (`schedules_fire_due`): `next_fire_at` is the next slot
+    in UTC (None while paused). A refresh fires with the authority of `created_by` (who last
+    set it); above the plan threshold it also needs the standing approval of an admin.
+    """
+
+    public_id = models.CharField(max_length=63, unique=True, default=new_schedule_id)
+    ingestion = models.ForeignKey(Ingestion, on_delete=models.CASCADE, related_name="schedules")
+    action = models.CharField(max_length=16, choices=ScheduleAction.choices)
+    cron = models.CharField(max_length=120)
+    timezone = models.CharField(max_length=64, default="UTC")
+    paused = models.BooleanField(default=False)
+    next_fire_at = models.DateTimeField(null=True, blank=True)
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    last_slot = models.DateTimeField(null=True, blank=True)
+    # Kept on the row so that a list shows the last outcome without a query per schedule.
+    last_firing = models.ForeignKey(
+        "ScheduleFiring", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # A standing approval of a scheduled refresh whose estimated cost is above
+    # REFRESH_PLAN_REQUIRED_ABOVE_USD: it covers firings estimated at most this much.
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    approved_max_cost_usd = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["ingestion", "created_at", "id"]
+        indexes = [
+            # The worker's one query: next_fire_at <= now and not paused.
+            models.Index(fields=["next_fire_at"], condition=Q(paused=False), name="schedule_due"),
+        ]
+        constraints = [
+            # The ingestion's run schedule is one (`schedule` in the ingestion API).
+            models.UniqueConstraint(
+                fields=["ingestion"],
+                condition=Q(action="run"),
+                name="one_run_schedule_per_ingestion",
+            )
+        ]
+        permissions = [
+            (
+                "approve_schedule",
+                "Can approve scheduled refreshes estimated above the plan threshold",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class FiringOutcome(models.TextChoices):
+    PENDING = "pending"  # claimed; its action is being started (stays so if the worker died)
+    FIRED = "fired"  # the run was queued / the operation executed
+    SKIPPED = "skipped"  # a run or refresh was in progress: nothing to add
+    REFUSED = "refused"  # protected, no permission, no approval, rate limited: audited
+    FAILED = "failed"  # the action raised an unexpected domain error
+
+
+class ScheduleFiring(models.Model):
+    """One slot of a schedule, fired once: the database refuses a second row per slot, so
+    several workers can fire due schedules at the same time."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="firings")
+    slot = models.DateTimeField()  # the scheduled instant, UTC
+    fired_at = models.DateTimeField(auto_now_add=True)
+    outcome = models.CharField(
+        max_length=16, choices=FiringOutcome.choices, default=FiringOutcome.PENDING
+    )
+    reason = models.CharField(max_length=64, blank=True, default="")  # an error code
+    detail = models.TextField(blank=True, default="")
+    skipped_slots = models.PositiveIntegerField(default=0)  # missed slots not fired (catch-up)
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    operation = models.ForeignKey(
+        RefreshOperation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-slot", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["schedule", "slot"], name="one_firing_per_slot")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id}@{self.slot:%Y-%m-%dT%H:%MZ}"
+
+
+def new_batch_id() -> str:
+    return new_public_id("batch")
+
+
+class BatchStatus(models.TextChoices):
+    PLANNED = "planned"  # a dry-run: its members' plans, for the execution to present
+    LOADING = "loading"  # every member's run builds its new version; nothing published yet
+    PUBLISHING = "publishing"  # every member loaded: publishing them (the reaper finishes it)
+    PUBLISHED = "published"  # every member's new version is live
+    FAILED = "failed"  # a member failed or was refused: none was published
+
+
+class RefreshBatch(models.Model):
+    """Several ingestions of a tenant refreshed together (`refresh.batches`): their new
+    versions are published only when every one of them has loaded, else none is."""
+
+    public_id = models.CharField(max_length=63, unique=True, default=new_batch_id)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=32, choices=OperationKind.choices)
+    status = models.CharField(max_length=16, choices=BatchStatus.choices)
+    # [{"ingestion_id", "plan_id", "operation_id"}], in the request's order.
+    members = models.JSONField(default=list)
+    impact = models.JSONField(default=dict)  # the totals of the members' impacts
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    error = models.TextField(blank=True, default="")
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    failed_ingestion_id = models.CharField(max_length=63, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status"], name="batch_by_status")]
+
+    def __str__(self) -> str:
+        return self.public_id

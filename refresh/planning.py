@@ -11,6 +11,7 @@ from ingestions.engines import load_engine
 from ingestions.locations import source_open
 from ingestions.models import Ingestion, Run, RunStatus
 from ingestions.quarantine import quarantined_paths
+from ingestions.scope import Scope, scope_replacing
 from ingestions.selectors import processed_file_paths, processed_file_summary
 from ingestions.sources import list_source_entries
 
@@ -96,6 +97,7 @@ class Plan:
     retain_days: int = 0  # what it replaces is kept this long, for undo (0: no undo)
     allowed: bool = False  # the previewing actor's role allows executing it
     quarantined: int = 0  # source files left out because they are quarantined
+    scope: dict | None = None  # a selective full refresh's files and rows (`_scope_impact`)
 
     def as_record(self) -> dict:
         return asdict(self.impact)
@@ -285,11 +287,15 @@ def estimate_impact(
     )
 
 
-def plan_operation(*, ingestion: Ingestion, kind: str, engine=None, mode: str = "") -> Plan:
+def plan_operation(
+    *, ingestion: Ingestion, kind: str, engine=None, mode: str = "", scope: Scope | None = None
+) -> Plan:
     """What `kind` would do to `ingestion` now; reads the listing, history and table only.
 
     `mode` is the full refresh / fresh start mode ("atomic" or "drop_first"; see
     `refresh.services.effective_mode`), which changes what the preview says of downtime.
+    With `scope` (a selective full refresh), only the files in it are counted: those of the
+    source are reloaded, and the rows of those in the history are replaced.
     """
     steps = list(spec_of(kind).steps)
     engine = engine or load_engine(ingestion.engine)
@@ -329,6 +335,9 @@ def plan_operation(*, ingestion: Ingestion, kind: str, engine=None, mode: str = 
     }
     # Quarantined files are left out of every run (`ingestions.quarantine`), so of previews.
     set_aside = quarantined_paths(ingestion=ingestion) if listing is not None else set()
+    listed = {path for path, _, _ in entries}
+    if scope is not None:
+        entries = [entry for entry in entries if scope.matches_listed(entry[0], entry[2])]
     if listing is not None:
         to_process = [
             size for path, size, _ in entries if path not in known and path not in set_aside
@@ -354,13 +363,55 @@ def plan_operation(*, ingestion: Ingestion, kind: str, engine=None, mode: str = 
         mode=mode,
     )
     plan.quarantined = sum(1 for path, _, _ in entries if path in set_aside)
+    if scope is not None:
+        plan.scope = _scope_impact(ingestion=ingestion, scope=scope, entries=entries, listed=listed)
     plan.would_perform = [_would_perform(step, plan) for step in steps]
     plan.warnings = _warnings(plan)
     plan.notes = _notes(plan)
     return plan
 
 
+SCOPE_FILES_SHOWN = 100
+
+
+def _scope_impact(*, ingestion: Ingestion, scope: Scope, entries, listed: set[str]) -> dict:
+    """Which files a selective refresh reloads and whose rows it replaces, with the rows.
+
+    The rows replaced are the history's count for each file (what its run wrote under its
+    `_source_file`), so the preview is exact without reading the table.
+    """
+    matched = {path for path, _, _ in entries}
+    replaced, in_history = scope_replacing(
+        ingestion=ingestion, scope=scope, listed=listed, matched=matched
+    )
+    history = {entry.path: entry for entry in in_history}
+    listed = matched
+    paths = sorted(replaced)
+    files = [
+        {
+            "path": path,
+            "rows_replaced": history[path].rows if path in history else 0,
+            "in_source": path in listed,
+            "in_history": path in history,
+        }
+        for path in paths[:SCOPE_FILES_SHOWN]
+    ]
+    return {
+        "scope": scope.as_json(),
+        "description": scope.describe(),
+        "files_in_scope": len(paths),
+        "files_to_reload": len(listed),
+        "files_gone_from_source": len(set(history) - listed),
+        "history_files_in_scope": len(history),
+        "rows_replaced": sum(entry.rows for entry in history.values()),
+        "files": files,
+        "files_truncated": len(paths) > SCOPE_FILES_SHOWN,
+    }
+
+
 def _would_perform(step: str, plan: Plan) -> dict:
+    if plan.scope is not None and step != StepName.RUN_TRIGGERED:
+        return {"operation": step, "details": _scoped_step_details(step, plan)}
     if step == StepName.TABLE_DROPPED:
         details = {
             "table_name": plan.table["table_name"],
@@ -385,6 +436,22 @@ def _would_perform(step: str, plan: Plan) -> dict:
     return {"operation": step, "details": details}
 
 
+def _scoped_step_details(step: str, plan: Plan) -> dict:
+    scope = plan.scope
+    if step == StepName.TABLE_DROPPED:
+        rows = plan.table["row_count"]
+        return {
+            "table_name": plan.table["table_name"],
+            "scope": scope["description"],
+            "rows_replaced": scope["rows_replaced"],
+            "rows_kept": None if rows is None else max(0, rows - scope["rows_replaced"]),
+        }
+    return {
+        "scope": scope["description"],
+        "files_to_clear": scope["history_files_in_scope"],
+    }
+
+
 def _date_range(history: dict) -> str | None:
     oldest, newest = history.get("oldest_loaded_at"), history.get("newest_loaded_at")
     if not oldest or not newest:
@@ -394,7 +461,19 @@ def _date_range(history: dict) -> str | None:
 
 def _warnings(plan: Plan) -> list[str]:
     impact, warnings = plan.impact, []
-    if plan.kind == OperationKind.FULL_REFRESH:
+    if plan.scope is not None:
+        scope = plan.scope
+        warnings.append(
+            f"This will reprocess {scope['files_to_reload']:,} files in scope "
+            f"({scope['description']}, {size_text(impact.bytes_to_process)}) and replace "
+            f"{scope['rows_replaced']:,} rows of {plan.table['table_name']} when the run ends"
+        )
+        if scope["files_gone_from_source"]:
+            warnings.append(
+                f"{scope['files_gone_from_source']:,} files in scope are no longer in the "
+                "source: their rows are removed"
+            )
+    elif plan.kind == OperationKind.FULL_REFRESH:
         warnings.append(
             f"This will reprocess ALL {impact.files_to_process:,} files from scratch "
             f"({size_text(impact.bytes_to_process)})"
@@ -403,13 +482,17 @@ def _warnings(plan: Plan) -> list[str]:
         warnings.append(f"HIGH COST OPERATION: Estimated ${impact.estimated_cost_usd:,.2f}")
     if impact.files_to_process > settings.REFRESH_LARGE_OPERATION_FILES:
         warnings.append(f"LARGE OPERATION: Processing {impact.files_to_process:,} files")
-    if StepName.TABLE_DROPPED in plan.steps and plan.table["exists"]:
+    if StepName.TABLE_DROPPED in plan.steps and plan.table["exists"] and plan.scope is None:
         fate = "replaced when the run ends" if plan.mode == "atomic" else "deleted"
         warnings.append(
             f"Current table {plan.table['table_name']} ({plan.table['row_count']:,} rows, "
             f"{size_text(plan.table['size_bytes'])}) will be {fate}"
         )
-    if StepName.PROCESSED_FILES_CLEARED in plan.steps and plan.history["count"]:
+    if (
+        StepName.PROCESSED_FILES_CLEARED in plan.steps
+        and plan.history["count"]
+        and plan.scope is None
+    ):
         warnings.append(f"The history of {plan.history['count']:,} processed files will be cleared")
     if plan.ingestion.protected:
         warnings.append("This ingestion is protected: executing will be refused (423)")
@@ -449,6 +532,12 @@ def _notes(plan: Plan) -> list[str]:
 
 def _kind_notes(plan: Plan) -> list[str]:
     history_count = plan.history["count"]
+    if plan.scope is not None:
+        return [
+            f"Only the rows of the {plan.scope['files_in_scope']:,} files in scope are "
+            "replaced (found by _source_file), in one commit when the run ends; every other "
+            "row and history entry is untouched"
+        ]
     if plan.kind == OperationKind.FRESH_START:
         return [
             "Table will be replaced by a new version when the run ends"

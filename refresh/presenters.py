@@ -36,6 +36,7 @@ def preview_payload(plan: Plan) -> dict:
         "warnings": plan.warnings,
         "notes": plan.notes,
         "retention": _planned_retention(plan),
+        **({"scope": plan.scope} if plan.scope is not None else {}),
         "next_steps": {
             "to_proceed": f"{endpoint(plan.kind, ingestion_id)} with confirm=true"
             + (f' and plan_id="{plan.plan_id}"' if plan.plan_required else ""),
@@ -96,6 +97,8 @@ def operation_payload(operation: RefreshOperation) -> dict:
     if operation.kind == OperationKind.DROP_TABLE and steps and steps[0].details:
         body["details"] = steps[0].details  # the PRD's drop-table shape
     staged = is_staged(operation)
+    if operation.request.get("scope"):
+        body["scope"] = operation.request["scope"]
     if staged:
         body["mode"] = operation.request.get("mode", "atomic")
         body["publish"] = _publish_payload(operation)
@@ -246,3 +249,55 @@ def _recovery(operation: RefreshOperation, steps, failed) -> dict:
         "state": state,
         "remaining_steps": [step.name for step in not_done],
     }
+
+
+def batch_payload(batch, operations: dict, plans: list | None = None) -> dict:
+    """A batch refresh: its status, totals and each member's operation (or plan)."""
+    from .batches import IMPACT_SUMS
+
+    members = []
+    for position, member in enumerate(batch.members):
+        item = {"ingestion_id": member["ingestion_id"]}
+        operation = operations.get(member.get("operation_id"))
+        if plans is not None:
+            plan = plans[position]
+            item.update(
+                plan_id=plan.plan_id,
+                plan_required=plan.plan_required,
+                impact=plan.impact.as_response(),
+                warnings=plan.warnings,
+            )
+        elif operation is not None:
+            item.update(
+                operation_id=operation.public_id,
+                status=operation.status,
+                run_id=operation.run.public_id if operation.run_id else None,
+                run_status=operation.run.status if operation.run_id else None,
+                impact=public_impact(operation.impact),
+            )
+        members.append(item)
+    totals = {key: batch.impact.get(key) for key in IMPACT_SUMS if key in batch.impact}
+    body = {
+        "batch_id": batch.public_id,
+        "operation": batch.kind,
+        "status": "dry_run" if plans is not None else batch.status,
+        "members": members,
+        "totals": {"tables": len(members), **totals},
+        "created_at": batch.created_at,
+        "finished_at": batch.finished_at,
+    }
+    if plans is not None:
+        body["plan_id"] = batch.public_id
+        body["next_steps"] = {
+            "to_proceed": "POST /api/v1/refresh-batches with the same ingestion_ids and "
+            f'operation, confirm=true and plan_id="{batch.public_id}"',
+            "to_cancel": "No action needed",
+        }
+    if batch.error:
+        body.update(
+            detail=batch.error,
+            error_code=batch.error_code,
+            failed_ingestion_id=batch.failed_ingestion_id,
+            recovery="Nothing was published: every table and history is as it was.",
+        )
+    return body

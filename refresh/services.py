@@ -39,6 +39,7 @@ from ingestions.runs import (
     staged_discard,
     staged_publish,
 )
+from ingestions.scope import Scope, scoped_history
 from ingestions.selectors import processed_file_summary, run_active
 from ingestions.services import (
     history_archive,
@@ -46,6 +47,7 @@ from ingestions.services import (
     history_purge_archived,
     history_restore,
 )
+from webhooks import events as webhook_events
 
 from . import audit
 from .errors import (
@@ -55,6 +57,7 @@ from .errors import (
     OperationNotResumableError,
     OperationNotUndoableError,
     PlanStaleError,
+    ScopeNotApplicableError,
     TableProtectedError,
 )
 from .limits import rate_limit_slot
@@ -88,6 +91,7 @@ def refresh_preview(
     mode: str | None = None,
     auto_run: bool = True,
     retain_days: int | None = None,
+    scope: dict | None = None,
     engine=None,
 ) -> Plan:
     """Dry-run: what `kind` would do, with its impact. Changes no table, history or run.
@@ -101,7 +105,8 @@ def refresh_preview(
     _require(actor, PREVIEW_PERMISSION, ingestion, kind=kind)
     engine = engine or load_engine(ingestion.engine)
     mode = effective_mode(kind=kind, mode=mode, auto_run=auto_run, engine=engine)
-    plan = plan_operation(ingestion=ingestion, kind=kind, engine=engine, mode=mode)
+    parsed = _scope_of(scope, kind=kind, mode=mode, ingestion=ingestion, engine=engine)
+    plan = plan_operation(ingestion=ingestion, kind=kind, engine=engine, mode=mode, scope=parsed)
     _with_retention(
         plan,
         retain_days=effective_retain_days(
@@ -112,6 +117,7 @@ def refresh_preview(
         ingestion=ingestion, kind=kind, impact=plan.as_record(), created_by=_user(actor)
     )
     plan.plan_id = record.public_id
+    webhook_events.preview_event(ingestion=ingestion, kind=kind, plan=plan)
     plan.allowed = actor.has_perm(spec_of(kind).permission, ingestion)
     plan.plan_required = plan.impact.estimated_cost_usd > settings.REFRESH_PLAN_REQUIRED_ABOVE_USD
     return plan
@@ -131,6 +137,8 @@ def refresh_execute(
     mode: str | None = None,
     on_partial_failure: str = OnPartialFailure.DECIDE,
     retain_days: int | None = None,
+    scope: dict | None = None,
+    batch_id: str | None = None,
     engine=None,
 ) -> RefreshOperation:
     """Execute `kind` on `ingestion`: each step persisted as it ends; never raises mid-way.
@@ -147,7 +155,13 @@ def refresh_execute(
     What the operation replaces is kept for `retain_days` (default: the ingestion's, then
     `REFRESH_RETAIN_DAYS`; 0 keeps nothing) so that `refresh_undo` can bring it back.
 
+    With `scope` (`ingestions.scope.Scope`'s JSON), a full refresh is selective: its run
+    reloads only the files in the scope, and publishing replaces only their rows (by
+    `_source_file`) and their history entries, in one commit.
+
     Raises:
+        ValidationError: the scope is malformed.
+        ScopeNotApplicableError: a scope on another kind, on drop_first, or on no table.
         PermissionDeniedError: the actor's role does not allow `kind` (audited).
         ConfirmationRequiredError: `confirm` is not exactly True.
         TableProtectedError: the ingestion is protected.
@@ -171,7 +185,10 @@ def refresh_execute(
     with rate_limit_slot(user=actor, kind=kind):
         engine = engine or load_engine(ingestion.engine)
         mode = effective_mode(kind=kind, mode=mode, auto_run=auto_run, engine=engine)
-        plan = plan_operation(ingestion=ingestion, kind=kind, engine=engine, mode=mode)
+        parsed = _scope_of(scope, kind=kind, mode=mode, ingestion=ingestion, engine=engine)
+        plan = plan_operation(
+            ingestion=ingestion, kind=kind, engine=engine, mode=mode, scope=parsed
+        )
         request = {
             "confirm": True,
             "auto_run": auto_run,
@@ -183,6 +200,11 @@ def refresh_execute(
                 ingestion=ingestion, retain_days=retain_days, engine=engine
             ),
         }
+        if parsed is not None:
+            request["scope"] = parsed.as_json()
+        if batch_id:
+            # A batch's member: its version is published by the batch (`refresh.batches`).
+            request["batch_id"] = batch_id
         _with_retention(plan, retain_days=request["retain_days"])
         operation = _start(ingestion=ingestion, kind=kind, actor=actor, plan=plan, request=request)
     _run_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
@@ -296,8 +318,27 @@ def _start(
             RefreshStep(operation=operation, position=position, name=name)
             for position, name in enumerate(plan.steps, start=1)
         )
+        webhook_events.operation_event(operation=operation, event="refresh.started")
     logger.info("refresh %s (%s) started on %s", operation.public_id, kind, ingestion.public_id)
     return operation
+
+
+def refresh_check(*, ingestion: Ingestion, kind: str, actor) -> None:
+    """The rules `refresh_execute` applies before anything starts (permission, protection,
+    a run or refresh in progress), for callers that must check several ingestions first.
+
+    Raises:
+        PermissionDeniedError, TableProtectedError (both audited), RunInProgressError,
+        RefreshInProgressError.
+    """
+    _require(actor, spec_of(kind).permission, ingestion, kind=kind)
+    if ingestion.protected:
+        audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
+        raise TableProtectedError(
+            f"Ingestion {ingestion.public_id} is protected: {spec_of(kind).label.lower()} is "
+            "refused."
+        )
+    _refuse_if_busy(ingestion)
 
 
 def _refuse_if_busy(ingestion: Ingestion) -> None:
@@ -378,6 +419,27 @@ def _check_plan(*, ingestion: Ingestion, kind: str, plan: Plan, plan_id: str | N
     record.used_at = timezone.now()
     record.save(update_fields=["used_at"])
     return record
+
+
+def _scope_of(scope: dict | None, *, kind: str, mode: str, ingestion: Ingestion, engine):
+    """The parsed scope of a selective full refresh, checked against what can honour it."""
+    parsed = Scope.parse(scope)
+    if parsed is None:
+        return None
+    if kind != OperationKind.FULL_REFRESH:
+        raise ScopeNotApplicableError(f"A scope applies to a full refresh, not to a {kind}.")
+    if mode != RefreshMode.ATOMIC:
+        raise ScopeNotApplicableError(
+            "A selective refresh replaces rows in one commit when its run ends: it needs mode "
+            "atomic and auto_run true on an engine that stages."
+        )
+    info = engine.describe_table(ingestion.table_identifier)
+    if not info.exists or info.snapshot_id is None:
+        raise ScopeNotApplicableError(
+            f"{ingestion.destination_table} has no rows yet: there is nothing to replace a "
+            "part of. Run the ingestion, or refresh without a scope."
+        )
+    return parsed
 
 
 def effective_mode(*, kind: str, mode: str | None, auto_run: bool, engine) -> str:
@@ -552,6 +614,7 @@ def refresh_reap() -> list[str]:
     return finished
 
 
+@transaction.atomic  # the outcome and its webhook event commit together
 def _finish(
     operation: RefreshOperation,
     *,
@@ -581,6 +644,7 @@ def _finish(
     operation.save(
         update_fields=["status", "error", "error_code", "finished_at", "updated_at", "run"]
     )
+    webhook_events.operation_ended_event(operation=operation)
     audit.record_operation(
         operation,
         actor=actor,
@@ -668,19 +732,39 @@ STEP_ACTIONS = {
 # replaces the table (and the history) in one step when the run ends.
 
 
-def _replace_table_at_publish(*, ingestion: Ingestion, engine, **_) -> dict:
+def _replace_table_at_publish(
+    *, ingestion: Ingestion, engine, operation: RefreshOperation, **_
+) -> dict:
     info = engine.describe_table(ingestion.table_identifier)
     details = {
         "table_name": ingestion.destination_table,
         "table_existed": info.exists,
         "replaced_at_publish": True,
     }
+    scope = Scope.parse(operation.request.get("scope"))
+    if scope is not None:
+        entries = scoped_history(ingestion=ingestion, scope=scope)
+        details.update(
+            scope=scope.describe(),
+            rows_replaced=sum(entry.rows for entry in entries),
+            files_in_history=len(entries),
+        )
     if info.exists:
         details.update(table_size_gb=gigabytes(info.size_bytes), row_count=info.row_count)
     return details
 
 
-def _replace_history_at_publish(*, ingestion: Ingestion, **_) -> dict:
+def _replace_history_at_publish(*, ingestion: Ingestion, operation: RefreshOperation, **_) -> dict:
+    scope = Scope.parse(operation.request.get("scope"))
+    if scope is not None:
+        entries = scoped_history(ingestion=ingestion, scope=scope)
+        return {
+            "scope": scope.describe(),
+            "files_cleared": len(entries),
+            "oldest_file": entries[0].path if entries else None,
+            "newest_file": entries[-1].path if entries else None,
+            "cleared_at_publish": True,
+        }
     summary = processed_file_summary(ingestion=ingestion)
     return {
         "files_cleared": summary["count"],
@@ -702,7 +786,10 @@ def _trigger_staged_run(
         trigger=spec_of(operation.kind).run_trigger,
         for_refresh_operation=True,
         stage_name=stage_name_for(operation),
-        stage_replaces_history=operation.kind == OperationKind.FULL_REFRESH,
+        stage_replaces_history=operation.kind == OperationKind.FULL_REFRESH
+        and not operation.request.get("scope"),
+        stage_scope=operation.request.get("scope"),
+        publish_hold=bool(operation.request.get("batch_id")),
         on_partial_failure=operation.request.get("on_partial_failure", OnPartialFailure.DECIDE),
     )
     operation.run = run
@@ -1029,6 +1116,7 @@ def _undo_finish(operation: RefreshOperation, *, ingestion: Ingestion, actor, en
                 "updated_at",
             ]
         )
+        webhook_events.operation_event(operation=operation, event="refresh.undone")
     audit.record_undo(operation, actor=actor)
     logger.info("refresh %s was undone", operation.public_id)
     return operation

@@ -51,4 +51,21 @@ urlpatterns = [
         api.OperationResumeApi.as_view(),
         name="api-operation-resume",
     ),
+    path(
+        "ingestions/<str:ingestion_id>/schedules",
+        api.IngestionSchedulesApi.as_view(),
+        name="api-ingestion-schedules",
+    ),
+    path("schedules/<str:schedule_id>", api.ScheduleDetailApi.as_view(), name="api-schedule"),
+    path("refresh-batches", api.RefreshBatchListApi.as_view(), name="api-refresh-batches"),
+    path(
+        "refresh-batches/<str:batch_id>",
+        api.RefreshBatchDetailApi.as_view(),
+        name="api-refresh-batch",
+    ),
+    path(
+        "schedules/<str:schedule_id>/approve",
+        api.ScheduleApproveApi.as_view(),
+        name="api-schedule-approve",
+    ),
 ]

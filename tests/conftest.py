@@ -4,13 +4,19 @@ import csv
 from pathlib import Path
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from ingestions.models import Role
 from ingestions.secrets import new_secrets_key
+from ingestions.tokens import token_create
 
-from .factories import IngestionFactory, MembershipFactory, TenantFactory, grant_location
+from .factories import (
+    IngestionFactory,
+    MembershipFactory,
+    TenantFactory,
+    UserFactory,
+    grant_location,
+)
 
 TEST_SECRETS_KEY = new_secrets_key()
 
@@ -38,14 +44,18 @@ def other_tenant(db):
 
 @pytest.fixture
 def member(db, tenant):
-    """`member(role, tenant=...)` -> an APIClient authenticated with a Bearer token."""
+    """`member(role, tenant=...)` -> an APIClient authenticated with a Bearer token
+    (`client.token_key`)."""
 
     def make(role: str = Role.ADMIN, tenant_obj=None):
-        membership = MembershipFactory(tenant=tenant_obj or tenant, role=role)
-        token, _ = Token.objects.get_or_create(user=membership.user)
+        user = UserFactory()
+        # Made before the membership, so it leaves no entry in the tenant's audit.
+        _token, key = token_create(user=user, name="tests")
+        membership = MembershipFactory(user=user, tenant=tenant_obj or tenant, role=role)
         client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token.key}")
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
         client.user = membership.user
+        client.token_key = key
         return client
 
     return make

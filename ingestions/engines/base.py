@@ -238,7 +238,9 @@ class Engine(ABC):
             table_name: "namespace.table".
         """
 
-    def stage_begin(self, table_name: str, *, name: str) -> Stage:
+    def stage_begin(
+        self, table_name: str, *, name: str, replacing: list[str] | None = None
+    ) -> Stage:
         """Start building a new, empty version of the table beside the live one.
 
         Callers record the returned stage before writing to it, and reuse that record when
@@ -248,6 +250,8 @@ class Engine(ABC):
         Args:
             table_name: "namespace.table" (the live table).
             name: Lowercase letters, digits and "_": the branch or staging table suffix.
+            replacing: Start from the live rows instead, less those whose `_source_file` is
+                one of these paths (a selective refresh). The table must have a version.
 
         Raises:
             EngineError: the engine cannot stage (the caller then refreshes the old way).

@@ -12,7 +12,7 @@ import pyarrow as pa
 import sqlalchemy.exc
 from pyiceberg import exceptions as iceberg_errors
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.expressions import AlwaysTrue, In
 from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException, schema_to_pyarrow
 from pyiceberg.table import Table, TableMetadata, Transaction
 from pyiceberg.table.snapshots import Snapshot
@@ -225,7 +225,9 @@ class IcebergEngine(Engine):
         except iceberg_errors.TableAlreadyExistsError:
             return catalog.load_table(table_name)  # created meanwhile by another writer
 
-    def stage_begin(self, table_name: str, *, name: str) -> Stage:
+    def stage_begin(
+        self, table_name: str, *, name: str, replacing: list[str] | None = None
+    ) -> Stage:
         validate_table_name(table_name)
         with self._errors(f"stage a new version of {table_name}"):
             catalog = self._catalog()
@@ -233,6 +235,8 @@ class IcebergEngine(Engine):
                 table = catalog.load_table(table_name)
             except iceberg_errors.NoSuchTableError:
                 table = None
+            if replacing is not None and (table is None or table.current_snapshot() is None):
+                raise EngineError(f"{table_name} has no rows to replace a part of.")
             if table is None or table.current_snapshot() is None:
                 # Nothing to branch from: the new version is built as a table of its own and
                 # renamed into place when published.
@@ -249,8 +253,12 @@ class IcebergEngine(Engine):
                     snapshots.remove_branch(name)
                 snapshots.create_branch(base, name)
             table = catalog.load_table(table_name)
-            # The new version starts empty; the live table is untouched on main.
-            table.delete(AlwaysTrue(), branch=name)
+            if replacing is None:
+                # The new version starts empty; the live table is untouched on main.
+                table.delete(AlwaysTrue(), branch=name)
+            elif replacing:
+                # It starts as the live rows less those of the files it reloads.
+                table.delete(In("_source_file", replacing), branch=name)
             return Stage(table_name=table_name, write_to=table_name, branch=name, base=base)
 
     def stage_publish(self, stage: Stage) -> int | None:

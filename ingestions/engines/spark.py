@@ -431,8 +431,10 @@ class SparkEngine(Engine):
     # catalog they are made by the embedded engine's code on the same tables (one
     # implementation of each), and Spark writes the data into the branch.
 
-    def stage_begin(self, table_name: str, *, name: str) -> Stage:
-        return self._catalog_engine().stage_begin(table_name, name=name)
+    def stage_begin(
+        self, table_name: str, *, name: str, replacing: list[str] | None = None
+    ) -> Stage:
+        return self._catalog_engine().stage_begin(table_name, name=name, replacing=replacing)
 
     def stage_publish(self, stage: Stage) -> int | None:
         return self._catalog_engine().stage_publish(stage)

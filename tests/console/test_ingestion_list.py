@@ -74,7 +74,7 @@ def test_htmx_search_returns_only_the_table_fragment(tenant, admin_console):
 def test_no_ingestion_tells_an_admin_how_to_create_one_and_a_viewer_whom_to_ask(console):
     admin_page = console(Role.ADMIN).get("/ingestions/").content.decode()
     assert "No ingestions yet" in admin_page
-    assert "POST" in admin_page and "/api/v1/ingestions" in admin_page
+    assert 'href="/ingestions/new/"' in admin_page
     viewer_page = console(Role.VIEWER).get("/ingestions/").content.decode()
     assert "Ask an admin" in viewer_page
 

@@ -18,7 +18,7 @@ from django.db.backends.signals import connection_created
 
 from ingestions.models import Role
 
-from ..refresh.conftest import loaded  # noqa: F401  (shared fixture)
+from ..refresh.conftest import loaded, three  # noqa: F401  (shared fixtures)
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [

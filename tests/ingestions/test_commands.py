@@ -1,6 +1,7 @@
 """Management commands: tenants, users, tokens and the demo, as an operator runs them."""
 
 import io
+import stat
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -11,7 +12,9 @@ from rest_framework.test import APIClient
 
 from ingestions.demo import DEMO_INGESTIONS, DEMO_USERS
 from ingestions.management.commands.seed_demo import DEFAULT_DEMO_PASSWORD
+from ingestions.management.commands.serve import Command as ServeCommand
 from ingestions.models import (
+    ApiToken,
     Ingestion,
     Membership,
     Role,
@@ -21,6 +24,7 @@ from ingestions.models import (
     StorageLocation,
     Tenant,
 )
+from ingestions.tokens import key_digest
 
 from ..factories import MembershipFactory, TenantFactory
 
@@ -130,16 +134,33 @@ def test_create_user_refuses_an_unknown_role(initech):
 def test_create_token_prints_the_token_alone_on_the_last_line_and_it_works(bob):
     token = run_command("create_token", "bob")[-1]
 
-    assert token.isalnum()
-    assert len(token) == 40
+    assert token.startswith("alc_")
+    assert " " not in token
     response = api_client_with(token).get("/api/v1/ingestions")
     assert response.status_code == 200
+    stored = ApiToken.objects.get(user=bob)
+    assert (stored.name, stored.key_digest) == ("cli", key_digest(token))
 
 
-def test_create_token_prints_the_same_token_again(bob):
+def test_create_token_refuses_a_second_token_of_the_same_name(bob):
+    run_command("create_token", "bob")
+
+    with pytest.raises(CommandError, match="--rotate"):
+        run_command("create_token", "bob")
+
+
+def test_create_token_with_another_name_makes_a_second_token(bob):
     first = run_command("create_token", "bob")[-1]
 
-    assert run_command("create_token", "bob")[-1] == first
+    second = run_command("create_token", "bob", "--name", "airflow")[-1]
+
+    assert second != first
+    assert set(ApiToken.objects.filter(user=bob).values_list("name", flat=True)) == {
+        "cli",
+        "airflow",
+    }
+    assert api_client_with(first).get("/api/v1/ingestions").status_code == 200
+    assert api_client_with(second).get("/api/v1/ingestions").status_code == 200
 
 
 def test_create_token_rotate_replaces_the_token_and_the_old_one_stops_working(bob):
@@ -265,6 +286,39 @@ def test_seed_demo_prints_the_admins_token_on_its_last_line(data_dir):
     # The token is acme's admin's: it sees acme's demo ingestions and not globex's.
     assert {item["id"] for item in response.json()["results"]} == {"sales-daily", "web-events"}
     assert run_command("seed_demo", "--no-runs")[-1] == token
+
+
+def test_seed_demo_keeps_the_demo_key_in_the_data_dir_readable_by_its_owner_only(data_dir):
+    token = run_command("seed_demo", "--no-runs")[-1]
+
+    key_file = data_dir / "demo-api-token"
+    assert key_file.read_text().strip() == token
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    demo = ApiToken.objects.get(user__username="admin")
+    assert (demo.name, demo.key_digest) == ("demo", key_digest(token))
+
+
+def test_serve_prints_the_demo_key_while_its_token_exists(data_dir):
+    token = run_command("seed_demo", "--no-runs")[-1]
+    printed = io.StringIO()
+
+    ServeCommand(stdout=printed)._banner("http://127.0.0.1:8000/")
+    ApiToken.objects.all().delete()
+    ServeCommand(stdout=printed)._banner("http://127.0.0.1:8000/")
+
+    assert printed.getvalue().count(f"Authorization: Bearer {token}") == 1
+
+
+def test_seed_demo_replaces_the_demo_token_when_its_key_file_is_gone(data_dir):
+    old = run_command("seed_demo", "--no-runs")[-1]
+    (data_dir / "demo-api-token").unlink()
+
+    new = run_command("seed_demo", "--no-runs")[-1]
+
+    assert new != old
+    assert ApiToken.objects.filter(user__username="admin").count() == 1
+    assert api_client_with(old).get("/api/v1/ingestions").status_code == 401
+    assert api_client_with(new).get("/api/v1/ingestions").status_code == 200
 
 
 def test_seed_demo_queues_one_first_run_per_demo_ingestion(data_dir):

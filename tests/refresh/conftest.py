@@ -6,9 +6,11 @@ import pytest
 from django.db import OperationalError, connection
 
 from ingestions.engines import load_engine
-from ingestions.models import Role
+from ingestions.models import Ingestion, Role
+from ingestions.runs import run_request
 
 from ..conftest import write_csv_files
+from ..factories import IngestionFactory
 from ..ingestions.test_runs import drain_queue
 
 
@@ -56,3 +58,29 @@ def failing_sql(fragment: str):
 
     with connection.execute_wrapper(wrapper):
         yield
+
+
+@pytest.fixture
+def three(tenant, tmp_path):
+    """For batch refresh: three loaded ingestions (4, 3 and 2 files of 10 rows), each with a
+    new file since."""
+    from ingestions.locations import location_grant
+
+    ingestions = []
+    for index, (name, files) in enumerate((("orders", 4), ("users", 3), ("items", 2))):
+        folder = tmp_path / "landing" / name
+        write_csv_files(folder, files=files, rows=10)
+        if index == 0:
+            location_grant(tenant=tenant, uri=str(tmp_path / "landing"))
+        ingestion = IngestionFactory(
+            tenant=tenant,
+            public_id=name,
+            source_uri=str(folder),
+            source_format="csv",
+            destination_table=f"raw.{name}",
+        )
+        run_request(ingestion=ingestion)
+        drain_queue()
+        write_csv_files(folder, files=1, rows=5, start=files)
+        ingestions.append(Ingestion.objects.get(pk=ingestion.pk))
+    return ingestions

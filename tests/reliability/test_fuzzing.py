@@ -20,7 +20,6 @@ from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import HypothesisException
-from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import (
@@ -32,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
 from console.wsgi import application
 from ingestions.models import Role
 from ingestions.runs import run_request
+from ingestions.tokens import token_create
 from refresh.services import refresh_execute
 
 from ..conftest import write_csv_files
@@ -103,10 +103,11 @@ def real_objects(tenant, other_tenant, tmp_path):
     foreign_run = run_request(ingestion=orders)
     assert partial.status == "partial_failure"
     return {
-        "token": Token.objects.create(user=admin).key,
+        "token": token_create(user=admin, name="fuzzing")[1],
         "ingestion_id": [sales.public_id, events.public_id, broken.public_id, "archive", "orders"],
         "run_id": [finished_run.public_id, queued_run.public_id, foreign_run.public_id],
         "operation_id": [partial.public_id, done.public_id, foreign_op.public_id],
+        "action": ["quarantine", "release", "retry"],  # a failed file's
     }
 
 
@@ -148,9 +149,10 @@ class Fuzzer:
         def send(case, real_ids, data):
             if real_ids:
                 for name in case.path_parameters or {}:
-                    case.path_parameters[name] = data.draw(
-                        st.sampled_from(self.real_objects[name]), label=name
-                    )
+                    if name in self.real_objects:  # any other (a failure id) stays generated
+                        case.path_parameters[name] = data.draw(
+                            st.sampled_from(self.real_objects[name]), label=name
+                        )
             self.send(operation.label, case)
 
         try:

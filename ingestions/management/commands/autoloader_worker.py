@@ -5,7 +5,8 @@ run leaves its task marked running forever, so the reaper re-queues such runs (s
 heartbeat) for a live worker to resume. The reaper also finishes refresh operations (and
 undos) whose web process died half-way, and ends retention windows (`refresh.services`).
 A third thread maintains the tables (`ingestions.maintenance`): a long compaction there
-never delays the recovery of a run or of an operation.
+never delays the recovery of a run or of an operation. A fourth sends webhook deliveries
+(`webhooks.delivery`) every few seconds.
 """
 
 import logging
@@ -19,12 +20,24 @@ from django_tasks_db.management.commands.db_worker import Worker
 
 from ingestions.maintenance import maintenance_due
 from ingestions.runs import runs_recover_stale
+from refresh.batches import batches_sync_due
+from refresh.schedules import schedules_fire_due
 from refresh.services import refresh_reap, retention_expire
+from webhooks.delivery import deliver_due
 
 logger = logging.getLogger("ingestions.worker")
 
-RECOVERY = (runs_recover_stale, refresh_reap, retention_expire)
+# Schedules fire from the reaper: every AUTOLOADER_REAPER_INTERVAL_SECONDS (15 s), so a
+# firing comes at most that late; several workers fire each slot once (refresh.schedules).
+RECOVERY = (
+    runs_recover_stale,
+    refresh_reap,
+    retention_expire,
+    schedules_fire_due,
+    batches_sync_due,
+)
 MAINTENANCE = (maintenance_due,)
+DELIVERIES = (deliver_due,)
 
 
 class Command(BaseCommand):
@@ -39,6 +52,12 @@ class Command(BaseCommand):
         self._reap_once(RECOVERY)  # maintenance waits for its thread: startup stays quick
         for name, tasks in (("reaper", RECOVERY), ("maintenance", MAINTENANCE)):
             threading.Thread(target=self._loop, args=(stop, tasks), name=name, daemon=True).start()
+        threading.Thread(
+            target=self._loop,
+            args=(stop, DELIVERIES, settings.AUTOLOADER_WEBHOOK_DELIVERY_INTERVAL_SECONDS),
+            name="deliveries",
+            daemon=True,
+        ).start()
         worker = Worker(
             queue_names=["default"],
             interval=interval,
@@ -56,9 +75,9 @@ class Command(BaseCommand):
         finally:
             stop.set()
 
-    def _loop(self, stop: threading.Event, tasks) -> None:
+    def _loop(self, stop: threading.Event, tasks, interval: float | None = None) -> None:
         try:
-            while not stop.wait(settings.AUTOLOADER_REAPER_INTERVAL_SECONDS):
+            while not stop.wait(interval or settings.AUTOLOADER_REAPER_INTERVAL_SECONDS):
                 self._reap_once(tasks)
         finally:
             connection.close()

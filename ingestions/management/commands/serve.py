@@ -9,9 +9,8 @@ import urllib.request
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
-from rest_framework.authtoken.models import Token
 
-from ingestions.demo import DEMO_USERS
+from ingestions.demo import DEMO_USERS, demo_token_saved
 from ingestions.management.commands.seed_demo import DEFAULT_DEMO_PASSWORD
 
 
@@ -74,7 +73,7 @@ class Command(BaseCommand):
         return False
 
     def _banner(self, url: str) -> None:
-        token = Token.objects.filter(user__username="admin").values_list("key", flat=True).first()
+        token = demo_token_saved()
         lines = [
             "",
             f"  Autoloader Console is up:  {url}",

@@ -1,0 +1,691 @@
+"""Schedules: runs and refresh operations fired by the worker from a cron expression.
+
+A schedule is a five-field cron expression read in an IANA time zone (`Europe/Berlin`),
+and an action: `run` (the ingestion's run schedule, one per ingestion, the `schedule` of
+the ingestion API) or a refresh (`full_refresh`, `fresh_start`: any number).
+
+Rules, all here:
+
+- **Slots.** A slot is an instant the expression names in its time zone, stored in UTC.
+  Daylight saving time follows cronsim (like Debian's cron): a time skipped when clocks go
+  forward fires at the first instant after the gap (Europe/Berlin's 02:30 fires at 03:00 on
+  the spring-forward day); a time that occurs twice when clocks go back fires once, at its
+  first occurrence. Every-N-minutes expressions keep firing through both.
+- **At most one firing per slot**, whatever the number of workers: a firing is the insert
+  of a `ScheduleFiring` row, unique per (schedule, slot), so the database refuses the
+  second. A run's firing and its run are committed together; a refresh executes after its
+  firing is committed (it takes minutes and has its own durable record), so a worker killed
+  in between leaves the firing `pending` and that slot unfired.
+- **Missed slots** (the worker was down): on catch-up the schedule fires once, for the
+  latest missed slot; the older ones are skipped and counted on the firing
+  (`skipped_slots`), never fired N times.
+- **Bounds.** No expression may fire more often than every
+  `AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS` (checked over its next firings).
+- **Pause/resume.** A paused schedule has no next slot; resuming computes it from now (the
+  slots passed while paused are not caught up).
+- **Authority.** A run schedule fires as the system (setting it needs `change_ingestion`).
+  A refresh schedule needs the permission of its kind to set, and fires with the authority
+  of `created_by`, the person who last set it, checked again at every firing: protection,
+  permissions, rate limits and the plan rule apply as to that person's own call. Above
+  `REFRESH_PLAN_REQUIRED_ABOVE_USD` a firing executes only under a standing approval that an
+  admin (`refresh.approve_schedule`) recorded with a maximum cost covering the estimate;
+  else it is refused and audited. Changing the expression or the action drops the approval.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import cache
+from itertools import islice, pairwise
+from zoneinfo import ZoneInfo, available_timezones
+
+from auditlog.models import LogEntry
+from cronsim import CronSim, CronSimError
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone as dj_timezone
+
+from ingestions.audit import record_change
+from ingestions.errors import (
+    AutoloaderError,
+    PermissionDeniedError,
+    RefreshInProgressError,
+    RunInProgressError,
+    TableProtectedError,
+)
+from ingestions.models import Ingestion, RunTrigger
+from ingestions.runs import run_request
+
+from .errors import DryRunRequiredError, PlanStaleError, RateLimitedError
+from .models import FiringOutcome, Schedule, ScheduleAction, ScheduleFiring
+from .services import refresh_execute, refresh_preview
+from .specs import spec_of
+
+logger = logging.getLogger(__name__)
+
+APPROVE_PERMISSION = "refresh.approve_schedule"
+RUN_SCHEDULE_PERMISSION = "ingestions.change_ingestion"
+NEXT_FIRE_TIMES = 3
+# How many following slots are checked against the minimum interval.
+INTERVAL_CHECKED_SLOTS = 500
+# Catch-up counts the skipped slots up to this many (then says "at least").
+SKIPPED_COUNT_LIMIT = 100_000
+REFRESH_ACTIONS = (ScheduleAction.FULL_REFRESH, ScheduleAction.FRESH_START)
+# A firing refused for these reasons is `refused` (audited); busy ones are `skipped`.
+REFUSALS = (
+    PermissionDeniedError,
+    TableProtectedError,
+    RateLimitedError,
+    DryRunRequiredError,
+    PlanStaleError,
+)
+BUSY = (RunInProgressError, RefreshInProgressError)
+
+
+# Errors of schedules. Kept beside their service: they map onto the API's existing codes.
+class ScheduleInvalidError(AutoloaderError):
+    """The schedule's cron expression, time zone or action is not valid."""
+
+    error_code = "VALIDATION_ERROR"
+    help = (
+        "Use five cron fields (minute hour day-of-month month day-of-week), e.g. '0 2 * * *', "
+        "and an IANA time zone, e.g. 'Europe/Berlin'."
+    )
+
+    def __init__(self, errors: dict[str, list[str]]):
+        summary = " ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+        super().__init__(f"Invalid schedule. {summary}", errors=errors)
+        self.errors = errors
+
+
+class ScheduleNotFoundError(AutoloaderError):
+    """No schedule with this id is visible to the caller's tenant."""
+
+    error_code = "NOT_FOUND"
+    help = "List an ingestion's schedules with GET /api/v1/ingestions/{id}/schedules."
+
+
+class ApprovalRequiredError(AutoloaderError):
+    """The scheduled refresh costs more than the plan threshold and no standing approval
+    covers it."""
+
+    error_code = "APPROVAL_REQUIRED"
+    help = (
+        "An admin approves the schedule with a maximum cost: POST /api/v1/schedules/{id}/approve."
+    )
+
+
+# --- cron --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A validated cron expression in its time zone."""
+
+    expression: str
+    timezone: str
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def following(self, after: datetime, count: int) -> list[datetime]:
+        """The next `count` slots strictly after `after`, in the schedule's time zone."""
+        return list(islice(CronSim(self.expression, after.astimezone(self.zone)), count))
+
+    def next_after(self, after: datetime) -> datetime:
+        """The next slot strictly after `after`, in UTC."""
+        return self.following(after, 1)[0].astimezone(UTC)
+
+    def latest_at_or_before(self, moment: datetime) -> datetime:
+        """The latest slot at or before `moment`, in UTC (cron has minute resolution)."""
+        start = moment.astimezone(self.zone).replace(microsecond=0) + timedelta(seconds=1)
+        return next(CronSim(self.expression, start, reverse=True)).astimezone(UTC)
+
+    def describe(self) -> str:
+        try:
+            return CronSim(self.expression, datetime.now(self.zone)).explain()
+        except Exception:  # explain() does not cover every expression; it is only a label
+            return self.expression
+
+
+@cache
+def time_zones() -> frozenset[str]:
+    """The IANA time zone names a schedule may use (not the machine's own `localtime`)."""
+    return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
+
+
+def cron_parse(*, cron: str, timezone: str) -> Cron:
+    """Validate `cron` in `timezone`.
+
+    Raises:
+        ScheduleInvalidError: not five valid fields, an unknown time zone, or firing more
+            often than AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS.
+    """
+    errors: dict[str, list[str]] = {}
+    expression = " ".join(str(cron).split())
+    if timezone not in time_zones():
+        errors["timezone"] = [f"{timezone!r} is not an IANA time zone, e.g. 'Europe/Berlin'."]
+    if len(expression.split(" ")) != 5:
+        errors["cron"] = [
+            "Use five fields: minute hour day-of-month month day-of-week, e.g. '0 2 * * *'."
+        ]
+    else:
+        try:
+            CronSim(expression, datetime.now(UTC))
+        except CronSimError as exc:
+            errors["cron"] = [f"{expression!r} is not a valid cron expression: {exc}."]
+    if errors:
+        raise ScheduleInvalidError(errors)
+    parsed = Cron(expression=expression, timezone=timezone)
+    minimum = settings.AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS
+    slots = parsed.following(datetime.now(UTC), INTERVAL_CHECKED_SLOTS)
+    shortest = min(
+        ((later - earlier).total_seconds() for earlier, later in pairwise(slots)),
+        default=None,
+    )
+    if shortest is not None and shortest < minimum:
+        raise ScheduleInvalidError(
+            {
+                "cron": [
+                    f"{expression!r} fires every {shortest / 60:g} minutes at times; schedules "
+                    f"fire at most every {minimum / 60:g} minutes."
+                ]
+            }
+        )
+    return parsed
+
+
+def cron_of(schedule: Schedule) -> Cron:
+    """A stored schedule's expression (validated when it was set)."""
+    return Cron(expression=schedule.cron, timezone=schedule.timezone)
+
+
+# --- selectors ---------------------------------------------------------------------------
+
+# What `schedule_payload` reads, fetched with the schedule.
+PAYLOAD_RELATED = (
+    "ingestion",
+    "created_by",
+    "approved_by",
+    "last_firing__run",
+    "last_firing__operation",
+)
+
+
+def schedule_list(*, ingestion: Ingestion):
+    """The ingestion's schedules, the run schedule first, with what a payload shows."""
+    return (
+        Schedule.objects.filter(ingestion=ingestion)
+        .select_related(*PAYLOAD_RELATED)
+        .order_by("-action", "created_at", "id")
+        # "run" sorts after the refresh actions: reversed, it comes first.
+    )
+
+
+def schedule_get(*, tenant, schedule_id: str) -> Schedule:
+    """The tenant's schedule `schedule_id`; another tenant's is not found.
+
+    Raises:
+        ScheduleNotFoundError: no such schedule in the tenant.
+    """
+    schedule = (
+        Schedule.objects.filter(public_id=schedule_id, ingestion__tenant=tenant)
+        .select_related("ingestion__tenant", *PAYLOAD_RELATED)
+        .first()
+    )
+    if schedule is None:
+        raise ScheduleNotFoundError(f"No schedule {schedule_id!r}.")
+    return schedule
+
+
+def run_schedules_by_ingestion(ingestions) -> dict[int, Schedule]:
+    """The run schedules of `ingestions` in one query: {ingestion pk: schedule}."""
+    pks = [ingestion.pk for ingestion in ingestions]
+    schedules = Schedule.objects.filter(ingestion__in=pks, action=ScheduleAction.RUN)
+    return {
+        schedule.ingestion_id: schedule for schedule in schedules.select_related(*PAYLOAD_RELATED)
+    }
+
+
+# --- services ----------------------------------------------------------------------------
+
+
+def schedule_permission(action: str) -> str:
+    """The permission that sets, changes, pauses or deletes a schedule of `action`."""
+    if action == ScheduleAction.RUN:
+        return RUN_SCHEDULE_PERMISSION
+    return spec_of(action).permission
+
+
+def _require(actor, permission: str, ingestion: Ingestion, what: str) -> None:
+    if not actor.has_perm(permission, ingestion):
+        raise PermissionDeniedError(f"Your role does not allow {what} on this ingestion.")
+
+
+def _user(actor):
+    return actor if getattr(actor, "is_authenticated", False) else None
+
+
+def schedule_set(
+    *,
+    ingestion: Ingestion,
+    actor,
+    action: str = ScheduleAction.RUN,
+    cron: str | None = None,
+    timezone: str | None = None,
+    paused: bool | None = None,
+    schedule: Schedule | None = None,
+    now: datetime | None = None,
+) -> Schedule:
+    """Create or change a schedule; what is not given keeps its value.
+
+    The `run` action has one schedule per ingestion: setting it again changes it. A refresh
+    action creates a new schedule unless `schedule` names the one to change. Whoever sets
+    the expression becomes the person a refresh fires as (`created_by`).
+
+    Raises:
+        PermissionDeniedError: the actor's role does not allow schedules of `action`.
+        ScheduleInvalidError: an invalid expression, time zone or action.
+    """
+    if action not in ScheduleAction.values:
+        raise ScheduleInvalidError({"action": [f"Use one of {', '.join(ScheduleAction.values)}."]})
+    _require(actor, schedule_permission(action), ingestion, f"{action.replace('_', ' ')} schedules")
+    now = now or dj_timezone.now()
+    if schedule is None and action == ScheduleAction.RUN:
+        schedule = Schedule.objects.filter(ingestion=ingestion, action=action).first()
+    if schedule is None and cron is None:
+        raise ScheduleInvalidError({"cron": ["This field is required."]})
+    creating = schedule is None
+    before = {} if creating else _state(schedule)
+    schedule = schedule or Schedule(ingestion=ingestion, action=action)
+    parsed = cron_parse(
+        cron=schedule.cron if cron is None else cron,
+        timezone=(timezone or schedule.timezone or "UTC"),
+    )
+    timing_changed = creating or (parsed.expression, parsed.timezone) != (
+        schedule.cron,
+        schedule.timezone,
+    )
+    schedule.cron, schedule.timezone = parsed.expression, parsed.timezone
+    if paused is not None:
+        schedule.paused = paused
+    if timing_changed:
+        schedule.created_by = _user(actor)
+        # An approval covered what it saw: another expression is another decision.
+        schedule.approved_by = schedule.approved_at = schedule.approved_max_cost_usd = None
+    if timing_changed or "paused" in _changed(before, schedule):
+        schedule.next_fire_at = None if schedule.paused else parsed.next_after(now)
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                schedule.save()
+        except IntegrityError:  # two requests created the run schedule at once
+            raise ScheduleInvalidError(
+                {"schedule": ["This ingestion's run schedule was just set: try again."]}
+            ) from None
+        changes = _changed(before, schedule)
+        if changes:
+            _audit(
+                schedule,
+                actor=actor,
+                action="schedule_set" if creating else _update_action(changes),
+                changes=changes,
+                log_action=LogEntry.Action.CREATE if creating else LogEntry.Action.UPDATE,
+            )
+    return schedule
+
+
+def _update_action(changes: dict) -> str:
+    if set(changes) == {"paused"}:
+        return "schedule_paused" if changes["paused"][1] else "schedule_resumed"
+    return "schedule_updated"
+
+
+def schedule_pause(*, schedule: Schedule, actor) -> Schedule:
+    """Stop firing until resumed. Raises PermissionDeniedError as `schedule_set`."""
+    return schedule_set(
+        ingestion=schedule.ingestion,
+        actor=actor,
+        action=schedule.action,
+        paused=True,
+        schedule=schedule,
+    )
+
+
+def schedule_resume(*, schedule: Schedule, actor, now: datetime | None = None) -> Schedule:
+    """Fire again from the next slot after now (slots passed while paused are not caught up)."""
+    return schedule_set(
+        ingestion=schedule.ingestion,
+        actor=actor,
+        action=schedule.action,
+        paused=False,
+        schedule=schedule,
+        now=now,
+    )
+
+
+def schedule_clear(*, schedule: Schedule, actor) -> None:
+    """Delete the schedule (its firings go with it; the runs and operations stay).
+
+    Raises:
+        PermissionDeniedError: the actor's role does not allow schedules of its action.
+    """
+    _require(actor, schedule_permission(schedule.action), schedule.ingestion, "this schedule")
+    with transaction.atomic():
+        _audit(
+            schedule,
+            actor=actor,
+            action="schedule_deleted",
+            changes={"schedule": [f"{schedule.action}: {schedule.cron} {schedule.timezone}", None]},
+            log_action=LogEntry.Action.DELETE,
+        )
+        schedule.delete()
+
+
+def run_schedule_clear(*, ingestion: Ingestion, actor) -> None:
+    """Delete the ingestion's run schedule, if it has one (`"schedule": null`)."""
+    schedule = Schedule.objects.filter(ingestion=ingestion, action=ScheduleAction.RUN).first()
+    if schedule is not None:
+        schedule_clear(schedule=schedule, actor=actor)
+
+
+def schedule_approve(*, schedule: Schedule, actor, max_cost_usd) -> Schedule:
+    """Record an admin's standing approval of a scheduled refresh: firings estimated above
+    the plan threshold execute while their estimate is at most `max_cost_usd`.
+
+    Raises:
+        PermissionDeniedError: the actor is not an admin of the ingestion's tenant.
+        ScheduleInvalidError: a run schedule (it needs no approval) or a negative cost.
+    """
+    _require(actor, APPROVE_PERMISSION, schedule.ingestion, "approving scheduled refreshes")
+    if schedule.action == ScheduleAction.RUN:
+        raise ScheduleInvalidError({"action": ["A run schedule needs no approval."]})
+    max_cost = Decimal(str(max_cost_usd)).quantize(Decimal("0.01"))
+    if max_cost < 0:
+        raise ScheduleInvalidError({"max_cost_usd": ["Must be zero or more."]})
+    before = _state(schedule)
+    schedule.approved_by = _user(actor)
+    schedule.approved_at = dj_timezone.now()
+    schedule.approved_max_cost_usd = max_cost
+    with transaction.atomic():
+        schedule.save(
+            update_fields=["approved_by", "approved_at", "approved_max_cost_usd", "updated_at"]
+        )
+        _audit(
+            schedule,
+            actor=actor,
+            action="schedule_approved",
+            changes=_changed(before, schedule),
+            data={"max_cost_usd": float(max_cost)},
+        )
+    return schedule
+
+
+def _state(schedule: Schedule) -> dict:
+    approved = schedule.approved_max_cost_usd
+    return {
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "paused": schedule.paused,
+        "approved_max_cost_usd": None if approved is None else float(approved),
+    }
+
+
+def _changed(before: dict, schedule: Schedule) -> dict:
+    after = _state(schedule)
+    return {
+        key: [before.get(key), value] for key, value in after.items() if before.get(key) != value
+    }
+
+
+def _audit(schedule: Schedule, *, actor, action: str, changes: dict, **options) -> LogEntry:
+    """Schedule entries sit on the ingestion, so its audit trail shows them."""
+    ingestion = schedule.ingestion
+    data = {
+        "ingestion_id": ingestion.public_id,
+        "schedule_id": schedule.public_id,
+        "schedule_action": schedule.action,
+        **options.pop("data", {}),
+    }
+    return record_change(
+        actor=actor,
+        obj=ingestion,
+        tenant=ingestion.tenant,
+        action=action,
+        changes=changes,
+        object_repr=f"{ingestion.public_id} ({ingestion.destination_table})",
+        data=data,
+        **options,
+    )
+
+
+# --- firing ------------------------------------------------------------------------------
+
+
+def schedules_fire_due(*, now: datetime | None = None) -> list[ScheduleFiring]:
+    """Fire every due schedule once (the worker's reaper calls it; several workers may).
+
+    Returns:
+        The firings this call made (a slot another worker fired is not among them).
+    """
+    now = now or dj_timezone.now()
+    due = (
+        Schedule.objects.filter(paused=False, next_fire_at__lte=now)
+        .select_related("ingestion__tenant", "created_by")
+        .order_by("next_fire_at", "id")
+    )
+    firings = []
+    for schedule in list(due):  # read first: firing writes while the cursor would be open
+        try:
+            firing = _fire(schedule, now=now)
+        except Exception:  # one broken schedule must not stop the others
+            logger.exception("schedule %s could not fire", schedule.public_id)
+            continue
+        if firing is not None:
+            firings.append(firing)
+    return firings
+
+
+def _fire(schedule: Schedule, *, now: datetime) -> ScheduleFiring | None:
+    cron = cron_of(schedule)
+    slot = cron.latest_at_or_before(now)
+    skipped = _missed_before(cron, first=schedule.next_fire_at, slot=slot)
+    try:
+        with transaction.atomic():
+            # The claim: the database refuses a second firing of this slot.
+            with transaction.atomic():
+                firing = ScheduleFiring.objects.create(
+                    schedule=schedule, slot=slot, skipped_slots=skipped
+                )
+            advanced = Schedule.objects.filter(
+                pk=schedule.pk,
+                paused=False,
+                next_fire_at=schedule.next_fire_at,
+                cron=schedule.cron,
+                timezone=schedule.timezone,
+            ).update(
+                next_fire_at=cron.next_after(now),
+                last_fired_at=now,
+                last_slot=slot,
+                last_firing=firing,
+            )
+            if not advanced:  # paused, changed or fired meanwhile: not this worker's slot
+                raise _Superseded
+            if schedule.action == ScheduleAction.RUN:
+                _fire_run(firing)
+    except (IntegrityError, _Superseded):
+        return None
+    if schedule.action != ScheduleAction.RUN:
+        _fire_refresh(firing)
+    logger.info(
+        "schedule %s fired for %s: %s%s",
+        schedule.public_id,
+        slot.isoformat(),
+        firing.outcome,
+        f" ({skipped} missed slots skipped)" if skipped else "",
+    )
+    return firing
+
+
+class _Superseded(Exception):
+    """The schedule changed between the due query and the claim."""
+
+
+def _missed_before(cron: Cron, *, first: datetime, slot: datetime) -> int:
+    """How many slots from `first` (a due slot) come before `slot`: the ones catch-up skips."""
+    missed = 0
+    moments = CronSim(cron.expression, first.astimezone(cron.zone))
+    moment = first
+    while moment < slot and missed < SKIPPED_COUNT_LIMIT:
+        missed += 1
+        moment = next(moments).astimezone(UTC)
+    return missed
+
+
+def _fire_run(firing: ScheduleFiring) -> None:
+    """Queue the run in the claim's transaction: the firing and its run commit together."""
+    ingestion = firing.schedule.ingestion
+    try:
+        firing.run = run_request(ingestion=ingestion, actor=None, trigger=RunTrigger.SCHEDULE)
+        firing.outcome = FiringOutcome.FIRED
+    except BUSY as exc:
+        firing.outcome, firing.reason, firing.detail = (
+            FiringOutcome.SKIPPED,
+            exc.error_code,
+            str(exc),
+        )
+    except AutoloaderError as exc:
+        firing.outcome, firing.reason, firing.detail = (
+            FiringOutcome.FAILED,
+            exc.error_code,
+            str(exc),
+        )
+    firing.save(update_fields=["run", "outcome", "reason", "detail"])
+    _audit_firing(firing)
+
+
+def _fire_refresh(firing: ScheduleFiring) -> None:
+    """Execute the refresh as its schedule's owner: below the plan threshold directly, above
+    it under a standing approval covering the estimate (with a fresh plan of its own)."""
+    schedule = firing.schedule
+    ingestion, kind, owner = schedule.ingestion, schedule.action, schedule.created_by
+    try:
+        if owner is None or not owner.is_active:
+            raise PermissionDeniedError(
+                "The person who set this schedule no longer has an account: set it again."
+            )
+        try:
+            firing.operation = refresh_execute(
+                ingestion=ingestion, kind=kind, actor=owner, confirm=True
+            )
+        except DryRunRequiredError:
+            plan = refresh_preview(ingestion=ingestion, kind=kind, actor=owner)
+            cost = Decimal(str(plan.impact.estimated_cost_usd))
+            approved = schedule.approved_max_cost_usd
+            if approved is None or cost > approved:
+                threshold = settings.REFRESH_PLAN_REQUIRED_ABOVE_USD
+                raise ApprovalRequiredError(
+                    f"Estimated at ${cost:,.2f}, above the ${threshold:,.0f} threshold"
+                    + (
+                        ", and no admin approved this schedule."
+                        if approved is None
+                        else f" and the approved maximum of ${approved:,.2f}."
+                    ),
+                    estimated_cost_usd=float(cost),
+                ) from None
+            firing.operation = refresh_execute(
+                ingestion=ingestion, kind=kind, actor=owner, confirm=True, plan_id=plan.plan_id
+            )
+        firing.outcome = FiringOutcome.FIRED
+    except BUSY as exc:
+        firing.outcome, firing.reason, firing.detail = (
+            FiringOutcome.SKIPPED,
+            exc.error_code,
+            str(exc),
+        )
+    except (*REFUSALS, ApprovalRequiredError) as exc:
+        firing.outcome, firing.reason, firing.detail = (
+            FiringOutcome.REFUSED,
+            exc.error_code,
+            str(exc),
+        )
+    except AutoloaderError as exc:
+        firing.outcome, firing.reason, firing.detail = (
+            FiringOutcome.FAILED,
+            exc.error_code,
+            str(exc),
+        )
+    firing.save(update_fields=["operation", "outcome", "reason", "detail"])
+    _audit_firing(firing)
+
+
+def _audit_firing(firing: ScheduleFiring) -> None:
+    """Who fired is the system (no actor); the data names the slot and what happened."""
+    schedule = firing.schedule
+    refused = firing.outcome == FiringOutcome.REFUSED
+    _audit(
+        schedule,
+        actor=None,
+        action="schedule_refused" if refused else "schedule_fired",
+        changes={
+            "schedule": [None, f"{schedule.action} {firing.slot.isoformat()}: {firing.outcome}"]
+        },
+        log_action=LogEntry.Action.ACCESS if refused else LogEntry.Action.UPDATE,
+        data={
+            "outcome": "refused" if refused else firing.outcome,
+            "slot": firing.slot.isoformat(),
+            "reason": firing.reason or None,
+            "skipped_slots": firing.skipped_slots,
+            "run_id": firing.run.public_id if firing.run_id else None,
+            "operation_id": firing.operation.public_id if firing.operation_id else None,
+            "fires_as": getattr(schedule.created_by, "username", None),
+        },
+    )
+
+
+# --- presenting --------------------------------------------------------------------------
+
+
+def schedule_payload(schedule: Schedule, *, now: datetime | None = None) -> dict:
+    """A schedule as the API shows it: next firing times in its time zone (none when
+    paused), its last firing and its approval."""
+    now = now or dj_timezone.now()
+    cron = cron_of(schedule)
+    approved = schedule.approved_max_cost_usd
+    last = schedule.last_firing
+    return {
+        "id": schedule.public_id,
+        "ingestion_id": schedule.ingestion.public_id,
+        "action": schedule.action,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "description": cron.describe(),
+        "paused": schedule.paused,
+        "next_fire_times": []
+        if schedule.paused
+        else [moment.isoformat() for moment in cron.following(now, NEXT_FIRE_TIMES)],
+        "last_fired_at": schedule.last_fired_at,
+        "last_firing": None
+        if last is None
+        else {
+            "slot": last.slot,
+            "outcome": last.outcome,
+            "reason": last.reason or None,
+            "detail": last.detail or None,
+            "skipped_slots": last.skipped_slots,
+            "run_id": last.run.public_id if last.run_id else None,
+            "operation_id": last.operation.public_id if last.operation_id else None,
+        },
+        "approval": None
+        if approved is None
+        else {
+            "max_cost_usd": float(approved),
+            "approved_by": getattr(schedule.approved_by, "username", None),
+            "approved_at": schedule.approved_at,
+        },
+        "created_by": getattr(schedule.created_by, "username", None),
+        "created_at": schedule.created_at,
+        "updated_at": schedule.updated_at,
+    }

@@ -1,0 +1,1 @@
+"""Webhooks: signed HTTP notifications of runs, refreshes and quarantined files."""
