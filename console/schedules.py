@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from django import forms
 from django.http import Http404
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
@@ -36,7 +36,7 @@ from refresh.schedules import (
 )
 from refresh.specs import spec_of
 
-from .views import CHANGED_EVENT, FRAGMENT_HEADER, _ingestion, tenant_view
+from .views import CHANGED_EVENT, _ingestion, render_in_place, tenant_view
 
 CRON_HELP = "Five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * * (02:00)."
 
@@ -98,9 +98,7 @@ def _card(request, tenant, ingestion, *, status: int = 200, **forms_and_errors):
     for item in context["refresh_schedules"]:
         item["may_change"] = user.has_perm(schedule_permission(item["action"]), ingestion)
     template = "partials/schedule-card.html" if request.htmx else "schedules.html"
-    response = render(request, template, context, status=status)
-    if status >= 400:
-        response[FRAGMENT_HEADER] = "error"  # swapped in place, like a success
+    response = render_in_place(request, template, context, status=status)
     patch_vary_headers(response, ("HX-Request",))
     return response
 

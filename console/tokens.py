@@ -19,7 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from ingestions import tokens
 from ingestions.tenancy import NoTenantError, tenant_for_request
 
-from .views import FRAGMENT_HEADER, login_view
+from .views import login_view, render_in_place
 
 
 class TokenCreateForm(forms.Form):
@@ -60,10 +60,7 @@ def token_list(request):
     context = _context(request, form=form, created=created, key=key)
     status = 400 if form.errors else 200
     template = "partials/token-panel.html" if request.htmx else "tokens.html"
-    response = render(request, template, context, status=status)
-    if status >= 400:
-        response[FRAGMENT_HEADER] = "error"  # swapped in place like a success
-    return response
+    return render_in_place(request, template, context, status=status)
 
 
 @never_cache

@@ -194,6 +194,15 @@ def _changed(response):
     return trigger_client_event(response, CHANGED_EVENT, after="settle")
 
 
+def render_in_place(request, template: str, context: dict, *, status: int = 200):
+    """Render; a refusal (4xx) is marked with FRAGMENT_HEADER, which console.js swaps in
+    place like a success (htmx swaps only 2xx on its own)."""
+    response = render(request, template, context, status=status)
+    if status >= 400:
+        response[FRAGMENT_HEADER] = "error"
+    return response
+
+
 def _panel(request, context: dict, *, status: int = 200):
     """The operation panel: a fragment for HTMX, inside its own page otherwise."""
     template = "partials/operation-panel.html" if request.htmx else "operation.html"
@@ -775,9 +784,9 @@ def source_check(request, tenant):
             check["error"] = {"code": exc.error_code, "detail": exc.detail, "help": exc.help}
             status = STATUS_BY_ERROR_CODE.get(exc.error_code, 500)
     if request.htmx:
-        response = render(request, "partials/source-check.html", {"check": check}, status=status)
-        if status >= 400:
-            response[FRAGMENT_HEADER] = "error"
+        response = render_in_place(
+            request, "partials/source-check.html", {"check": check}, status=status
+        )
         return response
     page_form = IngestionForm(request.POST, tenant=tenant, ingestion=ingestion)
     return _form_page(request, tenant, page_form, ingestion=ingestion, check=check, status=status)
@@ -889,15 +898,8 @@ def failed_file_action(request, tenant, ingestion_id: str, failure_id: int, acti
             messages.success(request, done)
         return redirect("ingestion-history", ingestion_id=ingestion.public_id)
     context = {**_failed_files_context(request, ingestion), "error": error, "done": done}
-    response = render(
-        request,
-        "partials/failed-files.html",
-        context,
-        status=STATUS_BY_ERROR_CODE.get(error["code"], 500) if error else 200,
-    )
-    if error:
-        response[FRAGMENT_HEADER] = "error"
-    return _changed(response)
+    status = STATUS_BY_ERROR_CODE.get(error["code"], 500) if error else 200
+    return _changed(render_in_place(request, "partials/failed-files.html", context, status=status))
 
 
 FAILED_FILE_ACTIONS = {

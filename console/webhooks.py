@@ -22,7 +22,7 @@ from webhooks import services
 from webhooks.errors import WebhookNotFoundError
 from webhooks.models import EVENTS, PayloadFormat
 
-from .views import FRAGMENT_HEADER, tenant_view
+from .views import render_in_place, tenant_view
 
 
 class WebhookCreateForm(forms.Form):
@@ -97,10 +97,7 @@ def webhook_list(request, tenant):
         status = 400
     context = _list_context(request, tenant, form=form, created=created, secret=secret, error=error)
     template = "partials/webhook-panel.html" if request.htmx else "webhooks.html"
-    response = render(request, template, context, status=status)
-    if status >= 400:
-        response[FRAGMENT_HEADER] = "error"  # swapped in place like a success
-    return response
+    return render_in_place(request, template, context, status=status)
 
 
 @never_cache
@@ -125,8 +122,7 @@ def webhook_delete(request, tenant, webhook_id: str):
 def _list_refusal(request, tenant, error: dict):
     template = "partials/webhook-list.html" if request.htmx else "webhooks.html"
     context = _list_context(request, tenant, error=error, form=WebhookCreateForm())
-    response = render(request, template, context, status=403)
-    response[FRAGMENT_HEADER] = "error"
+    response = render_in_place(request, template, context, status=403)
     return response
 
 
@@ -166,8 +162,7 @@ def webhook_test(request, tenant, webhook_id: str):
     template = "partials/webhook-deliveries.html" if request.htmx else "webhook_detail.html"
     if not _allowed(request, tenant, "change"):
         context = _detail_context(request, tenant, webhook, error=_refused("test"))
-        response = render(request, template, context, status=403)
-        response[FRAGMENT_HEADER] = "error"
+        response = render_in_place(request, template, context, status=403)
         return response
     services.webhook_test(webhook=webhook, actor=request.user)
     if not request.htmx:

@@ -551,17 +551,9 @@ def _fire_run(firing: ScheduleFiring) -> None:
         firing.run = run_request(ingestion=ingestion, actor=None, trigger=RunTrigger.SCHEDULE)
         firing.outcome = FiringOutcome.FIRED
     except BUSY as exc:
-        firing.outcome, firing.reason, firing.detail = (
-            FiringOutcome.SKIPPED,
-            exc.error_code,
-            str(exc),
-        )
+        _settle(firing, FiringOutcome.SKIPPED, exc)
     except AutoloaderError as exc:
-        firing.outcome, firing.reason, firing.detail = (
-            FiringOutcome.FAILED,
-            exc.error_code,
-            str(exc),
-        )
+        _settle(firing, FiringOutcome.FAILED, exc)
     firing.save(update_fields=["run", "outcome", "reason", "detail"])
     _audit_firing(firing)
 
@@ -600,25 +592,17 @@ def _fire_refresh(firing: ScheduleFiring) -> None:
             )
         firing.outcome = FiringOutcome.FIRED
     except BUSY as exc:
-        firing.outcome, firing.reason, firing.detail = (
-            FiringOutcome.SKIPPED,
-            exc.error_code,
-            str(exc),
-        )
+        _settle(firing, FiringOutcome.SKIPPED, exc)
     except (*REFUSALS, ApprovalRequiredError) as exc:
-        firing.outcome, firing.reason, firing.detail = (
-            FiringOutcome.REFUSED,
-            exc.error_code,
-            str(exc),
-        )
+        _settle(firing, FiringOutcome.REFUSED, exc)
     except AutoloaderError as exc:
-        firing.outcome, firing.reason, firing.detail = (
-            FiringOutcome.FAILED,
-            exc.error_code,
-            str(exc),
-        )
+        _settle(firing, FiringOutcome.FAILED, exc)
     firing.save(update_fields=["operation", "outcome", "reason", "detail"])
     _audit_firing(firing)
+
+
+def _settle(firing: ScheduleFiring, outcome: str, exc: AutoloaderError) -> None:
+    firing.outcome, firing.reason, firing.detail = outcome, exc.error_code, str(exc)
 
 
 def _audit_firing(firing: ScheduleFiring) -> None:
