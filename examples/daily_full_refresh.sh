@@ -122,6 +122,41 @@ for item in value or []:
     fi
 }
 
+# failed_files: "  - path [ERROR_CODE]: error", one line per failed file of the last run read.
+failed_files() {
+    if [[ $JSON_TOOL == jq ]]; then
+        jq -r '(.failed_files // [])[]
+            | "  - \(.path)\(if .error_code then " [\(.error_code)]" else "" end): \(.error // "no error message")"' \
+            "$BODY" 2>/dev/null || true
+    else
+        python3 -c '
+import json, sys
+try:
+    failed = json.load(open(sys.argv[1])).get("failed_files") or []
+except (AttributeError, ValueError):
+    failed = []
+for item in failed:
+    code = " [%s]" % item["error_code"] if item.get("error_code") else ""
+    print("  - %s%s: %s" % (item.get("path"), code, item.get("error") or "no error message"))
+' "$BODY"
+    fi
+}
+
+# run_failure: what went wrong with the run last read, its failed files listed once.
+run_failure() {
+    local files error=""
+    files=$(failed_files)
+    # A PARTIAL_SUCCESS's error only counts the files again: the list says more.
+    [[ $RUN_STATUS == PARTIAL_SUCCESS ]] || error=$(json_get .error)
+    if [[ $RUN_STATUS == PARTIAL_SUCCESS || -n $files ]]; then
+        echo "run $RUN_ID ended $RUN_STATUS: $(json_get .files_failed) of $(json_get .files_found)" \
+            "files failed to load${error:+ ($error)}${files:+:}"
+        [[ -z $files ]] || echo "$files"
+    else
+        echo "run $RUN_ID ended $RUN_STATUS: $(json_get .error)"
+    fi
+}
+
 # header NAME: a header of the last response (case-insensitive), without its trailing CR.
 header() {
     grep -i "^$1:" "$HEADERS" | tail -1 | cut -d: -f2- | tr -d '\r' | sed 's/^ *//' || true
@@ -197,15 +232,15 @@ case "$STATUS" in
     422)
         [[ $ERROR_CODE == IDEMPOTENCY_KEY_REUSED ]] || fail "refused: $(describe_error)"
         # Today's key was used with another body: an earlier invocation today sent another
-        # plan_id. It did execute; follow the ingestion's latest operation instead.
-        log "Already requested today with an earlier plan: following the latest operation"
-        api GET "/ingestions/$INGESTION_ID/refresh-operations?limit=1"
-        [[ $STATUS == 200 ]] || fail "cannot read the operations: $(describe_error)"
-        [[ $(json_get '.results[0].operation_type') == full_refresh ]] \
-            || fail "the latest operation on $INGESTION_ID is not a full refresh"
-        OPERATION_ID=$(json_get '.results[0].operation_id')
-        RUN_ID=$(json_get '.results[0].run_id')
-        log "Operation $OPERATION_ID: $(json_get '.results[0].status')"
+        # plan_id. It did execute; the answer names its operation: follow it instead.
+        OPERATION_ID=$(json_get .operation_id)
+        [[ -n $OPERATION_ID && $OPERATION_ID != null ]] \
+            || fail "today's key was used with another request: $(describe_error)"
+        log "Already requested today with an earlier plan: following operation $OPERATION_ID"
+        api GET "/refresh-operations/$OPERATION_ID"
+        [[ $STATUS == 200 ]] || fail "cannot read operation $OPERATION_ID: $(describe_error)"
+        RUN_ID=$(json_get .run_id)
+        log "Operation $OPERATION_ID: $(json_get .status)"
         ;;
     500)
         log "Operation $(json_get .operation_id) ended $(json_get .status): $(json_get .message)"
@@ -246,8 +281,7 @@ while :; do
                     log "Done: $INGESTION_ID fully refreshed (run $RUN_ID)"
                     exit 0
                     ;;
-                PARTIAL_SUCCESS) fail "run $RUN_ID: $(json_get .files_failed) files failed to load: $(json_get .error)" ;;
-                FAILED | CANCELLED) fail "run $RUN_ID ended $RUN_STATUS: $(json_get .error)" ;;
+                PARTIAL_SUCCESS | FAILED | CANCELLED) fail "$(run_failure)" ;;
             esac
             ;;
         401 | 403 | 404) fail "cannot read run $RUN_ID: $(describe_error)" ;;

@@ -39,8 +39,15 @@ def idempotency_begin(*, user, key: str, request_fingerprint: str) -> Idempotenc
         pass
     record = IdempotencyRecord.objects.get(user=user, key=key)
     if record.fingerprint != request_fingerprint:
+        # Naming what the key made lets a client that retried with another body (a new
+        # plan_id after a cleared DAG run) follow it instead of refreshing twice.
+        made = {
+            "operation_id": (record.headers or {}).get("X-Operation-ID"),
+            "run_id": (record.response or {}).get("run_id"),
+        }
         raise IdempotencyKeyReusedError(
-            f"Idempotency-Key {key!r} was already used with a different request."
+            f"Idempotency-Key {key!r} was already used with a different request.",
+            **{name: value for name, value in made.items() if value},
         )
     if record.status_code is None:
         raise IdempotencyKeyInUseError(f"A request with Idempotency-Key {key!r} is in progress.")

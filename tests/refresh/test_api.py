@@ -228,6 +228,8 @@ def test_idempotency_key_replays_and_refuses_another_body(loaded, admin_client):
     other = admin_client.post(FULL, {"confirm": True}, format="json", **headers)
     assert other.status_code == 422
     assert other.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+    # It names what the key made, for a client to follow instead of refreshing twice.
+    assert other.json()["operation_id"] == first.json()["operation_id"]
 
 
 def test_partial_failure_is_500_with_recovery_and_resume_finishes(loaded, admin_client, settings):
