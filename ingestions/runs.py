@@ -508,7 +508,7 @@ class _RunExecutor:
             # A batch's member: its batch publishes every member once all have loaded, or
             # none (`refresh.batches`); a member with failed files fails the batch.
             Run.objects.filter(pk=self.run.pk).update(publish_state=PublishState.AWAITING_BATCH)
-            error = f"{error} The new version waits for the other tables of its batch."
+            error = f"{error} {BATCH_WAIT_NOTE}"
         elif status == RunStatus.SUCCESS or (
             status == RunStatus.PARTIAL_SUCCESS and decision == OnPartialFailure.PUBLISH
         ):
@@ -862,6 +862,11 @@ def _write_history(run: Run, files: list[dict], *, loaded_at) -> None:
 
 
 # --- staged runs: zero-downtime refresh ------------------------------------------------
+
+
+# What a batch member's run says while it waits; its batch replaces it when it publishes
+# or discards the version (`refresh.batches`).
+BATCH_WAIT_NOTE = "The new version waits for the other tables of its batch."
 
 
 class StagedRunFailedError(AutoloaderError):

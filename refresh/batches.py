@@ -19,8 +19,15 @@ from django.utils import timezone
 
 from ingestions.engines import load_engine
 from ingestions.errors import AutoloaderError, IngestionNotFoundError, RunNotCancellableError
-from ingestions.models import ACTIVE_RUN_STATUSES, Ingestion, PublishState, RunStatus, Tenant
-from ingestions.runs import run_cancel, staged_discard, staged_publish
+from ingestions.models import (
+    ACTIVE_RUN_STATUSES,
+    Ingestion,
+    PublishState,
+    Run,
+    RunStatus,
+    Tenant,
+)
+from ingestions.runs import BATCH_WAIT_NOTE, run_cancel, staged_discard, staged_publish
 
 from .errors import BatchNotFoundError, ConfirmationRequiredError, DryRunRequiredError
 from .models import (
@@ -333,6 +340,9 @@ def _discard_members(operations) -> None:
                 run.refresh_from_db()
         if run.publish_state == PublishState.AWAITING_BATCH:
             staged_discard(run=run, engine=load_engine(run.ingestion.engine))
+            Run.objects.filter(pk=run.pk).update(
+                error=run.error.replace(BATCH_WAIT_NOTE, "Discarded with its batch.").strip()
+            )
         operation_sync(operation=operation)
 
 
@@ -344,6 +354,9 @@ def _publish_members(batch: RefreshBatch, operations) -> None:
         run.refresh_from_db()
         if run.publish_state != PublishState.PUBLISHED:
             staged_publish(run=run, engine=load_engine(run.ingestion.engine))
+            Run.objects.filter(pk=run.pk).update(
+                error=run.error.replace(BATCH_WAIT_NOTE, "").strip()
+            )
         operation_sync(operation=operation)
     RefreshBatch.objects.filter(pk=batch.pk, status=BatchStatus.PUBLISHING).update(
         status=BatchStatus.PUBLISHED, finished_at=timezone.now(), updated_at=timezone.now()

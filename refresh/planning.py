@@ -406,6 +406,8 @@ def _scope_impact(*, ingestion: Ingestion, scope: Scope, entries, listed: set[st
         "rows_replaced": sum(entry.rows for entry in history.values()),
         "files": files,
         "files_truncated": len(paths) > SCOPE_FILES_SHOWN,
+        # Named in the request but neither in the source nor in the history: a typo.
+        "unknown_files": [path for path in scope.files if path not in replaced][:SCOPE_FILES_SHOWN],
     }
 
 
@@ -468,6 +470,13 @@ def _warnings(plan: Plan) -> list[str]:
             f"({scope['description']}, {size_text(impact.bytes_to_process)}) and replace "
             f"{scope['rows_replaced']:,} rows of {plan.table['table_name']} when the run ends"
         )
+        if scope["unknown_files"]:
+            warnings.append(
+                f"{len(scope['unknown_files']):,} named files are neither in the source nor "
+                f"in the history (e.g. {scope['unknown_files'][0]}): executing is refused"
+            )
+        elif not scope["files_in_scope"]:
+            warnings.append("No file of the source or the history is in the scope")
         if scope["files_gone_from_source"]:
             warnings.append(
                 f"{scope['files_gone_from_source']:,} files in scope are no longer in the "

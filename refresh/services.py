@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -201,6 +202,7 @@ def refresh_execute(
             ),
         }
         if parsed is not None:
+            _check_scope_matches(plan)
             request["scope"] = parsed.as_json()
         if batch_id:
             # A batch's member: its version is published by the batch (`refresh.batches`).
@@ -440,6 +442,22 @@ def _scope_of(scope: dict | None, *, kind: str, mode: str, ingestion: Ingestion,
             "part of. Run the ingestion, or refresh without a scope."
         )
     return parsed
+
+
+def _check_scope_matches(plan: Plan) -> None:
+    """A selective refresh must name real files: a typo must not run an empty refresh."""
+    unknown, matched = plan.scope["unknown_files"], plan.scope["files_in_scope"]
+    if unknown:
+        raise ValidationError(
+            {
+                "scope": [
+                    f"{len(unknown):,} named files are neither in the source nor in the "
+                    f"history: {', '.join(unknown[:5])}."
+                ]
+            }
+        )
+    if not matched:
+        raise ValidationError({"scope": ["No file of the source or the history is in it."]})
 
 
 def effective_mode(*, kind: str, mode: str | None, auto_run: bool, engine) -> str:

@@ -62,6 +62,7 @@ def test_every_member_loads_then_all_are_published_together(three, member):
     assert [m["status"] for m in final["members"]] == ["published"] * 3
     assert [rows(ingestion) for ingestion in three] == [45, 35, 25]
     assert [ProcessedFile.objects.filter(ingestion=i).count() for i in three] == [5, 4, 3]
+    assert not Run.objects.filter(error__contains="waits for the other tables").exists()
 
 
 def test_one_member_failing_publishes_none_and_names_it(three, member, tmp_path):

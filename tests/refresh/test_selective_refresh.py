@@ -202,17 +202,23 @@ def test_rows_of_a_file_gone_from_the_source_are_removed(loaded_by_month, member
         ({"scope": {"path": "2025-06/"}}, "VALIDATION_ERROR"),
         ({"scope": "2025-06/"}, "VALIDATION_ERROR"),
         ({"scope": {"prefix": "2025-06/"}, "mode": "drop_first"}, "SCOPE_NOT_APPLICABLE"),
+        ({"scope": {"files": ["2025-06/c.csv", "2025-06/typo.csv"]}}, "VALIDATION_ERROR"),
+        ({"scope": {"prefix": "2024-"}}, "VALIDATION_ERROR"),
     ],
 )
 def test_a_bad_scope_is_refused_and_nothing_changes(loaded_by_month, member, body, code):
     before = rows_by_file(loaded_by_month)
     admin = member(Role.ADMIN)
-    for dry_run in (True, False):
+    matches_nothing = "typo" in str(body) or "2024-" in str(body)
+    for dry_run in (False,) if matches_nothing else (True, False):
         response = admin.post(URL, {**body, "dry_run": dry_run, "confirm": True}, format="json")
         assert response.json()["error_code"] == code, response.content
         assert response.status_code == (400 if code == "VALIDATION_ERROR" else 409)
     assert not RefreshOperation.objects.exists()
     assert rows_by_file(loaded_by_month) == before
+    if matches_nothing:  # the dry-run says it, and executing is refused
+        preview = admin.post(URL, {**body, "dry_run": True}, format="json").json()
+        assert any("in the scope" in w or "neither" in w for w in preview["warnings"])
 
 
 def test_a_scope_needs_a_table_with_rows_and_is_only_for_full_refresh(
