@@ -1,10 +1,10 @@
 """The example DAG under real Airflow: `airflow dags test` against a live server and worker.
 
 Airflow lives in its own virtualenv (`scripts/airflow_venv.sh` makes it; CI runs these tests
-with Airflow 3 on SQLite and Airflow 2 on PostgreSQL): these tests run when `AUTOLOADER_AIRFLOW_PYTHON` names its python, and skip
-otherwise. Each `airflow dags test` runs the whole DAG in one process, with a throwaway
-AIRFLOW_HOME, the examples folder as DAGs folder and the connection in the environment, the
-way an Airflow user configures it.
+with Airflow 3 on SQLite and Airflow 2 on PostgreSQL): these tests run when
+`AUTOLOADER_AIRFLOW_PYTHON` names its python, and skip otherwise. Each `airflow dags test`
+runs the whole DAG in one process, with a throwaway AIRFLOW_HOME, the examples folder as
+DAGs folder and the connection in the environment, the way an Airflow user configures it.
 """
 
 import functools
