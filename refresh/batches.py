@@ -14,6 +14,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -230,8 +231,6 @@ def batch_of_run_sync(run) -> None:
 
 
 def _members(*, tenant: Tenant, ingestion_ids, kind: str) -> list[Ingestion]:
-    from django.core.exceptions import ValidationError
-
     if kind not in BATCH_KINDS:
         raise ValidationError({"operation": ["A batch is a full_refresh or a fresh_start."]})
     if (

@@ -159,6 +159,10 @@ def test_actions_are_refused_to_viewers_other_tenants_and_in_the_wrong_state(
     outsider = member(Role.ADMIN, tenant_obj=other_tenant)
     assert outsider.get(FAILED).status_code == 404
     assert outsider.post(f"{FAILED}/{failure.pk}/quarantine").status_code == 404
+    assert outsider.post(f"{FAILED}/{failure.pk}/retry").status_code == 404
+    failure.refresh_from_db()  # the victim's file is untouched, and no run was queued for it
+    assert (failure.quarantined, failure.attempts) == (False, 1)
+    assert Run.objects.filter(ingestion=one_bad_file).count() == 1
 
     admin = member(Role.ADMIN)
     assert admin.post(f"{FAILED}/{failure.pk}/explode").status_code == 404

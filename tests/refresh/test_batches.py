@@ -162,6 +162,11 @@ def test_viewers_and_other_tenants_are_refused(three, member, other_tenant):
     )
     outsider = member(Role.ADMIN, tenant_obj=other_tenant)
     assert outsider.post(URL, body, format="json").status_code == 404
+    assert outsider.post(URL, {**body, "dry_run": True}, format="json").status_code == 404
+    # The victim's tables and history are untouched, and nothing was started or planned.
+    assert [rows(ingestion) for ingestion in three] == [40, 30, 20]
+    assert [ProcessedFile.objects.filter(ingestion=i).count() for i in three] == [4, 3, 2]
+    assert not RefreshOperation.objects.exists() and not RefreshBatch.objects.exists()
     batch_id = member(Role.ADMIN).post(URL, body, format="json").json()["batch_id"]
     assert outsider.get(f"{URL}/{batch_id}").json()["error_code"] == "BATCH_NOT_FOUND"
     assert not RefreshOperation.objects.exclude(request__batch_id=batch_id).exists()
