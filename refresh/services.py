@@ -118,8 +118,9 @@ def refresh_preview(
         ingestion=ingestion, kind=kind, impact=plan.as_record(), created_by=_user(actor)
     )
     plan.plan_id = record.public_id
-    webhook_events.preview_event(ingestion=ingestion, kind=kind, plan=plan)
     plan.allowed = actor.has_perm(spec_of(kind).permission, ingestion)
+    if plan.allowed:  # a read-only caller's dry-runs send no webhooks (docs/webhooks.md)
+        webhook_events.preview_event(ingestion=ingestion, kind=kind, plan=plan)
     plan.plan_required = plan.impact.estimated_cost_usd > settings.REFRESH_PLAN_REQUIRED_ABOVE_USD
     return plan
 
