@@ -18,11 +18,14 @@
 | AUTOLOADER_COMPACT_SMALL_FILE_BYTES / _MIN_FILES / _MAX_BYTES | 32 MiB / 10 / 512 MiB | |
 | AUTOLOADER_ORPHAN_MIN_AGE_HOURS | 1 | age before an unreferenced file is deleted |
 | AUTOLOADER_QUARANTINE_AFTER_FAILURES | 3 | failed runs in a row before quarantine (0: never) |
-| AUTOLOADER_WEBHOOK_ALLOWED_HOSTS | (none) | private hosts/IPs webhooks may reach (comma list) |
+| AUTOLOADER_WEBHOOK_ALLOWED_HOSTS | (none) | private host:port (IP:port) webhooks may reach |
 | AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS | 10 | timeout of one webhook delivery |
 | AUTOLOADER_WEBHOOK_MAX_ATTEMPTS | 8 | attempts before a delivery is dead |
 | AUTOLOADER_WEBHOOK_BACKOFF_SECONDS | 30 | first retry delay, doubled each attempt (+ jitter) |
 | AUTOLOADER_WEBHOOK_DELIVERY_INTERVAL_SECONDS | 2 | how often the worker sends due deliveries |
+| AUTOLOADER_WEBHOOK_DELIVERY_THREADS | 8 | webhook deliveries sent at once by one worker |
+| AUTOLOADER_WEBHOOK_CONCURRENCY_PER_TENANT / _ENDPOINT | 2 / 1 | of those, per tenant / host:port |
+| AUTOLOADER_WEBHOOKS_PER_TENANT | 20 | webhooks one tenant may have |
 | AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS | 300 | shortest gap between two firings of a schedule |
 | AUTOLOADER_SPARK_MASTER | local[*] | Spark master: local[*], spark://, k8s://, yarn |
 | AUTOLOADER_SPARK_CATALOG | (the embedded engine's) | Spark catalog of the spark engine's tables |
@@ -280,8 +283,8 @@ AUTOLOADER_ORPHAN_MIN_AGE_HOURS = env_float("AUTOLOADER_ORPHAN_MIN_AGE_HOURS", 1
 AUTOLOADER_QUARANTINE_AFTER_FAILURES = env_int("AUTOLOADER_QUARANTINE_AFTER_FAILURES", 3)
 
 # --- Webhooks (docs/webhooks.md) -------------------------------------------------------
-# Hosts (or IPs) webhooks may reach although they are not public (loopback, private...);
-# empty: public hosts only.
+# host:port (or IP:port, [IPv6]:port) webhooks may reach although not public (loopback,
+# private...); a bare host means its scheme's default port only. Empty: public hosts only.
 AUTOLOADER_WEBHOOK_ALLOWED_HOSTS = env_list("AUTOLOADER_WEBHOOK_ALLOWED_HOSTS", "")
 AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS = env_float("AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS", 10.0)
 AUTOLOADER_WEBHOOK_MAX_ATTEMPTS = env_int("AUTOLOADER_WEBHOOK_MAX_ATTEMPTS", 8)
@@ -289,6 +292,14 @@ AUTOLOADER_WEBHOOK_BACKOFF_SECONDS = env_float("AUTOLOADER_WEBHOOK_BACKOFF_SECON
 AUTOLOADER_WEBHOOK_DELIVERY_INTERVAL_SECONDS = env_float(
     "AUTOLOADER_WEBHOOK_DELIVERY_INTERVAL_SECONDS", 2.0
 )
+# Deliveries go out concurrently: one tenant's (or one endpoint's) stalled receiver holds
+# at most its own slots, never the others' (docs/webhooks.md).
+AUTOLOADER_WEBHOOK_DELIVERY_THREADS = env_int("AUTOLOADER_WEBHOOK_DELIVERY_THREADS", 8)
+AUTOLOADER_WEBHOOK_CONCURRENCY_PER_TENANT = env_int("AUTOLOADER_WEBHOOK_CONCURRENCY_PER_TENANT", 2)
+AUTOLOADER_WEBHOOK_CONCURRENCY_PER_ENDPOINT = env_int(
+    "AUTOLOADER_WEBHOOK_CONCURRENCY_PER_ENDPOINT", 1
+)
+AUTOLOADER_WEBHOOKS_PER_TENANT = env_int("AUTOLOADER_WEBHOOKS_PER_TENANT", 20)
 # Schedules (`refresh.schedules`): a cron firing more often than this is refused.
 AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS = env_int("AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS", 300)
 
