@@ -11,13 +11,17 @@ each S3 location gets its own client with its own keys.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import posixpath
 import re
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -249,6 +253,89 @@ def location_list(*, tenant: Tenant):
 # --- checking and opening sources ------------------------------------------------------
 
 
+class OutsideLocationError(PermissionError):
+    """What was opened is not a regular file inside the location (a link swapped in, a FIFO).
+
+    Its message is the reason, worded to follow "Cannot read <file>: "."""
+
+
+# The kernel's name for an open file: opening it again reaches the same file, whatever
+# happened to its path since. Linux has it; elsewhere reads go through Python's file object.
+_PROC_FD = "/proc/self/fd"
+
+
+class ConfinedLocalFileSystem:
+    """The local filesystem of one location, for reading source files only.
+
+    A path is a name, and a name can change between a check and an open: a tenant who swaps
+    `a.csv` for a symlink to another tenant's file after `realpath` said "inside" would get
+    that file read. So nothing is checked before opening: the file is opened first, then
+    what was opened (the descriptor's own path, from the kernel, and its type) is checked,
+    and every byte is read from that descriptor. A swap after the open changes nothing; a
+    swap before it is caught by the check. Links inside the location still work.
+    """
+
+    def __init__(self, boundary: str):
+        self.boundary = boundary.rstrip("/") + "/"
+        self._local = pafs.LocalFileSystem()
+
+    @contextlib.contextmanager
+    def _opened(self, path: str) -> Iterator[int]:
+        # O_NONBLOCK: a FIFO planted in the folder must not hang the open (it is refused
+        # below); it changes nothing for a regular file.
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OutsideLocationError("it is not a regular file")
+            if not opened_path(fd).startswith(self.boundary):
+                raise OutsideLocationError("it resolves outside the storage location")
+            yield fd
+        finally:
+            os.close(fd)
+
+    def pin(self, path: str) -> tuple[int, int]:
+        """Open and check `path`; returns its (device, inode) to compare after a read that
+        another program makes by path (the spark engine)."""
+        with self._opened(path) as fd:
+            info = os.fstat(fd)
+            return info.st_dev, info.st_ino
+
+    def open_input_stream(self, path: str, compression: str | None = "detect") -> pa.NativeFile:
+        if compression == "detect":
+            compression = _codec_by_extension(path)
+        with self._opened(path) as fd:
+            if os.path.isdir(_PROC_FD):
+                return self._local.open_input_stream(f"{_PROC_FD}/{fd}", compression=compression)
+            stream = pa.PythonFile(os.fdopen(os.dup(fd), "rb"), mode="r")
+            return pa.CompressedInputStream(stream, compression) if compression else stream
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        with self._opened(path) as fd:
+            if os.path.isdir(_PROC_FD):
+                return self._local.open_input_file(f"{_PROC_FD}/{fd}")
+            return pa.PythonFile(os.fdopen(os.dup(fd), "rb"), mode="r")
+
+
+def opened_path(fd: int) -> str:
+    """The real path of an open file, as the kernel knows it (links resolved)."""
+    if os.path.isdir(_PROC_FD):
+        return os.readlink(f"{_PROC_FD}/{fd}")
+    # No /proc (not Linux): F_GETPATH where the platform has it (macOS), else refuse.
+    getpath = getattr(fcntl, "F_GETPATH", None)
+    if getpath is None:
+        raise OutsideLocationError("cannot tell where an open file lies on this platform")
+    return fcntl.fcntl(fd, getpath, b"\0" * 1024).rstrip(b"\0").decode()
+
+
+def _codec_by_extension(path: str) -> str | None:
+    """pyarrow's own choice of decompression by file extension (data.csv.gz → gzip)."""
+    try:
+        return pa.Codec.detect(path).name
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class SourceHandle:
     """A source checked against its tenant's locations, with the filesystem to read it.
@@ -259,7 +346,7 @@ class SourceHandle:
 
     uri: str
     location: StorageLocation
-    filesystem: pafs.FileSystem
+    filesystem: pafs.FileSystem | ConfinedLocalFileSystem
     root: str  # path inside `filesystem`: a real local path, or "bucket/key"
     local_boundary: str | None  # a local location's real path: nothing outside it is read
 
@@ -267,10 +354,17 @@ class SourceHandle:
         return f"{self.root.rstrip('/')}/{relative_path}"
 
     def is_readable(self, full_path: str) -> bool:
-        """Whether a local file resolves inside the location (a symlink may point out)."""
+        """Whether a local file resolves inside the location (a symlink may point out).
+
+        For listing only: the answer can change the next instant. Reads are confined by
+        `ConfinedLocalFileSystem`, which checks what it opened."""
         if self.local_boundary is None:
             return True
-        return os.path.realpath(full_path).startswith(self.local_boundary.rstrip("/") + "/")
+        try:
+            real = os.path.realpath(full_path)
+        except OSError:  # a link swapped for a file mid-resolution (EINVAL): not now
+            return False
+        return real.startswith(self.local_boundary.rstrip("/") + "/")
 
 
 def source_resolve(*, tenant: Tenant, uri: str) -> tuple[str, StorageLocation]:
@@ -312,7 +406,7 @@ def source_open(*, tenant: Tenant, uri: str) -> SourceHandle:
         return SourceHandle(
             uri=normalized,
             location=location,
-            filesystem=pafs.LocalFileSystem(),
+            filesystem=ConfinedLocalFileSystem(boundary),
             root=os.path.realpath(storage.path),
             local_boundary=boundary,
         )

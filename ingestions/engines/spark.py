@@ -58,6 +58,7 @@ from ingestions.errors import (
     FileReadError,
     SchemaMismatchError,
 )
+from ingestions.locations import OutsideLocationError
 from ingestions.sources.discovery import first_line
 
 if TYPE_CHECKING:  # pragma: no cover - types only
@@ -297,12 +298,19 @@ class SparkEngine(Engine):
                 rows={}, failures={path: FileReadError(path, reason) for path in paths}
             )
         uris, keys = {}, {}
+        pins: dict[str, tuple[int, int]] = {}
         for path in paths:
             full_path = source.full_path(path)
-            if ".." in path.split("/") or not source.is_readable(full_path):
+            if ".." in path.split("/"):
                 failures[path] = FileReadError(path, "it resolves outside the storage location")
-            else:
-                uris[path], keys[path] = _spark_uri(source, full_path), full_path
+                continue
+            if source.local_boundary is not None:
+                try:
+                    pins[path] = _pin_local(source, full_path)
+                except FileReadError as exc:
+                    failures[path] = FileReadError(path, exc.reason)
+                    continue
+            uris[path], keys[path] = _spark_uri(source, full_path), full_path
         if not uris:
             return FileBatch(rows={}, failures=failures)
         with self._errors("read the source files"), self._jobs("read source files") as spark:
@@ -317,6 +325,11 @@ class SparkEngine(Engine):
                     raise
                 # One of them cannot be read with the others: which, one file at a time.
                 frame, counts, cached = self._read_one_by_one(reader, uris, failures)
+            # What Spark read by path must be what was checked before: a file swapped for a
+            # link (or another file) meanwhile fails, and none of its rows are written.
+            for path, pin in pins.items():
+                if path not in failures and not _still_pinned(source, keys[path], pin):
+                    failures[path] = FileReadError(path, "it changed while it was read")
             inputs = {_input_key(name): name for name in counts}
             rows: dict[str, int] = {}
             loading: dict[str, str] = {}  # Spark's input file name -> relative path
@@ -853,6 +866,34 @@ def _check_properties(properties: dict[str, str]) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _pin_local(source: SourceHandle, full_path: str) -> tuple[int, int]:
+    """Check a local file Spark is about to read by path; returns its (device, inode).
+
+    Spark opens paths itself, following links, so a link is refused outright (the embedded
+    engine reads links inside the location through a checked descriptor; Spark cannot).
+
+    Raises:
+        FileReadError: a link, not a regular file inside the location, or gone.
+    """
+    try:
+        if os.path.islink(full_path):
+            raise FileReadError(
+                full_path, "the spark engine reads no symbolic link in a local source"
+            )
+        return source.filesystem.pin(full_path)
+    except FileNotFoundError:
+        raise FileReadError(full_path, "the file no longer exists") from None
+    except OutsideLocationError as exc:
+        raise FileReadError(full_path, str(exc)) from None
+
+
+def _still_pinned(source: SourceHandle, full_path: str, pin: tuple[int, int]) -> bool:
+    try:
+        return _pin_local(source, full_path) == pin
+    except FileReadError:
+        return False
 
 
 def _spark_uri(source: SourceHandle, full_path: str) -> str:

@@ -138,15 +138,20 @@ def _walk_local(source: SourceHandle, bound: _Bound) -> list[tuple[str, int, int
                     if entry.name.startswith(HIDDEN_PREFIXES):
                         continue
                     relative_path = relative_folder + entry.name
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append((entry.path, relative_path + "/"))
-                    elif entry.is_file(follow_symlinks=False):
-                        stat = entry.stat(follow_symlinks=False)
-                        entries.append((relative_path, stat.st_size, stat.st_mtime_ns))
-                    elif entry.is_symlink() and source.is_readable(entry.path):
-                        target = _stat_link_target(entry.path)
-                        if target is not None and stat_is_file(target.st_mode):
-                            entries.append((relative_path, target.st_size, target.st_mtime_ns))
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append((entry.path, relative_path + "/"))
+                        elif entry.is_file(follow_symlinks=False):
+                            stat = entry.stat(follow_symlinks=False)
+                            entries.append((relative_path, stat.st_size, stat.st_mtime_ns))
+                        elif entry.is_symlink() and source.is_readable(entry.path):
+                            target = _stat_link_target(entry.path)
+                            if target is not None and stat_is_file(target.st_mode):
+                                entries.append((relative_path, target.st_size, target.st_mtime_ns))
+                    except OSError:
+                        # Renamed, removed or swapped while listed: not listed this time (a
+                        # run lists again; the read checks what it opens in any case).
+                        continue
         except FileNotFoundError:
             continue  # a folder removed while listing: its files are simply not there
         except OSError as exc:

@@ -18,6 +18,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from ingestions.errors import FileReadError, SchemaMismatchError
+from ingestions.locations import OutsideLocationError
 from ingestions.sources.discovery import first_line
 
 if TYPE_CHECKING:
@@ -123,8 +124,10 @@ def read_source_file(
     options = validate_reader_options(file_format=file_format, options=options)
     filesystem = source.filesystem
     full_path = source.full_path(path)
-    if ".." in path.split("/") or not source.is_readable(full_path):
+    if ".." in path.split("/"):
         raise FileReadError(path, "it resolves outside the storage location")
+    # No check by path before opening (it could change before the open): a local source's
+    # filesystem checks what it opened and raises OutsideLocationError.
     try:
         if file_format == "parquet":
             # Parquet needs random access to its footer, so a file, not a stream.
@@ -143,6 +146,8 @@ def read_source_file(
             data.validate(full=True)
     except FileNotFoundError as exc:
         raise FileReadError(path, "the file no longer exists") from exc
+    except OutsideLocationError as exc:
+        raise FileReadError(path, str(exc)) from exc
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         # UnicodeDecodeError: the Python codec that transcodes a non-UTF-8 `encoding`.
         raise FileReadError(path, read_error_reason(exc, file_format)) from exc
