@@ -78,7 +78,7 @@ class WebhookListCreateApi(WebhookAPIView):
     class WebhookCreateInputSerializer(StrictSerializer):
         url = serializers.CharField(max_length=MAX_URL_LENGTH)
         events = serializers.ListField(
-            child=serializers.ChoiceField(choices=EVENT_CHOICES), allow_empty=False
+            child=serializers.ChoiceField(choices=EVENT_CHOICES), allow_empty=False, min_length=1
         )
         payload_format = serializers.ChoiceField(
             choices=PayloadFormat.values, default=PayloadFormat.JSON
@@ -103,6 +103,7 @@ class WebhookListCreateApi(WebhookAPIView):
                 ERROR_SCHEMA, description="VALIDATION_ERROR / WEBHOOK_URL_NOT_ALLOWED"
             ),
             **WEBHOOK_ERRORS,
+            409: OpenApiResponse(ERROR_SCHEMA, description="WEBHOOK_LIMIT_REACHED"),
         },
     )
     def post(self, request):
@@ -120,7 +121,10 @@ class WebhookDetailApi(WebhookAPIView):
     class WebhookUpdateInputSerializer(StrictSerializer):
         url = serializers.CharField(max_length=MAX_URL_LENGTH, required=False)
         events = serializers.ListField(
-            child=serializers.ChoiceField(choices=EVENT_CHOICES), allow_empty=False, required=False
+            child=serializers.ChoiceField(choices=EVENT_CHOICES),
+            allow_empty=False,
+            min_length=1,  # the schema's minItems
+            required=False,
         )
         payload_format = serializers.ChoiceField(choices=PayloadFormat.values, required=False)
         active = serializers.BooleanField(required=False)

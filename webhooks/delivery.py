@@ -9,28 +9,33 @@ AUTOLOADER_WEBHOOK_MAX_ATTEMPTS, then the delivery is `dead`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
-import http.client
+import http.client as http_client
 import json
 import logging
 import random
 import socket
 import ssl
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import F, Q, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from ingestions.secrets import decrypt_secret
 
-from .destinations import Destination, destination_check
+from .destinations import SCHEMES, Destination, destination_check
 from .errors import WebhookUrlNotAllowedError
 from .models import DeliveryStatus, PayloadFormat, WebhookAttempt, WebhookDelivery
 
@@ -92,26 +97,211 @@ def summary(envelope: dict) -> str:
     return line
 
 
-def deliver_due(*, now=None, limit: int = BATCH) -> int:
-    """Send the deliveries that are due; returns how many this pass attempted."""
-    now = now or timezone.now()
+def deliver_due(*, now=None, limit: int = BATCH, wait: bool = True) -> int:
+    """Send the deliveries that are due; returns how many this pass attempted (or, with
+    `wait=False`, how many it queued).
+
+    At most `limit` are taken, round-robin across tenants (each tenant's oldest first, then
+    each one's second...), so one tenant's backlog does not fill the pass. They are sent
+    concurrently by the process's dispatcher, at most AUTOLOADER_WEBHOOK_DELIVERY_THREADS at
+    once, of which at most AUTOLOADER_WEBHOOK_CONCURRENCY_PER_TENANT for one tenant and
+    _PER_ENDPOINT for one host:port: a receiver that never answers holds its own slots for
+    the timeout, not the other tenants'. A slot that frees takes the next queued delivery.
+
+    `wait=True` (the tests, `--batch`): returns when the pass is over. No send starts after
+    the send timeout has elapsed since the pass began (what is left waits for the next
+    pass, unclaimed), so a pass lasts about one timeout, two at worst, whatever one tenant
+    queued. `wait=False` (the worker's deliveries thread): returns at once; the sends go on
+    while later passes queue more, so a stalled endpoint never delays another tenant's
+    deliveries.
+    """
+    start_before = time.monotonic() + settings.AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS
+    items = _due_fairly(now=now, limit=limit, skip=_DISPATCHER.known())
+    taken = _DISPATCHER.submit(items, now=now, start_before=start_before if wait else None)
+    if not wait:
+        return len(taken)
+    return _DISPATCHER.wait(taken)
+
+
+def deliver_due_in_background() -> int:
+    """The worker's pass: queue what is due and return; the sends go on meanwhile."""
+    return deliver_due(wait=False)
+
+
+def deliveries_wait_idle(timeout: float) -> bool:
+    """Wait until this process sends and queues nothing (True), at most `timeout` seconds."""
+    return _DISPATCHER.wait_idle(timeout)
+
+
+def _due_fairly(*, now, limit: int, skip: set[int]) -> list[_Item]:
+    """Up to `limit` due deliveries, round-robin across tenants, oldest first within each."""
+    now_or_real = now or timezone.now()
+    rank = Window(
+        RowNumber(),
+        partition_by=[F("webhook__tenant_id")],
+        order_by=[F("next_attempt_at").asc(), F("id").asc()],
+    )
     due = (
         WebhookDelivery.objects.filter(
-            Q(claimed_until__isnull=True) | Q(claimed_until__lt=now),
+            Q(claimed_until__isnull=True) | Q(claimed_until__lt=now_or_real),
             status__in=[DeliveryStatus.PENDING, DeliveryStatus.FAILED],
-            next_attempt_at__lte=now,
+            next_attempt_at__lte=now_or_real,
             webhook__active=True,  # a paused webhook's deliveries wait for it
         )
-        .order_by("next_attempt_at", "id")
-        .values_list("pk", "claimed_until")[:limit]
+        .exclude(pk__in=skip)  # already queued or in flight in this process
+        .annotate(rank=rank)
+        .filter(rank__lte=limit)
+        .order_by("rank", "next_attempt_at", "id")
+        .values_list("pk", "claimed_until", "webhook__tenant_id", "webhook__url")[:limit]
     )
-    attempted = 0
-    for pk, lease in list(due):
-        claim = delivery_claim(pk=pk, lease=lease, now=now)
-        if claim is not None:
-            delivery_send(claim)
-            attempted += 1
-    return attempted
+    return [
+        _Item(pk=pk, lease=lease, tenant_id=tenant_id, endpoint=endpoint_of(url))
+        for pk, lease, tenant_id, url in due
+    ]
+
+
+def endpoint_of(url: str) -> str:
+    """The host:port a URL reaches, what the per-endpoint bound counts."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or SCHEMES.get(parts.scheme.lower(), 0)
+    except ValueError:
+        return url
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+@dataclass(eq=False)
+class _Item:
+    """A due delivery as the pass read it (`lease`: its `claimed_until` then)."""
+
+    pk: int
+    lease: object
+    tenant_id: int
+    endpoint: str
+    now: object = None  # the pass's `now` when one was given (tests); else the claim's time
+    start_before: float | None = None  # monotonic: not started by then, left for a next pass
+    attempted: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class _Dispatcher:
+    """Sends queued deliveries, each in a thread of its own, within the bounds (see
+    `deliver_due`). One per process; its state is guarded by one lock."""
+
+    def __init__(self):
+        self._lock = threading.Condition()
+        self._queues: dict[int, deque[_Item]] = {}  # tenant -> its items, oldest first
+        self._by_tenant: Counter[int] = Counter()  # sends in flight
+        self._by_endpoint: Counter[str] = Counter()
+        self._running = 0
+        self._known: set[int] = set()  # queued or in flight
+
+    def known(self) -> set[int]:
+        with self._lock:
+            return set(self._known)
+
+    def submit(self, items: list[_Item], *, now, start_before: float | None) -> list[_Item]:
+        with self._lock:
+            taken = [item for item in items if item.pk not in self._known]
+            for item in taken:
+                item.now, item.start_before = now, start_before
+                self._known.add(item.pk)
+                self._queues.setdefault(item.tenant_id, deque()).append(item)
+            self._pump()
+            return taken
+
+    def wait(self, items: list[_Item]) -> int:
+        """Wait for `items`; those not started by their `start_before` are dropped."""
+        for item in items:
+            if not item.done.wait(max(item.start_before - time.monotonic(), 0)):
+                with self._lock:
+                    self._drop_if_queued(item)
+                item.done.wait()  # started: its send ends within its timeout
+        return sum(item.attempted for item in items)
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._known, timeout)
+
+    def _drop_if_queued(self, item: _Item) -> None:
+        queue = self._queues.get(item.tenant_id)
+        if queue is not None and item in queue:
+            queue.remove(item)
+            if not queue:
+                del self._queues[item.tenant_id]
+            self._known.discard(item.pk)
+            item.done.set()
+            self._lock.notify_all()
+
+    def _pump(self) -> None:
+        """Start what the bounds allow, one per tenant in turn (called with the lock held)."""
+        threads = max(settings.AUTOLOADER_WEBHOOK_DELIVERY_THREADS, 1)
+        per_tenant = max(settings.AUTOLOADER_WEBHOOK_CONCURRENCY_PER_TENANT, 1)
+        per_endpoint = max(settings.AUTOLOADER_WEBHOOK_CONCURRENCY_PER_ENDPOINT, 1)
+        now = time.monotonic()
+        for queue in list(self._queues.values()):  # what a finished pass left: not started
+            for item in [each for each in queue if (each.start_before or now) < now]:
+                self._drop_if_queued(item)
+        started = True
+        while started and self._running < threads:
+            started = False
+            for tenant_id in list(self._queues):
+                if self._running >= threads:
+                    break
+                if self._by_tenant[tenant_id] >= per_tenant:
+                    continue
+                queue = self._queues[tenant_id]
+                item = next(
+                    (each for each in queue if self._by_endpoint[each.endpoint] < per_endpoint),
+                    None,
+                )
+                if item is None:
+                    continue
+                queue.remove(item)
+                del self._queues[tenant_id]
+                if queue:  # to the back of the line: the other tenants go next
+                    self._queues[tenant_id] = queue
+                self._start(item)
+                started = True
+
+    def _start(self, item: _Item) -> None:
+        self._running += 1
+        self._by_tenant[item.tenant_id] += 1
+        self._by_endpoint[item.endpoint] += 1
+        try:
+            threading.Thread(
+                target=self._send, args=(item,), name=f"webhook-delivery-{item.pk}", daemon=True
+            ).start()
+        except RuntimeError:  # no thread to be had: the next pass takes it again
+            logger.warning("no thread for webhook delivery %s", item.pk, exc_info=True)
+            self._release(item)
+
+    def _release(self, item: _Item) -> None:
+        self._running -= 1
+        self._by_tenant[item.tenant_id] -= 1
+        self._by_endpoint[item.endpoint] -= 1
+        self._known.discard(item.pk)
+        item.done.set()
+        self._lock.notify_all()
+
+    def _send(self, item: _Item) -> None:
+        # A daemon thread: a worker that exits mid-send leaves a lease that expires, and the
+        # delivery is sent again (at least once), as after a kill.
+        try:
+            claim = delivery_claim(pk=item.pk, lease=item.lease, now=item.now or timezone.now())
+            if claim is not None:
+                item.attempted = True
+                delivery_send(claim)
+        except Exception:  # a database error must not lose the slot
+            logger.warning("webhook delivery %s failed", item.pk, exc_info=True)
+        finally:
+            connection.close()  # this thread's own connection
+            with self._lock:
+                self._release(item)
+                self._pump()
+
+
+_DISPATCHER = _Dispatcher()
 
 
 def delivery_claim(*, pk: int, lease, now) -> WebhookDelivery | None:
@@ -128,6 +318,7 @@ def delivery_claim(*, pk: int, lease, now) -> WebhookDelivery | None:
         pk=pk,
         status__in=[DeliveryStatus.PENDING, DeliveryStatus.FAILED],
         next_attempt_at__lte=now,
+        webhook__active=True,  # paused while it waited in the queue
     ).update(
         claimed_by=token,
         claimed_until=now + timedelta(seconds=lease_seconds),
@@ -235,7 +426,7 @@ def _attempt(delivery: WebhookDelivery) -> Outcome:
     started = time.monotonic()
     try:
         status_code = post(destination, body=body, headers=headers)
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http_client.HTTPException) as exc:
         return Outcome(
             succeeded=False,
             error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
@@ -264,19 +455,39 @@ def post(destination: Destination, *, body: bytes, headers: dict) -> int:
     connection_class = (
         _PinnedHTTPSConnection if destination.scheme == "https" else _PinnedHTTPConnection
     )
-    connection = connection_class(
+    http = connection_class(
         destination.host, destination.port, address=destination.address, timeout=timeout
     )
+    # The socket's timeout bounds each wait; this bounds the whole attempt, so a receiver
+    # that answers a byte at a time holds a sender no longer than one that never answers.
+    expired = threading.Event()
+    watchdog = threading.Timer(timeout, _abort, args=(http, expired))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        connection.request("POST", destination.target, body=body, headers=headers)
-        response = connection.getresponse()
+        http.request("POST", destination.target, body=body, headers=headers)
+        response = http.getresponse()
         response.read(64 * 1024)  # a little of the body, so the connection closes cleanly
         return response.status
+    except (OSError, http_client.HTTPException) as exc:
+        if expired.is_set():
+            raise TimeoutError(f"no answer within {timeout:g} s") from exc
+        raise
     finally:
-        connection.close()
+        watchdog.cancel()
+        http.close()
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
+def _abort(http: http_client.HTTPConnection, expired: threading.Event) -> None:
+    """The attempt's time is up: shut its socket, which ends any read or write under way."""
+    expired.set()
+    sock = http.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _PinnedHTTPConnection(http_client.HTTPConnection):
     def __init__(self, host: str, port: int, *, address: str, timeout: float):
         super().__init__(host, port, timeout=timeout)
         self._address = address
@@ -285,7 +496,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self.sock = socket.create_connection((self._address, self.port), self.timeout)
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+class _PinnedHTTPSConnection(http_client.HTTPSConnection):
     def __init__(self, host: str, port: int, *, address: str, timeout: float):
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
         self._address = address

@@ -17,5 +17,15 @@ class WebhookUrlNotAllowedError(AutoloaderError):
     help = (
         "Use an http(s) URL without credentials whose host resolves to public addresses; "
         "private, loopback and link-local hosts need the platform administrator to list "
-        "them in AUTOLOADER_WEBHOOK_ALLOWED_HOSTS."
+        "them, with their port (host:port), in AUTOLOADER_WEBHOOK_ALLOWED_HOSTS."
+    )
+
+
+class WebhookLimitReachedError(AutoloaderError):
+    """The tenant already has as many webhooks as AUTOLOADER_WEBHOOKS_PER_TENANT allows."""
+
+    error_code = "WEBHOOK_LIMIT_REACHED"
+    help = (
+        "Delete a webhook you no longer need (one webhook can subscribe to several events), "
+        "or ask the platform administrator to raise AUTOLOADER_WEBHOOKS_PER_TENANT."
     )

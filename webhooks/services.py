@@ -7,16 +7,18 @@ import secrets
 from urllib.parse import urlsplit
 
 from auditlog.models import LogEntry
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Prefetch, QuerySet
 
 from ingestions import audit
+from ingestions.models import Tenant
 from ingestions.secrets import encrypt_secret
 
 from . import events
 from .destinations import MAX_URL_LENGTH, destination_check
-from .errors import WebhookNotFoundError
+from .errors import WebhookLimitReachedError, WebhookNotFoundError
 from .models import EVENTS, PayloadFormat, Webhook, WebhookAttempt, WebhookDelivery
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix that tells secrets apart, not a secret
@@ -61,10 +63,20 @@ def webhook_create(
     Raises:
         WebhookUrlNotAllowedError: the URL breaks a destination rule.
         ValidationError: an unknown event or payload format, or no event.
+        WebhookLimitReachedError: the tenant has AUTOLOADER_WEBHOOKS_PER_TENANT already.
     """
     url, events, payload_format = _validated(url=url, events=events, payload_format=payload_format)
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
+        # The tenant's row lock serialises concurrent creations: the count cannot be read
+        # by two of them before either adds its webhook.
+        Tenant.objects.select_for_update().get(pk=tenant.pk)
+        limit = settings.AUTOLOADER_WEBHOOKS_PER_TENANT
+        if Webhook.objects.filter(tenant=tenant).count() >= limit:
+            raise WebhookLimitReachedError(
+                f"Your tenant already has {limit} webhooks, the most "
+                "AUTOLOADER_WEBHOOKS_PER_TENANT allows."
+            )
         webhook = Webhook.objects.create(
             tenant=tenant,
             url=url,

@@ -67,9 +67,10 @@ def verify(request: dict, secret: str) -> bool:
 
 @pytest.fixture
 def receiver(settings):
-    settings.AUTOLOADER_WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
-    settings.AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS = 5.0
     receiver = Receiver()
+    # The allow-list names host and port: this receiver only, not every local port.
+    settings.AUTOLOADER_WEBHOOK_ALLOWED_HOSTS = [f"127.0.0.1:{receiver.server.server_port}"]
+    settings.AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS = 5.0
     yield receiver
     receiver.close()
 

@@ -86,6 +86,8 @@ def test_an_operator_posting_is_refused_in_place(console, receiver):
     assert not Webhook.objects.exists()
 
 
+# Deliveries are sent from threads of their own, which see only committed rows.
+@pytest.mark.django_db(transaction=True)
 def test_send_test_event_then_the_log_shows_the_delivery_and_its_attempt(console, receiver):
     client = console()
     create(client, receiver.url)

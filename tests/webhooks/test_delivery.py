@@ -271,8 +271,8 @@ def test_delivery_connects_to_the_checked_address_with_the_original_host(
     # The name resolves (for the check) to the receiver's address; the request carries the
     # name in Host: the connection used the checked address, not a second lookup.
     public_dns({"hooks.example.com": ["127.0.0.1"]})
-    settings.AUTOLOADER_WEBHOOK_ALLOWED_HOSTS = ["hooks.example.com"]
     port = receiver.server.server_port
+    settings.AUTOLOADER_WEBHOOK_ALLOWED_HOSTS = [f"hooks.example.com:{port}"]
     subscribe(f"http://hooks.example.com:{port}/in", ["run.finished"])
     emit(tenant=tenant, event="run.finished", payload={})
 

@@ -30,7 +30,9 @@ def stop(process) -> None:
 def test_a_delivery_in_flight_when_its_worker_is_killed_is_sent_again_by_another(
     csv_ingestion, source_dir, subscribe, receiver, monkeypatch, settings, tmp_path
 ):
-    monkeypatch.setenv("AUTOLOADER_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
+    monkeypatch.setenv(
+        "AUTOLOADER_WEBHOOK_ALLOWED_HOSTS", f"127.0.0.1:{receiver.server.server_port}"
+    )
     monkeypatch.setenv("AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS", "1")
     monkeypatch.setenv("AUTOLOADER_WEBHOOK_DELIVERY_INTERVAL_SECONDS", "0.2")
     monkeypatch.setenv("AUTOLOADER_SECRETS_KEY", settings.AUTOLOADER_SECRETS_KEY)

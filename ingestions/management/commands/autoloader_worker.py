@@ -23,7 +23,7 @@ from ingestions.runs import runs_recover_stale
 from refresh.batches import batches_sync_due
 from refresh.schedules import schedules_fire_due
 from refresh.services import refresh_reap, retention_expire
-from webhooks.delivery import deliver_due
+from webhooks.delivery import deliver_due_in_background
 
 logger = logging.getLogger("ingestions.worker")
 
@@ -37,7 +37,9 @@ RECOVERY = (
     batches_sync_due,
 )
 MAINTENANCE = (maintenance_due,)
-DELIVERIES = (deliver_due,)
+# Queues what is due and returns: the sends go on in their own threads, so one tenant's
+# stalled receiver never holds up this loop nor another tenant's deliveries.
+DELIVERIES = (deliver_due_in_background,)
 
 
 class Command(BaseCommand):
