@@ -54,6 +54,54 @@ class Receiver:
         self.server.server_close()
 
 
+class Stall:
+    """A receiver that reads each POST and never answers (until `close`): the endpoint
+    that stalls. Counts the requests and how many were open at once."""
+
+    def __init__(self):
+        self.received = 0
+        self.open = 0
+        self.most_open = 0
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        stall = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                with stall.lock:
+                    stall.received += 1
+                    stall.open += 1
+                    stall.most_open = max(stall.most_open, stall.open)
+                # Open until the sender gives up (it closes: the next read sees it) or the
+                # test ends.
+                self.connection.settimeout(0.05)
+                while not stall.release.is_set():
+                    try:
+                        if self.connection.recv(1) == b"":
+                            break
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+                with stall.lock:
+                    stall.open -= 1
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}/stalled"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def verify(request: dict, secret: str) -> bool:
     """The receiver's side of the signature, as docs/webhooks.md shows it."""
     fields = dict(
@@ -73,6 +121,22 @@ def receiver(settings):
     settings.AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS = 5.0
     yield receiver
     receiver.close()
+
+
+@pytest.fixture
+def stall(settings, receiver):
+    """A stalling endpoint, allowed (host:port) beside `receiver`. At the end it lets go,
+    and the test waits for every send of this process to end (none writes after it)."""
+    from webhooks.delivery import deliveries_wait_idle
+
+    stall = Stall()
+    settings.AUTOLOADER_WEBHOOK_ALLOWED_HOSTS = [
+        *settings.AUTOLOADER_WEBHOOK_ALLOWED_HOSTS,
+        f"127.0.0.1:{stall.port}",
+    ]
+    yield stall
+    stall.close()
+    assert deliveries_wait_idle(60), "webhook sends still under way after the test"
 
 
 @pytest.fixture
