@@ -107,8 +107,8 @@ def _endpoint_of(entry: str) -> tuple[str, int | None] | None:
     if not entry:
         return None
     if entry.startswith("["):  # [IPv6] or [IPv6]:port
-        host, _, rest = entry[1:].partition("]")
-        if rest and not rest.startswith(":"):
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
             return None
         port = rest[1:] if rest else None
     else:

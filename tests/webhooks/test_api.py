@@ -89,7 +89,7 @@ def test_a_public_host_is_accepted_and_an_allowed_private_one_too(
 
     assert post("https://hooks.example.com/autoloader").status_code == 201
     assert post("https://ci.internal/hook").status_code == 400
-    settings.AUTOLOADER_WEBHOOK_ALLOWED_HOSTS = ["ci.internal"]
+    settings.AUTOLOADER_WEBHOOK_ALLOWED_HOSTS = ["ci.internal:443"]
     assert post("https://ci.internal/hook").status_code == 201
 
 
