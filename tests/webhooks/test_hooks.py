@@ -9,7 +9,7 @@ from ingestions.runs import run_request
 from refresh.models import OperationStatus, RefreshOperation
 from refresh.services import operation_sync, refresh_execute, refresh_preview, refresh_undo
 from webhooks.delivery import deliver_due
-from webhooks.models import EVENTS
+from webhooks.models import EVENTS, WebhookEvent
 
 from ..conftest import write_csv_files
 from ..helpers import drain_queue
@@ -160,3 +160,25 @@ def test_a_zero_downtime_refresh_whose_run_fails_sends_refresh_failed_once(
         ("refresh.failed", operation.public_id, "discarded")
     ]
     assert operation_sync(operation=operation).status == OperationStatus.FAILED
+
+
+def test_a_viewers_dry_runs_send_no_webhook(
+    loaded,  # noqa: F811
+    member,
+    subscribe,
+    receiver,
+):
+    subscribe(receiver.url, ["refresh.previewed"])
+    viewer = member(Role.VIEWER)
+    full = "/api/v1/ingestions/sales/full-refresh"
+
+    for _ in range(5):  # a read-only user previews at will...
+        response = viewer.post(full, {"dry_run": True}, format="json")
+        assert response.status_code == 200 and response.json()["status"] == "dry_run"
+    assert not WebhookEvent.objects.exists()  # ...and drives no outbound traffic
+
+    admin = member(Role.ADMIN)
+    assert admin.post(full, {"dry_run": True}, format="json").status_code == 200
+    events = received(receiver)
+    assert [name for name, _data in events] == ["refresh.previewed"]
+    assert len(receiver.requests) == 1
