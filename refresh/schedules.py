@@ -30,6 +30,9 @@ Rules, all here:
   `REFRESH_PLAN_REQUIRED_ABOVE_USD` a firing executes only under a standing approval that an
   admin (`refresh.approve_schedule`) recorded with a maximum cost covering the estimate;
   else it is refused and audited. Changing the expression or the action drops the approval.
+  The approval holds only while its approver may still approve in the schedule's tenant:
+  checked at every firing (the schedule re-read under a row lock), a void approval is
+  cleared and audited (`schedule_approval_voided`) before anything executes.
 """
 
 import logging
@@ -54,7 +57,7 @@ from ingestions.errors import (
     RunInProgressError,
     TableProtectedError,
 )
-from ingestions.models import Ingestion, RunTrigger
+from ingestions.models import Ingestion, Membership, RunTrigger
 from ingestions.runs import run_request
 
 from .errors import DryRunRequiredError, PlanStaleError, RateLimitedError
@@ -530,7 +533,8 @@ def _fire(schedule: Schedule, *, now: datetime) -> ScheduleFiring | None:
 
 
 class _Superseded(Exception):
-    """The schedule changed between the due query and the claim."""
+    """The schedule was paused, changed or deleted between the due query and the claim, or
+    between the claim and the start of its refresh."""
 
 
 def _missed_before(cron: Cron, *, first: datetime, slot: datetime) -> int:
@@ -561,7 +565,20 @@ def _fire_run(firing: ScheduleFiring) -> None:
 def _fire_refresh(firing: ScheduleFiring) -> None:
     """Execute the refresh as its schedule's owner: below the plan threshold directly, above
     it under a standing approval covering the estimate (with a fresh plan of its own)."""
-    schedule = firing.schedule
+    try:
+        schedule, void_reason = _schedule_at_firing(firing)
+    except _Superseded as exc:
+        if not ScheduleFiring.objects.filter(pk=firing.pk).exists():
+            return  # the schedule was deleted, and its firings with it
+        firing.outcome, firing.reason, firing.detail = (
+            FiringOutcome.SKIPPED,
+            "SCHEDULE_CHANGED",
+            str(exc),
+        )
+        firing.save(update_fields=["outcome", "reason", "detail"])
+        _audit_firing(firing)
+        return
+    firing.schedule = schedule
     ingestion, kind, owner = schedule.ingestion, schedule.action, schedule.created_by
     try:
         if owner is None or not owner.is_active:
@@ -578,13 +595,14 @@ def _fire_refresh(firing: ScheduleFiring) -> None:
             approved = schedule.approved_max_cost_usd
             if approved is None or cost > approved:
                 threshold = settings.REFRESH_PLAN_REQUIRED_ABOVE_USD
+                if void_reason:
+                    why = f", and its approval is void: {void_reason}."
+                elif approved is None:
+                    why = ", and no admin approved this schedule."
+                else:
+                    why = f" and the approved maximum of ${approved:,.2f}."
                 raise ApprovalRequiredError(
-                    f"Estimated at ${cost:,.2f}, above the ${threshold:,.0f} threshold"
-                    + (
-                        ", and no admin approved this schedule."
-                        if approved is None
-                        else f" and the approved maximum of ${approved:,.2f}."
-                    ),
+                    f"Estimated at ${cost:,.2f}, above the ${threshold:,.0f} threshold{why}",
                     estimated_cost_usd=float(cost),
                 ) from None
             firing.operation = refresh_execute(
@@ -599,6 +617,81 @@ def _fire_refresh(firing: ScheduleFiring) -> None:
         _settle(firing, FiringOutcome.FAILED, exc)
     firing.save(update_fields=["operation", "outcome", "reason", "detail"])
     _audit_firing(firing)
+
+
+def _schedule_at_firing(firing: ScheduleFiring) -> tuple[Schedule, str | None]:
+    """The schedule re-read under a row lock as its refresh starts, its approval checked.
+
+    A schedule paused or changed since it was read for this firing does not fire. A standing
+    approval holds only while its approver may still approve in the schedule's tenant (a
+    member, active, with APPROVE_PERMISSION): otherwise it is void, cleared and audited here,
+    before anything executes.
+
+    Returns:
+        The fresh schedule, and why its approval was voided (None when it was not).
+
+    Raises:
+        _Superseded: the schedule was deleted, paused or its expression changed.
+    """
+    claimed = firing.schedule
+    with transaction.atomic():
+        schedule = (
+            Schedule.objects.select_for_update(of=("self",))
+            .select_related("ingestion__tenant", "created_by", "approved_by")
+            .filter(pk=claimed.pk)
+            .first()
+        )
+        if schedule is None:
+            raise _Superseded("The schedule was deleted before this firing started.")
+        if schedule.paused:
+            raise _Superseded("The schedule was paused before this firing started: nothing ran.")
+        if (schedule.cron, schedule.timezone) != (claimed.cron, claimed.timezone):
+            raise _Superseded("The schedule was changed before this firing started: nothing ran.")
+        void_reason = None
+        if schedule.approved_max_cost_usd is not None:
+            void_reason = approval_void_reason(schedule)
+        if void_reason:
+            _approval_void(schedule, reason=void_reason, firing=firing)
+    return schedule, void_reason
+
+
+def approval_void_reason(schedule: Schedule) -> str | None:
+    """Why the schedule's standing approval no longer holds, or None while its approver may
+    still approve scheduled refreshes in the schedule's tenant."""
+    approver = schedule.approved_by
+    if approver is None:
+        return "the account that approved it no longer exists"
+    if not approver.is_active:
+        return f"{approver.username}, who approved it, is deactivated"
+    # A fresh user object (no cached roles): the role the approver has now.
+    if approver.has_perm(APPROVE_PERMISSION, schedule.ingestion):
+        return None
+    role = (
+        Membership.objects.filter(user=approver, tenant_id=schedule.ingestion.tenant_id)
+        .values_list("role", flat=True)
+        .first()
+    )
+    if role is None:
+        return f"{approver.username}, who approved it, is no longer a member of this tenant"
+    return f"{approver.username}, who approved it, is now {role} here and may not approve"
+
+
+def _approval_void(schedule: Schedule, *, reason: str, firing: ScheduleFiring) -> None:
+    """Clear a void approval (in the caller's transaction, under its row lock) and audit it."""
+    before = _state(schedule)
+    approver = getattr(schedule.approved_by, "username", None)
+    schedule.approved_by = schedule.approved_at = schedule.approved_max_cost_usd = None
+    schedule.save(
+        update_fields=["approved_by", "approved_at", "approved_max_cost_usd", "updated_at"]
+    )
+    _audit(
+        schedule,
+        actor=None,
+        action="schedule_approval_voided",
+        changes=_changed(before, schedule),
+        data={"approved_by": approver, "reason": reason, "slot": firing.slot.isoformat()},
+    )
+    logger.warning("schedule %s: approval void (%s)", schedule.public_id, reason)
 
 
 def _settle(firing: ScheduleFiring, outcome: str, exc: AutoloaderError) -> None:
@@ -621,6 +714,7 @@ def _audit_firing(firing: ScheduleFiring) -> None:
             "outcome": "refused" if refused else firing.outcome,
             "slot": firing.slot.isoformat(),
             "reason": firing.reason or None,
+            "detail": firing.detail or None,
             "skipped_slots": firing.skipped_slots,
             "run_id": firing.run.public_id if firing.run_id else None,
             "operation_id": firing.operation.public_id if firing.operation_id else None,

@@ -8,9 +8,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from auditlog.models import LogEntry
 from django.db import connection
+from django.test import Client
+from django.urls import reverse
 
 from ingestions.management.commands.autoloader_worker import RECOVERY, Command
+from ingestions.memberships import membership_remove, membership_set
 from ingestions.models import Role, Run, RunStatus, RunTrigger
+from refresh import schedules as schedules_module
 from refresh.models import (
     FiringOutcome,
     OperationStatus,
@@ -30,7 +34,8 @@ from refresh.schedules import (
 )
 from refresh.services import refresh_preview
 
-from ..factories import IngestionFactory
+from ..conftest import open_table, write_csv_files
+from ..factories import IngestionFactory, TenantFactory
 from ..helpers import drain_queue
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -397,6 +402,199 @@ def test_a_scheduled_refresh_fires_with_its_owners_current_role(loaded, admin):
     (firing,) = schedules_fire_due(now=SLOT)
 
     assert (firing.outcome, firing.reason) == ("refused", "INSUFFICIENT_PERMISSIONS")
+
+
+# --- a standing approval holds only while its approver may approve (issue 21 §2) -----------
+
+
+@pytest.fixture
+def costly_fresh(costly, source_dir):
+    """The costly ingestion with new files, so that its fresh start costs above the threshold."""
+    write_csv_files(source_dir, files=2, rows=25, start=4)
+    return costly
+
+
+def table_rows(ingestion) -> int:
+    return open_table(ingestion.table_identifier).scan().to_arrow().num_rows
+
+
+def approver_removed(approver):
+    membership_remove(membership=approver.user.memberships.get())
+
+
+def approver_demoted(approver):
+    membership = approver.user.memberships.get()
+    membership_set(tenant=membership.tenant, user=approver.user, role=Role.VIEWER)
+
+
+def approver_deactivated(approver):
+    approver.user.is_active = False
+    approver.user.save(update_fields=["is_active"])
+
+
+@pytest.mark.parametrize(
+    ("lose_the_role", "words"),
+    [
+        (approver_removed, "no longer a member of this tenant"),
+        (approver_demoted, "is now viewer here and may not approve"),
+        (approver_deactivated, "is deactivated"),
+    ],
+)
+@pytest.mark.django_db(transaction=True)
+def test_an_approval_is_void_once_its_approver_may_no_longer_approve(
+    costly_fresh, admin, member, lose_the_role, words
+):
+    """The attack: an admin approves a fresh start up to $100,000 and leaves the tenant; the
+    schedule must not keep spending on their word."""
+    operator = member(Role.OPERATOR)  # the owner keeps the role to fresh-start
+    schedule = scheduled_refresh(costly_fresh, operator.user, action=ScheduleAction.FRESH_START)
+    schedule_approve(schedule=schedule, actor=admin.user, max_cost_usd=100_000)
+    plan = refresh_preview(ingestion=costly_fresh, kind="fresh_start", actor=operator.user)
+    assert 0.1 < plan.impact.estimated_cost_usd <= 100_000  # the approval would cover it
+    rows_before, runs_before = (
+        table_rows(costly_fresh),
+        Run.objects.filter(ingestion=costly_fresh).count(),
+    )
+
+    lose_the_role(admin)
+    (firing,) = schedules_fire_due(now=SLOT)
+
+    assert (firing.outcome, firing.reason) == ("refused", "APPROVAL_REQUIRED")
+    assert words in firing.detail and "approval is void" in firing.detail
+    # Nothing ran: no operation, no run, the victim's table as it was.
+    assert not RefreshOperation.objects.filter(ingestion=costly_fresh).exists()
+    assert Run.objects.filter(ingestion=costly_fresh).count() == runs_before
+    assert table_rows(costly_fresh) == rows_before
+    # The approval is gone, audited once, and the refusal is audited and shown.
+    schedule.refresh_from_db()
+    assert (schedule.approved_by, schedule.approved_max_cost_usd) == (None, None)
+    voided = LogEntry.objects.get(additional_data__operation="schedule_approval_voided")
+    assert voided.actor is None and words in voided.additional_data["reason"]
+    assert voided.additional_data["approved_by"] == admin.user.username
+    assert audit_actions(costly_fresh)[-2:] == ["schedule_approval_voided", "schedule_refused"]
+    shown = operator.get(f"/api/v1/schedules/{schedule.public_id}").json()
+    assert shown["approval"] is None
+    assert shown["last_firing"]["outcome"] == "refused"
+    assert words in shown["last_firing"]["detail"]
+    console = Client()
+    console.force_login(operator.user)
+    page = console.get(reverse("ingestion-schedules", args=[costly_fresh.public_id]))
+    assert page.status_code == 200 and words in page.content.decode()
+
+    # The void approval stays void: the next firing is refused as unapproved.
+    (firing,) = schedules_fire_due(now=SLOT + timedelta(days=1))
+    assert (firing.outcome, firing.reason) == ("refused", "APPROVAL_REQUIRED")
+    assert "no admin approved" in firing.detail
+    assert not RefreshOperation.objects.filter(ingestion=costly_fresh).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_approval_whose_approver_is_still_an_admin_keeps_covering_firings(
+    costly_fresh, admin, member
+):
+    operator = member(Role.OPERATOR)
+    schedule = scheduled_refresh(costly_fresh, operator.user, action=ScheduleAction.FRESH_START)
+    schedule_approve(schedule=schedule, actor=admin.user, max_cost_usd=100_000)
+    # An unrelated change of the approver's membership elsewhere changes nothing here.
+    membership_set(tenant=TenantFactory(), user=admin.user, role=Role.VIEWER)
+
+    (firing,) = schedules_fire_due(now=SLOT)
+
+    assert firing.outcome == FiringOutcome.FIRED, firing.detail
+    schedule.refresh_from_db()
+    assert schedule.approved_by == admin.user
+    assert not LogEntry.objects.filter(additional_data__operation="schedule_approval_voided")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ten_workers_firing_after_the_approver_left_void_it_once_and_refuse_once(
+    costly_fresh, admin, member
+):
+    operator = member(Role.OPERATOR)
+    schedule = scheduled_refresh(costly_fresh, operator.user, action=ScheduleAction.FRESH_START)
+    schedule_approve(schedule=schedule, actor=admin.user, max_cost_usd=100_000)
+    approver_removed(admin)
+    workers = 10
+    barrier = threading.Barrier(workers)
+    fired: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker():
+        try:
+            barrier.wait()
+            fired.append(len(schedules_fire_due(now=SLOT)))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    assert sorted(fired) == [0] * (workers - 1) + [1]
+    (firing,) = ScheduleFiring.objects.filter(schedule=schedule)
+    assert (firing.outcome, firing.reason) == ("refused", "APPROVAL_REQUIRED")
+    assert not RefreshOperation.objects.filter(ingestion=costly_fresh).exists()
+    actions = audit_actions(costly_fresh)
+    assert actions.count("schedule_approval_voided") == 1
+    assert actions.count("schedule_refused") == 1
+    assert Schedule.objects.get(pk=schedule.pk).approved_max_cost_usd is None
+
+
+# --- a schedule paused or changed between its read and its firing does not fire ------------
+
+
+def pause(schedule):
+    schedule_pause(schedule=Schedule.objects.get(pk=schedule.pk), actor=schedule.created_by)
+
+
+def change(schedule):
+    fresh = Schedule.objects.get(pk=schedule.pk)
+    schedule_set(
+        ingestion=fresh.ingestion,
+        actor=fresh.created_by,
+        action=fresh.action,
+        schedule=fresh,
+        cron="0 3 * * *",
+    )
+
+
+@pytest.mark.parametrize("meanwhile", [pause, change])
+@pytest.mark.parametrize("step", ["_fire", "_fire_refresh"])
+@pytest.mark.django_db(transaction=True)
+def test_a_schedule_paused_or_changed_between_its_read_and_its_firing_does_not_fire(
+    loaded, member, monkeypatch, meanwhile, step
+):
+    """`_fire` is the claim (the schedule was read by the due query); `_fire_refresh` runs
+    after the claim committed. Either way the other request wins and nothing runs."""
+    operator = member(Role.OPERATOR)
+    schedule = scheduled_refresh(loaded, operator.user, action=ScheduleAction.FRESH_START)
+    real = getattr(schedules_module, step)
+
+    def meanwhile_then(firing_or_schedule, **kwargs):
+        meanwhile(schedule)  # another request, committed before this worker goes on
+        return real(firing_or_schedule, **kwargs)
+
+    monkeypatch.setattr(schedules_module, step, meanwhile_then)
+    rows_before = table_rows(loaded)
+
+    firings = schedules_fire_due(now=SLOT)
+
+    assert not RefreshOperation.objects.filter(ingestion=loaded).exists()
+    assert table_rows(loaded) == rows_before
+    if step == "_fire":  # before the claim: no firing at all
+        assert firings == [] and not ScheduleFiring.objects.exists()
+    else:  # claimed, then found changed: recorded as skipped, audited
+        (firing,) = firings
+        assert (firing.outcome, firing.reason) == ("skipped", "SCHEDULE_CHANGED")
+        assert "before this firing started" in firing.detail
+        assert audit_actions(loaded)[-1] == "schedule_fired"
+    fresh = Schedule.objects.get(pk=schedule.pk)
+    assert fresh.paused or fresh.cron == "0 3 * * *"
 
 
 # --- the schedules API: permissions and tenants -----------------------------------------------
