@@ -189,4 +189,17 @@ def _moment(value, field: str) -> datetime | None:
             raise ValidationError({"scope": [f"{field}: an ISO-8601 date and time."]}) from None
     if moment.tzinfo is None:
         raise ValidationError({"scope": [f"{field}: give a time zone (e.g. Z or +02:00)."]})
-    return moment
+    # Stored and compared in UTC. 0001-01-01T00:00+14:00 is still year 0 in UTC (and
+    # 9999-12-31T23:59-14:00 year 10000): no datetime, no database column holds it.
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(
+            {
+                "scope": [
+                    f"{field}: {moment.isoformat()} is outside the times that can be stored: "
+                    "in UTC it must fall between 0001-01-01T00:00:00Z and "
+                    "9999-12-31T23:59:59Z."
+                ]
+            }
+        ) from None

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
+from django.core.exceptions import ValidationError
 
 from ingestions.models import Ingestion, ProcessedFile, Role
 from ingestions.runs import run_request
+from ingestions.scope import Scope
 from refresh.models import OperationStatus, RefreshOperation
-from refresh.services import operation_sync, refresh_undo
+from refresh.services import operation_sync, refresh_preview, refresh_undo
 
 from ..conftest import open_table
 from ..helpers import drain_queue
@@ -219,6 +221,65 @@ def test_a_bad_scope_is_refused_and_nothing_changes(loaded_by_month, member, bod
     if matches_nothing:  # the dry-run says it, and executing is refused
         preview = admin.post(URL, {**body, "dry_run": True}, format="json").json()
         assert any("in the scope" in w or "neither" in w for w in preview["warnings"])
+
+
+# Valid ISO-8601 with an offset, but outside years 1..9999 once in UTC (issue 21 §9).
+OUT_OF_RANGE = [
+    {"modified_after": "0001-01-01T00:00:00+14:00"},
+    {"modified_before": "9999-12-31T23:59:59-14:00"},
+    {"modified_after": "0001-01-01T00:00:00+14:00", "modified_before": "2025-06-01T00:00:00Z"},
+]
+
+
+@pytest.mark.parametrize("scope", OUT_OF_RANGE)
+def test_a_scope_time_outside_what_can_be_stored_is_a_400_and_changes_nothing(
+    loaded_by_month, member, scope
+):
+    before, history_before = rows_by_file(loaded_by_month), history(loaded_by_month)
+    admin = member(Role.ADMIN)
+
+    for body in ({"dry_run": True}, {"confirm": True}):
+        response = admin.post(URL, {**body, "scope": scope}, format="json")
+        assert response.status_code == 400, response.content
+        error = response.json()
+        assert error["error_code"] == "VALIDATION_ERROR"
+        assert "outside the times that can be stored" in error["detail"]
+        assert "0001-01-01T00:00:00Z" in error["detail"]
+
+    with pytest.raises(ValidationError, match="outside the times that can be stored"):
+        refresh_preview(
+            ingestion=loaded_by_month, kind="full_refresh", actor=admin.user, scope=scope
+        )
+    assert not RefreshOperation.objects.exists()
+    assert rows_by_file(loaded_by_month) == before
+    assert history(loaded_by_month) == history_before
+
+
+@pytest.mark.parametrize(
+    ("scope", "in_scope"),
+    [
+        ({"modified_after": "0001-01-01T00:00:00Z"}, 5),  # the earliest time: every file
+        ({"modified_before": "9999-12-31T23:59:59.999999Z"}, 5),  # the latest: every file
+        ({"modified_after": "9999-12-31T23:59:59+09:59"}, 0),  # 9999-12-31 in UTC still
+    ],
+)
+def test_the_earliest_and_latest_storable_scope_times_are_accepted(
+    loaded_by_month, member, scope, in_scope
+):
+    admin = member(Role.ADMIN)
+
+    response = admin.post(URL, {"dry_run": True, "scope": scope}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["scope"]["files_in_scope"] == in_scope
+
+
+def test_scope_times_are_kept_in_utc():
+    scope = Scope.parse({"modified_after": "2025-06-01T08:00:00+14:00"})
+
+    assert scope.modified_after == datetime(2025, 5, 31, 18, 0, tzinfo=UTC)
+    assert scope.modified_after.utcoffset() == timedelta(0)
+    assert scope.describe() == "files modified after 2025-05-31 18:00 UTC"
 
 
 def test_a_scope_needs_a_table_with_rows_and_is_only_for_full_refresh(
