@@ -12,6 +12,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from ingestions.engines.base import redact_server_paths
 from ingestions.errors import AutoloaderError
 
 logger = logging.getLogger("ingestions.api")
@@ -98,6 +99,11 @@ def error_response(
     )
 
 
+# The engine's failures may quote where its warehouse, manifests or catalog live: never
+# shown to a client (`ingestions.engines.base.redact_server_paths`).
+ENGINE_ERROR_CODES = {"ENGINE_ERROR", "CLUSTER_UNAVAILABLE", "SPARK_ERROR"}
+
+
 def api_exception_handler(exc, context):
     if isinstance(exc, AutoloaderError):
         headers = {}
@@ -105,8 +111,11 @@ def api_exception_handler(exc, context):
             headers["X-Current-Run-ID"] = exc.current_run_id
         if getattr(exc, "retry_after", None):
             headers["Retry-After"] = str(exc.retry_after)
+        detail = exc.detail
+        if exc.error_code in ENGINE_ERROR_CODES:
+            detail = redact_server_paths(detail)
         return error_response(
-            detail=exc.detail,
+            detail=detail,
             error_code=exc.error_code,
             help_text=exc.help,
             extra=exc.extra,

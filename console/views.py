@@ -60,8 +60,8 @@ from refresh.presenters import operation_payload, preview_payload
 from refresh.selectors import operation_get, operation_list
 from refresh.services import (
     ingestion_offers,
+    operation_as_of_run,
     operation_offers,
-    operation_sync,
     refresh_decide,
     refresh_execute,
     refresh_preview,
@@ -404,9 +404,10 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
         context["history"] = processed_file_summary(ingestion=ingestion)
         context["failure_counts"] = quarantine.failure_counts(ingestion=ingestion)
     if "operation-list" in parts:
-        # Each shown as its run's outcome made it (cheap: only one that follows a run reads it).
+        # Each shown as its run's outcome made it (cheap: only one that follows a run reads
+        # it); a page writes nothing, the worker records the outcome.
         operations = [
-            operation_sync(operation=operation)
+            operation_as_of_run(operation=operation)
             for operation in operation_list(ingestion=ingestion)[:OPERATIONS_SHOWN]
         ]
         context["operations"] = operations
@@ -537,8 +538,9 @@ OPERATION_FRAGMENTS = {
 @tenant_view
 def operation_detail(request, tenant, operation_id: str):
     """The operation's story. Its `operation-result` fragment polls while the operation
-    follows its run: each poll brings its status up to the run's outcome."""
-    operation = operation_sync(operation=_operation(tenant, operation_id))
+    follows its run: each poll shows its status as the run's outcome makes it (reading
+    only; the worker records it)."""
+    operation = operation_as_of_run(operation=_operation(tenant, operation_id))
     context = _operation_context(request, tenant, operation)
     template = OPERATION_FRAGMENTS.get(_fragment(request), "operation.html")
     response = render(request, template, context)

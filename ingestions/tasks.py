@@ -9,9 +9,11 @@ def execute_run(run_id: str) -> str:
     from .runs import run_execute
 
     run = run_execute(run_id=run_id)
-    if run is not None and run.publish_hold:
-        # A batch refresh's member: the last of them to load publishes them all.
-        from refresh.batches import batch_of_run_sync
+    if run is not None and run.stage_name:
+        # A refresh operation's new version: its outcome is recorded here, by the worker, and
+        # not by whoever reads the operation next (reads write nothing). A batch refresh's
+        # member moves its batch on: the last of them to load publishes them all.
+        from refresh.batches import run_ended_sync
 
-        batch_of_run_sync(run)
+        run_ended_sync(run)
     return run.status if run is not None else "SKIPPED"

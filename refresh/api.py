@@ -68,7 +68,7 @@ from .schedules import (
 )
 from .selectors import operation_get, operation_list
 from .services import (
-    operation_sync,
+    operation_as_of_run,
     refresh_decide,
     refresh_execute,
     refresh_preview,
@@ -449,7 +449,7 @@ class OperationDetailApi(TenantAPIView):
     def get(self, request, operation_id: str):
         operation = operation_get(tenant=self.tenant, operation_id=operation_id)
         self.require("view_ingestion")
-        payload = operation_payload(operation_sync(operation=operation))
+        payload = operation_payload(operation_as_of_run(operation=operation))
         return Response(payload, headers={"X-Operation-ID": operation.public_id})
 
 

@@ -8,6 +8,14 @@ to the batch. Every member's run builds its new version and then waits (its run'
 table, one after the other; if one fails, is cancelled or loads only part of its files,
 none is published and the batch says which member failed. Publishing is resumable: a
 batch left `publishing` by a dead process is finished by the worker's reaper.
+
+The batch is all or nothing at the door too: its execution takes the rate limit slots of
+every member at once before any starts (`refresh.limits.rate_limit_slots`), or refuses
+with 429 having taken none; its dry-run says what the caller's rate leaves (`quota`).
+
+Reading a batch (`batch_get`, `batch_operations`) writes nothing: the worker moves it on
+when a member's run ends (`run_ended_sync`) and on every reaper pass (`batches_sync_due`),
+through `batch_sync`, which is single-flight (see there).
 """
 
 import logging
@@ -31,6 +39,7 @@ from ingestions.models import (
 from ingestions.runs import BATCH_WAIT_NOTE, run_cancel, staged_discard, staged_publish
 
 from .errors import BatchNotFoundError, ConfirmationRequiredError, DryRunRequiredError
+from .limits import rate_limit_quota, rate_limit_slots
 from .models import (
     BatchStatus,
     OperationKind,
@@ -40,7 +49,14 @@ from .models import (
     RefreshOperation,
 )
 from .planning import Plan
-from .services import operation_sync, refresh_check, refresh_execute, refresh_preview
+from .services import (
+    operation_as_of_run,
+    operation_of_run_sync,
+    operation_sync,
+    refresh_check,
+    refresh_execute,
+    refresh_preview,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +102,31 @@ def batch_preview(
         members=[
             {"ingestion_id": plan.ingestion.public_id, "plan_id": plan.plan_id} for plan in plans
         ],
-        impact=_totals(plans),
+        # Where the caller's rate stood at the dry-run, kept with the plan it was shown with.
+        impact={**_totals(plans), **_quota(actor=actor, kind=kind, members=len(plans))},
         requested_by=_user(actor),
     )
     return batch, plans
+
+
+def _quota(*, actor, kind: str, members: int) -> dict:
+    """{"quota": {kind: {limit, used, remaining, resets_at}}, "warnings": [...]} when the
+    kind is rate-limited, with a warning when the batch needs more slots than are left."""
+    quota = rate_limit_quota(user=actor, kind=kind)
+    if quota is None:
+        return {}
+    warnings = []
+    if members > quota.remaining:
+        label = kind.replace("_", " ")
+        warnings.append(
+            f"This batch needs {members} {label} operations but your rate limit leaves "
+            f"{quota.remaining} of {quota.limit} until {quota.resets_at:%Y-%m-%d %H:%M} UTC: "
+            "executing it now would be refused (429) before any member starts."
+        )
+    return {
+        "quota": {kind: {**quota.as_response(), "resets_at": quota.resets_at.isoformat()}},
+        "warnings": warnings,
+    }
 
 
 def batch_execute(
@@ -103,14 +140,16 @@ def batch_execute(
 ) -> RefreshBatch:
     """Start one zero-downtime operation per member; the batch publishes them together.
 
-    Every member's rules are checked before any starts. A member refused while starting
-    (rate limit, a plan needed, a run that began meanwhile) fails the batch: the members
-    started are cancelled and nothing is published.
+    Every member's rules are checked before any starts, and the rate limit slots of every
+    member are taken at once (or none is, and nothing starts). A member refused while
+    starting (a plan needed, a run that began meanwhile) fails the batch: the members
+    started are cancelled, nothing is published, and the slots not used are given back.
 
     Raises:
         ConfirmationRequiredError: `confirm` is not exactly True.
         DryRunRequiredError: `plan_id` names no plan of this tenant, kind and ingestions.
         IngestionNotFoundError, ValidationError: as `batch_preview`.
+        RateLimitedError: the caller's rate cannot cover every member; nothing started.
         AutoloaderError: a member's refusal, with `batch_id` and `ingestion_id` in `extra`.
     """
     ingestions = _members(tenant=tenant, ingestion_ids=ingestion_ids, kind=kind)
@@ -122,6 +161,18 @@ def batch_execute(
             refresh_check(ingestion=ingestion, kind=kind, actor=actor)
         except AutoloaderError as exc:
             raise _naming(exc, ingestion=ingestion, batch=None) from None
+    with rate_limit_slots(user=actor, kind=kind, count=len(ingestions)) as slots:
+        batch = _start_members(
+            tenant=tenant, kind=kind, actor=actor, ingestions=ingestions, plans=plans, slots=slots
+        )
+    if batch.status == BatchStatus.FAILED:
+        return batch
+    logger.info("batch %s (%s) of %d ingestions started", batch.public_id, kind, len(ingestions))
+    return batch_sync(batch=batch)
+
+
+def _start_members(*, tenant, kind: str, actor, ingestions, plans, slots) -> RefreshBatch:
+    """Record the batch and start its members one by one, each with a reserved slot."""
     batch = RefreshBatch.objects.create(
         tenant=tenant,
         kind=kind,
@@ -140,6 +191,7 @@ def batch_execute(
                 plan_id=plans.get(ingestion.public_id),
                 mode=RefreshMode.ATOMIC,
                 batch_id=batch.public_id,
+                reserved_slots=slots,
             )
         except AutoloaderError as exc:
             _fail(batch, operations, ingestion_id=ingestion.public_id, exc=exc)
@@ -160,19 +212,27 @@ def batch_execute(
         for key in IMPACT_SUMS
     }
     RefreshBatch.objects.filter(pk=batch.pk).update(impact=batch.impact)
-    logger.info("batch %s (%s) of %d ingestions started", batch.public_id, kind, len(ingestions))
-    return batch_sync(batch=batch)
+    return batch
 
 
 def batch_get(*, tenant: Tenant, batch_id: str) -> RefreshBatch:
-    """A batch of the tenant, brought up to date with its members."""
+    """A batch of the tenant, as recorded. Reads only: the worker moves batches on."""
     batch = RefreshBatch.objects.filter(tenant=tenant, public_id=batch_id).first()
     if batch is None or batch.status == BatchStatus.PLANNED:
         raise BatchNotFoundError("No such batch refresh in your tenant.")
-    return batch_sync(batch=batch)
+    return batch
 
 
 def batch_operations(batch: RefreshBatch) -> dict[str, RefreshOperation]:
+    """The members' operations, each as its run's outcome makes it (`operation_as_of_run`),
+    so that a member's state always agrees with its operation's. Reads only."""
+    return {
+        public_id: operation_as_of_run(operation=operation)
+        for public_id, operation in _operations(batch).items()
+    }
+
+
+def _operations(batch: RefreshBatch) -> dict[str, RefreshOperation]:
     ids = [member["operation_id"] for member in batch.members if member.get("operation_id")]
     operations = RefreshOperation.objects.filter(public_id__in=ids).select_related(
         "run", "ingestion"
@@ -182,11 +242,20 @@ def batch_operations(batch: RefreshBatch) -> dict[str, RefreshOperation]:
 
 def batch_sync(*, batch: RefreshBatch) -> RefreshBatch:
     """Move a batch on: fail it (and discard every member) as soon as one member failed,
-    publish every member once all have loaded. Idempotent; called when a member's run
-    ends, on every read, and by the worker's reaper."""
+    publish every member once all have loaded. Idempotent; called by the worker when a
+    member's run ends and by its reaper, and once by the request that starts the batch.
+
+    Single-flight: each transition is claimed under the batch's row lock. The caller that
+    moves it from `loading` to `failed` discards the members; the one that moves it to
+    `publishing` publishes them, touching the batch's `updated_at` before each member as
+    its heartbeat. Another caller finding it `publishing` leaves it alone unless that
+    heartbeat stopped for REFRESH_STALE_SECONDS (its publisher died): then it takes the
+    publishing over (publishing a member is idempotent and resumable).
+    """
     if batch.status not in (BatchStatus.LOADING, BatchStatus.PUBLISHING):
         return batch
-    operations = batch_operations(batch)
+    operations = _operations(batch)
+    stale_before = timezone.now() - timedelta(seconds=settings.REFRESH_STALE_SECONDS)
     with transaction.atomic():
         batch = RefreshBatch.objects.select_for_update().get(pk=batch.pk)
         if batch.status == BatchStatus.LOADING:
@@ -195,13 +264,18 @@ def batch_sync(*, batch: RefreshBatch) -> RefreshBatch:
                 return batch  # still loading
             if verdict == BatchStatus.PUBLISHING:
                 batch.status = BatchStatus.PUBLISHING
-                batch.save(update_fields=["status", "updated_at"])
+                batch.save(update_fields=["status", "updated_at"])  # the claim
             else:
                 ingestion_id, error = verdict
                 _mark_failed(batch, ingestion_id=ingestion_id, error=error, code="MEMBER_FAILED")
+        elif batch.status == BatchStatus.PUBLISHING and batch.updated_at < stale_before:
+            logger.warning("batch %s was left publishing: taking it over", batch.public_id)
+            batch.save(update_fields=["updated_at"])  # the claim: a fresh heartbeat
+        else:
+            return batch  # settled, or being published by a live caller
     if batch.status == BatchStatus.FAILED:
         _discard_members(operations.values())
-    elif batch.status == BatchStatus.PUBLISHING:
+    else:
         _publish_members(batch, operations.values())
     return batch
 
@@ -218,9 +292,10 @@ def batches_sync_due() -> list[str]:
     return moved
 
 
-def batch_of_run_sync(run) -> None:
-    """After a held run ended: move its batch on (the last member publishes all of them)."""
-    operation = RefreshOperation.objects.filter(run=run).only("request").first()
+def run_ended_sync(run) -> None:
+    """After a refresh's staged run ended (the worker): record its operation's outcome and
+    move its batch on, if any (the last member to load publishes them all)."""
+    operation = operation_of_run_sync(run)
     batch_id = operation.request.get("batch_id") if operation else None
     batch = RefreshBatch.objects.filter(public_id=batch_id).first() if batch_id else None
     if batch is not None:
@@ -349,6 +424,10 @@ def _publish_members(batch: RefreshBatch, operations) -> None:
     """Publish every member (each one commit); a failure leaves the batch `publishing` for
     the reaper to finish: publishing is idempotent, and no member is ever discarded now."""
     for operation in operations:
+        # The publisher's heartbeat: another caller takes over only once it stops.
+        RefreshBatch.objects.filter(pk=batch.pk, status=BatchStatus.PUBLISHING).update(
+            updated_at=timezone.now()
+        )
         run = operation.run
         run.refresh_from_db()
         if run.publish_state != PublishState.PUBLISHED:

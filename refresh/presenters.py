@@ -288,6 +288,10 @@ def batch_payload(batch, operations: dict, plans: list | None = None) -> dict:
     }
     if plans is not None:
         body["plan_id"] = batch.public_id
+        # What the caller's rate limit leaves for this batch (`refresh.batches._quota`).
+        if "quota" in batch.impact:
+            body["quota"] = batch.impact["quota"]
+        body["warnings"] = list(batch.impact.get("warnings", []))
         body["next_steps"] = {
             "to_proceed": "POST /api/v1/refresh-batches with the same ingestion_ids and "
             f'operation, confirm=true and plan_id="{batch.public_id}"',

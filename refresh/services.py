@@ -61,7 +61,7 @@ from .errors import (
     ScopeNotApplicableError,
     TableProtectedError,
 )
-from .limits import rate_limit_slot
+from .limits import SlotReservation, rate_limit_slot
 from .models import (
     OperationKind,
     OperationStatus,
@@ -141,6 +141,7 @@ def refresh_execute(
     retain_days: int | None = None,
     scope: dict | None = None,
     batch_id: str | None = None,
+    reserved_slots: SlotReservation | None = None,
     engine=None,
 ) -> RefreshOperation:
     """Execute `kind` on `ingestion`: each step persisted as it ends; never raises mid-way.
@@ -156,6 +157,9 @@ def refresh_execute(
 
     What the operation replaces is kept for `retain_days` (default: the ingestion's, then
     `REFRESH_RETAIN_DAYS`; 0 keeps nothing) so that `refresh_undo` can bring it back.
+
+    The call takes one of the actor's rate limit slots of `kind`, or, for a batch's member,
+    one of the slots the batch took for all its members at once (`reserved_slots`).
 
     With `scope` (`ingestions.scope.Scope`'s JSON), a full refresh is selective: its run
     reloads only the files in the scope, and publishing replaces only their rows (by
@@ -184,7 +188,12 @@ def refresh_execute(
             "refused."
         )
     # Refused from here on (plan, a run in progress...), the call gives its slot back.
-    with rate_limit_slot(user=actor, kind=kind):
+    slot = (
+        reserved_slots.use(user=actor, kind=kind)
+        if reserved_slots is not None
+        else rate_limit_slot(user=actor, kind=kind)
+    )
+    with slot:
         engine = engine or load_engine(ingestion.engine)
         mode = effective_mode(kind=kind, mode=mode, auto_run=auto_run, engine=engine)
         parsed = _scope_of(scope, kind=kind, mode=mode, ingestion=ingestion, engine=engine)
@@ -217,11 +226,17 @@ def refresh_execute(
 def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> RefreshOperation:
     """Finish an operation that stopped on a failed step: the remaining steps run again.
 
+    Single-flight: the resume is claimed under the ingestion's lock by moving the operation
+    to `in_progress` (one caller wins, counted in `attempts`). A caller that finds it in
+    progress is answered 409 REFRESH_IN_PROGRESS (naming it); one that finds it resumed
+    since it read it (more attempts) gets it as it stands, like a retry would.
+
     Raises:
         PermissionDeniedError: the actor's role does not allow the operation's kind.
         OperationNotResumableError: it is not waiting to be finished, or a newer operation
             on the same ingestion superseded it.
-        TableProtectedError, RunInProgressError, RefreshInProgressError: as for execution.
+        RefreshInProgressError: another caller is resuming it (or another refresh runs).
+        TableProtectedError, RunInProgressError: as for execution.
     """
     ingestion = operation.ingestion
     if ingestion is None:
@@ -231,10 +246,18 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
     if ingestion.protected:
         audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
         raise TableProtectedError(f"Ingestion {ingestion.public_id} is protected.")
-    with rate_limit_slot(user=actor, kind="resume"), transaction.atomic():
+    seen_attempts = operation.attempts
+    with transaction.atomic():
         ingestion_lock(ingestion)
         _expire_interrupted(ingestion)
         operation.refresh_from_db()
+        if operation.status == OperationStatus.IN_PROGRESS:
+            raise RefreshInProgressError(
+                f"Operation {operation.public_id} is being resumed by another request.",
+                current_operation_id=operation.public_id,
+            )
+        if operation.attempts > seen_attempts:
+            return operation  # resumed by another caller meanwhile: the settled result
         if operation.status not in (OperationStatus.PARTIAL_FAILURE, OperationStatus.FAILED):
             raise OperationNotResumableError(
                 f"Operation {operation.public_id} is {operation.status}: nothing to resume."
@@ -247,14 +270,19 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
                 f"A newer operation on {ingestion.public_id} superseded {operation.public_id}."
             )
         _refuse_if_busy(ingestion)
-        _restart_if_loaded_since(operation, ingestion=ingestion)
-        operation.status = OperationStatus.IN_PROGRESS
-        operation.attempts += 1
-        operation.finished_at = None
-        try:
-            operation.save(update_fields=["status", "attempts", "finished_at", "updated_at"])
-        except IntegrityError:
-            raise _in_flight_error(ingestion) from None
+        # Inside the transaction: a refusal from here on rolls the slot back with it.
+        with rate_limit_slot(user=actor, kind="resume"):
+            _restart_if_loaded_since(operation, ingestion=ingestion)
+            operation.status = OperationStatus.IN_PROGRESS
+            operation.attempts += 1
+            operation.finished_at = None
+            try:
+                with transaction.atomic():
+                    operation.save(
+                        update_fields=["status", "attempts", "finished_at", "updated_at"]
+                    )
+            except IntegrityError:
+                raise _in_flight_error(ingestion) from None
     _run_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
     return operation
 
@@ -603,11 +631,8 @@ def refresh_reap() -> list[str]:
         status=OperationStatus.IN_PROGRESS, updated_at__lt=stale_before
     ).select_related("ingestion", "requested_by")
     for operation in stale:
-        # Claimed by one reaper: the others see a fresh heartbeat.
-        claimed = RefreshOperation.objects.filter(
-            pk=operation.pk, status=OperationStatus.IN_PROGRESS, updated_at=operation.updated_at
-        ).update(updated_at=now)
-        if not claimed or operation.ingestion is None:
+        # Claimed by one reaper (or retried undo): the others see a fresh heartbeat.
+        if not _take_over(operation) or operation.ingestion is None:
             continue
         logger.warning("refresh %s was interrupted: the reaper finishes it", operation.public_id)
         try:
@@ -846,24 +871,15 @@ def operation_sync(*, operation: RefreshOperation) -> RefreshOperation:
 
     "accepted" (the PRD's synchronous answer) becomes "published", "awaiting_decision",
     "discarded", "failed" or "cancelled" as its run ends; other operations are left as
-    they are. Cheap when nothing changed: callers use it on every read.
+    they are. A conditional UPDATE on the status it saw: of concurrent callers, one records
+    the change (and its audit entry). Called by the worker when a run ends
+    (`operation_of_run_sync`, `operations_sync_due`) and by the services acting on an
+    operation; reads use `operation_as_of_run`, which writes nothing.
     """
-    run = operation.run
-    if run is None or not run.stage_name or operation.status not in FOLLOWS_ITS_RUN:
+    outcome = _run_outcome(operation)
+    if outcome is None or outcome[0] == operation.status:
         return operation
-    run.refresh_from_db(fields=["status", "publish_state", "error", "finished_at"])
-    if run.status == RunStatus.FAILED:
-        status, error_code, error = OperationStatus.FAILED, "RUN_FAILED", run.error
-    elif run.status == RunStatus.CANCELLED:
-        status, error_code, error = OperationStatus.CANCELLED, "RUN_CANCELLED", run.error
-    elif run.publish_state in STATUS_BY_PUBLISH_STATE:
-        status, error_code, error = STATUS_BY_PUBLISH_STATE[run.publish_state], "", ""
-        if status == OperationStatus.AWAITING_DECISION:
-            error_code, error = "PARTIAL_SUCCESS", run.error
-    else:
-        return operation  # still loading
-    if status == operation.status:
-        return operation
+    status, error_code, error = outcome
     changed = RefreshOperation.objects.filter(pk=operation.pk, status=operation.status).update(
         status=status, error_code=error_code, error=error, finished_at=timezone.now()
     )
@@ -872,6 +888,63 @@ def operation_sync(*, operation: RefreshOperation) -> RefreshOperation:
         audit.record_operation(operation, actor=None, duration_seconds=None)
         logger.info("refresh %s is %s", operation.public_id, operation.status)
     return operation
+
+
+def operation_as_of_run(*, operation: RefreshOperation) -> RefreshOperation:
+    """The operation as its run's outcome makes it, for reads (a GET, a page): the same
+    status `operation_sync` would record, set on the object in memory only. Writes nothing;
+    the worker records it."""
+    outcome = _run_outcome(operation)
+    if outcome is not None and outcome[0] != operation.status:
+        operation.status, operation.error_code, operation.error = outcome
+        operation.finished_at = operation.finished_at or operation.run.finished_at
+    return operation
+
+
+def _run_outcome(operation: RefreshOperation) -> tuple[str, str, str] | None:
+    """(status, error_code, error) its run's end makes of a zero-downtime operation that
+    follows it, or None (not following a run, or still loading)."""
+    run = operation.run
+    if run is None or not run.stage_name or operation.status not in FOLLOWS_ITS_RUN:
+        return None
+    run.refresh_from_db(fields=["status", "publish_state", "error", "finished_at"])
+    if run.status == RunStatus.FAILED:
+        return OperationStatus.FAILED, "RUN_FAILED", run.error
+    if run.status == RunStatus.CANCELLED:
+        return OperationStatus.CANCELLED, "RUN_CANCELLED", run.error
+    if run.publish_state not in STATUS_BY_PUBLISH_STATE:
+        return None  # still loading
+    status = STATUS_BY_PUBLISH_STATE[run.publish_state]
+    if status == OperationStatus.AWAITING_DECISION:
+        return status, "PARTIAL_SUCCESS", run.error
+    return status, "", ""
+
+
+def operation_of_run_sync(run: Run) -> RefreshOperation | None:
+    """After a staged run ended (the worker): record its operation's outcome."""
+    operation = RefreshOperation.objects.filter(run=run).select_related("run").first()
+    return operation_sync(operation=operation) if operation is not None else None
+
+
+def operations_sync_due() -> list[str]:
+    """The reaper's pass: operations still following a run that has ended, recorded (those
+    whose worker stopped between the run's end and `operation_of_run_sync`)."""
+    moved = []
+    following = (
+        RefreshOperation.objects.filter(status__in=FOLLOWS_ITS_RUN, run__finished_at__isnull=False)
+        .exclude(run__stage_name="")
+        .exclude(run__publish_state=PublishState.AWAITING_BATCH)  # its batch moves it on
+        .exclude(
+            status=OperationStatus.AWAITING_DECISION,
+            run__publish_state=PublishState.AWAITING_DECISION,
+        )
+        .select_related("run")
+    )
+    for operation in following:
+        status = operation.status
+        if operation_sync(operation=operation).status != status:
+            moved.append(operation.public_id)
+    return moved
 
 
 # The statuses in which a zero-downtime operation follows its run (the others are final,
@@ -884,10 +957,17 @@ def refresh_decide(
 ) -> RefreshOperation:
     """Publish what a zero-downtime refresh loaded, or discard it, after some files failed.
 
+    Single-flight: the decision is taken under the ingestion's lock, by the one caller that
+    still finds the run awaiting it (one publish or discard, one event, one audit entry).
+    A concurrent caller whose same decision another one took while it waited for the lock
+    gets the settled operation; the opposite decision, or a decision asked for once the
+    operation no longer waits, is refused.
+
     Raises:
         PermissionDeniedError: the actor's role does not allow the operation's kind.
         ConfirmationRequiredError: `confirm` is not exactly True.
-        OperationNotDecidableError: the operation does not wait for a decision.
+        OperationNotDecidableError: the operation does not wait for a decision, or the
+            other decision was taken.
         EngineError: the table changed since the new version was staged (publish only).
     """
     operation, ingestion = _acting_on(
@@ -901,16 +981,27 @@ def refresh_decide(
     engine = engine or load_engine(ingestion.engine)
     with transaction.atomic():
         ingestion_lock(ingestion)
-        run = Run.objects.select_related("ingestion").get(pk=operation.run_id)
-        if run.publish_state != PublishState.AWAITING_DECISION:
+        run = Run.objects.select_related("ingestion").select_for_update().get(pk=operation.run_id)
+        settled = {
+            PublishState.PUBLISHED: OperationStatus.PUBLISHED,
+            PublishState.DISCARDED: OperationStatus.DISCARDED,
+        }.get(run.publish_state)
+        if settled is None and run.publish_state != PublishState.AWAITING_DECISION:
             raise OperationNotDecidableError(f"Operation {operation.public_id} was decided.")
-        if publish:
-            staged_publish(run=run, engine=engine)
-        else:
-            staged_discard(run=run, engine=engine)
-    operation = operation_sync(operation=operation)
-    audit.record_decision(operation, actor=actor, published=publish)
-    return operation
+        if settled is None:
+            if publish:
+                staged_publish(run=run, engine=engine)
+            else:
+                staged_discard(run=run, engine=engine)
+            operation = operation_sync(operation=operation)
+            audit.record_decision(operation, actor=actor, published=publish)
+            return operation
+    # Another caller decided while this one waited for the lock.
+    if settled != (OperationStatus.PUBLISHED if publish else OperationStatus.DISCARDED):
+        raise OperationNotDecidableError(
+            f"Operation {operation.public_id} was {settled} by another request."
+        )
+    return operation_sync(operation=operation)
 
 
 # --- undo and retention ----------------------------------------------------------------
@@ -1047,8 +1138,17 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
     before it, so the next run loads exactly what it would have loaded then.
 
     Rows loaded since (by the operation's run or later runs) are lost; `undo_preview`
-    says how many. Idempotent: an undone operation is returned as it is. An undo
-    interrupted half-way is finished by the next call (or by the worker's reaper).
+    says how many. Idempotent: an undone operation is returned as it is.
+
+    Single-flight: the undo is claimed under the ingestion's lock by moving the operation
+    to `restoring` (one caller wins), and only the claimant restores, with a heartbeat on
+    the operation. A caller that finds it `restoring` with a live heartbeat is answered
+    409 REFRESH_IN_PROGRESS (naming the operation); one that finds it undone gets it as it
+    is, like a retry. An undo whose claimant died (no heartbeat for REFRESH_STALE_SECONDS)
+    is taken over by one caller, a retried undo or the worker's reaper (`refresh_reap`),
+    by a conditional UPDATE on the heartbeat it saw (`_take_over`); restoring is
+    idempotent, and the end is recorded (one event, one audit entry) only by whoever moves
+    it out of `restoring`.
 
     Raises:
         PermissionDeniedError: the actor's role does not allow the operation's kind.
@@ -1056,7 +1156,8 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
         TableProtectedError: the ingestion is protected.
         OperationNotUndoableError: nothing was kept, the window ended, or a later
             operation must be undone first (the message says which).
-        RunInProgressError, RefreshInProgressError: the ingestion is busy.
+        RunInProgressError, RefreshInProgressError: the ingestion is busy, or another
+            caller is undoing this operation right now.
         RateLimitedError: the actor used up the rate of undos.
         EngineError: the table could not be restored (the undo can be retried).
     """
@@ -1069,31 +1170,59 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
     if ingestion.protected:
         audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
         raise TableProtectedError(f"Ingestion {ingestion.public_id} is protected: undo is refused.")
-    with rate_limit_slot(user=actor, kind="undo"), transaction.atomic():
+    with transaction.atomic():
         ingestion_lock(ingestion)
         operation.refresh_from_db()
-        if operation.retention != Retention.RESTORING:
+        if operation.status == OperationStatus.UNDONE:
+            return operation  # another caller undid it meanwhile: the settled result
+        if operation.retention == Retention.RESTORING:
+            if not _take_over(operation):
+                raise RefreshInProgressError(
+                    f"Operation {operation.public_id} is being undone by another request.",
+                    current_operation_id=operation.public_id,
+                )
+            logger.warning("undo of %s was interrupted: finishing it", operation.public_id)
+        else:
             blocker = _undo_blocker(operation, ingestion=ingestion)
             if blocker is not None:
                 raise blocker
             _refuse_if_busy(ingestion)
-            operation.undo = {
-                "requested_by": getattr(_user(actor), "username", None),
-                "started_at": timezone.now().isoformat(),
-                "previous_status": operation.status,
-            }
-            operation.retention = Retention.RESTORING
-            operation.status = OperationStatus.IN_PROGRESS  # runs and refreshes wait for it
-            try:
-                operation.save(update_fields=["undo", "retention", "status", "updated_at"])
-            except IntegrityError:
-                raise _in_flight_error(ingestion) from None
-    return _undo_finish(operation, ingestion=ingestion, actor=actor, engine=engine)
+            # Inside the transaction: a refusal from here on rolls the slot back with it.
+            with rate_limit_slot(user=actor, kind="undo"):
+                operation.undo = {
+                    "requested_by": getattr(_user(actor), "username", None),
+                    "started_at": timezone.now().isoformat(),
+                    "previous_status": operation.status,
+                }
+                operation.retention = Retention.RESTORING
+                operation.status = OperationStatus.IN_PROGRESS  # runs and refreshes wait
+                try:
+                    with transaction.atomic():
+                        operation.save(update_fields=["undo", "retention", "status", "updated_at"])
+                except IntegrityError:
+                    raise _in_flight_error(ingestion) from None
+    with _Heartbeat(operation):
+        return _undo_finish(operation, ingestion=ingestion, actor=actor, engine=engine)
+
+
+def _take_over(operation: RefreshOperation) -> bool:
+    """Claim an operation in progress whose process stopped (no heartbeat for
+    REFRESH_STALE_SECONDS): one conditional UPDATE on the heartbeat this caller saw, so of
+    several callers (retries, reapers) exactly one takes it over. False while it lives."""
+    now = timezone.now()
+    if operation.updated_at >= now - timedelta(seconds=settings.REFRESH_STALE_SECONDS):
+        return False
+    claimed = RefreshOperation.objects.filter(
+        pk=operation.pk, status=OperationStatus.IN_PROGRESS, updated_at=operation.updated_at
+    ).update(updated_at=now)
+    return bool(claimed)
 
 
 def _undo_finish(operation: RefreshOperation, *, ingestion: Ingestion, actor, engine=None):
     """Restore the table, then the history with the operation's new status, in that order:
-    both steps are idempotent, so an interrupted undo is finished by running this again."""
+    both steps are idempotent, so an interrupted undo is finished by running this again.
+    Only the call that moves the operation out of `restoring` records the end (its event
+    and audit entry); a second finisher returns the settled operation."""
     engine = engine or load_engine(ingestion.engine)
     point = operation.restore_point
     current = engine.describe_table(ingestion.table_identifier)
@@ -1107,6 +1236,12 @@ def _undo_finish(operation: RefreshOperation, *, ingestion: Ingestion, actor, en
     if "table" in point:
         engine.restore(ingestion.table_identifier, point["table"])
     with transaction.atomic():
+        restoring = RefreshOperation.objects.select_for_update().filter(
+            pk=operation.pk, retention=Retention.RESTORING
+        )
+        if not restoring.exists():  # finished by another caller meanwhile
+            operation.refresh_from_db()
+            return operation
         removed = history_restore(ingestion=ingestion, mark=point["history"])
         restored = engine.describe_table(ingestion.table_identifier)
         operation.undo = {
@@ -1136,7 +1271,7 @@ def _undo_finish(operation: RefreshOperation, *, ingestion: Ingestion, actor, en
             ]
         )
         webhook_events.operation_event(operation=operation, event="refresh.undone")
-    audit.record_undo(operation, actor=actor)
+        audit.record_undo(operation, actor=actor)
     logger.info("refresh %s was undone", operation.public_id)
     return operation
 

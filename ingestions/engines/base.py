@@ -21,6 +21,20 @@ MAX_TABLE_NAME_PART_LENGTH = 64
 MAX_PHYSICAL_NAME_PART_LENGTH = 128
 
 
+# An absolute filesystem path, or a URI with a path (file://, s3://, sqlite:////...): what an
+# engine's or a catalog's error quotes of the warehouse, its manifests or the catalog file.
+SERVER_PATH = re.compile(
+    r"(?<![\w/.])(?:[a-z][a-z0-9+.-]*://+[^\s'\",;)]*|/+(?:[^\s/'\"]+/)+[^\s/'\",;)]*)"
+)
+
+
+def redact_server_paths(text: str) -> str:
+    """`text` with every server path replaced by "<path>": an engine's error reaches API
+    clients and operation records, and where the warehouse and its files live is not theirs
+    to know."""
+    return SERVER_PATH.sub("<path>", text)
+
+
 def validate_table_name(name: str, *, max_part_length: int = MAX_PHYSICAL_NAME_PART_LENGTH) -> str:
     """Return `name` when it is a valid "namespace.table" name.
 

@@ -24,6 +24,7 @@ from ingestions.engines.base import (
     SnapshotInfo,
     Stage,
     TableInfo,
+    redact_server_paths,
     table_location,
     validate_table_name,
 )
@@ -738,6 +739,7 @@ def _from_epoch_ms(epoch_ms: int) -> datetime:
 
 
 def _reason(exc: BaseException) -> str:
-    # SQLAlchemy appends a "Background on this error" link on its own line.
+    # SQLAlchemy appends a "Background on this error" link on its own line. Paths of the
+    # warehouse, its manifests and the catalog file are not the client's to know.
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return redact_server_paths(lines[0]) if lines else type(exc).__name__

@@ -22,7 +22,7 @@ from ingestions.maintenance import maintenance_due
 from ingestions.runs import runs_recover_stale
 from refresh.batches import batches_sync_due
 from refresh.schedules import schedules_fire_due
-from refresh.services import refresh_reap, retention_expire
+from refresh.services import operations_sync_due, refresh_reap, retention_expire
 from webhooks.delivery import deliver_due_in_background
 
 logger = logging.getLogger("ingestions.worker")
@@ -34,6 +34,7 @@ RECOVERY = (
     refresh_reap,
     retention_expire,
     schedules_fire_due,
+    operations_sync_due,
     batches_sync_due,
 )
 MAINTENANCE = (maintenance_due,)
