@@ -47,6 +47,9 @@ DELIVERY_HEADER = "X-Autoloader-Delivery"
 USER_AGENT = "Autoloader-Webhooks/1"
 # Deliveries one pass takes at most (the next pass takes the rest).
 BATCH = 50
+# Deliveries of one tenant queued or in flight in one process at most: a tenant whose
+# receiver stalls does not fill the queue (nor the query that skips what is queued).
+TENANT_BACKLOG = 20
 ERROR_LENGTH = 300
 # A claim lasts the send's timeout twice (connecting, then waiting for the answer) and
 # this, for the database writes around it.
@@ -102,13 +105,14 @@ def deliver_due(*, now=None, limit: int = BATCH, wait: bool = True) -> int:
     `wait=False`, how many it queued).
 
     At most `limit` are taken, round-robin across tenants (each tenant's oldest first, then
-    each one's second...), so one tenant's backlog does not fill the pass. They are sent
+    each one's second...), so one tenant's backlog does not fill the pass (nor, past
+    TENANT_BACKLOG queued or in flight, the process's queue). They are sent
     concurrently by the process's dispatcher, at most AUTOLOADER_WEBHOOK_DELIVERY_THREADS at
     once, of which at most AUTOLOADER_WEBHOOK_CONCURRENCY_PER_TENANT for one tenant and
     _PER_ENDPOINT for one host:port: a receiver that never answers holds its own slots for
     the timeout, not the other tenants'. A slot that frees takes the next queued delivery.
 
-    `wait=True` (the tests, `--batch`): returns when the pass is over. No send starts after
+    `wait=True` (tests, scripts): returns when the pass is over. No send starts after
     the send timeout has elapsed since the pass began (what is left waits for the next
     pass, unclaimed), so a pass lasts about one timeout, two at worst, whatever one tenant
     queued. `wait=False` (the worker's deliveries thread): returns at once; the sends go on
@@ -116,7 +120,7 @@ def deliver_due(*, now=None, limit: int = BATCH, wait: bool = True) -> int:
     deliveries.
     """
     start_before = time.monotonic() + settings.AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS
-    items = _due_fairly(now=now, limit=limit, skip=_DISPATCHER.known())
+    items = _due_fairly(now=now, limit=limit, backlog=_DISPATCHER.backlog())
     taken = _DISPATCHER.submit(items, now=now, start_before=start_before if wait else None)
     if not wait:
         return len(taken)
@@ -133,8 +137,10 @@ def deliveries_wait_idle(timeout: float) -> bool:
     return _DISPATCHER.wait_idle(timeout)
 
 
-def _due_fairly(*, now, limit: int, skip: set[int]) -> list[_Item]:
-    """Up to `limit` due deliveries, round-robin across tenants, oldest first within each."""
+def _due_fairly(*, now, limit: int, backlog: dict[int, int]) -> list[_Item]:
+    """Up to `limit` due deliveries, round-robin across tenants, oldest first within each,
+    none already in `backlog` (pk -> tenant: queued or in flight in this process), at most
+    TENANT_BACKLOG per tenant with those."""
     now_or_real = now or timezone.now()
     rank = Window(
         RowNumber(),
@@ -148,16 +154,24 @@ def _due_fairly(*, now, limit: int, skip: set[int]) -> list[_Item]:
             next_attempt_at__lte=now_or_real,
             webhook__active=True,  # a paused webhook's deliveries wait for it
         )
-        .exclude(pk__in=skip)  # already queued or in flight in this process
         .annotate(rank=rank)
-        .filter(rank__lte=limit)
         .order_by("rank", "next_attempt_at", "id")
-        .values_list("pk", "claimed_until", "webhook__tenant_id", "webhook__url")[:limit]
+        # What is in the backlog is among each tenant's first: this many rows hold `limit`
+        # others if there are.
+        .values_list("pk", "claimed_until", "webhook__tenant_id", "webhook__url")[
+            : limit + len(backlog)
+        ]
     )
-    return [
-        _Item(pk=pk, lease=lease, tenant_id=tenant_id, endpoint=endpoint_of(url))
-        for pk, lease, tenant_id, url in due
-    ]
+    per_tenant = Counter(backlog.values())
+    items = []
+    for pk, lease, tenant_id, url in due:
+        if len(items) == limit:
+            break
+        if pk in backlog or per_tenant[tenant_id] >= TENANT_BACKLOG:
+            continue
+        per_tenant[tenant_id] += 1
+        items.append(_Item(pk=pk, lease=lease, tenant_id=tenant_id, endpoint=endpoint_of(url)))
+    return items
 
 
 def endpoint_of(url: str) -> str:
@@ -194,18 +208,18 @@ class _Dispatcher:
         self._by_tenant: Counter[int] = Counter()  # sends in flight
         self._by_endpoint: Counter[str] = Counter()
         self._running = 0
-        self._known: set[int] = set()  # queued or in flight
+        self._known: dict[int, int] = {}  # pk -> tenant, queued or in flight
 
-    def known(self) -> set[int]:
+    def backlog(self) -> dict[int, int]:
         with self._lock:
-            return set(self._known)
+            return dict(self._known)
 
     def submit(self, items: list[_Item], *, now, start_before: float | None) -> list[_Item]:
         with self._lock:
             taken = [item for item in items if item.pk not in self._known]
             for item in taken:
                 item.now, item.start_before = now, start_before
-                self._known.add(item.pk)
+                self._known[item.pk] = item.tenant_id
                 self._queues.setdefault(item.tenant_id, deque()).append(item)
             self._pump()
             return taken
@@ -229,7 +243,7 @@ class _Dispatcher:
             queue.remove(item)
             if not queue:
                 del self._queues[item.tenant_id]
-            self._known.discard(item.pk)
+            self._known.pop(item.pk, None)
             item.done.set()
             self._lock.notify_all()
 
@@ -280,7 +294,7 @@ class _Dispatcher:
         self._running -= 1
         self._by_tenant[item.tenant_id] -= 1
         self._by_endpoint[item.endpoint] -= 1
-        self._known.discard(item.pk)
+        self._known.pop(item.pk, None)
         item.done.set()
         self._lock.notify_all()
 

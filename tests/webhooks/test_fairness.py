@@ -12,7 +12,7 @@ from django.db import connection
 from django.utils import timezone
 
 from ingestions.models import Role
-from webhooks.delivery import deliver_due, deliveries_wait_idle
+from webhooks.delivery import TENANT_BACKLOG, deliver_due, deliveries_wait_idle
 from webhooks.events import emit
 from webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
@@ -94,6 +94,32 @@ def test_a_tenant_holds_at_most_its_slots_and_the_worker_pass_does_not_wait(
     assert sorted(globex_deliveries.values_list("attempts", flat=True)) == [1, 1, 1]
     assert set(globex_deliveries.values_list("status", flat=True)) == {DeliveryStatus.FAILED}
     assert stall.most_open == 2 and stall.received == 3
+
+
+def test_a_stalled_tenants_backlog_is_bounded_and_others_still_queue(
+    tenant, other_tenant, member, subscribe, receiver, stall, settings
+):
+    settings.AUTOLOADER_WEBHOOKS_PER_TENANT = 40
+    settings.AUTOLOADER_WEBHOOK_TIMEOUT_SECONDS = 30.0  # the first send stays open throughout
+    globex = member(Role.ADMIN, other_tenant)
+    for _ in range(TENANT_BACKLOG + 10):
+        subscribe(stall.url, ["run.finished"], client=globex)
+    subscribe(receiver.url, ["run.finished"])
+    emit(tenant=other_tenant, event="run.finished", payload={})
+    emit(tenant=tenant, event="run.finished", payload={"n": 1})
+
+    assert deliver_due(wait=False) == TENANT_BACKLOG + 1  # globex's backlog is full
+    emit(tenant=tenant, event="run.finished", payload={"n": 2})
+    assert deliver_due(wait=False) == 1  # acme's new one only
+
+    acme = WebhookDelivery.objects.filter(webhook__tenant=tenant)
+    wait_until(
+        lambda: set(acme.values_list("status", flat=True)) == {DeliveryStatus.SUCCEEDED},
+        30,
+        "acme's deliveries",
+    )
+    assert sorted(item["data"]["n"] for item in receiver.events()) == [1, 2]
+    assert stall.received == 1 and stall.open == 1
 
 
 def test_a_pass_takes_every_tenant_in_turn(tenant, other_tenant, member, subscribe, receiver):
