@@ -24,6 +24,8 @@ from .errors import PermissionDeniedError
 from .locations import location_list
 from .maintenance import maintenance_list
 from .models import (
+    PUBLIC_ID_VALIDATOR,
+    RESERVED_PUBLIC_IDS,
     Ingestion,
     MaintenanceAction,
     RunTrigger,
@@ -49,6 +51,8 @@ from .selectors import (
     table_state,
 )
 from .serializers import (
+    CRON_PATTERN,
+    AmountField,
     IngestionOutputSerializer,
     RunOutputSerializer,
     StrictSerializer,
@@ -63,8 +67,19 @@ from .services import (
     ingestion_update,
 )
 from .sources.preview import source_check
+from .sources.readers import (
+    MAX_LIST_OPTION_ITEMS,
+    MAX_OPTION_TEXT_LENGTH,
+    MAX_SKIP_ROWS,
+    READER_OPTIONS,
+)
 from .tenancy import tenant_for_request
 
+# The form of a source URI (`ingestions.locations`): an absolute path, file:// or s3://, no
+# control character, query string or fragment. Where it may point is the tenant's locations.
+SOURCE_URI_PATTERN = r"^(/|[Ff][Ii][Ll][Ee]://|[Ss]3://)[^\x00-\x1f?#]*$"
+# Text encodings the schema offers for the csv reader's `encoding` (the server knows more).
+TEXT_ENCODINGS = ["ascii", "cp1252", "iso-8859-1", "latin-1", "utf-16", "utf-8", "utf8"]
 TABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,63}\.[a-z_][a-z0-9_]{0,63}$"
 ERROR_SCHEMA = inline_serializer(
     name="Error",
@@ -140,6 +155,19 @@ def one_ingestion_payload(ingestion: Ingestion) -> dict:
     return IngestionOutputSerializer(ingestion, context=context).data
 
 
+def query_flags(request, *names: str) -> dict[str, bool]:
+    """The boolean query parameters among `names` that are present: true or false only."""
+    flags = {}
+    for name in names:
+        value = request.query_params.get(name)
+        if value is None:
+            continue
+        if value not in ("true", "false"):
+            raise serializers.ValidationError({name: ["Use true or false."]})
+        flags[name] = value == "true"
+    return flags
+
+
 def reject_null_characters(value) -> None:
     """PostgreSQL's jsonb cannot store a NUL character, in a key or in a string value."""
     pending = [value]
@@ -154,7 +182,47 @@ def reject_null_characters(value) -> None:
             raise serializers.ValidationError("Null characters are not allowed.")
 
 
+def reader_options_schema(file_format: str) -> dict:
+    """The reader options `validate_reader_options` accepts for `file_format`, as a schema."""
+    text = {"type": "string", "pattern": r"^[^\x00]*$"}
+    character = {"type": "string", "pattern": r"^[^\x00]$"}
+    texts = {
+        "type": "array",
+        "items": {**text, "maxLength": MAX_OPTION_TEXT_LENGTH},
+        "maxItems": MAX_LIST_OPTION_ITEMS,
+    }
+    kinds = {
+        bool: {"type": "boolean"},
+        int: {"type": "integer", "minimum": 0, "maximum": MAX_SKIP_ROWS},
+        list: texts,
+        str: {"type": "string", "enum": TEXT_ENCODINGS},  # encoding: a few of the many
+    }
+    properties = {
+        name: character if name in ("delimiter", "quote_char") else kinds[kind]
+        for name, kind in READER_OPTIONS[file_format].items()
+    }
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+# Each format with its own reader options; `absent` adds the case of no format given (a
+# PATCH keeps the ingestion's, so no option is known to be valid).
+def options_by_format(*, absent: bool = False) -> list[dict]:
+    cases = [
+        {"properties": {"format": {"enum": [name]}, "options": reader_options_schema(name)}}
+        for name in SourceFormat.values
+    ]
+    if absent:
+        no_options = {"type": "object", "additionalProperties": False}
+        cases.append({"properties": {"format": {"not": {}}, "options": no_options}})
+    return cases
+
+
 class SourceInputSerializer(StrictSerializer):
+    openapi_extra = {
+        "properties": {"uri": {"pattern": SOURCE_URI_PATTERN}},
+        "anyOf": options_by_format(),
+    }
+
     uri = serializers.CharField(max_length=1024)
     format = serializers.ChoiceField(choices=SourceFormat.choices)
     pattern = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
@@ -184,6 +252,15 @@ class IngestionListCreateApi(TenantAPIView):
     pagination_class = Pagination  # read by the schema: the list is paginated
 
     class InputSerializer(StrictSerializer):
+        openapi_extra = {
+            "properties": {
+                "id": {
+                    "pattern": PUBLIC_ID_VALIDATOR.regex.pattern,
+                    "not": {"enum": sorted(RESERVED_PUBLIC_IDS)},
+                }
+            }
+        }
+
         id = serializers.CharField(required=False, validators=[validate_public_id])
         name = serializers.CharField(max_length=200)
         source = SourceInputSerializer()
@@ -195,9 +272,7 @@ class IngestionListCreateApi(TenantAPIView):
             "executors read the files and write the same Iceberg tables (local[*], spark://, "
             "k8s://, yarn; Spark Connect is not supported).",
         )
-        cost_per_gb_usd = serializers.DecimalField(
-            max_digits=10, decimal_places=4, min_value=0, required=False
-        )
+        cost_per_gb_usd = AmountField(max_digits=10, decimal_places=4, required=False)
         protected = serializers.BooleanField(default=False)
         retain_days = retain_days_field(
             allow_null=True,
@@ -307,11 +382,39 @@ class IngestionDetailApi(TenantAPIView):
         paused = serializers.BooleanField(required=False)
 
     class InputSerializer(StrictSerializer):
+        openapi_extra = {
+            "properties": {
+                "source": {
+                    "properties": {
+                        "uri": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 1024,
+                            "pattern": SOURCE_URI_PATTERN,
+                        },
+                        "format": {"type": "string", "enum": SourceFormat.values},
+                        "pattern": {"type": "string", "maxLength": 255},
+                        "options": {"type": "object"},
+                    },
+                    "additionalProperties": False,
+                    "anyOf": options_by_format(absent=True),
+                },
+                # Refused: the destination table of an ingestion never changes.
+                "destination": {"not": {}},
+                "schedule": {
+                    "properties": {
+                        "cron": {"type": "string", "maxLength": 120, "pattern": CRON_PATTERN},
+                        "timezone": {"type": "string", "enum": sorted(schedules.time_zones())},
+                        "paused": {"type": "boolean"},
+                    },
+                    "additionalProperties": False,
+                },
+            }
+        }
+
         name = serializers.CharField(max_length=200, required=False)
         source = serializers.DictField(required=False)
-        cost_per_gb_usd = serializers.DecimalField(
-            max_digits=10, decimal_places=4, min_value=0, required=False
-        )
+        cost_per_gb_usd = AmountField(max_digits=10, decimal_places=4, required=False)
         protected = serializers.BooleanField(required=False)
         retain_days = retain_days_field(
             allow_null=True,
@@ -409,7 +512,12 @@ class IngestionDetailApi(TenantAPIView):
         operation_id="ingestions_destroy",
         request=DeleteInputSerializer,
         parameters=[
-            OpenApiParameter("confirm", bool, description="Same as the body's confirm."),
+            OpenApiParameter(
+                "confirm",
+                {"type": "boolean", "enum": [True]},
+                required=True,
+                description="Must be true (or the body's confirm).",
+            ),
             OpenApiParameter("drop_table", bool, description="Same as the body's drop_table."),
         ],
         responses={
@@ -423,7 +531,7 @@ class IngestionDetailApi(TenantAPIView):
     def delete(self, request, ingestion_id: str):
         ingestion = self.get_ingestion(ingestion_id, "delete_ingestion")
         # DELETE bodies are awkward for some clients: the query string works too.
-        values = {**request.query_params.dict(), **(request.data or {})}
+        values = {**query_flags(request, "confirm", "drop_table"), **(request.data or {})}
         serializer = self.DeleteInputSerializer(
             data={key: values[key] for key in ("confirm", "drop_table") if key in values}
         )

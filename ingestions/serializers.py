@@ -1,6 +1,9 @@
 """JSON shapes of ingestions, runs and history, shared by every API view that returns them."""
 
+from decimal import Decimal
+
 from django.conf import settings
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from rest_framework import serializers
 
 from .models import MAX_SNAPSHOT_RETENTION_HOURS, Ingestion, ProcessedFile, Run
@@ -35,15 +38,89 @@ def retain_days_field(**options) -> serializers.IntegerField:
     )
 
 
+# The cron expressions the schema promises the server accepts (`refresh.schedules.cron_parse`):
+# five fields, a fixed minute (so at most hourly, above the 5-minute minimum interval), days
+# of the month every month has. The server accepts more (ranges, steps, names, lists).
+CRON_PATTERN = r"^([1-5]?\d) (\*|1?\d|2[0-3]) (\*|[1-9]|1\d|2[0-8]) (\*|[1-9]|1[0-2]) (\*|[0-6])$"
+
+
 class StrictSerializer(serializers.Serializer):
-    """Refuses unknown fields: a typo in a request must not be silently ignored."""
+    """Refuses unknown fields: a typo in a request must not be silently ignored.
+
+    Nor does a field take a value of another JSON type that DRF would convert (`0` for the
+    text "0", `0` or "yes" for false, "5" for 5): the schema names one type, and so does the
+    server (the API parses JSON only, so a value's type is the client's choice).
+    """
+
+    # What drf-spectacular cannot infer from the fields (a choice between fields, unique
+    # items...): merged into this serializer's request component by `console.schema`.
+    openapi_extra: dict = {}
 
     def to_internal_value(self, data):
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
                 raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+            wrong = {
+                name: [f"Not {kind}."]
+                for name, field in self.fields.items()
+                if (kind := _wrong_type(field, data.get(name)))
+            }
+            if wrong:  # reported with the other fields' errors
+                try:
+                    super().to_internal_value(data)
+                except serializers.ValidationError as exc:
+                    raise serializers.ValidationError({**exc.detail, **wrong}) from None
+                raise serializers.ValidationError(wrong)
         return super().to_internal_value(data)
+
+
+def _wrong_type(field, value) -> str:
+    """What `field` (or each item of a list field) takes, when `value` is of another JSON
+    type; "" when it is not (null is left to the field, which allows it or not)."""
+    if value is None:
+        return ""
+    if isinstance(field, serializers.ListField) and isinstance(value, list):
+        return next(filter(None, (_wrong_type(field.child, item) for item in value)), "")
+    if isinstance(field, serializers.CharField) and not isinstance(value, str):
+        return "a string"
+    if isinstance(field, serializers.BooleanField) and not isinstance(value, bool):
+        return "true or false"
+    if isinstance(field, serializers.IntegerField) and (
+        not isinstance(value, int) or isinstance(value, bool)
+    ):
+        return "an integer"
+    return ""
+
+
+class AmountField(serializers.DecimalField):
+    """A non-negative amount: a JSON number or a decimal string, with at most
+    `decimal_places` decimals and `max_digits` digits (its schema says exactly that)."""
+
+    def __init__(self, *, max_digits: int, decimal_places: int, **options):
+        super().__init__(
+            max_digits=max_digits, decimal_places=decimal_places, min_value=0, **options
+        )
+
+
+class AmountFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = AmountField
+
+    def map_serializer_field(self, auto_schema, direction):
+        field = self.target
+        whole, places = field.max_digits - field.decimal_places, field.decimal_places
+        step = Decimal(1).scaleb(-places)
+        return {
+            "anyOf": [
+                {"type": "string", "pattern": rf"^\d{{1,{whole}}}(\.\d{{1,{places}}})?$"},
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": float(Decimal(10) ** whole - step),
+                    "multipleOf": float(step),
+                },
+            ]
+        }
 
 
 class TableOutputSerializer(serializers.Serializer):

@@ -20,12 +20,14 @@ from rest_framework import serializers, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from ingestions.api import COMMON_ERRORS, ERROR_SCHEMA, TenantAPIView
+from ingestions.api import COMMON_ERRORS, ERROR_SCHEMA, TenantAPIView, query_flags
 from ingestions.models import OnPartialFailure
 from ingestions.pagination import StrictCursorPagination, StrictLimitOffsetPagination
-from ingestions.scope import Scope
+from ingestions.scope import MAX_SCOPE_FILES, Scope
 from ingestions.selectors import processed_file_list
 from ingestions.serializers import (
+    CRON_PATTERN,
+    AmountField,
     ProcessedFileOutputSerializer,
     StrictSerializer,
     retain_days_field,
@@ -65,6 +67,7 @@ from .schedules import (
     schedule_list,
     schedule_payload,
     schedule_set,
+    time_zones,
 )
 from .selectors import operation_get, operation_list
 from .services import (
@@ -198,13 +201,87 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
     OpenApiParameter.HEADER,
     description="Replays the first response for the same key and body within 24 h.",
 )
-QUERY_PARAMETERS = [
-    OpenApiParameter("confirm", bool, description="Same as the body's confirm (for DELETE)."),
-    OpenApiParameter("dry_run", bool, description="Same as the body's dry_run."),
+# Executing needs confirm=true, previewing dry_run=true: one of the two, in the body or (for
+# clients that cannot send a body, as with DELETE) in the query string.
+CONFIRM_OR_DRY_RUN = {
+    "anyOf": [
+        {"required": ["confirm"], "properties": {"confirm": {"enum": [True]}}},
+        {"required": ["dry_run"], "properties": {"dry_run": {"enum": [True]}}},
+    ]
+}
+# A DELETE has no body: its confirm and dry_run are query parameters, described as one
+# exploded object (`?confirm=true`, `?dry_run=true`) since the schema needs one of them.
+DELETE_PARAMETERS = [
+    OpenApiParameter(
+        "confirmation",
+        {
+            "type": "object",
+            "properties": {"confirm": {"type": "boolean"}, "dry_run": {"type": "boolean"}},
+            "additionalProperties": False,
+            **CONFIRM_OR_DRY_RUN,
+        },
+        OpenApiParameter.QUERY,
+        required=True,
+        style="form",
+        explode=True,
+        description="?confirm=true executes; ?dry_run=true previews and changes nothing.",
+    )
 ]
+# A selective full refresh's scope (`ingestions.scope.Scope.parse`): relative paths of
+# segments that never are "..", and times the database can hold, with their offset.
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}"
+_MOMENT = {
+    "type": "string",
+    "pattern": r"^(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])T([01]\d|2[0-3]):[0-5]\d"
+    r":[0-5]\d(\.\d{1,6})?(Z|[+-](0\d|1[0-3]):[0-5]\d)$",
+}
+SCOPE_SCHEMA = {
+    "nullable": True,
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {
+                "prefix": {
+                    "type": "string",
+                    "pattern": rf"^{_SEGMENT}(/{_SEGMENT})*/?$",
+                    "maxLength": 1024,
+                }
+            },
+            "required": ["prefix"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"modified_after": _MOMENT, "modified_before": _MOMENT},
+            # Both bounds are accepted too, the first before the second.
+            "minProperties": 1,
+            "maxProperties": 1,
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "files": {
+                    "type": "array",
+                    "items": {
+                        "type": "string",
+                        "pattern": rf"^{_SEGMENT}(/{_SEGMENT})*$",
+                        "maxLength": 1024,
+                    },
+                    "minItems": 1,
+                    "maxItems": MAX_SCOPE_FILES,
+                }
+            },
+            "required": ["files"],
+            "additionalProperties": False,
+        },
+    ],
+}
 
 
 class RefreshInputSerializer(StrictSerializer):
+    openapi_extra = CONFIRM_OR_DRY_RUN
+
     # `confirm` is checked by the service: only the JSON boolean true confirms.
     confirm = serializers.JSONField(
         required=False, allow_null=True, help_text="Must be the JSON boolean true to execute."
@@ -231,6 +308,8 @@ class RefreshInputSerializer(StrictSerializer):
 
 
 class FullRefreshInputSerializer(RefreshInputSerializer):
+    openapi_extra = {**CONFIRM_OR_DRY_RUN, "properties": {"scope": SCOPE_SCHEMA}}
+
     scope = serializers.JSONField(
         required=False,
         allow_null=True,
@@ -275,7 +354,8 @@ class RefreshApiView(TenantAPIView):
             raise serializers.ValidationError(
                 {IDEMPOTENCY_HEADER: [f"At most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."]}
             )
-        dry_run = data.get("dry_run", False) or query.get("dry_run") == "true"
+        flags = query_flags(request, "confirm", "dry_run")
+        dry_run = data.get("dry_run", False) or flags.get("dry_run", False)
         if dry_run:
             plan = refresh_preview(
                 ingestion=ingestion,
@@ -287,7 +367,7 @@ class RefreshApiView(TenantAPIView):
             )
             return Response(preview_payload(plan))
 
-        confirm = data.get("confirm") is True or query.get("confirm") == "true"
+        confirm = data.get("confirm") is True or flags.get("confirm", False)
         if key:
             replay = idempotency_begin(
                 user=request.user,
@@ -361,7 +441,7 @@ class FullRefreshApi(RefreshApiView):
         summary="Reload every file (or those of a scope) into a new version, published when "
         "the run ends",
         request=FullRefreshInputSerializer,
-        parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
+        parameters=[IDEMPOTENCY_PARAMETER],
         examples=EXAMPLES,
         responses={200: DRY_RUN_OR_OPERATION_SCHEMA, 202: OPERATION_SCHEMA, **REFRESH_ERRORS},
     )
@@ -376,7 +456,7 @@ class FreshStartApi(RefreshApiView):
         operation_id="ingestions_fresh_start",
         summary="A new table of only the new files, published when the run ends",
         request=RefreshInputSerializer,
-        parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
+        parameters=[IDEMPOTENCY_PARAMETER],
         examples=EXAMPLES,
         responses={200: DRY_RUN_OR_OPERATION_SCHEMA, 202: OPERATION_SCHEMA, **REFRESH_ERRORS},
     )
@@ -399,7 +479,7 @@ class DropTableApi(RefreshApiView):
         operation_id="ingestions_drop_table",
         summary="Drop the table only (idempotent); history and runs untouched",
         request=DropTableInputSerializer,
-        parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
+        parameters=[IDEMPOTENCY_PARAMETER, *DELETE_PARAMETERS],
         responses={200: DRY_RUN_OR_OPERATION_SCHEMA, **REFRESH_ERRORS},
     )
     def delete(self, request, ingestion_id: str):
@@ -434,7 +514,7 @@ class ProcessedFilesApi(RefreshApiView):
         operation_id="ingestions_processed_files_clear",
         summary="Clear the processed-file history (the next run reloads every file)",
         request=DropTableInputSerializer,
-        parameters=[IDEMPOTENCY_PARAMETER, *QUERY_PARAMETERS],
+        parameters=[IDEMPOTENCY_PARAMETER, *DELETE_PARAMETERS],
         responses={200: DRY_RUN_OR_OPERATION_SCHEMA, **REFRESH_ERRORS},
     )
     def delete(self, request, ingestion_id: str):
@@ -469,6 +549,8 @@ class OperationResumeApi(TenantAPIView):
 
 
 class DecisionInputSerializer(StrictSerializer):
+    openapi_extra = {"required": ["confirm"], "properties": {"confirm": {"enum": [True]}}}
+
     confirm = serializers.JSONField(
         required=False, allow_null=True, help_text="Must be the JSON boolean true."
     )
@@ -485,10 +567,9 @@ class OperationDecisionApi(TenantAPIView):
         operation = operation_get(tenant=self.tenant, operation_id=operation_id)
         serializer = DecisionInputSerializer(data=request.data or {})
         serializer.is_valid(raise_exception=True)
-        confirm = (
-            serializer.validated_data.get("confirm") is True
-            or request.query_params.get("confirm") == "true"
-        )
+        confirm = serializer.validated_data.get("confirm") is True or query_flags(
+            request, "confirm"
+        ).get("confirm", False)
         operation = refresh_decide(
             operation=operation, actor=request.user, publish=self.publish, confirm=confirm
         )
@@ -524,6 +605,8 @@ class OperationDiscardApi(OperationDecisionApi):
 
 
 class UndoInputSerializer(StrictSerializer):
+    openapi_extra = CONFIRM_OR_DRY_RUN
+
     confirm = serializers.JSONField(
         required=False, allow_null=True, help_text="Must be the JSON boolean true to undo."
     )
@@ -554,14 +637,14 @@ class OperationUndoApi(TenantAPIView):
         operation = operation_get(tenant=self.tenant, operation_id=operation_id)
         serializer = UndoInputSerializer(data=request.data or {})
         serializer.is_valid(raise_exception=True)
-        data, query = serializer.validated_data, request.query_params
-        if data.get("dry_run") or query.get("dry_run") == "true":
+        data, query = serializer.validated_data, query_flags(request, "confirm", "dry_run")
+        if data.get("dry_run") or query.get("dry_run"):
             plan = undo_preview(operation=operation, actor=request.user)
             return Response(
                 {"dry_run": True, **plan.as_response()},
                 headers={"X-Operation-ID": operation.public_id},
             )
-        confirm = data.get("confirm") is True or query.get("confirm") == "true"
+        confirm = data.get("confirm") is True or query.get("confirm", False)
         operation = refresh_undo(operation=operation, actor=request.user, confirm=confirm)
         return Response(
             operation_payload(operation), headers={"X-Operation-ID": operation.public_id}
@@ -626,6 +709,13 @@ SCHEDULE_ERRORS = {
 
 
 class ScheduleInputSerializer(StrictSerializer):
+    openapi_extra = {
+        "properties": {
+            "cron": {"pattern": CRON_PATTERN},
+            "timezone": {"enum": sorted(time_zones())},
+        }
+    }
+
     cron = serializers.CharField(
         max_length=120, help_text="Five fields: minute hour day-of-month month day-of-week."
     )
@@ -714,10 +804,9 @@ class ScheduleDetailApi(TenantAPIView):
 
 class ScheduleApproveApi(TenantAPIView):
     class ApproveInputSerializer(StrictSerializer):
-        max_cost_usd = serializers.DecimalField(
+        max_cost_usd = AmountField(
             max_digits=12,
             decimal_places=2,
-            min_value=0,
             help_text="Firings estimated above the plan threshold execute up to this cost.",
         )
 
@@ -741,6 +830,8 @@ class ScheduleApproveApi(TenantAPIView):
 
 
 class RefreshBatchInputSerializer(StrictSerializer):
+    openapi_extra = {**CONFIRM_OR_DRY_RUN, "properties": {"ingestion_ids": {"uniqueItems": True}}}
+
     ingestion_ids = serializers.ListField(
         child=serializers.CharField(max_length=63), min_length=1, max_length=MAX_BATCH_MEMBERS
     )
