@@ -207,6 +207,8 @@ def tolerated(failure, response) -> bool:
     or a well-formed request refused for what the world holds, not for its form."""
     if isinstance(failure, AcceptedNegativeData) and response.status_code == 413:
         return True
+    if isinstance(failure, RejectedPositiveData) and response.status_code == 423:
+        return True  # TABLE_PROTECTED: a protected ingestion, whatever the request's form
     if not isinstance(failure, RejectedPositiveData) or response.status_code != 400:
         return False
     return response.json().get("error_code") in STATE_DEPENDENT_REFUSALS
