@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Production mode on one host: gunicorn (the web, deploy/gunicorn.conf.py) and
-# AUTOLOADER_WORKERS background workers. SIGTERM or Ctrl-C stops them all; if one of
-# them dies, the others are stopped too, so a process manager restarts the whole set.
+# AUTOLOADER_WORKERS background workers, supervised by `manage.py supervise`: any of them
+# that exits is restarted with backoff (1 s doubling to 60 s, logged with its exit status),
+# so a worker dying never takes the web down. SIGTERM or Ctrl-C stops them all.
 # Run through `make serve`, which first checks the deployment, migrates and collects
 # the static files. Several hosts: see docs/deploy.md (systemd units, Procfile).
 set -euo pipefail
@@ -9,26 +10,6 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
 WORKERS=${AUTOLOADER_WORKERS:-2}
-pids=()
 
-stop() {
-    trap - INT TERM
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    wait || true
-}
-trap 'stop; exit 0' INT TERM
-
-"$PYTHON" -m gunicorn -c deploy/gunicorn.conf.py &
-pids+=($!)
-for ((i = 0; i < WORKERS; i++)); do
-    "$PYTHON" manage.py autoloader_worker &
-    pids+=($!)
-done
-echo "serve: web (gunicorn) and $WORKERS worker(s) running: ${pids[*]}" >&2
-
-# The first process to exit ends the set.
-rc=0
-wait -n || rc=$?
-echo "serve: a process exited (status $rc); stopping the others" >&2
-stop
-exit "$rc"
+# exec: the supervisor takes this PID, so the process manager's signals reach it.
+exec "$PYTHON" manage.py supervise --workers "$WORKERS" --web-config deploy/gunicorn.conf.py

@@ -1,7 +1,10 @@
-"""`manage.py serve`: web (gunicorn) and worker together; Ctrl-C or SIGTERM stops both."""
+"""`manage.py serve`: web (gunicorn) and worker together; Ctrl-C or SIGTERM stops both.
+
+Either one that exits is restarted with backoff (`ingestions.supervisor`): the web keeps
+serving while its worker is down, and the worker comes back.
+"""
 
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -12,6 +15,7 @@ from django.core.management.base import BaseCommand
 
 from ingestions.demo import DEMO_USERS, demo_token_saved
 from ingestions.management.commands.seed_demo import DEFAULT_DEMO_PASSWORD
+from ingestions.supervisor import Program, Supervisor
 
 
 class Command(BaseCommand):
@@ -26,44 +30,33 @@ class Command(BaseCommand):
         base = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         # Once, here: the web and the worker would otherwise race to create it.
         call_command("init_catalog")
-        children = [
-            subprocess.Popen(web_command(host=host, port=port, web_workers=web_workers)),
-            subprocess.Popen([*base, "autoloader_worker"]),
-        ]
-        stopping = False
-
-        def stop(signum, frame):
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        web = Program("web", web_command(host=host, port=port, web_workers=web_workers))
+        supervisor = Supervisor([web, Program("worker", [*base, "autoloader_worker"])])
+        signal.signal(signal.SIGINT, supervisor.request_stop)
+        signal.signal(signal.SIGTERM, supervisor.request_stop)
+        supervisor.start()
         url = f"http://{host}:{port}/"
-        if self._wait_healthy(url + "healthz", children, lambda: stopping):
+        healthy = self._wait_healthy(url + "healthz", web, supervisor)
+        if healthy:
             self._banner(url)
-        while not stopping and all(child.poll() is None for child in children):
-            time.sleep(0.3)
+        # A web that exits before it ever answered (a port in use, a broken setting) is not
+        # a crash to retry: serve stops and says so. Later, whatever exits is restarted.
+        failed_to_start = not healthy and not supervisor.stopping and not web.running()
+        if not failed_to_start:
+            supervisor.run()  # until Ctrl-C or SIGTERM
         self.stdout.write("stopping web and worker…")
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for child in children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        supervisor.stop(grace=15)
         self.stdout.write("stopped.")
-        failed = [child.returncode for child in children if child.returncode not in (0, -15)]
-        if failed and not stopping:
+        if failed_to_start:
             sys.exit(1)
 
-    def _wait_healthy(self, url: str, children, stopping) -> bool:
+    def _wait_healthy(self, url: str, web: Program, supervisor: Supervisor) -> bool:
+        """Whether the web answered /healthz; False when it exited before it ever did."""
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not stopping():
-            if any(child.poll() is not None for child in children):
+        while time.monotonic() < deadline and not supervisor.stopping:
+            if not web.running():
                 return False
+            supervisor.poll()  # a worker that dies while the web starts is restarted
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
                     if response.status == 200:
