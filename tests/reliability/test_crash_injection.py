@@ -376,7 +376,7 @@ def test_a_full_refresh_whose_request_died_mid_step_resumes_to_a_table_loaded_ex
     assert (interrupted.status, interrupted.started_at is not None) == (StepStatus.PENDING, True)
     resume = f"/api/v1/refresh-operations/{operation.public_id}/resume"
     # Fresh, it may still be executing somewhere: resume and runs are refused.
-    assert admin_client.post(resume).json()["error_code"] == "OPERATION_NOT_RESUMABLE"
+    assert admin_client.post(resume).json()["error_code"] == "REFRESH_IN_PROGRESS"
     assert admin_client.post("/api/v1/ingestions/sales/run").json()["error_code"] == (
         "REFRESH_IN_PROGRESS"
     )

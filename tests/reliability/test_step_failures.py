@@ -290,9 +290,11 @@ def check_state_database_lost(client, ingestion, case, response, operation):
     interrupted = operation.steps.get(name=case.step)
     assert interrupted.status == "pending" and interrupted.started_at is not None
 
-    # While it may still be running somewhere, nobody else touches the ingestion.
+    # While it may still be running somewhere, nobody else touches the ingestion: a resume
+    # is told it is in progress, naming it.
     refused = resume(client, operation.public_id)
-    assert (refused.status_code, refused.json()["error_code"]) == (409, "OPERATION_NOT_RESUMABLE")
+    assert (refused.status_code, refused.json()["error_code"]) == (409, "REFRESH_IN_PROGRESS")
+    assert refused.json()["current_operation_id"] == operation.public_id
     busy = client.post("/api/v1/ingestions/sales/run")
     assert (busy.status_code, busy.json()["error_code"]) == (409, "REFRESH_IN_PROGRESS")
 
