@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import pytest
 
 from ingestions.errors import SourceNotAllowedError, SourceUnavailableError
+from ingestions.locations import ConfinedLocalFileSystem
 from ingestions.sources import SourceFile, list_source_files
 
 
@@ -96,8 +97,13 @@ def test_file_uri_and_plain_path_list_the_same_files(source_dir, open_source):
 def test_source_open_returns_filesystem_and_root(source_dir, open_source):
     source = open_source(source_dir.as_uri() + "/")
 
+    write_files(source_dir, {"a.csv": b"id\n1\n"})
+
     assert source.root == str(source_dir)
-    assert source.filesystem.get_file_info(source.root).is_file is False
+    assert isinstance(source.filesystem, ConfinedLocalFileSystem)
+    assert source.filesystem.boundary == str(source_dir) + "/"
+    with source.filesystem.open_input_file(source.full_path("a.csv")) as opened:
+        assert opened.read() == b"id\n1\n"
 
 
 def test_missing_root_raises_source_unavailable(source_dir, open_source):
