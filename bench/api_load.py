@@ -149,6 +149,10 @@ def main() -> None:
         **os.environ,
         "AUTOLOADER_DATA_DIR": str(data_dir),
         "REFRESH_RATE_FULL_REFRESH": "100000/h",
+        # Throughput, not fairness (bench/listing_starvation.py measures the gate).
+        "AUTOLOADER_PREVIEW_RATE_PER_USER": "1000000/m",
+        "AUTOLOADER_PREVIEW_RATE_PER_TENANT": "1000000/m",
+        "AUTOLOADER_LISTINGS_PER_TENANT": "0",
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "console.wsgi:application", "--bind",

@@ -13,6 +13,8 @@
 | AUTOLOADER_S3_ENDPOINT_URL, _REGION, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY | AWS_* | S3 defaults |
 | AUTOLOADER_SECRETS_KEY | in $DATA_DIR/secrets_key (DEBUG only) | encrypts location secrets |
 | AUTOLOADER_LISTING_MAX_ENTRIES / _MAX_SECONDS | 1000000 / 30 | bounds of one source listing |
+| AUTOLOADER_PREVIEW_RATE_PER_USER / _PER_TENANT | 30/m / 120/m | check-sources and dry-runs |
+| AUTOLOADER_LISTINGS_PER_TENANT | 2 | a tenant's source listings at once for web requests |
 | AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS | 3600 | how often a table is maintained at most |
 | AUTOLOADER_SNAPSHOT_RETENTION_HOURS / _RETAIN_LAST | 24 / 10 | snapshots kept |
 | AUTOLOADER_COMPACT_SMALL_FILE_BYTES / _MIN_FILES / _MAX_BYTES | 32 MiB / 10 / 512 MiB | |
@@ -372,6 +374,14 @@ AUTOLOADER_DEMO_LANDING_DIR = Path(
 ).resolve()
 AUTOLOADER_LISTING_MAX_ENTRIES = env_int("AUTOLOADER_LISTING_MAX_ENTRIES", 1_000_000)
 AUTOLOADER_LISTING_MAX_SECONDS = env_float("AUTOLOADER_LISTING_MAX_SECONDS", 30.0)
+# What lists a source for a web request (check source, dry-runs) is rate-limited per user and
+# per tenant, and one tenant runs at most this many such listings at once (0: no cap), so
+# its heavy previews cannot take every web thread from the other tenants.
+AUTOLOADER_PREVIEW_RATE_LIMITS = {
+    "user": os.environ.get("AUTOLOADER_PREVIEW_RATE_PER_USER", "30/m"),
+    "tenant": os.environ.get("AUTOLOADER_PREVIEW_RATE_PER_TENANT", "120/m"),
+}
+AUTOLOADER_LISTINGS_PER_TENANT = env_int("AUTOLOADER_LISTINGS_PER_TENANT", 2)
 # Spark engine: local[*], spark://host:7077, k8s://https://host:443 or yarn. Its tables are
 # in the embedded engine's catalog (AUTOLOADER_CATALOG_NAME, the same catalog database and
 # warehouse, through Iceberg's JDBC catalog) unless AUTOLOADER_SPARK_CATALOG names a catalog

@@ -774,6 +774,7 @@ def source_check(request, tenant):
         try:
             check["result"] = check_source(
                 tenant=tenant,
+                actor=request.user,
                 uri=form.source_uri(),
                 file_format=form.cleaned_data["source_format"],
                 pattern=form.cleaned_data["source_pattern"],

@@ -359,6 +359,7 @@ class SourceCheckApi(TenantAPIView):
         try:
             result = source_check(
                 tenant=self.tenant,
+                actor=request.user,
                 uri=data["uri"],
                 file_format=data["format"],
                 pattern=data.get("pattern", ""),

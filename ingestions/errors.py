@@ -185,3 +185,14 @@ class TableProtectedError(AutoloaderError):
 
     error_code = "TABLE_PROTECTED"
     help = 'An admin can lift protection with PATCH /api/v1/ingestions/{id} {"protected": false}.'
+
+
+class RateLimitedError(AutoloaderError):
+    """Too many calls of this kind by this user or tenant: wait before retrying."""
+
+    error_code = "RATE_LIMITED"
+    help = "Wait for the time in Retry-After before retrying."
+
+    def __init__(self, message: str = "", *, retry_after: int):
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after

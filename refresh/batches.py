@@ -27,7 +27,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from ingestions.engines import load_engine
-from ingestions.errors import AutoloaderError, IngestionNotFoundError, RunNotCancellableError
+from ingestions.errors import (
+    AutoloaderError,
+    IngestionNotFoundError,
+    RateLimitedError,
+    RunNotCancellableError,
+)
 from ingestions.models import (
     ACTIVE_RUN_STATUSES,
     Ingestion,
@@ -36,6 +41,7 @@ from ingestions.models import (
     RunStatus,
     Tenant,
 )
+from ingestions.ratelimits import preview_rate, rate_give_back
 from ingestions.runs import BATCH_WAIT_NOTE, run_cancel, staged_discard, staged_publish
 
 from .errors import BatchNotFoundError, ConfirmationRequiredError, DryRunRequiredError
@@ -89,12 +95,27 @@ def batch_preview(
         ValidationError: the kind or the id list is not allowed.
         IngestionNotFoundError: an id names no ingestion of the tenant.
         PermissionDeniedError: the actor cannot view one of them.
+        RateLimitedError: the actor's or the tenant's previews are used up (a batch counts
+            once), or the tenant's listings are all busy.
     """
     ingestions = _members(tenant=tenant, ingestion_ids=ingestion_ids, kind=kind)
-    plans = [
-        refresh_preview(ingestion=ingestion, kind=kind, actor=actor, mode=RefreshMode.ATOMIC)
-        for ingestion in ingestions
-    ]
+    # One request, one preview against the rates; each member's listing takes a slot.
+    taken = preview_rate(tenant=tenant, actor=actor)
+    try:
+        plans = [
+            refresh_preview(
+                ingestion=ingestion,
+                kind=kind,
+                actor=actor,
+                mode=RefreshMode.ATOMIC,
+                gate="listing",
+            )
+            for ingestion in ingestions
+        ]
+    except RateLimitedError:
+        for key in taken:
+            rate_give_back(key)
+        raise
     batch = RefreshBatch.objects.create(
         tenant=tenant,
         kind=kind,

@@ -3,12 +3,19 @@
 from ingestions.errors import (
     AutoloaderError,
     ConfirmationRequiredError,
+    RateLimitedError,
     RefreshInProgressError,
     TableProtectedError,
 )
 
-# Raised by the ingestion services too (runs, deleting an ingestion), so they live there.
-__all__ = ["ConfirmationRequiredError", "RefreshInProgressError", "TableProtectedError"]
+# Raised by the ingestion services too (runs, deleting an ingestion, previews), so they
+# live there.
+__all__ = [
+    "ConfirmationRequiredError",
+    "RateLimitedError",
+    "RefreshInProgressError",
+    "TableProtectedError",
+]
 
 
 class DryRunRequiredError(AutoloaderError):
@@ -56,17 +63,6 @@ class OperationNotUndoableError(AutoloaderError):
         "Only the latest change of an ingestion, within its retention window, is undone; "
         "undo later operations first. GET the operation's undo preview to see what blocks it."
     )
-
-
-class RateLimitedError(AutoloaderError):
-    """Too many operations of this kind by this user: wait before retrying."""
-
-    error_code = "RATE_LIMITED"
-    help = "Wait for the time in Retry-After before retrying."
-
-    def __init__(self, message: str = "", *, retry_after: int):
-        super().__init__(message, retry_after=retry_after)
-        self.retry_after = retry_after
 
 
 class RefreshApiDisabledError(AutoloaderError):

@@ -590,7 +590,7 @@ def _fire_refresh(firing: ScheduleFiring) -> None:
                 ingestion=ingestion, kind=kind, actor=owner, confirm=True
             )
         except DryRunRequiredError:
-            plan = refresh_preview(ingestion=ingestion, kind=kind, actor=owner)
+            plan = refresh_preview(ingestion=ingestion, kind=kind, actor=owner, gate=None)
             cost = Decimal(str(plan.impact.estimated_cost_usd))
             approved = schedule.approved_max_cost_usd
             if approved is None or cost > approved:

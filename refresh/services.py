@@ -5,6 +5,7 @@ outcome is stored the moment it ends (DESIGN §5.2), so a failure half-way leave
 saying what was done and the exact call that finishes the job.
 """
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ingestions.models import (
     Run,
     RunStatus,
 )
+from ingestions.ratelimits import expensive_read
 from ingestions.runs import (
     ingestion_lock,
     refuse_while_awaiting_decision,
@@ -94,6 +96,7 @@ def refresh_preview(
     retain_days: int | None = None,
     scope: dict | None = None,
     engine=None,
+    gate: str | None = "request",
 ) -> Plan:
     """Dry-run: what `kind` would do, with its impact. Changes no table, history or run.
 
@@ -102,12 +105,26 @@ def refresh_preview(
 
     Raises:
         PermissionDeniedError: the actor cannot view the ingestion.
+        RateLimitedError: the actor's or the tenant's previews are used up, or the tenant's
+            listings are all busy (`ingestions.ratelimits.expensive_read`).
     """
     _require(actor, PREVIEW_PERMISSION, ingestion, kind=kind)
     engine = engine or load_engine(ingestion.engine)
     mode = effective_mode(kind=kind, mode=mode, auto_run=auto_run, engine=engine)
     parsed = _scope_of(scope, kind=kind, mode=mode, ingestion=ingestion, engine=engine)
-    plan = plan_operation(ingestion=ingestion, kind=kind, engine=engine, mode=mode, scope=parsed)
+    # Listing the source is the expensive part, and anyone who can view may ask for it:
+    # "request" counts the call against the preview rates and takes a listing slot;
+    # "listing" (a batch member: the batch counted once) takes the slot only; None (the
+    # worker's schedule firing) neither.
+    gated = (
+        expensive_read(tenant=ingestion.tenant, actor=actor, counted=gate == "request")
+        if gate
+        else contextlib.nullcontext()
+    )
+    with gated:
+        plan = plan_operation(
+            ingestion=ingestion, kind=kind, engine=engine, mode=mode, scope=parsed
+        )
     _with_retention(
         plan,
         retain_days=effective_retain_days(

@@ -16,6 +16,7 @@ import pyarrow as pa
 from ingestions.errors import FileReadError
 from ingestions.locations import source_open
 from ingestions.models import Tenant
+from ingestions.ratelimits import expensive_read
 from ingestions.selectors import _shown as shown_cell  # the table page's cell, same cut
 from ingestions.sources.discovery import list_source_entries
 from ingestions.sources.readers import read_source_file, validate_reader_options
@@ -30,7 +31,13 @@ CHECK_MAX_PARQUET_BYTES = 64_000_000
 
 
 def source_check(
-    *, tenant: Tenant, uri: str, file_format: str, pattern: str = "", options: dict | None = None
+    *,
+    tenant: Tenant,
+    actor,
+    uri: str,
+    file_format: str,
+    pattern: str = "",
+    options: dict | None = None,
 ) -> dict:
     """List what `pattern` matches under `uri` and read a sample of the first file.
 
@@ -47,10 +54,17 @@ def source_check(
         ValueError: unknown format or reader options (`validate_reader_options`).
         SourceNotAllowedError: the source is outside the tenant's locations.
         SourceUnavailableError, SourceListingLimitError: the source cannot be listed.
+        RateLimitedError: the actor's or the tenant's checks are used up, or the tenant's
+            listings are all busy (`ingestions.ratelimits.expensive_read`).
     """
     options = validate_reader_options(file_format=file_format, options=options)
     source = source_open(tenant=tenant, uri=uri)
-    entries = list_source_entries(source=source, pattern=pattern or None)
+    with expensive_read(tenant=tenant, actor=actor):
+        entries = list_source_entries(source=source, pattern=pattern or None)
+        return _result(source, entries, file_format=file_format, options=options)
+
+
+def _result(source, entries, *, file_format: str, options: dict) -> dict:
     modified = [modified_ns for _, _, modified_ns in entries if modified_ns is not None]
     result = {
         "uri": source.uri,

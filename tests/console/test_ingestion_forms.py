@@ -566,4 +566,4 @@ def test_the_service_refuses_sources_outside_the_locations(
 
     uri = uri.format(source=source_dir, other=landing["globex"].as_uri())
     with pytest.raises(SourceNotAllowedError):
-        preview.source_check(tenant=tenant, uri=uri, file_format="csv")
+        preview.source_check(tenant=tenant, actor=None, uri=uri, file_format="csv")

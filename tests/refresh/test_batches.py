@@ -170,3 +170,17 @@ def test_viewers_and_other_tenants_are_refused(three, member, other_tenant):
     batch_id = member(Role.ADMIN).post(URL, body, format="json").json()["batch_id"]
     assert outsider.get(f"{URL}/{batch_id}").json()["error_code"] == "BATCH_NOT_FOUND"
     assert not RefreshOperation.objects.exclude(request__batch_id=batch_id).exists()
+
+
+def test_a_batch_preview_counts_once_against_the_preview_rate(three, member, settings):
+    settings.AUTOLOADER_PREVIEW_RATE_LIMITS = {"user": "2/m", "tenant": "100/m"}
+    admin = member(Role.ADMIN)
+    body = {"ingestion_ids": ["orders", "users", "items"], "operation": "full_refresh"}
+
+    answers = [admin.post(URL, {**body, "dry_run": True}, format="json") for _ in range(3)]
+
+    # Three members listed per request, yet one request is one preview: two pass, the
+    # third is refused before any member is listed, and no batch plan is recorded for it.
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    assert answers[2].json()["error_code"] == "RATE_LIMITED"
+    assert RefreshBatch.objects.count() == 2
