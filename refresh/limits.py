@@ -17,46 +17,22 @@ uses one of them (`SlotReservation.use`), and the slots no member used are given
 
 import logging
 import math
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, transaction
 from django.db.models import F
+
+from ingestions.ratelimits import EXPIRED_GRACE, Rate, parse_rate
 
 from .errors import RateLimitedError
 from .models import RateLimitCounter
 
 logger = logging.getLogger(__name__)
-
-SECONDS_BY_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# The settings' syntax (django-ratelimit's, which this module replaced): "5/h", "100/15m".
-RATE_SYNTAX = re.compile(r"(?P<limit>\d+)/(?P<multiplier>\d*)(?P<unit>[smhd])[a-z]*")
-# Counters of windows that ended this long ago are deleted; the grace keeps the row of a
-# request that computed its window just before the boundary.
-EXPIRED_GRACE = timedelta(minutes=1)
-
-
-@dataclass(frozen=True)
-class Rate:
-    limit: int
-    period_seconds: int
-
-
-def parse_rate(rate: str) -> Rate:
-    """'5/h' -> Rate(limit=5, period_seconds=3600); '100/15m' -> Rate(100, 900)."""
-    match = RATE_SYNTAX.fullmatch(rate.strip())
-    if match is None:
-        raise ImproperlyConfigured(f"Rate {rate!r} is not like '5/h' or '100/15m'.")
-    multiplier = int(match["multiplier"] or 1)
-    return Rate(
-        limit=int(match["limit"]), period_seconds=multiplier * SECONDS_BY_UNIT[match["unit"]]
-    )
 
 
 @dataclass(frozen=True)
