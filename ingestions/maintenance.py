@@ -26,6 +26,7 @@ from django.db.models import (
 )
 from django.utils import timezone
 
+from . import hooks
 from .engines import Engine, load_engine
 from .engines.base import MaintenanceResult
 from .errors import AutoloaderError
@@ -215,9 +216,8 @@ def _idle(ingestions: QuerySet[Ingestion]) -> QuerySet[Ingestion]:
     active_run = Run.objects.filter(ingestion=OuterRef("pk")).filter(
         Q(status__in=ACTIVE_RUN_STATUSES) | Q(publish_state__in=_STAGED_STATES)
     )
-    # `refresh_operations` is the reverse relation of refresh.RefreshOperation: a lookup by
-    # name keeps this app from importing that one.
-    return ingestions.filter(~Exists(active_run)).exclude(refresh_operations__status="in_progress")
+    # A refresh operation in flight: its app says which (`ingestions.hooks`).
+    return hooks.busy_excluded(ingestions.filter(~Exists(active_run)))
 
 
 def _record(

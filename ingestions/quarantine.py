@@ -16,9 +16,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from webhooks import events as webhook_events
-
-from . import audit
+from . import audit, hooks
 from .errors import FailedFileNotFoundError, FailedFileStateError, PermissionDeniedError
 from .models import FileFailure, Ingestion, Run
 
@@ -103,7 +101,7 @@ def failures_record(*, run: Run, failures: list[dict]) -> list[str]:
                     changes={"quarantined": [False, True]},
                     data={"automatic": True, "attempts": failure.attempts, "run_id": run.public_id},
                 )
-                webhook_events.quarantine_event(failure=failure, automatic=True, run=run)
+                hooks.publish("file.quarantined", failure=failure, automatic=True, run=run)
     return quarantined
 
 
@@ -144,7 +142,7 @@ def failure_quarantine(*, failure: FileFailure, actor) -> FileFailure:
             changes={"quarantined": [False, True]},
             data={"automatic": False, "attempts": failure.attempts},
         )
-        webhook_events.quarantine_event(failure=failure, automatic=False)
+        hooks.publish("file.quarantined", failure=failure, automatic=False, run=None)
     return failure
 
 

@@ -23,15 +23,12 @@ from django.db.models import Case, F, JSONField, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from webhooks import events as webhook_events
-
-from . import audit
+from . import audit, hooks
 from .engines import Engine, Stage, load_engine
 from .engines.base import FileBatch
 from .errors import (
     AutoloaderError,
     PermissionDeniedError,
-    RefreshInProgressError,
     RunCancelledError,
     RunInProgressError,
     RunNotCancellableError,
@@ -116,7 +113,7 @@ def run_request(
             with transaction.atomic():
                 ingestion_lock(ingestion)
                 if not for_refresh_operation:
-                    refuse_during_refresh(ingestion)
+                    hooks.refuse_changes(ingestion)
                 run = Run.objects.create(
                     ingestion=ingestion,
                     trigger=trigger,
@@ -170,46 +167,6 @@ def ingestion_lock(ingestion: Ingestion) -> None:
     transaction mode already serializes writers.
     """
     list(Ingestion.objects.select_for_update().filter(pk=ingestion.pk).values_list("pk"))
-
-
-def refuse_during_refresh(ingestion: Ingestion) -> None:
-    # The reverse relation of refresh.RefreshOperation: a run must not load into a table
-    # that a refresh operation is dropping.
-    # An operation silent for REFRESH_STALE_SECONDS was interrupted (its process died): it
-    # no longer blocks runs; the worker's reaper (or a resume) finishes its remaining steps.
-    live_after = timezone.now() - timedelta(seconds=settings.REFRESH_STALE_SECONDS)
-    in_flight = ingestion.refresh_operations.filter(
-        status="in_progress", updated_at__gte=live_after
-    ).first()
-    if in_flight is not None:
-        raise RefreshInProgressError(
-            "A refresh operation is in progress on this ingestion",
-            current_operation_id=in_flight.public_id,
-        )
-    refuse_while_awaiting_decision(ingestion)
-
-
-def refuse_while_awaiting_decision(ingestion: Ingestion) -> None:
-    """Refuse to change an ingestion whose staged refresh waits to be published or discarded.
-
-    Loading into (or refreshing) the live table now would make the staged version stale.
-
-    Raises:
-        RefreshInProgressError: naming the operation that waits.
-    """
-    waiting = ingestion.refresh_operations.filter(
-        run__publish_state__in=(PublishState.AWAITING_DECISION, PublishState.AWAITING_BATCH)
-    ).first()
-    if waiting is not None:
-        what = (
-            "waits for the other tables of its batch"
-            if waiting.run.publish_state == PublishState.AWAITING_BATCH
-            else "waits for a decision: publish or discard it first"
-        )
-        raise RefreshInProgressError(
-            f"Refresh {waiting.public_id} of this ingestion {what}",
-            current_operation_id=waiting.public_id,
-        )
 
 
 RUN_PERMISSION = "ingestions.run_ingestion"
@@ -329,7 +286,7 @@ def _claim(*, run_id: str, worker_id: str) -> Run | None:
     if not claimed:
         return None
     run = Run.objects.select_related("ingestion").get(public_id=run_id)
-    webhook_events.run_event(run_pk=run.pk, event="run.started")
+    hooks.publish("run.started", run_pk=run.pk)
     return run
 
 
@@ -338,7 +295,7 @@ def _finish(run: Run, worker_id: str, status: str, *, error: str = "") -> None:
     if Run.objects.filter(pk=run.pk, worker_id=worker_id).update(
         status=status, error=error[:4000], finished_at=timezone.now(), heartbeat_at=timezone.now()
     ):
-        webhook_events.run_event(run_pk=run.pk, event="run.finished")
+        hooks.publish("run.finished", run_pk=run.pk)
     logger.info("run %s finished %s %s", run.public_id, status, error)
 
 
@@ -931,7 +888,7 @@ def staged_publish(*, run: Run, engine: Engine) -> None:
         known = processed_file_paths(ingestion=run.ingestion)
         _write_history(run, [item for item in files if item["path"] not in known], loaded_at=now)
         Run.objects.filter(pk=run.pk).update(publish_state=PublishState.PUBLISHED, published_at=now)
-        webhook_events.staged_run_event(run=run, event="refresh.published", status="published")
+        hooks.publish("run.published", run=run)
     logger.info("run %s published its new version of %s", run.public_id, run.ingestion_id)
 
 
@@ -941,7 +898,7 @@ def staged_discard(*, run: Run, engine: Engine) -> None:
         engine.stage_discard(stage_of(run, engine=engine))
     with transaction.atomic():
         Run.objects.filter(pk=run.pk).update(publish_state=PublishState.DISCARDED)
-        webhook_events.staged_run_event(run=run, event="refresh.failed", status="discarded")
+        hooks.publish("run.discarded", run=run)
 
 
 def _discard_staged(run: Run, engine: Engine | None) -> None:

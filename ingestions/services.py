@@ -9,7 +9,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from . import audit
+from . import audit, hooks
 from .engines import load_engine
 from .errors import (
     ConfirmationRequiredError,
@@ -248,7 +248,7 @@ def ingestion_delete(
         RunInProgressError, RefreshInProgressError: a run or a refresh is in flight.
         EngineError: the table could not be dropped (nothing was deleted).
     """
-    from .runs import ingestion_lock, refuse_during_refresh
+    from .runs import ingestion_lock
 
     if confirm is not True:
         raise ConfirmationRequiredError(
@@ -267,7 +267,7 @@ def ingestion_delete(
             raise RunInProgressError(
                 "Cannot delete an ingestion while it is running", current_run_id=active.public_id
             )
-        refuse_during_refresh(ingestion)
+        hooks.refuse_changes(ingestion)
         existed = None
         if drop_table:
             existed = (engine or load_engine(ingestion.engine)).drop_table(

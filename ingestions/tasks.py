@@ -13,7 +13,7 @@ def execute_run(run_id: str) -> str:
         # A refresh operation's new version: its outcome is recorded here, by the worker, and
         # not by whoever reads the operation next (reads write nothing). A batch refresh's
         # member moves its batch on: the last of them to load publishes them all.
-        from refresh.batches import run_ended_sync
+        from .hooks import run_ended
 
-        run_ended_sync(run)
+        run_ended(run)
     return run.status if run is not None else "SKIPPED"

@@ -1,4 +1,7 @@
-"""App config of refresh operations."""
+"""App config of refresh operations: registers with the domain (`ingestions.hooks`) the
+guard that refuses runs and changes during a refresh, what the worker does when a refresh's
+run ends, and the worker's periodic passes for operations, retention, schedules and
+batches."""
 
 from django.apps import AppConfig
 
@@ -6,3 +9,24 @@ from django.apps import AppConfig
 class RefreshConfig(AppConfig):
     name = "refresh"
     verbose_name = "Refresh operations"
+
+    def ready(self) -> None:
+        from ingestions import hooks
+
+        from .batches import batches_sync_due, run_ended_sync
+        from .guards import refuse_during_refresh, without_refreshes_in_flight
+        from .schedules import schedules_fire_due
+        from .services import operations_sync_due, refresh_reap, retention_expire
+
+        hooks.register_change_guard(refuse_during_refresh, busy=without_refreshes_in_flight)
+        hooks.on_run_ended(run_ended_sync)
+        # Schedules fire from the reaper: every AUTOLOADER_REAPER_INTERVAL_SECONDS (15 s),
+        # so a firing comes at most that late; several workers fire each slot once.
+        hooks.register_periodic(
+            "recovery",
+            refresh_reap,
+            retention_expire,
+            schedules_fire_due,
+            operations_sync_due,
+            batches_sync_due,
+        )

@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from ingestions import hooks
 from ingestions.engines import load_engine
 from ingestions.errors import (
     AutoloaderError,
@@ -37,7 +38,6 @@ from ingestions.models import (
 from ingestions.ratelimits import expensive_read
 from ingestions.runs import (
     ingestion_lock,
-    refuse_while_awaiting_decision,
     run_request,
     staged_discard,
     staged_publish,
@@ -50,7 +50,6 @@ from ingestions.services import (
     history_purge_archived,
     history_restore,
 )
-from webhooks import events as webhook_events
 
 from . import audit
 from .errors import (
@@ -63,6 +62,7 @@ from .errors import (
     ScopeNotApplicableError,
     TableProtectedError,
 )
+from .guards import refuse_while_awaiting_decision
 from .limits import SlotReservation, rate_limit_slot
 from .models import (
     OperationKind,
@@ -137,7 +137,7 @@ def refresh_preview(
     plan.plan_id = record.public_id
     plan.allowed = actor.has_perm(spec_of(kind).permission, ingestion)
     if plan.allowed:  # a read-only caller's dry-runs send no webhooks (docs/webhooks.md)
-        webhook_events.preview_event(ingestion=ingestion, kind=kind, plan=plan)
+        hooks.publish("refresh.previewed", ingestion=ingestion, kind=kind, plan=plan)
     plan.plan_required = plan.impact.estimated_cost_usd > settings.REFRESH_PLAN_REQUIRED_ABOVE_USD
     return plan
 
@@ -366,7 +366,7 @@ def _start(
             RefreshStep(operation=operation, position=position, name=name)
             for position, name in enumerate(plan.steps, start=1)
         )
-        webhook_events.operation_event(operation=operation, event="refresh.started")
+        hooks.publish("refresh.started", operation=operation)
     logger.info("refresh %s (%s) started on %s", operation.public_id, kind, ingestion.public_id)
     return operation
 
@@ -705,7 +705,7 @@ def _finish(
     operation.save(
         update_fields=["status", "error", "error_code", "finished_at", "updated_at", "run"]
     )
-    webhook_events.operation_ended_event(operation=operation)
+    hooks.publish("refresh.ended", operation=operation)
     audit.record_operation(
         operation,
         actor=actor,
@@ -1287,7 +1287,7 @@ def _undo_finish(operation: RefreshOperation, *, ingestion: Ingestion, actor, en
                 "updated_at",
             ]
         )
-        webhook_events.operation_event(operation=operation, event="refresh.undone")
+        hooks.publish("refresh.undone", operation=operation)
         audit.record_undo(operation, actor=actor)
     logger.info("refresh %s was undone", operation.public_id)
     return operation

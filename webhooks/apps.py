@@ -1,4 +1,5 @@
-"""The webhooks app."""
+"""The webhooks app: it subscribes to what the domain and refresh publish
+(`ingestions.hooks`) and sends deliveries from the worker; neither app imports it."""
 
 from django.apps import AppConfig
 
@@ -7,3 +8,14 @@ class WebhooksConfig(AppConfig):
     name = "webhooks"
     verbose_name = "Webhooks"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from ingestions import hooks
+
+        from .delivery import deliver_due_in_background
+        from .events import on_domain_event
+
+        hooks.subscribe(on_domain_event)
+        # Queues what is due and returns: the sends go on in their own threads, so one
+        # tenant's stalled receiver never holds up the worker nor another tenant's deliveries.
+        hooks.register_periodic("deliveries", deliver_due_in_background)

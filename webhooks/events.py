@@ -60,6 +60,25 @@ def _record(*, tenant, event: str, payload: dict, webhooks: list[Webhook]) -> We
 # --- payloads of the domain's events ---------------------------------------------------
 
 
+def on_domain_event(*, event: str, **facts) -> None:
+    """The subscriber to `ingestions.hooks`: each event the domain and refresh publish, as
+    the webhook event a receiver gets (in the publisher's transaction)."""
+    if event in ("run.started", "run.finished"):
+        run_event(run_pk=facts["run_pk"], event=event)
+    elif event == "run.published":
+        staged_run_event(run=facts["run"], event="refresh.published", status="published")
+    elif event == "run.discarded":
+        staged_run_event(run=facts["run"], event="refresh.failed", status="discarded")
+    elif event == "file.quarantined":
+        quarantine_event(failure=facts["failure"], automatic=facts["automatic"], run=facts["run"])
+    elif event == "refresh.previewed":
+        preview_event(ingestion=facts["ingestion"], kind=facts["kind"], plan=facts["plan"])
+    elif event in ("refresh.started", "refresh.undone"):
+        operation_event(operation=facts["operation"], event=event)
+    elif event == "refresh.ended":
+        operation_ended_event(operation=facts["operation"])
+
+
 def run_event(*, run_pk: int, event: str) -> None:
     """`run.started` / `run.finished` of the run, read as it is now."""
     from ingestions.models import Run

@@ -11,7 +11,8 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from ingestions.management.commands.autoloader_worker import RECOVERY, Command
+from ingestions import hooks
+from ingestions.management.commands.autoloader_worker import Command
 from ingestions.memberships import membership_remove, membership_set
 from ingestions.models import Role, Run, RunStatus, RunTrigger
 from refresh import schedules as schedules_module
@@ -246,9 +247,9 @@ def test_the_workers_reaper_pass_fires_due_schedules(admin, tenant):
     ingestion = IngestionFactory(tenant=tenant)
     schedule_set(ingestion=ingestion, actor=admin.user, cron="0 * * * *", now=NOW)  # due
 
-    Command()._reap_once(RECOVERY)
+    Command()._reap_once(hooks.periodic_jobs("recovery"))
 
-    assert schedules_fire_due in RECOVERY
+    assert schedules_fire_due in hooks.periodic_jobs("recovery")
     assert Run.objects.get(ingestion=ingestion).trigger == "schedule"
 
 

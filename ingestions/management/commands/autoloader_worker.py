@@ -2,11 +2,12 @@
 
 It is django-tasks-db's worker plus a reaper thread: a worker killed in the middle of a
 run leaves its task marked running forever, so the reaper re-queues such runs (stale
-heartbeat) for a live worker to resume. The reaper also finishes refresh operations (and
-undos) whose web process died half-way, and ends retention windows (`refresh.services`).
+heartbeat) for a live worker to resume. The apps above register their own passes with the
+reaper (`ingestions.hooks.register_periodic`): refresh finishes operations (and undos) whose
+web process died half-way, ends retention windows, fires schedules and moves batches on.
 A third thread maintains the tables (`ingestions.maintenance`): a long compaction there
 never delays the recovery of a run or of an operation. A fourth sends webhook deliveries
-(`webhooks.delivery`) every few seconds.
+(registered by `webhooks`) every few seconds.
 """
 
 import logging
@@ -18,29 +19,9 @@ from django.db import connection
 from django.utils.crypto import get_random_string
 from django_tasks_db.management.commands.db_worker import Worker
 
-from ingestions.maintenance import maintenance_due
-from ingestions.runs import runs_recover_stale
-from refresh.batches import batches_sync_due
-from refresh.schedules import schedules_fire_due
-from refresh.services import operations_sync_due, refresh_reap, retention_expire
-from webhooks.delivery import deliver_due_in_background
+from ingestions import hooks
 
 logger = logging.getLogger("ingestions.worker")
-
-# Schedules fire from the reaper: every AUTOLOADER_REAPER_INTERVAL_SECONDS (15 s), so a
-# firing comes at most that late; several workers fire each slot once (refresh.schedules).
-RECOVERY = (
-    runs_recover_stale,
-    refresh_reap,
-    retention_expire,
-    schedules_fire_due,
-    operations_sync_due,
-    batches_sync_due,
-)
-MAINTENANCE = (maintenance_due,)
-# Queues what is due and returns: the sends go on in their own threads, so one tenant's
-# stalled receiver never holds up this loop nor another tenant's deliveries.
-DELIVERIES = (deliver_due_in_background,)
 
 
 class Command(BaseCommand):
@@ -52,12 +33,20 @@ class Command(BaseCommand):
 
     def handle(self, *, interval: float, batch: bool, **options):
         stop = threading.Event()
-        self._reap_once(RECOVERY)  # maintenance waits for its thread: startup stays quick
-        for name, tasks in (("reaper", RECOVERY), ("maintenance", MAINTENANCE)):
+        recovery = hooks.periodic_jobs("recovery")
+        self._reap_once(recovery)  # maintenance waits for its thread: startup stays quick
+        for name, tasks in (
+            ("reaper", recovery),
+            ("maintenance", hooks.periodic_jobs("maintenance")),
+        ):
             threading.Thread(target=self._loop, args=(stop, tasks), name=name, daemon=True).start()
         threading.Thread(
             target=self._loop,
-            args=(stop, DELIVERIES, settings.AUTOLOADER_WEBHOOK_DELIVERY_INTERVAL_SECONDS),
+            args=(
+                stop,
+                hooks.periodic_jobs("deliveries"),
+                settings.AUTOLOADER_WEBHOOK_DELIVERY_INTERVAL_SECONDS,
+            ),
             name="deliveries",
             daemon=True,
         ).start()
@@ -87,7 +76,8 @@ class Command(BaseCommand):
 
     def _reap_once(self, tasks=None) -> None:
         """One pass of `tasks` (default: recovery, then maintenance)."""
-        for task in tasks or (*RECOVERY, *MAINTENANCE):
+        every = (*hooks.periodic_jobs("recovery"), *hooks.periodic_jobs("maintenance"))
+        for task in tasks or every:
             try:
                 task()
             except Exception:  # a transient database error must not kill the thread
