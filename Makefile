@@ -69,7 +69,7 @@ pg-test:
 # The reliability suite at soak size (docs/reliability.md): 200 crash trials, 20 race
 # storms, 5,000 fuzzed requests. On PostgreSQL: bash scripts/with_postgres.sh make soak
 soak: install
-	RELIABILITY_TRIALS=200 RELIABILITY_FUZZ_REQUESTS=5000 $(BIN)/pytest tests/reliability $(PYTEST_ARGS)
+	RELIABILITY_TRIALS=200 RELIABILITY_FUZZ_REQUESTS=5000 $(BIN)/pytest tests/reliability --timeout=7200 $(PYTEST_ARGS)
 
 # Benchmarks (docs/benchmarks.md): each prints a table and writes bench/results/*.json.
 # Ratios are measured side by side in one run; clearing history runs on PostgreSQL.
