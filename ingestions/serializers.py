@@ -123,17 +123,6 @@ class AmountFieldSchema(OpenApiSerializerFieldExtension):
         }
 
 
-class TableOutputSerializer(serializers.Serializer):
-    identifier = serializers.CharField()
-    exists = serializers.BooleanField(allow_null=True)
-    row_count = serializers.IntegerField(allow_null=True)
-    size_bytes = serializers.IntegerField(allow_null=True)
-    file_count = serializers.IntegerField(allow_null=True)
-    snapshot_id = serializers.IntegerField(allow_null=True)
-    last_updated_at = serializers.DateTimeField(allow_null=True)
-    error = serializers.CharField(required=False)
-
-
 class RunOutputSerializer(serializers.ModelSerializer):
     run_id = serializers.CharField(source="public_id")
     ingestion_id = serializers.CharField(source="ingestion.public_id")

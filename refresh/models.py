@@ -91,7 +91,7 @@ class RefreshOperation(models.Model):
     error = models.TextField(blank=True, default="")
     error_code = models.CharField(max_length=64, blank=True, default="")
     attempts = models.PositiveSmallIntegerField(default=1)
-    # Undo (`refresh.retention`): what was kept, where, and until when.
+    # Undo (`refresh.services`, undo and retention): what was kept, where, and until when.
     retain_days = models.PositiveSmallIntegerField(default=0)
     retention = models.CharField(max_length=16, choices=Retention.choices, default=Retention.NONE)
     retained_until = models.DateTimeField(null=True, blank=True)
@@ -126,6 +126,12 @@ class RefreshOperation(models.Model):
         if not self.finished_at:
             return None
         return (self.finished_at - self.created_at).total_seconds()
+
+    @property
+    def zero_downtime(self) -> bool:
+        """The one answer to "is this zero-downtime?": the operation builds its new version
+        beside the live table and publishes it at the end (`RefreshMode.ATOMIC`)."""
+        return self.request.get("mode") == RefreshMode.ATOMIC
 
 
 class RefreshStep(models.Model):

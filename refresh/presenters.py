@@ -172,8 +172,8 @@ def retention_payload(operation: RefreshOperation) -> dict:
 
 
 def is_staged(operation: RefreshOperation) -> bool:
-    """Whether the operation's run builds a new version to publish (zero-downtime mode)."""
-    return operation.run_id is not None and bool(operation.run.stage_name)
+    """Whether the operation has a run building a new version to publish (zero-downtime)."""
+    return operation.zero_downtime and operation.run_id is not None
 
 
 def _publish_payload(operation: RefreshOperation) -> dict:

@@ -571,9 +571,7 @@ def _run_remaining_steps(
     operation: RefreshOperation, *, ingestion: Ingestion, actor, engine
 ) -> None:
     auto_run = operation.request.get("auto_run", True)
-    actions = (
-        STAGED_STEP_ACTIONS if operation.request.get("mode") == RefreshMode.ATOMIC else STEP_ACTIONS
-    )
+    actions = STAGED_STEP_ACTIONS if operation.zero_downtime else STEP_ACTIONS
     for step in operation.steps.exclude(status__in=[StepStatus.SUCCESS, StepStatus.SKIPPED]):
         step.started_at = timezone.now()
         step.error = step.error_code = ""
@@ -694,7 +692,7 @@ def _finish(
     else:
         # Zero-downtime steps before the run change nothing: if the run was not triggered,
         # nothing was done at all.
-        changed_something = done and operation.request.get("mode") != RefreshMode.ATOMIC
+        changed_something = done and not operation.zero_downtime
         operation.status = (
             OperationStatus.PARTIAL_FAILURE if changed_something else OperationStatus.FAILED
         )
@@ -861,9 +859,17 @@ def _trigger_staged_run(
     }
 
 
+_STAGE_PREFIX = "autoloader_"
+
+
 def stage_name_for(operation: RefreshOperation) -> str:
     """The branch (or staging table suffix) of an operation's new version."""
-    return "autoloader_" + operation.public_id.replace("-", "_")
+    return _STAGE_PREFIX + operation.public_id.replace("-", "_")
+
+
+def operation_id_of_stage(stage_name: str) -> str:
+    """The public id of the operation whose new version `stage_name` holds."""
+    return stage_name.removeprefix(_STAGE_PREFIX).replace("_", "-")
 
 
 STAGED_STEP_ACTIONS = {
@@ -1023,9 +1029,6 @@ def refresh_decide(
 
 # --- undo and retention ----------------------------------------------------------------
 
-# Kinds whose table stays where it is and is tagged (a staged refresh replaces it at
-# publish; a history clear leaves it); the others set the table aside when they drop it.
-TAGGED = "tagged"
 # Operations that changed nothing: what they kept is released at once.
 NOTHING_CHANGED = (OperationStatus.FAILED, OperationStatus.DISCARDED, OperationStatus.CANCELLED)
 
@@ -1036,9 +1039,9 @@ def restore_point_name(operation: RefreshOperation) -> str:
 
 
 def _keeps_table_by_tag(operation: RefreshOperation) -> bool:
-    return operation.kind == OperationKind.CLEAR_PROCESSED_FILES or (
-        operation.request.get("mode") == RefreshMode.ATOMIC
-    )
+    # A zero-downtime refresh replaces the table at publish and a history clear leaves it:
+    # both keep what was live under a tag; the others set the table aside when they drop it.
+    return operation.kind == OperationKind.CLEAR_PROCESSED_FILES or operation.zero_downtime
 
 
 def _keep_restore_point(operation: RefreshOperation, *, ingestion: Ingestion, engine) -> None:
@@ -1308,9 +1311,7 @@ def _undo_blocker(
         return OperationNotUndoableError(
             f"Operation {name} waits for a decision: publish or discard it first."
         )
-    staged_loading = operation.status == OperationStatus.ACCEPTED and (
-        operation.request.get("mode") == RefreshMode.ATOMIC
-    )
+    staged_loading = operation.status == OperationStatus.ACCEPTED and operation.zero_downtime
     if operation.status == OperationStatus.IN_PROGRESS or staged_loading:
         return OperationNotUndoableError(
             f"Operation {name} is still in progress: undo it once it has ended."

@@ -150,11 +150,10 @@ def operation_ended_event(*, operation) -> None:
     `accepted` with the drop-first reload under way: the run's events follow it), or it
     ended without it. A zero-downtime operation's "accepted" means its staged run is
     loading: its publish or discard sends the event (`staged_run_event`)."""
-    from refresh.models import OperationStatus, RefreshMode
+    from refresh.models import OperationStatus
 
     if operation.status == OperationStatus.SUCCESS or (
-        operation.status == OperationStatus.ACCEPTED
-        and operation.request.get("mode") != RefreshMode.ATOMIC
+        operation.status == OperationStatus.ACCEPTED and not operation.zero_downtime
     ):
         operation_event(operation=operation, event="refresh.published")
     elif operation.status in (OperationStatus.FAILED, OperationStatus.PARTIAL_FAILURE):
@@ -167,10 +166,11 @@ def staged_run_event(*, run, event: str, status: str) -> None:
     from django.db.models import Q
 
     from refresh.models import RefreshOperation
+    from refresh.services import operation_id_of_stage
 
     # The operation records its run when its last step ends, which a quick run can beat:
-    # the stage's name names the operation too (`refresh.services.stage_name_for`).
-    public_id = run.stage_name.removeprefix("autoloader_").replace("_", "-")
+    # the stage's name names the operation too.
+    public_id = operation_id_of_stage(run.stage_name)
     operation = RefreshOperation.objects.filter(Q(run=run) | Q(public_id=public_id)).first()
     if operation is not None:
         operation.status = status  # what `operation_sync` will record

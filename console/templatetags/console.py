@@ -144,7 +144,7 @@ def step_title(name, operation=None) -> str:
     step = STEPS.get(name)
     if step is None:
         return humanize_code(name)
-    staged = operation is not None and operation.request.get("mode") == "atomic"
+    staged = operation is not None and operation.zero_downtime
     return step.staged_title if staged else step.title
 
 

@@ -217,15 +217,6 @@ def _matches(relative_path: str, pattern: str) -> bool:
     )
 
 
-def _as_utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    # Filesystems that report naive times report UTC.
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message: readable, without Arrow's source context."""
     lines = str(exc).strip().splitlines()
