@@ -28,6 +28,18 @@ def rows_of(ingestion) -> int:
     return open_table(ingestion.table_identifier).scan().to_arrow().num_rows
 
 
+def main_log(ingestion) -> list[int]:
+    """The snapshots main pointed at, oldest first: what readers of main could ever see."""
+    return [
+        entry.snapshot_id for entry in open_table(ingestion.table_identifier).metadata.snapshot_log
+    ]
+
+
+def rows_at(ingestion, snapshot_id: int) -> int:
+    table = open_table(ingestion.table_identifier)
+    return table.scan(snapshot_id=snapshot_id).to_arrow().num_rows
+
+
 def history_of(ingestion) -> set[str]:
     return set(ProcessedFile.objects.filter(ingestion=ingestion).values_list("path", flat=True))
 
@@ -42,6 +54,7 @@ def test_until_the_run_ends_readers_see_the_old_rows_then_exactly_the_new_ones(
     loaded, admin_user, source_dir
 ):
     write_csv_files(source_dir, files=1, rows=25, start=4)  # a fifth file: 125 rows in all
+    before = main_log(loaded)
     operation = full_refresh(loaded, admin_user)
 
     assert operation.status == OperationStatus.ACCEPTED
@@ -68,6 +81,11 @@ def test_until_the_run_ends_readers_see_the_old_rows_then_exactly_the_new_ones(
 
     assert seen and set(seen) <= {100, 125}, sorted(set(map(str, seen)))
     assert seen[-1] == 125
+    # Decided on state, not on what a reader thread happened to catch: main moved once,
+    # from the old version straight to the new one, with nothing in between.
+    after = main_log(loaded)
+    assert after[: len(before)] == before and len(after) == len(before) + 1, (before, after)
+    assert rows_at(loaded, before[-1]) == 100 and rows_at(loaded, after[-1]) == 125
     assert rows_of(loaded) == 125
     assert len(history_of(loaded)) == 5
     operation = operation_sync(operation=RefreshOperation.objects.get(pk=operation.pk))
