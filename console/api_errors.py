@@ -1,4 +1,8 @@
-"""The API's one exception handler: domain errors and DRF errors become `{detail, error_code}`."""
+"""The API's one exception handler: domain errors and DRF errors become `{detail, error_code}`.
+
+Each domain error carries its code and its HTTP status (`AutoloaderError.error_code`,
+`.status_code`, DRF's way); the console reads the same two. Framework errors keep DRF's
+status and get a code here."""
 
 import logging
 
@@ -16,57 +20,6 @@ from ingestions.engines.base import redact_server_paths
 from ingestions.errors import AutoloaderError
 
 logger = logging.getLogger("ingestions.api")
-
-# One table: error code -> HTTP status. Codes not listed are server errors.
-STATUS_BY_ERROR_CODE = {
-    "VALIDATION_ERROR": status.HTTP_400_BAD_REQUEST,
-    "CONFIRMATION_REQUIRED": status.HTTP_400_BAD_REQUEST,
-    "DRY_RUN_REQUIRED": status.HTTP_400_BAD_REQUEST,
-    "SOURCE_UNAVAILABLE": status.HTTP_400_BAD_REQUEST,
-    "SOURCE_NOT_ALLOWED": status.HTTP_400_BAD_REQUEST,
-    "WEBHOOK_URL_NOT_ALLOWED": status.HTTP_400_BAD_REQUEST,
-    "SOURCE_LISTING_LIMIT": status.HTTP_400_BAD_REQUEST,
-    "FILE_READ_ERROR": status.HTTP_400_BAD_REQUEST,
-    "SCHEMA_MISMATCH": status.HTTP_400_BAD_REQUEST,
-    "NOT_AUTHENTICATED": status.HTTP_401_UNAUTHORIZED,
-    "AUTHENTICATION_FAILED": status.HTTP_401_UNAUTHORIZED,
-    "INSUFFICIENT_PERMISSIONS": status.HTTP_403_FORBIDDEN,
-    "CSRF_FAILED": status.HTTP_403_FORBIDDEN,
-    "TENANT_NOT_FOUND": status.HTTP_403_FORBIDDEN,
-    "INGESTION_NOT_FOUND": status.HTTP_404_NOT_FOUND,
-    "RUN_NOT_FOUND": status.HTTP_404_NOT_FOUND,
-    "OPERATION_NOT_FOUND": status.HTTP_404_NOT_FOUND,
-    "FAILED_FILE_NOT_FOUND": status.HTTP_404_NOT_FOUND,
-    "BATCH_NOT_FOUND": status.HTTP_404_NOT_FOUND,
-    "WEBHOOK_NOT_FOUND": status.HTTP_404_NOT_FOUND,
-    "NOT_FOUND": status.HTTP_404_NOT_FOUND,
-    "METHOD_NOT_ALLOWED": status.HTTP_405_METHOD_NOT_ALLOWED,
-    "NOT_ACCEPTABLE": status.HTTP_406_NOT_ACCEPTABLE,
-    "RUN_IN_PROGRESS": status.HTTP_409_CONFLICT,
-    "RUN_NOT_CANCELLABLE": status.HTTP_409_CONFLICT,
-    "FAILED_FILE_STATE": status.HTTP_409_CONFLICT,
-    "SCOPE_NOT_APPLICABLE": status.HTTP_409_CONFLICT,
-    "INGESTION_EXISTS": status.HTTP_409_CONFLICT,
-    "TABLE_EXISTS": status.HTTP_409_CONFLICT,
-    "REFRESH_IN_PROGRESS": status.HTTP_409_CONFLICT,
-    "PLAN_STALE": status.HTTP_409_CONFLICT,
-    "OPERATION_NOT_RESUMABLE": status.HTTP_409_CONFLICT,
-    "OPERATION_NOT_DECIDABLE": status.HTTP_409_CONFLICT,
-    "OPERATION_NOT_UNDOABLE": status.HTTP_409_CONFLICT,
-    "IDEMPOTENCY_KEY_IN_USE": status.HTTP_409_CONFLICT,
-    "WEBHOOK_LIMIT_REACHED": status.HTTP_409_CONFLICT,
-    "REQUEST_TOO_LARGE": status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-    "IDEMPOTENCY_KEY_REUSED": status.HTTP_422_UNPROCESSABLE_ENTITY,
-    "TABLE_PROTECTED": status.HTTP_423_LOCKED,
-    "UNSUPPORTED_MEDIA_TYPE": status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-    "RATE_LIMITED": status.HTTP_429_TOO_MANY_REQUESTS,
-    "CLUSTER_UNAVAILABLE": status.HTTP_500_INTERNAL_SERVER_ERROR,
-    "ENGINE_ERROR": status.HTTP_500_INTERNAL_SERVER_ERROR,
-    "SPARK_ERROR": status.HTTP_500_INTERNAL_SERVER_ERROR,
-    "PARTIAL_FAILURE": status.HTTP_500_INTERNAL_SERVER_ERROR,
-    "REFRESH_API_DISABLED": status.HTTP_503_SERVICE_UNAVAILABLE,
-    "INTERNAL_ERROR": status.HTTP_500_INTERNAL_SERVER_ERROR,
-}
 
 _DRF_ERROR_CODES = [
     (exceptions.NotAuthenticated, "NOT_AUTHENTICATED", ""),
@@ -86,17 +39,19 @@ _DRF_ERROR_CODES = [
 
 
 def error_response(
-    *, detail: str, error_code: str, help_text: str = "", extra: dict | None = None, headers=None
+    *,
+    status_code: int,
+    detail: str,
+    error_code: str,
+    help_text: str = "",
+    extra: dict | None = None,
+    headers=None,
 ) -> Response:
     body = {"detail": detail, "error_code": error_code}
     if help_text:
         body["help"] = help_text
     body.update(extra or {})
-    return Response(
-        body,
-        status=STATUS_BY_ERROR_CODE.get(error_code, status.HTTP_500_INTERNAL_SERVER_ERROR),
-        headers=headers,
-    )
+    return Response(body, status=status_code, headers=headers)
 
 
 # The engine's failures may quote where its warehouse, manifests or catalog live: never
@@ -115,6 +70,7 @@ def api_exception_handler(exc, context):
         if exc.error_code in ENGINE_ERROR_CODES:
             detail = redact_server_paths(detail)
         return error_response(
+            status_code=exc.status_code,
             detail=detail,
             error_code=exc.error_code,
             help_text=exc.help,
@@ -123,6 +79,7 @@ def api_exception_handler(exc, context):
         )
     if isinstance(exc, exceptions.ValidationError):
         return error_response(
+            status_code=status.HTTP_400_BAD_REQUEST,
             detail=_validation_summary(exc.detail),
             error_code="VALIDATION_ERROR",
             extra={"errors": exc.detail},
@@ -131,6 +88,7 @@ def api_exception_handler(exc, context):
         # Django refuses to read a body above DATA_UPLOAD_MAX_MEMORY_SIZE when DRF asks for
         # it; the client sent too much, so it is theirs to fix, not a server error.
         return error_response(
+            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             detail=f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} "
             "bytes.",
             error_code="REQUEST_TOO_LARGE",
@@ -141,6 +99,7 @@ def api_exception_handler(exc, context):
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )
         return error_response(
+            status_code=status.HTTP_400_BAD_REQUEST,
             detail=_validation_summary(errors),
             error_code="VALIDATION_ERROR",
             extra={"errors": errors},
@@ -151,6 +110,7 @@ def api_exception_handler(exc, context):
         exc = exceptions.PermissionDenied()
     if isinstance(exc, exceptions.PermissionDenied) and "CSRF" in str(exc.detail):
         return error_response(
+            status_code=status.HTTP_403_FORBIDDEN,
             detail=str(exc.detail),
             error_code="CSRF_FAILED",
             help_text="Send the X-CSRFToken header from the page, or use a Bearer token.",
@@ -162,18 +122,24 @@ def api_exception_handler(exc, context):
                 headers["WWW-Authenticate"] = exc.auth_header
             if getattr(exc, "wait", None):
                 headers["Retry-After"] = str(int(exc.wait))
-            response = error_response(
-                detail=str(exc.detail), error_code=error_code, help_text=help_text, headers=headers
+            return error_response(
+                status_code=exc.status_code,
+                detail=str(exc.detail),
+                error_code=error_code,
+                help_text=help_text,
+                headers=headers,
             )
-            response.status_code = exc.status_code
-            return response
     if isinstance(exc, exceptions.APIException):
-        response = error_response(detail=str(exc.detail), error_code="INTERNAL_ERROR")
-        response.status_code = exc.status_code
-        return response
+        return error_response(
+            status_code=exc.status_code, detail=str(exc.detail), error_code="INTERNAL_ERROR"
+        )
     # Not swallowed: logged with its traceback, answered as JSON so clients can parse it.
     logger.exception("unhandled API error", exc_info=exc)
-    return error_response(detail="Internal server error.", error_code="INTERNAL_ERROR")
+    return error_response(
+        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        detail="Internal server error.",
+        error_code="INTERNAL_ERROR",
+    )
 
 
 def _validation_summary(errors) -> str:

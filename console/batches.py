@@ -5,7 +5,6 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from console.api_errors import STATUS_BY_ERROR_CODE
 from ingestions.errors import AutoloaderError
 from refresh.batches import batch_execute, batch_get, batch_operations, batch_preview
 from refresh.errors import BatchNotFoundError
@@ -45,7 +44,7 @@ def batch_new(request, tenant):
             )
         except AutoloaderError as exc:
             context["error"] = exc.detail
-            status = STATUS_BY_ERROR_CODE.get(exc.error_code, 500)
+            status = exc.status_code
         else:
             return redirect("batch-detail", batch_id=batch.public_id)
     else:

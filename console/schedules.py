@@ -15,7 +15,6 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
-from console.api_errors import STATUS_BY_ERROR_CODE
 from ingestions.errors import AutoloaderError
 from refresh.models import ScheduleAction
 from refresh.schedules import (
@@ -146,7 +145,7 @@ def schedule_run_set(request, tenant, ingestion_id: str):
         _with_field_errors(form, exc)
         return _card(request, tenant, ingestion, run_form=form, status=400)
     except AutoloaderError as exc:
-        status = STATUS_BY_ERROR_CODE.get(exc.error_code, 500)
+        status = exc.status_code
         return _card(request, tenant, ingestion, error=_refused(exc), status=status)
     response = _card(request, tenant, ingestion, done="Run schedule saved.")
     return _after_change(request, response, ingestion.public_id)
@@ -166,7 +165,7 @@ def schedule_add(request, tenant, ingestion_id: str):
         _with_field_errors(form, exc)
         return _card(request, tenant, ingestion, refresh_form=form, status=400)
     except AutoloaderError as exc:
-        status = STATUS_BY_ERROR_CODE.get(exc.error_code, 500)
+        status = exc.status_code
         return _card(request, tenant, ingestion, error=_refused(exc), status=status)
     response = _card(request, tenant, ingestion, done="Refresh scheduled.")
     return _after_change(request, response, ingestion.public_id)
@@ -206,7 +205,7 @@ def schedule_action(request, tenant, schedule_id: str, action: str):
         else:
             raise Http404("No such action.")
     except AutoloaderError as exc:
-        status = STATUS_BY_ERROR_CODE.get(exc.error_code, 500)
+        status = exc.status_code
         return _card(request, tenant, ingestion, error=_refused(exc), status=status)
     response = _card(request, tenant, ingestion, done=done)
     return _after_change(request, response, ingestion.public_id)

@@ -7,10 +7,10 @@ share one view: an HTMX request names the fragment it wants by its target's DOM 
 so every link and form also works without JavaScript.
 
 Refusals (`AutoloaderError`) render as the `operation-panel` fragment with the HTTP status
-the API gives the same error (`console.api_errors.STATUS_BY_ERROR_CODE`: 403, 409, 423,
-429...). htmx swaps only 2xx responses by default; `static/js/console.js` also swaps the
-error responses that carry the `X-Console-Fragment` header, and only those, so an
-unexpected server error never lands inside a panel.
+the API gives the same error (the error's own `status_code`: 403, 409, 423, 429...). htmx
+swaps only 2xx responses by default; `static/js/console.js` also swaps the error responses
+that carry the `X-Console-Fragment` header, and only those, so an unexpected server error
+never lands inside a panel.
 """
 
 from functools import wraps
@@ -30,7 +30,6 @@ from django_htmx.http import HttpResponseClientRedirect, reswap, retarget, trigg
 from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 
-from console.api_errors import STATUS_BY_ERROR_CODE
 from ingestions import quarantine, runs
 from ingestions import services as ingestion_services
 from ingestions.errors import (
@@ -228,7 +227,7 @@ def _refusal(request, exc: AutoloaderError, context: dict):
         "current_operation_id": exc.extra.get("current_operation_id"),
         "retry_after": exc.extra.get("retry_after"),
     }
-    return _panel(request, {**context, "error": error}, status=STATUS_BY_ERROR_CODE.get(code, 500))
+    return _panel(request, {**context, "error": error}, status=exc.status_code)
 
 
 def _result(request, tenant, operation: RefreshOperation):
@@ -785,7 +784,7 @@ def source_check(request, tenant):
             status = 400
         except AutoloaderError as exc:
             check["error"] = {"code": exc.error_code, "detail": exc.detail, "help": exc.help}
-            status = STATUS_BY_ERROR_CODE.get(exc.error_code, 500)
+            status = exc.status_code
     if request.htmx:
         response = render_in_place(
             request, "partials/source-check.html", {"check": check}, status=status
@@ -884,6 +883,7 @@ def failed_file_action(request, tenant, ingestion_id: str, failure_id: int, acti
     except AutoloaderError as exc:
         error = {
             "code": exc.error_code,
+            "status": exc.status_code,
             "detail": exc.detail,
             "next_step": exc.help,
             "current_run_id": exc.extra.get("current_run_id"),
@@ -901,7 +901,7 @@ def failed_file_action(request, tenant, ingestion_id: str, failure_id: int, acti
             messages.success(request, done)
         return redirect("ingestion-history", ingestion_id=ingestion.public_id)
     context = {**_failed_files_context(request, ingestion), "error": error, "done": done}
-    status = STATUS_BY_ERROR_CODE.get(error["code"], 500) if error else 200
+    status = error["status"] if error else 200
     return _changed(render_in_place(request, "partials/failed-files.html", context, status=status))
 
 

@@ -16,7 +16,6 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from console.api_errors import STATUS_BY_ERROR_CODE
 from ingestions.errors import AutoloaderError
 from webhooks import services
 from webhooks.errors import WebhookNotFoundError
@@ -90,7 +89,7 @@ def webhook_list(request, tenant):
             form.add_error(None, exc)
         except AutoloaderError as exc:
             form.add_error("url", exc.detail)
-            status = STATUS_BY_ERROR_CODE.get(exc.error_code, 400)
+            status = exc.status_code
         else:
             form = WebhookCreateForm()
     if form.errors and status == 200:

@@ -11,6 +11,7 @@ class NoTenantError(AutoloaderError):
     """The user belongs to no tenant (or not to the one asked for)."""
 
     error_code = "TENANT_NOT_FOUND"
+    status_code = 403
     help = "Ask an admin to add you to a tenant; choose one with the X-Tenant header."
 
 

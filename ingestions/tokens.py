@@ -24,6 +24,7 @@ class TokenNotFoundError(AutoloaderError):
     """No token with this id belongs to the user."""
 
     error_code = "NOT_FOUND"
+    status_code = 404
     help = "List your tokens on the console's API tokens page."
 
 

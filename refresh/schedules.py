@@ -91,6 +91,7 @@ class ScheduleInvalidError(AutoloaderError):
     """The schedule's cron expression, time zone or action is not valid."""
 
     error_code = "VALIDATION_ERROR"
+    status_code = 400
     help = (
         "Use five cron fields (minute hour day-of-month month day-of-week), e.g. '0 2 * * *', "
         "and an IANA time zone, e.g. 'Europe/Berlin'."
@@ -106,6 +107,7 @@ class ScheduleNotFoundError(AutoloaderError):
     """No schedule with this id is visible to the caller's tenant."""
 
     error_code = "NOT_FOUND"
+    status_code = 404
     help = "List an ingestion's schedules with GET /api/v1/ingestions/{id}/schedules."
 
 

@@ -7,6 +7,7 @@ class WebhookNotFoundError(AutoloaderError):
     """No webhook with this id is visible to the caller's tenant."""
 
     error_code = "WEBHOOK_NOT_FOUND"
+    status_code = 404
     help = "List your tenant's webhooks with GET /api/v1/webhooks."
 
 
@@ -14,6 +15,7 @@ class WebhookUrlNotAllowedError(AutoloaderError):
     """The webhook URL is not an allowed destination."""
 
     error_code = "WEBHOOK_URL_NOT_ALLOWED"
+    status_code = 400
     help = (
         "Use an http(s) URL without credentials whose host resolves to public addresses; "
         "private, loopback and link-local hosts need the platform administrator to list "
@@ -25,6 +27,7 @@ class WebhookLimitReachedError(AutoloaderError):
     """The tenant already has as many webhooks as AUTOLOADER_WEBHOOKS_PER_TENANT allows."""
 
     error_code = "WEBHOOK_LIMIT_REACHED"
+    status_code = 409
     help = (
         "Delete a webhook you no longer need (one webhook can subscribe to several events), "
         "or ask the platform administrator to raise AUTOLOADER_WEBHOOKS_PER_TENANT."

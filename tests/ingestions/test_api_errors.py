@@ -1,7 +1,11 @@
 """Every answer under /api/ is the JSON error shape, unknown paths and methods included."""
 
+import importlib
+
 import pytest
 from django.test import Client, override_settings
+
+from ingestions.errors import AutoloaderError, TableProtectedError
 
 pytestmark = pytest.mark.django_db
 
@@ -53,3 +57,55 @@ def test_console_paths_keep_the_html_404(client, admin_user):
     response = client.get("/no-such-page/")
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+def _domain_errors():
+    """Every domain error class of every app (imported, so its subclasses are known)."""
+    for module in (
+        "ingestions.runs",
+        "ingestions.tenancy",
+        "ingestions.tokens",
+        "refresh.errors",
+        "refresh.schedules",
+        "webhooks.errors",
+    ):
+        importlib.import_module(module)
+    found, todo = [], [AutoloaderError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_each_error_code_has_one_http_status_and_client_errors_are_not_500():
+    by_code: dict[str, set[int]] = {}
+    for cls in _domain_errors():
+        by_code.setdefault(cls.error_code, set()).add(cls.status_code)
+    assert all(len(statuses) == 1 for statuses in by_code.values()), by_code
+    # What a client can cause is a 4xx; only the server's own failures are a 5xx.
+    server_side = {
+        "INTERNAL_ERROR",
+        "ENGINE_ERROR",
+        "CLUSTER_UNAVAILABLE",
+        "SPARK_ERROR",
+        "REFRESH_API_DISABLED",
+        # Raised and handled inside the worker and the scheduler, never answered.
+        "RUN_CANCELLED",
+        "RUN_OWNERSHIP_LOST",
+        "RUN_FAILED",
+        "APPROVAL_REQUIRED",
+    }
+    for code, (status,) in by_code.items():
+        assert (status >= 500) == (code in server_side), (code, status)
+
+
+def test_the_api_answers_a_refusal_with_the_errors_own_status(admin_client, csv_ingestion):
+    csv_ingestion.protected = True
+    csv_ingestion.save(update_fields=["protected"])
+    path = f"/api/v1/ingestions/{csv_ingestion.public_id}"
+    api = admin_client.delete(f"{path}?confirm=true")
+    assert (api.status_code, api.json()["error_code"]) == (
+        TableProtectedError.status_code,
+        "TABLE_PROTECTED",
+    )
