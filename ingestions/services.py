@@ -91,9 +91,11 @@ def ingestion_create(
         SourceNotAllowedError: the source is outside the tenant's locations.
         IngestionConflictError: the id or the destination table is taken in this tenant.
         TableExistsError: the table exists and `existing_table` is not given.
-        PermissionDeniedError: "replace" without the permission to drop tables.
+        PermissionDeniedError: the actor may not create ingestions in `tenant`, or "replace"
+            without the permission to drop tables.
         ValidationError: a field or reader option is invalid.
     """
+    _authorize(actor, "add_ingestion", tenant)
     normalized_uri, _ = source_resolve(tenant=tenant, uri=source_uri)
     ingestion = Ingestion(
         tenant=tenant,
@@ -172,7 +174,20 @@ def _take_over_table(*, ingestion: Ingestion, engine, existing_table: str | None
 
 
 def _can(actor, permission: str, obj) -> bool:
-    return actor is None or actor.has_perm(f"ingestions.{permission}", obj)
+    """`actor` may do it to `obj`: its role in obj's tenant allows it, or platform staff were
+    given the permission itself in the admin. No actor: the product's own call (the demo,
+    a benchmark)."""
+    perm = f"ingestions.{permission}"
+    return actor is None or actor.has_perm(perm, obj) or actor.has_perm(perm)
+
+
+def _authorize(actor, permission: str, obj) -> None:
+    """Every service that changes state checks its own permission: the adapters (API,
+    console, admin) only translate, and none can forget it."""
+    if not _can(actor, permission, obj):
+        raise PermissionDeniedError(
+            f"Your role does not allow this action ({permission.replace('_', ' ')})."
+        )
 
 
 def _conflict(tenant: Tenant, ingestion: Ingestion) -> IngestionConflictError:
@@ -200,9 +215,11 @@ def ingestion_update(*, ingestion: Ingestion, data: dict, actor=None) -> Ingesti
     """Update the allow-listed fields present in `data`; other keys are ignored.
 
     Raises:
+        PermissionDeniedError: the actor may not change the ingestion.
         SourceNotAllowedError: a new source outside the tenant's locations.
         ValidationError: a field or reader option is invalid.
     """
+    _authorize(actor, "change_ingestion", ingestion)
     changed = [field for field in UPDATABLE_FIELDS if field in data]
     before = {field: str(getattr(ingestion, field)) for field in changed}
     if "source_uri" in data:
@@ -244,12 +261,14 @@ def ingestion_delete(
     Raises:
         ConfirmationRequiredError: `confirm` is not exactly True.
         TableProtectedError: the ingestion is protected.
-        PermissionDeniedError: `drop_table` without the permission to drop tables.
+        PermissionDeniedError: the actor may not delete the ingestion, or `drop_table`
+            without the permission to drop tables.
         RunInProgressError, RefreshInProgressError: a run or a refresh is in flight.
         EngineError: the table could not be dropped (nothing was deleted).
     """
     from .runs import ingestion_lock
 
+    _authorize(actor, "delete_ingestion", ingestion)
     if confirm is not True:
         raise ConfirmationRequiredError(
             "Deleting an ingestion needs confirm=true (its history is deleted with it)."
