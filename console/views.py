@@ -478,9 +478,7 @@ def ingestion_run(request, tenant, ingestion_id: str):
     ingestion = _ingestion(tenant, ingestion_id)
     context = {"tenant": tenant, "ingestion": ingestion}
     try:
-        run = runs.run_request(
-            ingestion=ingestion, actor=request.user, trigger=RunTrigger.MANUAL, authorize=True
-        )
+        run = runs.run_request(ingestion=ingestion, actor=request.user, trigger=RunTrigger.MANUAL)
     except AutoloaderError as exc:
         return _refusal(request, exc, context)
     if not request.htmx:

@@ -183,7 +183,7 @@ def failure_retry(*, failure: FileFailure, actor) -> Run:
         # Released meanwhile: the run tries it all the same.
         with suppress(FailedFileStateError):
             failure_release(failure=failure, actor=actor)
-    return run_request(ingestion=failure.ingestion, actor=actor, authorize=True)
+    return run_request(ingestion=failure.ingestion, actor=actor)
 
 
 def _authorize(actor, ingestion: Ingestion, doing: str) -> None:

@@ -78,12 +78,12 @@ def run_request(
     on_partial_failure: str = OnPartialFailure.DECIDE,
     stage_scope: dict | None = None,
     publish_hold: bool = False,
-    authorize: bool = False,
 ) -> Run:
     """Queue a run of `ingestion` for the worker.
 
-    With `authorize`, the actor's role must allow running the ingestion (the API and the
-    console ask; a refresh operation's own run was authorized as that operation).
+    An `actor` must be allowed to run the ingestion, whoever calls (the API, the console, a
+    retry of a failed file); no actor is the product's own call (a schedule firing, the
+    demo). A refresh operation's own run was authorized as that operation.
 
     With `stage_name`, the run is staged (a zero-downtime refresh): it loads a new version
     of the table beside the live one (replacing the history, or adding to it) and publishes
@@ -98,14 +98,14 @@ def run_request(
     same lock a refresh operation takes to start, so a run and a refresh cannot interleave.
 
     Raises:
-        PermissionDeniedError: `authorize` and the actor may not run the ingestion.
+        PermissionDeniedError: the actor may not run the ingestion.
         RunInProgressError: the ingestion already has a queued or running run.
         RefreshInProgressError: a refresh operation is changing the ingestion (unless this
             run is that operation's own step).
     """
     from .tasks import execute_run
 
-    if authorize:
+    if actor is not None and not for_refresh_operation:
         _authorize(actor, ingestion, "running")
     requested_by = actor if getattr(actor, "is_authenticated", False) else None
     for attempt in range(1, RUN_REQUEST_ATTEMPTS + 1):

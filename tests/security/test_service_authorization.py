@@ -67,3 +67,14 @@ def test_an_admin_of_the_tenant_and_platform_staff_given_the_permission_may(memb
     ingestion_update(ingestion=ingestion, data={"protected": True}, actor=staff)
     ingestion.refresh_from_db()
     assert (ingestion.name, ingestion.protected) == ("by admin", True)
+
+
+def test_a_run_is_queued_only_for_an_actor_who_may_run_it(member, other_tenant, ingestion):
+    from ingestions.models import Run
+    from ingestions.runs import run_request
+
+    for actor in (member(Role.VIEWER).user, member(Role.ADMIN, other_tenant).user):
+        with pytest.raises(PermissionDeniedError):
+            run_request(ingestion=ingestion, actor=actor)
+    assert not Run.objects.filter(ingestion=ingestion).exists()
+    assert run_request(ingestion=ingestion, actor=member(Role.OPERATOR).user).ingestion == ingestion
