@@ -1,8 +1,5 @@
 """Shared fixtures: an isolated Iceberg catalog per test, members with tokens, source files."""
 
-import csv
-from pathlib import Path
-
 import pytest
 from rest_framework.test import APIClient
 
@@ -16,6 +13,13 @@ from .factories import (
     TenantFactory,
     UserFactory,
     grant_location,
+)
+from .helpers import (
+    ANONYMOUS,
+    BAD_TOKEN,
+    OTHER_TENANTS_ADMIN,
+    drain_queue,
+    write_csv_files,
 )
 
 TEST_SECRETS_KEY = new_secrets_key()
@@ -64,34 +68,6 @@ def member(db, tenant):
 @pytest.fixture
 def admin_client(member):
     return member(Role.ADMIN)
-
-
-def open_table(table_name: str):
-    """Open a table from outside the product, with plain pyiceberg, as a user would."""
-    from django.conf import settings
-    from pyiceberg.catalog.sql import SqlCatalog
-
-    catalog = SqlCatalog(
-        settings.AUTOLOADER_CATALOG_NAME,
-        uri=settings.AUTOLOADER_CATALOG_URI,
-        warehouse=settings.AUTOLOADER_WAREHOUSE,
-    )
-    return catalog.load_table(table_name)
-
-
-def write_csv_files(folder: Path, *, files: int, rows: int, start: int = 0) -> list[Path]:
-    """Write `files` CSV files of `rows` rows each; ids are unique across files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(start, start + files):
-        path = folder / f"part-{index:04d}.csv"
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "name", "amount"])
-            for row in range(rows):
-                writer.writerow([index * 100000 + row, f"name-{index}-{row}", row * 1.5])
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture
@@ -145,3 +121,72 @@ def csv_ingestion(tenant, source_dir):
         source_format="csv",
         destination_table="raw.sales",
     )
+
+
+@pytest.fixture
+def client_as(member, tenant, other_tenant, landing):
+    """`client_as(role)` -> an API client; `client.landing` is its tenant's landing folder
+    (the `landing` fixture)."""
+
+    def make(role: str) -> APIClient:
+        if role == ANONYMOUS:
+            client = APIClient()
+        elif role == BAD_TOKEN:
+            client = APIClient()
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {'0' * 40}")
+        elif role == OTHER_TENANTS_ADMIN:
+            client = member(Role.ADMIN, tenant_obj=other_tenant)
+        else:
+            client = member(role)
+        owner = other_tenant if role == OTHER_TENANTS_ADMIN else tenant
+        client.landing = landing[owner.slug]
+        return client
+
+    return make
+
+
+# --- loaded ingestions (refresh, batches, console, webhooks) ---------------------------
+
+
+@pytest.fixture
+def loaded(csv_ingestion, source_dir):
+    """The csv ingestion after one successful run of 4 files x 25 rows."""
+    from ingestions.runs import run_request
+
+    write_csv_files(source_dir, files=4, rows=25)
+    run_request(ingestion=csv_ingestion)
+    drain_queue()
+    return csv_ingestion
+
+
+@pytest.fixture
+def admin_user(member):
+    return member(Role.ADMIN).user
+
+
+@pytest.fixture
+def three(tenant, tmp_path):
+    """For batch refresh: three loaded ingestions (4, 3 and 2 files of 10 rows), each with a
+    new file since."""
+    from ingestions.locations import location_grant
+    from ingestions.models import Ingestion
+    from ingestions.runs import run_request
+
+    ingestions = []
+    for index, (name, files) in enumerate((("orders", 4), ("users", 3), ("items", 2))):
+        folder = tmp_path / "landing" / name
+        write_csv_files(folder, files=files, rows=10)
+        if index == 0:
+            location_grant(tenant=tenant, uri=str(tmp_path / "landing"))
+        ingestion = IngestionFactory(
+            tenant=tenant,
+            public_id=name,
+            source_uri=str(folder),
+            source_format="csv",
+            destination_table=f"raw.{name}",
+        )
+        run_request(ingestion=ingestion)
+        drain_queue()
+        write_csv_files(folder, files=1, rows=5, start=files)
+        ingestions.append(Ingestion.objects.get(pk=ingestion.pk))
+    return ingestions

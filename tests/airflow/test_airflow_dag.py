@@ -20,8 +20,7 @@ from django.db import connection
 from ingestions.models import Role, Run, RunStatus
 from refresh.models import RefreshOperation
 
-from ..conftest import write_csv_files
-from ..ingestions.test_worker_crash import start_worker
+from ..helpers import start_worker, write_csv_files
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_PYTHON = os.environ.get("AUTOLOADER_AIRFLOW_PYTHON", "")

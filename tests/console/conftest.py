@@ -6,7 +6,6 @@ from django.test import Client
 from ingestions.models import Role
 
 from ..factories import MembershipFactory
-from ..refresh.conftest import FaultingEngine, loaded, three  # noqa: F401  (shared fixtures)
 
 HX = {"HTTP_HX_REQUEST": "true"}
 

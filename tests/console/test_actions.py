@@ -11,7 +11,7 @@ from ingestions.models import ProcessedFile, Role, Run, RunStatus
 from ingestions.runs import run_request
 from refresh.models import OperationStatus, RefreshOperation, RefreshPlan
 
-from ..refresh.conftest import failing_sql
+from ..helpers import failing_sql
 from .conftest import hx
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,8 +9,7 @@ from django.test import Client
 from ingestions.models import Role
 from refresh.models import BatchStatus, RefreshBatch, RefreshOperation
 
-from ..helpers import drain_queue
-from ..refresh.test_batches import rows
+from ..helpers import drain_queue, rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,8 +7,7 @@ from django.test import Client
 from ingestions.models import FileFailure, Role, Run
 from ingestions.runs import run_request
 
-from ..conftest import write_csv_files
-from ..helpers import drain_queue
+from ..helpers import drain_queue, write_csv_files
 from .conftest import hx
 
 pytestmark = pytest.mark.django_db(transaction=True)

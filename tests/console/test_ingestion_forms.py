@@ -11,8 +11,8 @@ from ingestions.locations import location_list
 from ingestions.models import Ingestion, Role
 from ingestions.sources import preview
 
-from ..conftest import write_csv_files
 from ..factories import IngestionFactory, ProcessedFileFactory, RunFactory
+from ..helpers import write_csv_files
 from .conftest import HX
 
 # A real run loads the table (`loaded`): the worker needs committed rows.

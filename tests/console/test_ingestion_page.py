@@ -8,7 +8,7 @@ from ingestions.models import Role, RunStatus
 from ingestions.runs import run_request
 
 from ..factories import IngestionFactory, RunFactory
-from ..ingestions.test_runs import drain_queue
+from ..helpers import drain_queue
 from .conftest import hx
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,8 +9,7 @@ from ingestions.models import ProcessedFile, Role
 from refresh.models import OperationStatus, RefreshOperation
 from refresh.services import operation_sync, refresh_execute
 
-from ..conftest import write_csv_files
-from ..helpers import drain_queue
+from ..helpers import drain_queue, write_csv_files
 from .conftest import hx
 
 pytestmark = pytest.mark.django_db(transaction=True)

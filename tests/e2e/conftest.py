@@ -18,8 +18,6 @@ from django.db.backends.signals import connection_created
 
 from ingestions.models import Role
 
-from ..refresh.conftest import loaded, three  # noqa: F401  (shared fixtures)
-
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
     "--no-sandbox",

@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from ingestions.models import Role
 
-from ..refresh.test_batches import rows
+from ..helpers import rows
 from .conftest import log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)

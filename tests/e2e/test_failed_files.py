@@ -14,9 +14,8 @@ from ingestions import quarantine
 from ingestions.models import FileFailure, Role, Run, RunStatus
 from ingestions.runs import run_request
 
-from ..conftest import write_csv_files
 from ..factories import UserFactory
-from ..helpers import drain_queue
+from ..helpers import drain_queue, write_csv_files
 from .conftest import DESKTOP, PASSWORD, log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,8 +13,8 @@ from playwright.sync_api import expect
 from ingestions.locations import location_grant
 from ingestions.models import Ingestion, Role, RunStatus
 
-from ..conftest import write_csv_files
 from ..factories import MembershipFactory, TenantFactory, UserFactory
+from ..helpers import write_csv_files
 from .conftest import DESKTOP, log_in
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

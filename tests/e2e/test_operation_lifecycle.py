@@ -12,7 +12,7 @@ from ingestions.engines import load_engine
 from ingestions.models import Role
 from refresh.models import OperationStatus, RefreshOperation
 
-from ..conftest import write_csv_files
+from ..helpers import write_csv_files
 from .conftest import log_in
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

@@ -15,9 +15,8 @@ from playwright.sync_api import expect
 from ingestions.models import Role
 from ingestions.runs import run_request
 
-from ..conftest import write_csv_files
 from ..factories import IngestionFactory, MembershipFactory, TenantFactory, UserFactory
-from ..ingestions.test_runs import drain_queue
+from ..helpers import drain_queue, write_csv_files
 from .conftest import DESKTOP, failing_sql_in_server, log_in
 
 pytestmark = [

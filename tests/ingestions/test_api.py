@@ -4,9 +4,8 @@ import pytest
 
 from ingestions.models import Ingestion, ProcessedFile, Role, Run, RunStatus
 
-from ..conftest import write_csv_files
 from ..factories import IngestionFactory
-from .test_runs import drain_queue
+from ..helpers import drain_queue, write_csv_files
 
 
 def create_body(source_dir, **overrides):

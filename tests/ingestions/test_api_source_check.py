@@ -4,7 +4,7 @@ import pytest
 
 from ingestions.models import Ingestion, Role
 
-from ..conftest import write_csv_files
+from ..helpers import write_csv_files
 
 URL = "/api/v1/ingestions/check-source"
 pytestmark = pytest.mark.django_db

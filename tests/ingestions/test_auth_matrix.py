@@ -6,16 +6,12 @@ import pytest
 from django.conf import settings
 from django.test import Client
 from django.utils.crypto import get_random_string
-from rest_framework.test import APIClient
 
 from ingestions.models import Ingestion, ProcessedFile, Role, Run, RunStatus
 from ingestions.runs import run_request
 
 from ..factories import IngestionFactory, MembershipFactory, ProcessedFileFactory
-
-ANONYMOUS = "anonymous"
-BAD_TOKEN = "bad-token"
-OTHER_TENANTS_ADMIN = "other-tenants-admin"
+from ..helpers import ANONYMOUS, BAD_TOKEN, OTHER_TENANTS_ADMIN, Expected
 
 NEW_INGESTION = {
     "id": "new-feed",
@@ -52,11 +48,6 @@ ENDPOINTS = [
     Endpoint("DELETE", "ingestions/{ingestion}/processed-files?confirm=true", 403, 403, 200, 404),
     Endpoint("GET", "ingestions/{ingestion}/maintenance", 200, 200, 200, 404),
 ]
-
-
-class Expected(NamedTuple):
-    status: int
-    error_code: str | None = None
 
 
 def expected_for(status: int, path: str) -> Expected:
@@ -113,28 +104,6 @@ def acme(tenant):
     ProcessedFileFactory.create_batch(2, ingestion=sales)
     queued_run = run_request(ingestion=IngestionFactory(tenant=tenant, public_id="events"))
     return {"ingestion": sales.public_id, "run": queued_run.public_id}
-
-
-@pytest.fixture
-def client_as(member, tenant, other_tenant, landing):
-    """`client_as(role)` -> an API client; `client.landing` is its tenant's landing folder
-    (the `landing` fixture)."""
-
-    def make(role: str) -> APIClient:
-        if role == ANONYMOUS:
-            client = APIClient()
-        elif role == BAD_TOKEN:
-            client = APIClient()
-            client.credentials(HTTP_AUTHORIZATION=f"Bearer {'0' * 40}")
-        elif role == OTHER_TENANTS_ADMIN:
-            client = member(Role.ADMIN, tenant_obj=other_tenant)
-        else:
-            client = member(role)
-        owner = other_tenant if role == OTHER_TENANTS_ADMIN else tenant
-        client.landing = landing[owner.slug]
-        return client
-
-    return make
 
 
 def with_landing(body: dict | None, landing) -> dict | None:

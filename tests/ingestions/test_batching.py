@@ -10,7 +10,7 @@ from ingestions.engines import load_engine
 from ingestions.models import BatchStatus, ProcessedFile, RunBatch, RunStatus
 from ingestions.runs import run_execute, run_request
 
-from ..conftest import open_table, write_csv_files
+from ..helpers import open_table, write_csv_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

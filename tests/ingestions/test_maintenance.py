@@ -34,9 +34,8 @@ from ingestions.models import (
 )
 from ingestions.runs import SNAPSHOT_BATCH_KEY, batch_resolve, run_execute, run_request
 
-from ..conftest import open_table, write_csv_files
 from ..factories import IngestionFactory
-from ..helpers import drain_queue
+from ..helpers import drain_queue, open_table, write_csv_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,10 +17,9 @@ from ingestions.models import ProcessedFile, RunStatus
 from ingestions.runs import run_request
 from ingestions.tasks import execute_run
 
-from ..conftest import open_table, write_csv_files
 from ..factories import IngestionFactory
+from ..helpers import database_url, open_table, write_csv_files
 from .conftest import postgres_or_skip
-from .test_worker_crash import database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

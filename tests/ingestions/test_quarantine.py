@@ -8,8 +8,7 @@ from ingestions.models import FileFailure, ProcessedFile, Role, Run, RunStatus
 from ingestions.quarantine import failures_record
 from ingestions.runs import run_request
 
-from ..conftest import write_csv_files
-from ..helpers import drain_queue
+from ..helpers import drain_queue, write_csv_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,8 +9,7 @@ from ingestions.errors import RunInProgressError, RunNotCancellableError
 from ingestions.models import BatchStatus, ProcessedFile, Run, RunBatch, RunStatus
 from ingestions.runs import run_cancel, run_execute, run_request, runs_recover_stale
 
-from ..conftest import open_table, write_csv_files
-from ..helpers import drain_queue
+from ..helpers import FaultyEngine, WorkerKilled, drain_queue, open_table, write_csv_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,28 +18,6 @@ def table_rows_by_file(table_name: str) -> dict[str, int]:
     data = open_table(table_name).scan(selected_fields=("_source_file",)).to_arrow()
     counts = pc.value_counts(data["_source_file"]).to_pylist()
     return {item["values"]: item["counts"] for item in counts}
-
-
-class FaultyEngine:
-    """Wraps the real engine; fails the chosen method after (or instead of) the real call."""
-
-    def __init__(self, engine, *, fail_on: str, after_real_call: bool, exception: BaseException):
-        self._engine = engine
-        self.fail_on = fail_on
-        self.after_real_call = after_real_call
-        self.exception = exception
-
-    def __getattr__(self, name):
-        real = getattr(self._engine, name)
-        if name != self.fail_on:
-            return real
-
-        def faulty(*args, **kwargs):
-            if self.after_real_call:
-                real(*args, **kwargs)
-            raise self.exception
-
-        return faulty
 
 
 def test_run_loads_every_row_of_every_file_once(csv_ingestion, source_dir):
@@ -161,10 +138,6 @@ def test_cancel_a_running_run_stops_at_the_next_batch(settings, csv_ingestion, s
     assert run.files_loaded == 1
     assert sum(table_rows_by_file(csv_ingestion.table_identifier).values()) == 5
     assert ProcessedFile.objects.filter(ingestion=csv_ingestion).count() == 1
-
-
-class WorkerKilled(BaseException):
-    """Stands for the process dying: not an Exception, so nothing in the run handles it."""
 
 
 @pytest.mark.parametrize("after_real_call", [True, False], ids=["after-commit", "before-commit"])

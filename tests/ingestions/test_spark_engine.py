@@ -26,10 +26,9 @@ from ingestions.runs import (
     runs_recover_stale,
 )
 
-from ..conftest import open_table, write_csv_files
 from ..factories import IngestionFactory
+from ..helpers import FaultyEngine, WorkerKilled, drain_queue, open_table, write_csv_files
 from .conftest import SPARK_TEST_MASTER
-from .test_runs import FaultyEngine, WorkerKilled, drain_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,7 +12,7 @@ from ingestions.runs import run_request
 from refresh.models import RefreshOperation
 
 from ..factories import IngestionFactory
-from .conftest import failing_sql
+from ..helpers import failing_sql
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

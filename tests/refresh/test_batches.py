@@ -9,16 +9,11 @@ from ingestions.models import ProcessedFile, PublishState, Role, Run, RunStatus
 from refresh.batches import batches_sync_due
 from refresh.models import BatchStatus, OperationStatus, RefreshBatch, RefreshOperation
 
-from ..conftest import open_table
-from ..helpers import drain_queue
+from ..helpers import drain_queue, rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 URL = "/api/v1/refresh-batches"
-
-
-def rows(ingestion) -> int:
-    return open_table(ingestion.table_identifier).scan().to_arrow().num_rows
 
 
 def test_a_dry_run_previews_each_member_and_the_totals(three, member):

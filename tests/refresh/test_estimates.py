@@ -10,9 +10,8 @@ from ingestions.models import Run, RunStatus
 from ingestions.runs import run_request
 from refresh.planning import duration_model, estimate_impact, fit_costs, measured_runs
 
-from ..conftest import write_csv_files
 from ..factories import IngestionFactory, RunFactory
-from ..helpers import drain_queue
+from ..helpers import drain_queue, write_csv_files
 
 pytestmark = pytest.mark.django_db
 

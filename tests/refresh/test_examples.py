@@ -19,8 +19,7 @@ from ingestions.models import Role, Run, RunStatus
 from ingestions.runs import run_request
 from refresh.models import RefreshOperation
 
-from ..conftest import open_table, write_csv_files
-from ..ingestions.test_worker_crash import start_worker, wait_for
+from ..helpers import open_table, start_worker, wait_for, write_csv_files
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "daily_full_refresh.sh"

@@ -35,9 +35,8 @@ from refresh.schedules import (
 )
 from refresh.services import refresh_preview
 
-from ..conftest import open_table, write_csv_files
 from ..factories import IngestionFactory, TenantFactory
-from ..helpers import drain_queue
+from ..helpers import drain_queue, open_table, write_csv_files
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

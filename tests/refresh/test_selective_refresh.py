@@ -17,8 +17,7 @@ from ingestions.scope import Scope
 from refresh.models import OperationStatus, RefreshOperation
 from refresh.services import operation_sync, refresh_preview, refresh_undo
 
-from ..conftest import open_table
-from ..helpers import drain_queue
+from ..helpers import drain_queue, open_table
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -26,9 +26,7 @@ from refresh.errors import (
 from refresh.models import OperationStatus, RefreshOperation, RefreshPlan, StepStatus
 from refresh.services import refresh_execute, refresh_preview, refresh_resume
 
-from ..conftest import open_table, write_csv_files
-from ..ingestions.test_runs import drain_queue
-from .conftest import FaultingEngine, failing_sql
+from ..helpers import FaultingEngine, drain_queue, failing_sql, open_table, write_csv_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

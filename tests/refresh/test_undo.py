@@ -22,9 +22,7 @@ from refresh.services import (
     undo_preview,
 )
 
-from ..conftest import open_table, write_csv_files
-from ..helpers import drain_queue
-from .conftest import FaultingEngine
+from ..helpers import FaultingEngine, drain_queue, open_table, write_csv_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,9 +17,7 @@ from refresh.services import (
     stage_name_for,
 )
 
-from ..conftest import open_table, write_csv_files
-from ..helpers import drain_queue
-from .conftest import FaultingEngine
+from ..helpers import FaultingEngine, drain_queue, open_table, write_csv_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,7 +18,6 @@ import pytest
 from django.db import connection
 
 # The refresh suite's loaded ingestion (4 files x 25 rows, run once) and admin user.
-from ..refresh.conftest import admin_user, loaded  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIALS = int(os.environ.get("RELIABILITY_TRIALS", "20"))

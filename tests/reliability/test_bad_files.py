@@ -13,9 +13,8 @@ from ingestions import runs
 from ingestions.models import ProcessedFile, Run, RunStatus
 from ingestions.runs import run_request
 
-from ..conftest import open_table
 from ..factories import IngestionFactory
-from ..ingestions.test_runs import drain_queue
+from ..helpers import drain_queue, open_table
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -38,10 +38,16 @@ from refresh import services
 from refresh.models import OperationStatus, RefreshOperation, StepName, StepStatus
 from refresh.services import refresh_execute
 
-from ..conftest import open_table, write_csv_files
 from ..factories import IngestionFactory
-from ..ingestions.test_runs import drain_queue
-from ..ingestions.test_worker_crash import start_worker, wait_for
+from ..helpers import (
+    RequestProcessDied,
+    drain_queue,
+    dying_step,
+    open_table,
+    start_worker,
+    wait_for,
+    write_csv_files,
+)
 from .conftest import TRIALS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -331,19 +337,6 @@ def print_trials(trials: list[Trial]) -> None:
 
 
 # --- the web request of a full refresh dies mid-step ----------------------------------------
-
-
-class RequestProcessDied(BaseException):
-    """Stands for the web process dying: not an Exception, so no handler records anything."""
-
-
-def dying_step(action, *, after_the_action: bool):
-    def step(**kwargs):
-        if after_the_action:
-            action(**kwargs)  # its effect is committed; its record never will be
-        raise RequestProcessDied()
-
-    return step
 
 
 @pytest.mark.parametrize("after_the_action", [False, True], ids=["before-effect", "after-effect"])

@@ -39,10 +39,8 @@ from ingestions.runs import run_request
 from ingestions.tokens import token_create
 from refresh.services import refresh_execute
 
-from ..conftest import write_csv_files
 from ..factories import IngestionFactory, MembershipFactory
-from ..ingestions.test_runs import drain_queue
-from ..refresh.conftest import failing_sql
+from ..helpers import drain_queue, failing_sql, write_csv_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,10 +18,17 @@ from refresh import services
 from refresh.models import OperationStatus, RefreshOperation, Retention, StepName
 from refresh.services import operation_sync, refresh_execute, refresh_reap, refresh_undo
 
-from ..conftest import open_table, write_csv_files
-from ..helpers import drain_queue
-from ..ingestions.test_worker_crash import ROOT, database_url, start_worker, wait_for
-from .test_crash_injection import RequestProcessDied, dying_step
+from ..helpers import (
+    ROOT,
+    RequestProcessDied,
+    database_url,
+    drain_queue,
+    dying_step,
+    open_table,
+    start_worker,
+    wait_for,
+    write_csv_files,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -23,16 +23,15 @@ from ingestions.runs import run_request
 from refresh.models import RefreshOperation
 from refresh.services import refresh_execute
 
-from ..conftest import write_csv_files
 from ..factories import IngestionFactory, MembershipFactory, UserFactory
-from ..ingestions.test_auth_matrix import (
+from ..helpers import (
     ANONYMOUS,
     BAD_TOKEN,
     OTHER_TENANTS_ADMIN,
     Expected,
-    client_as,  # noqa: F401  (a fixture)
+    failing_sql,
+    write_csv_files,
 )
-from ..refresh.conftest import failing_sql
 
 CONFIRM = {"confirm": True}
 DRY_RUN = {"dry_run": True}
@@ -220,7 +219,7 @@ def no_rate_limits(settings):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("role", "endpoint", "expected"), CASES)
-def test_each_caller_gets_what_its_role_allows(client_as, acme, role, endpoint, expected):  # noqa: F811
+def test_each_caller_gets_what_its_role_allows(client_as, acme, role, endpoint, expected):
     response = call(client_as(role), endpoint, acme)
 
     assert response.status_code == expected.status, response.content
@@ -230,7 +229,7 @@ def test_each_caller_gets_what_its_role_allows(client_as, acme, role, endpoint, 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("role", "endpoint", "expected"), REFUSED_WRITES)
-def test_a_refused_refresh_changes_nothing(client_as, acme, role, endpoint, expected):  # noqa: F811
+def test_a_refused_refresh_changes_nothing(client_as, acme, role, endpoint, expected):
     before = database_state()
 
     response = call(client_as(role), endpoint, acme)
@@ -257,7 +256,7 @@ def test_a_refused_refresh_changes_nothing(client_as, acme, role, endpoint, expe
         ("scrape-token", 200),
     ],
 )
-def test_metrics_answer_only_the_scraper_and_staff(settings, client_as, caller, expected):  # noqa: F811
+def test_metrics_answer_only_the_scraper_and_staff(settings, client_as, caller, expected):
     settings.AUTOLOADER_METRICS_TOKEN = "scrape-secret"
     if caller == "scrape-token":
         client = APIClient()

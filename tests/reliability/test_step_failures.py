@@ -27,9 +27,15 @@ from ingestions.runs import run_execute, runs_recover_stale
 from refresh import services
 from refresh.models import RefreshOperation
 
-from ..conftest import open_table, write_csv_files
-from ..ingestions.test_runs import FaultyEngine, WorkerKilled, drain_queue
-from ..refresh.conftest import FaultingEngine, failing_sql
+from ..helpers import (
+    FaultingEngine,
+    FaultyEngine,
+    WorkerKilled,
+    drain_queue,
+    failing_sql,
+    open_table,
+    write_csv_files,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

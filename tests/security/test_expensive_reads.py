@@ -10,8 +10,8 @@ import pytest
 from ingestions.models import ConcurrencyLease, RateCounter, Role
 from ingestions.ratelimits import concurrency_slot
 
-from ..conftest import write_csv_files
 from ..factories import IngestionFactory, grant_location
+from ..helpers import write_csv_files
 
 pytestmark = pytest.mark.django_db
 CHECK = "/api/v1/ingestions/check-source"

@@ -16,8 +16,8 @@ from pyiceberg.exceptions import NoSuchTableError
 from ingestions.models import Role
 from ingestions.services import ingestion_create
 
-from ..conftest import open_table
 from ..factories import grant_location
+from ..helpers import open_table
 
 SECRET = "TOPSECRET"
 CHECK_SOURCE_REQUESTS = 300

@@ -34,8 +34,8 @@ from ingestions.secrets import new_secrets_key
 from ingestions.sources import read_source_file
 from refresh.models import RefreshOperation
 
-from ..conftest import open_table, write_csv_files
 from ..factories import IngestionFactory, grant_location
+from ..helpers import open_table, write_csv_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,9 +11,7 @@ from refresh.services import operation_sync, refresh_execute, refresh_preview, r
 from webhooks.delivery import deliver_due
 from webhooks.models import EVENTS, WebhookEvent
 
-from ..conftest import write_csv_files
-from ..helpers import drain_queue
-from ..refresh.conftest import FaultingEngine, loaded  # noqa: F401  (shared fixture)
+from ..helpers import FaultingEngine, drain_queue, write_csv_files
 from .conftest import verify
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -73,7 +71,7 @@ def test_quarantine_by_hand_sends_file_quarantined_once(
 
 
 def test_a_zero_downtime_refresh_sends_previewed_started_published_then_undone(
-    loaded,  # noqa: F811
+    loaded,
     member,
     subscribe,
     receiver,
@@ -104,7 +102,7 @@ def test_a_zero_downtime_refresh_sends_previewed_started_published_then_undone(
 
 
 def test_a_refresh_whose_step_fails_sends_refresh_failed(
-    loaded,  # noqa: F811
+    loaded,
     member,
     subscribe,
     receiver,
@@ -124,7 +122,7 @@ def test_a_refresh_whose_step_fails_sends_refresh_failed(
 
 
 def test_a_drop_table_sends_refresh_published_when_done(
-    loaded,  # noqa: F811
+    loaded,
     member,
     subscribe,
     receiver,
@@ -141,7 +139,7 @@ def test_a_drop_table_sends_refresh_published_when_done(
 
 
 def test_a_zero_downtime_refresh_whose_run_fails_sends_refresh_failed_once(
-    loaded,  # noqa: F811
+    loaded,
     source_dir,
     member,
     subscribe,
@@ -163,7 +161,7 @@ def test_a_zero_downtime_refresh_whose_run_fails_sends_refresh_failed_once(
 
 
 def test_a_viewers_dry_runs_send_no_webhook(
-    loaded,  # noqa: F811
+    loaded,
     member,
     subscribe,
     receiver,

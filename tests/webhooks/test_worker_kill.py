@@ -11,8 +11,7 @@ from ingestions.models import Run, RunStatus
 from ingestions.runs import run_request
 from webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEvent
 
-from ..conftest import write_csv_files
-from ..ingestions.test_worker_crash import start_worker, wait_for
+from ..helpers import start_worker, wait_for, write_csv_files
 from .conftest import verify
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
