@@ -33,7 +33,7 @@ from .errors import AutoloaderError
 from .models import (
     ACTIVE_RUN_STATUSES,
     MAX_SNAPSHOT_RETENTION_HOURS,
-    BatchStatus,
+    CommitStatus,
     Ingestion,
     MaintenanceAction,
     PublishState,
@@ -199,7 +199,7 @@ def snapshot_expiry_cutoff(*, ingestion: Ingestion, now: datetime) -> datetime:
     """
     cutoff = now - snapshot_retention(ingestion)
     oldest_pending = RunBatch.objects.filter(
-        table_name=ingestion.table_identifier, status=BatchStatus.PENDING
+        table_name=ingestion.table_identifier, status=CommitStatus.PENDING
     ).aggregate(oldest=Min("created_at"))["oldest"]
     if oldest_pending is not None:
         cutoff = min(cutoff, oldest_pending - PENDING_BATCH_MARGIN)

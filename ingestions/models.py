@@ -318,7 +318,9 @@ class Run(models.Model):
         return (self.finished_at - self.started_at).total_seconds()
 
 
-class BatchStatus(models.TextChoices):
+class CommitStatus(models.TextChoices):
+    """Where one commit of a run (`RunBatch`) stands in the exactly-once protocol."""
+
     PENDING = "PENDING"  # written before the Iceberg commit
     COMMITTED = "COMMITTED"  # the commit is in the table and the files are in the history
     ABANDONED = "ABANDONED"  # the commit never reached the table; the files load again
@@ -329,7 +331,7 @@ class RunBatch(models.Model):
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="batches")
     batch_key = models.CharField(max_length=96, unique=True)
-    status = models.CharField(max_length=16, choices=BatchStatus.choices)
+    status = models.CharField(max_length=16, choices=CommitStatus.choices)
     table_name = models.CharField(max_length=129)
     files = models.JSONField(default=list)  # [{"path", "size_bytes", "modified_at", "rows"}]
     rows = models.BigIntegerField(default=0)

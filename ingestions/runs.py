@@ -36,7 +36,7 @@ from .errors import (
 )
 from .locations import source_open
 from .models import (
-    BatchStatus,
+    CommitStatus,
     Ingestion,
     OnPartialFailure,
     ProcessedFile,
@@ -452,7 +452,7 @@ class _RunExecutor:
             known = processed_file_paths(ingestion=self.ingestion)
         if self.run.stage_name:
             for files in RunBatch.objects.filter(
-                run=self.run, status=BatchStatus.COMMITTED
+                run=self.run, status=CommitStatus.COMMITTED
             ).values_list("files", flat=True):
                 known.update(item["path"] for item in files)
         return known
@@ -590,7 +590,7 @@ class _RunExecutor:
         batch = RunBatch.objects.create(
             run=self.run,
             batch_key=f"{self.run.public_id}.{uuid.uuid4().hex[:12]}",
-            status=BatchStatus.PENDING,
+            status=CommitStatus.PENDING,
             table_name=self.table_name,
             files=[
                 {
@@ -748,8 +748,8 @@ def batch_mark_committed(*, batch: RunBatch, snapshot_id: int | None) -> None:
     """
     now = timezone.now()
     with transaction.atomic():
-        updated = RunBatch.objects.filter(pk=batch.pk, status=BatchStatus.PENDING).update(
-            status=BatchStatus.COMMITTED, snapshot_id=snapshot_id, committed_at=now
+        updated = RunBatch.objects.filter(pk=batch.pk, status=CommitStatus.PENDING).update(
+            status=CommitStatus.COMMITTED, snapshot_id=snapshot_id, committed_at=now
         )
         if not updated:
             return  # someone else completed (or abandoned) it already
@@ -879,7 +879,7 @@ def staged_publish(*, run: Run, engine: Engine) -> None:
             history_archive(ingestion=run.ingestion)  # kept for undo, purged by retention
         elif run.stage_replacing is not None:
             history_replace_scope(ingestion=run.ingestion, paths=run.stage_replacing)
-        committed = RunBatch.objects.filter(run=run, status=BatchStatus.COMMITTED)
+        committed = RunBatch.objects.filter(run=run, status=CommitStatus.COMMITTED)
         files = [
             item
             for batch_files in committed.values_list("files", flat=True)
@@ -921,18 +921,18 @@ def batch_resolve(*, batch: RunBatch, engine: Engine) -> str:
     snapshot = engine.find_snapshot(batch.table_name, key=SNAPSHOT_BATCH_KEY, value=batch.batch_key)
     if snapshot is not None:
         batch_mark_committed(batch=batch, snapshot_id=snapshot.snapshot_id)
-        return BatchStatus.COMMITTED
-    RunBatch.objects.filter(pk=batch.pk, status=BatchStatus.PENDING).update(
-        status=BatchStatus.ABANDONED
+        return CommitStatus.COMMITTED
+    RunBatch.objects.filter(pk=batch.pk, status=CommitStatus.PENDING).update(
+        status=CommitStatus.ABANDONED
     )
-    return BatchStatus.ABANDONED
+    return CommitStatus.ABANDONED
 
 
 def batches_recover(*, ingestion: Ingestion, engine: Engine) -> dict[str, int]:
     """Resolve every PENDING batch an interrupted run of `ingestion` left behind."""
-    outcome = {BatchStatus.COMMITTED: 0, BatchStatus.ABANDONED: 0}
+    outcome = {CommitStatus.COMMITTED: 0, CommitStatus.ABANDONED: 0}
     pending = RunBatch.objects.filter(
-        run__ingestion=ingestion, status=BatchStatus.PENDING
+        run__ingestion=ingestion, status=CommitStatus.PENDING
     ).select_related("run")
     for batch in pending:
         outcome[batch_resolve(batch=batch, engine=engine)] += 1

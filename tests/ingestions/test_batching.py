@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 import pytest
 
 from ingestions.engines import load_engine
-from ingestions.models import BatchStatus, ProcessedFile, RunBatch, RunStatus
+from ingestions.models import CommitStatus, ProcessedFile, RunBatch, RunStatus
 from ingestions.runs import run_execute, run_request
 
 from ..helpers import open_table, write_csv_files
@@ -31,7 +31,7 @@ def run_once(ingestion) -> None:
 
 
 def committed_batch_sizes() -> list[int]:
-    batches = RunBatch.objects.filter(status=BatchStatus.COMMITTED).order_by("pk")
+    batches = RunBatch.objects.filter(status=CommitStatus.COMMITTED).order_by("pk")
     return [len(files) for files in batches.values_list("files", flat=True)]
 
 

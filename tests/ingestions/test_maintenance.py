@@ -22,7 +22,7 @@ from ingestions.maintenance import (
 )
 from ingestions.management.commands.autoloader_worker import Command
 from ingestions.models import (
-    BatchStatus,
+    CommitStatus,
     Ingestion,
     MaintenanceAction,
     ProcessedFile,
@@ -114,7 +114,7 @@ def test_maintenance_compacts_expires_and_removes_orphans_keeping_what_is_needed
     # Run 4's batch is PENDING again, as if its worker died before recording the commit.
     pending = RunBatch.objects.get(run=small_runs[3])
     pending_snapshot = pending.snapshot_id
-    RunBatch.objects.filter(pk=pending.pk).update(status=BatchStatus.PENDING, snapshot_id=None)
+    RunBatch.objects.filter(pk=pending.pk).update(status=CommitStatus.PENDING, snapshot_id=None)
     ProcessedFile.objects.filter(run=small_runs[3]).delete()
     monkeypatch.setattr(maintenance, "PENDING_BATCH_MARGIN", timezone.timedelta(0))
     # Files no metadata names: one old enough to be an orphan, one a write may still own.
@@ -154,7 +154,7 @@ def test_maintenance_compacts_expires_and_removes_orphans_keeping_what_is_needed
     assert expiry.snapshots_expired == 2
     assert tag_point["snapshot_id"] in snapshots_after
     assert pending_snapshot in snapshots_after
-    assert batch_resolve(batch=pending, engine=engine) == BatchStatus.COMMITTED
+    assert batch_resolve(batch=pending, engine=engine) == CommitStatus.COMMITTED
     assert history_of(csv_ingestion) == lineage_before
     # Orphans: the old file went, the fresh one stays; nothing the table needs went.
     assert not old_orphan.exists()

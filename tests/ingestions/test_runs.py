@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from ingestions.engines import load_engine
 from ingestions.errors import RunInProgressError, RunNotCancellableError
-from ingestions.models import BatchStatus, ProcessedFile, Run, RunBatch, RunStatus
+from ingestions.models import CommitStatus, ProcessedFile, Run, RunBatch, RunStatus
 from ingestions.runs import run_cancel, run_execute, run_request, runs_recover_stale
 
 from ..helpers import FaultyEngine, WorkerKilled, drain_queue, open_table, write_csv_files
@@ -62,7 +62,7 @@ def test_run_in_batches_commits_one_snapshot_per_batch(settings, csv_ingestion, 
 
     snapshots = load_engine().list_snapshots(csv_ingestion.table_identifier)
     assert len(snapshots) == 3
-    assert RunBatch.objects.filter(status=BatchStatus.COMMITTED).count() == 3
+    assert RunBatch.objects.filter(status=CommitStatus.COMMITTED).count() == 3
     keys = {snapshot.properties["autoloader.batch-key"] for snapshot in snapshots}
     assert keys == set(RunBatch.objects.values_list("batch_key", flat=True))
 
@@ -154,7 +154,7 @@ def test_a_run_whose_worker_died_mid_batch_resumes_without_duplicates_or_losses(
         run_execute(run_id=run.public_id, engine=dying)
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING  # a dead worker finishes nothing
-    assert RunBatch.objects.filter(status=BatchStatus.PENDING).count() == 1
+    assert RunBatch.objects.filter(status=CommitStatus.PENDING).count() == 1
 
     # Time passes: the heartbeat goes stale and a live worker's reaper re-queues the run.
     Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
@@ -169,7 +169,7 @@ def test_a_run_whose_worker_died_mid_batch_resumes_without_duplicates_or_losses(
         f"part-{i:04d}.csv": 7 for i in range(5)
     }
     assert ProcessedFile.objects.filter(ingestion=csv_ingestion).count() == 5
-    assert not RunBatch.objects.filter(status=BatchStatus.PENDING).exists()
+    assert not RunBatch.objects.filter(status=CommitStatus.PENDING).exists()
 
 
 def test_a_live_run_is_not_taken_over(csv_ingestion, source_dir):
@@ -196,5 +196,5 @@ def test_an_engine_failure_fails_the_run_with_its_message(csv_ingestion, source_
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED
     assert "catalog commit refused" in run.error
-    assert RunBatch.objects.get().status == BatchStatus.ABANDONED
+    assert RunBatch.objects.get().status == CommitStatus.ABANDONED
     assert not ProcessedFile.objects.exists()

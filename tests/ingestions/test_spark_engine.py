@@ -17,7 +17,7 @@ from ingestions import runs as runs_module
 from ingestions.engines import load_engine
 from ingestions.engines import spark as spark_module
 from ingestions.engines.spark import SparkEngine
-from ingestions.models import BatchStatus, ProcessedFile, Run, RunBatch, RunStatus
+from ingestions.models import CommitStatus, ProcessedFile, Run, RunBatch, RunStatus
 from ingestions.runs import (
     SNAPSHOT_BATCH_KEY,
     run_cancel,
@@ -205,7 +205,7 @@ def test_a_spark_run_whose_worker_died_mid_batch_resumes_exactly_once(
         f"part-{index:04d}.csv": 7 for index in range(5)
     }
     assert ProcessedFile.objects.filter(ingestion=spark_ingestion).count() == 5
-    assert not RunBatch.objects.filter(status=BatchStatus.PENDING).exists()
+    assert not RunBatch.objects.filter(status=CommitStatus.PENDING).exists()
 
 
 def test_cancelling_a_run_interrupts_its_spark_job(

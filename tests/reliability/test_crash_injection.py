@@ -26,7 +26,7 @@ from django.utils import timezone
 from ingestions.engines import load_engine
 from ingestions.models import (
     ACTIVE_RUN_STATUSES,
-    BatchStatus,
+    CommitStatus,
     ProcessedFile,
     Role,
     Run,
@@ -184,7 +184,7 @@ class Killer:
     def _describe(self, run: Run, aimed: str, delay: float) -> Kill:
         run.refresh_from_db()
         engine = load_engine()
-        pending = list(RunBatch.objects.filter(run=run, status=BatchStatus.PENDING))
+        pending = list(RunBatch.objects.filter(run=run, status=CommitStatus.PENDING))
         landed = sum(
             1
             for batch in pending
@@ -274,7 +274,7 @@ def test_sigkilled_workers_never_duplicate_or_lose_a_row(
             run.refresh_from_db()
             assert (run.status, run.error) == (RunStatus.SUCCESS, ""), workers.tail()
             assert run.files_loaded == new_files
-            assert not RunBatch.objects.filter(run=run, status=BatchStatus.PENDING).exists()
+            assert not RunBatch.objects.filter(run=run, status=CommitStatus.PENDING).exists()
             trial.attempts = run.attempts
             check_table(source, trial)
             trial.seconds = round(time.monotonic() - trial_started, 2)

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from ingestions.locations import location_grant
-from ingestions.models import BatchStatus, Role, RunBatch, RunStatus, StorageLocation, Tenant
+from ingestions.models import CommitStatus, Role, RunBatch, RunStatus, StorageLocation, Tenant
 from ingestions.secrets import new_secrets_key
 from refresh.models import OperationKind, RefreshPlan
 from refresh.services import refresh_execute, refresh_preview
@@ -48,7 +48,7 @@ def records(tenant):
         "run": run,
         # No service writes a batch outside a real load: the row as the worker leaves it.
         "runbatch": RunBatch.objects.create(
-            run=run, batch_key="sales-1", status=BatchStatus.COMMITTED, table_name="raw.sales"
+            run=run, batch_key="sales-1", status=CommitStatus.COMMITTED, table_name="raw.sales"
         ),
         "processedfile": ProcessedFileFactory(ingestion=ingestion),
         "refreshoperation": operation,
