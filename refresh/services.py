@@ -198,12 +198,7 @@ def refresh_execute(
     _require(actor, spec_of(kind).permission, ingestion, kind=kind)
     if confirm is not True:
         raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
-    if ingestion.protected:
-        audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
-        raise TableProtectedError(
-            f"Ingestion {ingestion.public_id} is protected: {spec_of(kind).label.lower()} is "
-            "refused."
-        )
+    _refuse_if_protected(ingestion, actor=actor, kind=kind, doing=spec_of(kind).label.lower())
     # Refused from here on (plan, a run in progress...), the call gives its slot back.
     slot = (
         reserved_slots.use(user=actor, kind=kind)
@@ -260,9 +255,7 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
         raise OperationNotResumableError("The ingestion of this operation was deleted.")
     kind = OperationKind(operation.kind)
     _require(actor, spec_of(kind).permission, ingestion, kind=kind)
-    if ingestion.protected:
-        audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
-        raise TableProtectedError(f"Ingestion {ingestion.public_id} is protected.")
+    _refuse_if_protected(ingestion, actor=actor, kind=kind)
     seen_attempts = operation.attempts
     with transaction.atomic():
         ingestion_lock(ingestion)
@@ -380,13 +373,16 @@ def refresh_check(*, ingestion: Ingestion, kind: str, actor) -> None:
         RefreshInProgressError.
     """
     _require(actor, spec_of(kind).permission, ingestion, kind=kind)
+    _refuse_if_protected(ingestion, actor=actor, kind=kind, doing=spec_of(kind).label.lower())
+    _refuse_if_busy(ingestion)
+
+
+def _refuse_if_protected(ingestion: Ingestion, *, actor, kind: str, doing: str = "") -> None:
+    """A protected ingestion refuses every refresh, resume and undo; the refusal is audited."""
     if ingestion.protected:
         audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
-        raise TableProtectedError(
-            f"Ingestion {ingestion.public_id} is protected: {spec_of(kind).label.lower()} is "
-            "refused."
-        )
-    _refuse_if_busy(ingestion)
+        refused = f": {doing} is refused." if doing else "."
+        raise TableProtectedError(f"Ingestion {ingestion.public_id} is protected{refused}")
 
 
 def _refuse_if_busy(ingestion: Ingestion) -> None:
@@ -1187,9 +1183,7 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
     kind = OperationKind(operation.kind)
     if operation.status == OperationStatus.UNDONE:
         return operation
-    if ingestion.protected:
-        audit.record_refusal(actor=actor, ingestion=ingestion, kind=kind, reason="TABLE_PROTECTED")
-        raise TableProtectedError(f"Ingestion {ingestion.public_id} is protected: undo is refused.")
+    _refuse_if_protected(ingestion, actor=actor, kind=kind, doing="undo")
     with transaction.atomic():
         ingestion_lock(ingestion)
         operation.refresh_from_db()
