@@ -3,7 +3,7 @@
 from django.db.models import Count, Max, Min, OuterRef, QuerySet, Subquery, Sum
 
 from .errors import IngestionNotFoundError, RunNotFoundError
-from .models import ACTIVE_RUN_STATUSES, Ingestion, ProcessedFile, Run, Tenant
+from .models import ACTIVE_RUN_STATUSES, Ingestion, Membership, ProcessedFile, Run, Tenant
 
 
 def ingestion_list(*, tenant: Tenant) -> QuerySet[Ingestion]:
@@ -202,3 +202,10 @@ def _shown(value) -> str:
     if len(text) > SAMPLE_VALUE_CHARACTERS:
         return text[: SAMPLE_VALUE_CHARACTERS - 1] + "…"
     return text
+
+
+def memberships_of(*, user) -> list[Membership]:
+    """The user's memberships, with their tenants, by tenant name."""
+    return list(
+        Membership.objects.filter(user=user).select_related("tenant").order_by("tenant__name")
+    )

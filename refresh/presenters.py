@@ -4,13 +4,16 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from ingestions.formats import size, thousands
 from ingestions.models import ACTIVE_RUN_STATUSES, PublishState
 
 from .models import (
     OperationKind,
     OperationStatus,
+    RefreshMode,
     RefreshOperation,
     Retention,
+    StepName,
     StepStatus,
 )
 from .planning import Plan, public_estimate, public_impact
@@ -305,3 +308,90 @@ def batch_payload(batch, operations: dict, plans: list | None = None) -> dict:
             recovery="Nothing was published: every table and history is as it was.",
         )
     return body
+
+
+# --- what a preview says it will do, in words (the console's preview reads these) ------
+
+
+def step_description(item: dict, plan) -> str:
+    """One line of a preview's "would perform" entry, with its numbers.
+
+    Sizes are the plan's bytes in readable units: the same quantities as the API's
+    rounded GB figures, without rounding a small table down to "0.0 GB".
+    """
+    step, details = item["operation"], item["details"]
+    if step == StepName.TABLE_DROPPED and getattr(plan, "mode", "") == RefreshMode.ATOMIC:
+        if not details["table_exists"]:
+            return f"Create table {details['table_name']} when the new version is published"
+        return (
+            f"Replace table {details['table_name']} ({thousands(details['current_row_count'])} "
+            f"rows, {size(plan.table['size_bytes'])}) when the new version is published; "
+            "readers keep the current rows until then"
+        )
+    if step == StepName.TABLE_DROPPED:
+        if not details["table_exists"]:
+            return f"Drop table {details['table_name']}: it does not exist, nothing to drop"
+        return (
+            f"Drop table {details['table_name']} ({thousands(details['current_row_count'])} "
+            f"rows, {size(plan.table['size_bytes'])})"
+        )
+    if step == StepName.PROCESSED_FILES_CLEARED:
+        count = details["files_to_clear"]
+        if not count:
+            return "Clear the processed-file history: it is empty"
+        span = ""
+        if details.get("oldest_file"):
+            span = f": {details['oldest_file']} … {details['newest_file']}"
+        return f"Clear the history of {thousands(count)} processed files{span}"
+    files = thousands(details["files_to_process"])
+    data = size(plan.impact.bytes_to_process)
+    if details.get("new_files_only"):
+        return f"Trigger a run that loads the {files} new files ({data})"
+    return f"Trigger a run that loads {files} files ({data})"
+
+
+def blast_radius(plan) -> dict:
+    """What a planned operation deletes and what it keeps, each as plain sentences."""
+    lost, kept = [], []
+    table, history = plan.table, plan.history
+    table_name = table["table_name"]
+    if StepName.TABLE_DROPPED in plan.steps:
+        if table["exists"] and getattr(plan, "mode", "") == RefreshMode.ATOMIC:
+            lost.append(
+                f"Table {table_name}, {thousands(table['row_count'])} rows, "
+                f"{size(table['size_bytes'])} will be replaced when the run ends (readers keep "
+                "these rows until then; a failed run replaces nothing)"
+            )
+        elif table["exists"]:
+            lost.append(
+                f"Table {table_name}, {thousands(table['row_count'])} rows, "
+                f"{size(table['size_bytes'])} will be deleted"
+            )
+        else:
+            kept.append(f"Table {table_name} does not exist: there is nothing to delete")
+    elif table["exists"]:
+        kept.append(
+            f"Table {table_name} ({thousands(table['row_count'])} rows, "
+            f"{size(table['size_bytes'])}) is not touched"
+        )
+    count = history["count"]
+    if StepName.PROCESSED_FILES_CLEARED in plan.steps:
+        if count:
+            lost.append(
+                f"History of {thousands(count)} processed files ({size(history['total_bytes'])}) "
+                "will be cleared: the next run loads every source file again"
+            )
+        else:
+            kept.append("The processed-file history is already empty")
+    else:
+        kept.append(
+            f"History of {thousands(count)} files is kept: those files are not loaded again"
+        )
+    kept.append("Source files are never touched; past runs and operations stay on record")
+    days = getattr(plan, "retain_days", 0)
+    if days:
+        kept.append(
+            f"It can be undone for {days} day{'s' if days != 1 else ''}: "
+            f"{spec_of(plan.kind).kept_for_undo}"
+        )
+    return {"lost": lost, "kept": kept}

@@ -1,4 +1,4 @@
-"""Template tags of the console: number formats, status badges, the runs chart, the blast radius.
+"""Template tags of the console: number formats, status badges, the runs chart, a preview's words.
 
 Presentation only: every number comes from a service, selector or presenter as it is; these
 tags format it (bytes to "450.2 GB", seconds to "4 min 12 s") and never compute a new one.
@@ -9,14 +9,21 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from ingestions.models import Membership, RunStatus
+from ingestions.formats import NOT_AVAILABLE, size, thousands
+from ingestions.models import RunStatus
+from ingestions.selectors import memberships_of
+from refresh import presenters
 from refresh.models import OperationStatus, StepName, StepStatus
 from refresh.specs import STEPS, spec_of
 
 register = template.Library()
+register.filter("thousands", thousands)
+register.filter("size", size)
+# What a preview deletes and keeps, and each step's line: words of refresh (`presenters`),
+# the same for every adapter.
+register.simple_tag(presenters.step_description, name="step_description")
+register.simple_tag(presenters.blast_radius, name="blast_radius")
 
-NOT_AVAILABLE = "\N{EN DASH}"  # what a missing number shows
-SIZE_UNITS = ["bytes", "KB", "MB", "GB", "TB", "PB"]
 
 # CSS tone of every status the console shows: runs, operations, steps, audit outcomes.
 TONES = {
@@ -41,31 +48,6 @@ TONES = {
     "refused": "bad",
     "dry_run": "info",
 }
-
-
-@register.filter
-def thousands(value) -> str:
-    """12450000 -> "12,450,000"; None -> a dash."""
-    if value is None or value == "":
-        return NOT_AVAILABLE
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:,}"
-    return f"{int(value):,}"
-
-
-@register.filter
-def size(value) -> str:
-    """Bytes in decimal units, as storage bills count them: 450_200_000_000 -> "450.2 GB"."""
-    if value is None:
-        return NOT_AVAILABLE
-    amount = float(value)
-    for unit in SIZE_UNITS:
-        if abs(amount) < 1000 or unit == SIZE_UNITS[-1]:
-            break
-        amount /= 1000
-    if unit == "bytes":
-        return f"{int(amount):,} bytes"
-    return f"{amount:,.1f} {unit}"
 
 
 @register.filter
@@ -158,92 +140,6 @@ def badge(status, label=""):
     return {"status": status, "tone": tone(status), "label": label or humanize_code(status)}
 
 
-@register.simple_tag
-def step_description(item: dict, plan) -> str:
-    """One line of a preview's "would perform" entry, with its numbers.
-
-    Sizes are the plan's bytes in readable units: the same quantities as the API's
-    rounded GB figures, without rounding a small table down to "0.0 GB".
-    """
-    step, details = item["operation"], item["details"]
-    if step == StepName.TABLE_DROPPED and getattr(plan, "mode", "") == "atomic":
-        if not details["table_exists"]:
-            return f"Create table {details['table_name']} when the new version is published"
-        return (
-            f"Replace table {details['table_name']} ({thousands(details['current_row_count'])} "
-            f"rows, {size(plan.table['size_bytes'])}) when the new version is published; "
-            "readers keep the current rows until then"
-        )
-    if step == StepName.TABLE_DROPPED:
-        if not details["table_exists"]:
-            return f"Drop table {details['table_name']}: it does not exist, nothing to drop"
-        return (
-            f"Drop table {details['table_name']} ({thousands(details['current_row_count'])} "
-            f"rows, {size(plan.table['size_bytes'])})"
-        )
-    if step == StepName.PROCESSED_FILES_CLEARED:
-        count = details["files_to_clear"]
-        if not count:
-            return "Clear the processed-file history: it is empty"
-        span = ""
-        if details.get("oldest_file"):
-            span = f": {details['oldest_file']} … {details['newest_file']}"
-        return f"Clear the history of {thousands(count)} processed files{span}"
-    files = thousands(details["files_to_process"])
-    data = size(plan.impact.bytes_to_process)
-    if details.get("new_files_only"):
-        return f"Trigger a run that loads the {files} new files ({data})"
-    return f"Trigger a run that loads {files} files ({data})"
-
-
-@register.simple_tag
-def blast_radius(plan) -> dict:
-    """What a planned operation deletes and what it keeps, each as plain sentences."""
-    lost, kept = [], []
-    table, history = plan.table, plan.history
-    table_name = table["table_name"]
-    if StepName.TABLE_DROPPED in plan.steps:
-        if table["exists"] and getattr(plan, "mode", "") == "atomic":
-            lost.append(
-                f"Table {table_name}, {thousands(table['row_count'])} rows, "
-                f"{size(table['size_bytes'])} will be replaced when the run ends (readers keep "
-                "these rows until then; a failed run replaces nothing)"
-            )
-        elif table["exists"]:
-            lost.append(
-                f"Table {table_name}, {thousands(table['row_count'])} rows, "
-                f"{size(table['size_bytes'])} will be deleted"
-            )
-        else:
-            kept.append(f"Table {table_name} does not exist: there is nothing to delete")
-    elif table["exists"]:
-        kept.append(
-            f"Table {table_name} ({thousands(table['row_count'])} rows, "
-            f"{size(table['size_bytes'])}) is not touched"
-        )
-    count = history["count"]
-    if StepName.PROCESSED_FILES_CLEARED in plan.steps:
-        if count:
-            lost.append(
-                f"History of {thousands(count)} processed files ({size(history['total_bytes'])}) "
-                "will be cleared: the next run loads every source file again"
-            )
-        else:
-            kept.append("The processed-file history is already empty")
-    else:
-        kept.append(
-            f"History of {thousands(count)} files is kept: those files are not loaded again"
-        )
-    kept.append("Source files are never touched; past runs and operations stay on record")
-    days = getattr(plan, "retain_days", 0)
-    if days:
-        kept.append(
-            f"It can be undone for {days} day{'s' if days != 1 else ''}: "
-            f"{spec_of(plan.kind).kept_for_undo}"
-        )
-    return {"lost": lost, "kept": kept}
-
-
 # --- the runs chart --------------------------------------------------------------------
 
 CHART_WIDTH, CHART_HEIGHT = 960, 170
@@ -331,9 +227,7 @@ def account_menu(context):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"user": None}
-    memberships = list(
-        Membership.objects.filter(user=user).select_related("tenant").order_by("tenant__name")
-    )
+    memberships = memberships_of(user=user)
     tenant = context.get("tenant")
     current = next((m for m in memberships if tenant and m.tenant_id == tenant.pk), None)
     return {

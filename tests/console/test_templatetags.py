@@ -1,10 +1,11 @@
-"""The console's formats: numbers, sizes, durations, the runs chart and the blast radius."""
+"""The console's formats (numbers, sizes, durations, the runs chart) and the preview's words."""
 
 from types import SimpleNamespace
 
 import pytest
 
 from console.templatetags import console as tags
+from refresh import presenters
 from refresh.models import StepName
 
 
@@ -76,18 +77,18 @@ def plan(steps, *, exists=True, history=1247):
 
 
 def test_the_blast_radius_of_a_fresh_start():
-    radius = tags.blast_radius(plan([StepName.TABLE_DROPPED, StepName.RUN_TRIGGERED]))
+    radius = presenters.blast_radius(plan([StepName.TABLE_DROPPED, StepName.RUN_TRIGGERED]))
     assert radius["lost"] == ["Table raw.sales_data, 12,450,000 rows, 450.2 GB will be deleted"]
     assert radius["kept"][0] == "History of 1,247 files is kept: those files are not loaded again"
 
 
 def test_the_blast_radius_of_clearing_the_history():
-    radius = tags.blast_radius(plan([StepName.PROCESSED_FILES_CLEARED]))
+    radius = presenters.blast_radius(plan([StepName.PROCESSED_FILES_CLEARED]))
     assert radius["lost"][0].startswith("History of 1,247 processed files (12.3 GB) will be")
     assert radius["kept"][0] == "Table raw.sales_data (12,450,000 rows, 450.2 GB) is not touched"
 
 
 def test_dropping_a_missing_table_loses_nothing():
-    radius = tags.blast_radius(plan([StepName.TABLE_DROPPED], exists=False))
+    radius = presenters.blast_radius(plan([StepName.TABLE_DROPPED], exists=False))
     assert radius["lost"] == []
     assert "does not exist" in radius["kept"][0]

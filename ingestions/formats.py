@@ -1,0 +1,29 @@
+"""How the product writes numbers for people: counts with thousands separators, sizes in the
+decimal units storage bills use. One place, so that a preview, a message and the console
+say the same figure the same way."""
+
+NOT_AVAILABLE = "\N{EN DASH}"  # what a missing number shows
+SIZE_UNITS = ["bytes", "KB", "MB", "GB", "TB", "PB"]
+
+
+def thousands(value) -> str:
+    """12450000 -> "12,450,000"; None -> a dash."""
+    if value is None or value == "":
+        return NOT_AVAILABLE
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,}"
+    return f"{int(value):,}"
+
+
+def size(value) -> str:
+    """Bytes in decimal units, as storage bills count them: 450_200_000_000 -> "450.2 GB"."""
+    if value is None:
+        return NOT_AVAILABLE
+    amount = float(value)
+    for unit in SIZE_UNITS:
+        if abs(amount) < 1000 or unit == SIZE_UNITS[-1]:
+            break
+        amount /= 1000
+    if unit == "bytes":
+        return f"{int(amount):,} bytes"
+    return f"{amount:,.1f} {unit}"
