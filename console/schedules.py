@@ -15,12 +15,12 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
+from ingestions.cron import ScheduleInvalidError, time_zones
 from ingestions.errors import AutoloaderError
 from refresh.models import ScheduleAction
 from refresh.schedules import (
     APPROVE_PERMISSION,
     REFRESH_ACTIONS,
-    ScheduleInvalidError,
     ScheduleNotFoundError,
     schedule_approve,
     schedule_clear,
@@ -31,7 +31,6 @@ from refresh.schedules import (
     schedule_permission,
     schedule_resume,
     schedule_set,
-    time_zones,
 )
 from refresh.specs import spec_of
 

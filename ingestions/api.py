@@ -15,9 +15,11 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-# The run schedule is the ingestion's `schedule`; its rules live with the other schedules.
-from refresh import schedules
+from . import hooks
 
+# The run schedule is the ingestion's `schedule`: its cron is checked here, the schedule is
+# kept by refresh (`refresh.schedules`, registered as an ingestion field).
+from .cron import ScheduleInvalidError, cron_parse, time_zones
 from .engines import ENGINE_CHOICES
 from .engines.base import MAX_TABLE_NAME_PART_LENGTH, validate_table_name
 from .errors import PermissionDeniedError
@@ -135,10 +137,7 @@ def ingestion_payload(ingestions, *, with_tables: bool = True) -> list[dict]:
         "tables": {ingestion.pk: table_state(ingestion=ingestion) for ingestion in ingestions}
         if with_tables
         else {},
-        "schedules": {
-            pk: schedules.schedule_payload(schedule)
-            for pk, schedule in schedules.run_schedules_by_ingestion(ingestions).items()
-        },
+        "schedules": hooks.ingestion_field_values("schedule", ingestions),
     }
     return IngestionOutputSerializer(ingestions, many=True, context=context).data
 
@@ -147,10 +146,7 @@ def one_ingestion_payload(ingestion: Ingestion) -> dict:
     context = {
         "last_runs": {ingestion.pk: run_latest(ingestion=ingestion)},
         "tables": {ingestion.pk: table_state(ingestion=ingestion)},
-        "schedules": {
-            pk: schedules.schedule_payload(schedule)
-            for pk, schedule in schedules.run_schedules_by_ingestion([ingestion]).items()
-        },
+        "schedules": hooks.ingestion_field_values("schedule", [ingestion]),
     }
     return IngestionOutputSerializer(ingestion, context=context).data
 
@@ -405,7 +401,7 @@ class IngestionDetailApi(TenantAPIView):
                 "schedule": {
                     "properties": {
                         "cron": {"type": "string", "maxLength": 120, "pattern": CRON_PATTERN},
-                        "timezone": {"type": "string", "enum": sorted(schedules.time_zones())},
+                        "timezone": {"type": "string", "enum": sorted(time_zones())},
                         "paused": {"type": "boolean"},
                     },
                     "additionalProperties": False,
@@ -440,8 +436,8 @@ class IngestionDetailApi(TenantAPIView):
             data = schedule.validated_data
             if "cron" in data:  # checked here too, so that its errors sit under "schedule"
                 try:
-                    schedules.cron_parse(cron=data["cron"], timezone=data.get("timezone", "UTC"))
-                except schedules.ScheduleInvalidError as exc:
+                    cron_parse(cron=data["cron"], timezone=data.get("timezone", "UTC"))
+                except ScheduleInvalidError as exc:
                     raise serializers.ValidationError(exc.errors) from None
             return data
 
@@ -485,10 +481,10 @@ class IngestionDetailApi(TenantAPIView):
         # One request, one outcome: an invalid schedule leaves the other fields unchanged.
         with transaction.atomic():
             ingestion = ingestion_update(ingestion=ingestion, data=data, actor=request.user)
-            if has_schedule and schedule is None:
-                schedules.run_schedule_clear(ingestion=ingestion, actor=request.user)
-            elif has_schedule:
-                schedules.schedule_set(ingestion=ingestion, actor=request.user, **schedule)
+            if has_schedule:
+                hooks.ingestion_field_write(
+                    "schedule", ingestion=ingestion, actor=request.user, value=schedule
+                )
         return Response(one_ingestion_payload(ingestion))
 
     class DeleteInputSerializer(StrictSerializer):

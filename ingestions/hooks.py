@@ -10,6 +10,8 @@ above (`refresh`, `webhooks`) register in their `AppConfig.ready()`:
 - `refuse_changes(ingestion)`: every registered change guard may refuse (by raising a
   domain error) a run or a change of the ingestion now; `busy_excluded(queryset)` leaves
   out the ingestions a guard's owner considers busy (maintenance skips them).
+- `register_ingestion_field(name, read=, write=)`: a field of the ingestion's API kept by
+  an app above (refresh keeps the run `schedule`).
 - `run_ended(run)`: what the worker does after a run of a refresh operation ended.
 - `periodic_jobs(kind)`: the worker's periodic passes (`recovery`, `maintenance`,
   `deliveries`), in registration order.
@@ -64,6 +66,28 @@ def busy_excluded(ingestions: QuerySet) -> QuerySet:
     for leave_out in _busy_filters:
         ingestions = leave_out(ingestions)
     return ingestions
+
+
+# --- fields the apps above add to an ingestion -----------------------------------------
+
+_ingestion_fields: dict[str, tuple[Callable, Callable]] = {}
+
+
+def register_ingestion_field(name: str, *, read: Callable, write: Callable) -> None:
+    """A field of the ingestion's API that another app keeps (refresh: the run `schedule`).
+    `read(ingestions)` -> {ingestion pk: value} for those that have one; `write(ingestion=,
+    actor=, value=)` sets it (None removes it) in the caller's transaction."""
+    _ingestion_fields[name] = (read, write)
+
+
+def ingestion_field_values(name: str, ingestions) -> dict:
+    read, _write = _ingestion_fields.get(name, (lambda _ingestions: {}, None))
+    return read(ingestions)
+
+
+def ingestion_field_write(name: str, *, ingestion, actor, value) -> None:
+    _read, write = _ingestion_fields[name]
+    write(ingestion=ingestion, actor=actor, value=value)
 
 
 # --- the worker -----------------------------------------------------------------------

@@ -38,7 +38,7 @@ def retain_days_field(**options) -> serializers.IntegerField:
     )
 
 
-# The cron expressions the schema promises the server accepts (`refresh.schedules.cron_parse`):
+# The cron expressions the schema promises the server accepts (`ingestions.cron.cron_parse`):
 # five fields, a fixed minute (so at most hourly, above the 5-minute minimum interval), days
 # of the month every month has. The server accepts more (ranges, steps, names, lists).
 CRON_PATTERN = r"^([1-5]?\d) (\*|1?\d|2[0-3]) (\*|[1-9]|1\d|2[0-8]) (\*|[1-9]|1[0-2]) (\*|[0-6])$"

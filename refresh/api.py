@@ -21,6 +21,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from ingestions.api import COMMON_ERRORS, ERROR_SCHEMA, TenantAPIView, query_flags
+from ingestions.cron import time_zones
 from ingestions.models import OnPartialFailure
 from ingestions.pagination import StrictCursorPagination, StrictLimitOffsetPagination
 from ingestions.scope import MAX_SCOPE_FILES, Scope
@@ -67,7 +68,6 @@ from .schedules import (
     schedule_list,
     schedule_payload,
     schedule_set,
-    time_zones,
 )
 from .selectors import operation_get, operation_list
 from .services import (

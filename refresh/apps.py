@@ -15,11 +15,14 @@ class RefreshConfig(AppConfig):
 
         from .batches import batches_sync_due, run_ended_sync
         from .guards import refuse_during_refresh, without_refreshes_in_flight
-        from .schedules import schedules_fire_due
+        from .schedules import run_schedule_payloads, run_schedule_write, schedules_fire_due
         from .services import operations_sync_due, refresh_reap, retention_expire
 
         hooks.register_change_guard(refuse_during_refresh, busy=without_refreshes_in_flight)
         hooks.on_run_ended(run_ended_sync)
+        hooks.register_ingestion_field(
+            "schedule", read=run_schedule_payloads, write=run_schedule_write
+        )
         # Schedules fire from the reaper: every AUTOLOADER_REAPER_INTERVAL_SECONDS (15 s),
         # so a firing comes at most that late; several workers fire each slot once.
         hooks.register_periodic(

@@ -36,20 +36,17 @@ Rules, all here:
 """
 
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
-from itertools import islice, pairwise
-from zoneinfo import ZoneInfo, available_timezones
 
 from auditlog.models import LogEntry
-from cronsim import CronSim, CronSimError
+from cronsim import CronSim
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone as dj_timezone
 
 from ingestions.audit import record_change
+from ingestions.cron import Cron, ScheduleInvalidError, cron_parse
 from ingestions.errors import (
     AutoloaderError,
     PermissionDeniedError,
@@ -70,8 +67,6 @@ logger = logging.getLogger(__name__)
 APPROVE_PERMISSION = "refresh.approve_schedule"
 RUN_SCHEDULE_PERMISSION = "ingestions.change_ingestion"
 NEXT_FIRE_TIMES = 3
-# How many following slots are checked against the minimum interval.
-INTERVAL_CHECKED_SLOTS = 500
 # Catch-up counts the skipped slots up to this many (then says "at least").
 SKIPPED_COUNT_LIMIT = 100_000
 REFRESH_ACTIONS = (ScheduleAction.FULL_REFRESH, ScheduleAction.FRESH_START)
@@ -84,23 +79,6 @@ REFUSALS = (
     PlanStaleError,
 )
 BUSY = (RunInProgressError, RefreshInProgressError)
-
-
-# Errors of schedules. Kept beside their service: they map onto the API's existing codes.
-class ScheduleInvalidError(AutoloaderError):
-    """The schedule's cron expression, time zone or action is not valid."""
-
-    error_code = "VALIDATION_ERROR"
-    status_code = 400
-    help = (
-        "Use five cron fields (minute hour day-of-month month day-of-week), e.g. '0 2 * * *', "
-        "and an IANA time zone, e.g. 'Europe/Berlin'."
-    )
-
-    def __init__(self, errors: dict[str, list[str]]):
-        summary = " ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
-        super().__init__(f"Invalid schedule. {summary}", errors=errors)
-        self.errors = errors
 
 
 class ScheduleNotFoundError(AutoloaderError):
@@ -122,84 +100,6 @@ class ApprovalRequiredError(AutoloaderError):
 
 
 # --- cron --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cron:
-    """A validated cron expression in its time zone."""
-
-    expression: str
-    timezone: str
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-    def following(self, after: datetime, count: int) -> list[datetime]:
-        """The next `count` slots strictly after `after`, in the schedule's time zone."""
-        return list(islice(CronSim(self.expression, after.astimezone(self.zone)), count))
-
-    def next_after(self, after: datetime) -> datetime:
-        """The next slot strictly after `after`, in UTC."""
-        return self.following(after, 1)[0].astimezone(UTC)
-
-    def latest_at_or_before(self, moment: datetime) -> datetime:
-        """The latest slot at or before `moment`, in UTC (cron has minute resolution)."""
-        start = moment.astimezone(self.zone).replace(microsecond=0) + timedelta(seconds=1)
-        return next(CronSim(self.expression, start, reverse=True)).astimezone(UTC)
-
-    def describe(self) -> str:
-        try:
-            return CronSim(self.expression, datetime.now(self.zone)).explain()
-        except Exception:  # explain() does not cover every expression; it is only a label
-            return self.expression
-
-
-@cache
-def time_zones() -> frozenset[str]:
-    """The IANA time zone names a schedule may use (not the machine's own `localtime`)."""
-    return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
-
-
-def cron_parse(*, cron: str, timezone: str) -> Cron:
-    """Validate `cron` in `timezone`.
-
-    Raises:
-        ScheduleInvalidError: not five valid fields, an unknown time zone, or firing more
-            often than AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS.
-    """
-    errors: dict[str, list[str]] = {}
-    expression = " ".join(str(cron).split())
-    if timezone not in time_zones():
-        errors["timezone"] = [f"{timezone!r} is not an IANA time zone, e.g. 'Europe/Berlin'."]
-    if len(expression.split(" ")) != 5:
-        errors["cron"] = [
-            "Use five fields: minute hour day-of-month month day-of-week, e.g. '0 2 * * *'."
-        ]
-    else:
-        try:
-            CronSim(expression, datetime.now(UTC))
-        except CronSimError as exc:
-            errors["cron"] = [f"{expression!r} is not a valid cron expression: {exc}."]
-    if errors:
-        raise ScheduleInvalidError(errors)
-    parsed = Cron(expression=expression, timezone=timezone)
-    minimum = settings.AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS
-    slots = parsed.following(datetime.now(UTC), INTERVAL_CHECKED_SLOTS)
-    shortest = min(
-        ((later - earlier).total_seconds() for earlier, later in pairwise(slots)),
-        default=None,
-    )
-    if shortest is not None and shortest < minimum:
-        raise ScheduleInvalidError(
-            {
-                "cron": [
-                    f"{expression!r} fires every {shortest / 60:g} minutes at times; schedules "
-                    f"fire at most every {minimum / 60:g} minutes."
-                ]
-            }
-        )
-    return parsed
 
 
 def cron_of(schedule: Schedule) -> Cron:
@@ -243,6 +143,23 @@ def schedule_get(*, tenant, schedule_id: str) -> Schedule:
     if schedule is None:
         raise ScheduleNotFoundError(f"No schedule {schedule_id!r}.")
     return schedule
+
+
+def run_schedule_payloads(ingestions) -> dict[int, dict]:
+    """The run schedule of each of `ingestions` that has one, as the ingestion's API shows it
+    (its `schedule` field, registered with `ingestions.hooks`)."""
+    return {
+        pk: schedule_payload(schedule)
+        for pk, schedule in run_schedules_by_ingestion(ingestions).items()
+    }
+
+
+def run_schedule_write(*, ingestion: Ingestion, actor, value: dict | None) -> None:
+    """Set (the given fields of) the ingestion's run schedule, or remove it with None."""
+    if value is None:
+        run_schedule_clear(ingestion=ingestion, actor=actor)
+    else:
+        schedule_set(ingestion=ingestion, actor=actor, **value)
 
 
 def run_schedules_by_ingestion(ingestions) -> dict[int, Schedule]:

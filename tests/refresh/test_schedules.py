@@ -12,6 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from ingestions import hooks
+from ingestions.cron import ScheduleInvalidError, cron_parse
 from ingestions.management.commands.autoloader_worker import Command
 from ingestions.memberships import membership_remove, membership_set
 from ingestions.models import Role, Run, RunStatus, RunTrigger
@@ -25,8 +26,6 @@ from refresh.models import (
     ScheduleFiring,
 )
 from refresh.schedules import (
-    ScheduleInvalidError,
-    cron_parse,
     schedule_approve,
     schedule_pause,
     schedule_resume,
