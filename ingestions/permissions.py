@@ -22,19 +22,22 @@ ADMIN_PERMISSIONS = OPERATOR_PERMISSIONS | {
     "ingestions.full_refresh_ingestion",
     "ingestions.drop_table_ingestion",
     "ingestions.clear_history_ingestion",
-    # Webhooks (`webhooks.api`) are the tenant's: admins only.
-    "webhooks.view_webhook",
-    "webhooks.add_webhook",
-    "webhooks.change_webhook",
-    "webhooks.delete_webhook",
-    # A standing approval of a scheduled refresh above the plan threshold (refresh.schedules).
-    "refresh.approve_schedule",
 }
+# A role's permissions: the domain's above, and those the apps above grant to it in their
+# `AppConfig.ready()` (`grant_to_role`): webhooks and schedule approvals, admins only.
 ROLE_PERMISSIONS = {
-    Role.VIEWER: VIEWER_PERMISSIONS,
-    Role.OPERATOR: OPERATOR_PERMISSIONS,
-    Role.ADMIN: ADMIN_PERMISSIONS,
+    Role.VIEWER: set(VIEWER_PERMISSIONS),
+    Role.OPERATOR: set(OPERATOR_PERMISSIONS),
+    Role.ADMIN: set(ADMIN_PERMISSIONS),
 }
+ROLES_FROM_THE_TOP = (Role.ADMIN, Role.OPERATOR, Role.VIEWER)
+
+
+def grant_to_role(role: str, *permissions: str) -> None:
+    """Give `role` (and every role above it) `permissions` of another app in every tenant
+    where a user holds it."""
+    for holder in ROLES_FROM_THE_TOP[: ROLES_FROM_THE_TOP.index(role) + 1]:
+        ROLE_PERMISSIONS[holder].update(permissions)
 
 
 def tenant_of(obj) -> int | None:

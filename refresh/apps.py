@@ -12,12 +12,16 @@ class RefreshConfig(AppConfig):
 
     def ready(self) -> None:
         from ingestions import hooks
+        from ingestions.models import Role
+        from ingestions.permissions import grant_to_role
 
         from .batches import batches_sync_due, run_ended_sync
         from .guards import refuse_during_refresh, without_refreshes_in_flight
         from .schedules import run_schedule_payloads, run_schedule_write, schedules_fire_due
         from .services import operations_sync_due, refresh_reap, retention_expire
 
+        # A standing approval of a scheduled refresh above the plan threshold: admins only.
+        grant_to_role(Role.ADMIN, "refresh.approve_schedule")
         hooks.register_change_guard(refuse_during_refresh, busy=without_refreshes_in_flight)
         hooks.on_run_ended(run_ended_sync)
         hooks.register_ingestion_field(

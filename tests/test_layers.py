@@ -50,3 +50,12 @@ def test_the_apps_above_register_their_guard_hooks_and_worker_passes():
     assert refuse_during_refresh in hooks._change_guards
     assert run_ended_sync in hooks._run_ended
     assert "schedule" in hooks._ingestion_fields  # the ingestion's run schedule
+
+
+def test_the_apps_above_grant_their_own_permissions_to_admins_only():
+    from ingestions.models import Role
+    from ingestions.permissions import ROLE_PERMISSIONS
+
+    for permission in ("webhooks.add_webhook", "webhooks.view_webhook", "refresh.approve_schedule"):
+        assert permission in ROLE_PERMISSIONS[Role.ADMIN]
+        assert permission not in ROLE_PERMISSIONS[Role.OPERATOR] | ROLE_PERMISSIONS[Role.VIEWER]
