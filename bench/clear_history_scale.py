@@ -61,7 +61,8 @@ def main() -> None:
     from ingestions.models import Membership, ProcessedFile, Role, Tenant
     from ingestions.services import ingestion_create
     from refresh.models import RefreshOperation
-    from refresh.services import refresh_execute, retention_expire
+    from refresh.services import refresh_execute
+    from refresh.undo import retention_expire
 
     tenant, _ = Tenant.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
     user, _ = get_user_model().objects.get_or_create(username="bench-admin")

@@ -296,7 +296,7 @@ class RefreshBench:
 
     def undo(self, operation) -> tuple[dict, dict]:
         """Undo `operation` under a reader; what came back, and what the reader saw."""
-        from refresh.services import refresh_undo
+        from refresh.undo import refresh_undo
 
         during = disk_bytes(self.warehouse)[0]
         retained = operation_reload(operation).retained_bytes or 0
@@ -325,7 +325,7 @@ class RefreshBench:
         from django.utils import timezone
 
         from refresh.models import RefreshOperation
-        from refresh.services import retention_expire
+        from refresh.undo import retention_expire
 
         def expire_now(operations) -> list[str]:
             operations.update(retained_until=timezone.now() - timedelta(seconds=1))

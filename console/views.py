@@ -55,20 +55,18 @@ from ingestions.sources.preview import source_check as check_source
 from ingestions.tenancy import SESSION_TENANT_KEY, NoTenantError, tenant_for_request
 from refresh.errors import OperationNotFoundError
 from refresh.models import OperationStatus, RefreshOperation
+from refresh.offers import ingestion_offers, operation_offers
 from refresh.presenters import operation_payload, preview_payload
 from refresh.selectors import operation_get, operation_list
 from refresh.services import (
-    ingestion_offers,
     operation_as_of_run,
-    operation_offers,
     refresh_decide,
     refresh_execute,
     refresh_preview,
     refresh_resume,
-    refresh_undo,
-    undo_preview,
 )
 from refresh.specs import SPEC_BY_SLUG, OperationSpec, spec_of
+from refresh.undo import refresh_undo, undo_preview
 
 from .forms import (
     AuditFilterForm,

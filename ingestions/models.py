@@ -351,7 +351,7 @@ class LiveHistoryManager(models.Manager):
     """The processed-file history in force: each ingestion's current generation only.
 
     Rows of older generations are archived by a history clear or a refresh, kept while an
-    operation can still be undone (`refresh.services`, undo and retention), then purged.
+    operation can still be undone (`refresh.undo`), then purged.
     """
 
     def get_queryset(self):

@@ -76,9 +76,8 @@ from .services import (
     refresh_execute,
     refresh_preview,
     refresh_resume,
-    refresh_undo,
-    undo_preview,
 )
+from .undo import refresh_undo, undo_preview
 
 HTTP_STATUS_BY_OPERATION_STATUS = {
     OperationStatus.ACCEPTED: status.HTTP_202_ACCEPTED,

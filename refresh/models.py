@@ -91,7 +91,7 @@ class RefreshOperation(models.Model):
     error = models.TextField(blank=True, default="")
     error_code = models.CharField(max_length=64, blank=True, default="")
     attempts = models.PositiveSmallIntegerField(default=1)
-    # Undo (`refresh.services`, undo and retention): what was kept, where, and until when.
+    # Undo (`refresh.undo`): what was kept, where, and until when.
     retain_days = models.PositiveSmallIntegerField(default=0)
     retention = models.CharField(max_length=16, choices=Retention.choices, default=Retention.NONE)
     retained_until = models.DateTimeField(null=True, blank=True)

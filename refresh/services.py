@@ -8,13 +8,11 @@ saying what was done and the exact call that finishes the job.
 import contextlib
 import logging
 import threading
-from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
 from ingestions import hooks
@@ -30,7 +28,6 @@ from ingestions.models import (
     ACTIVE_RUN_STATUSES,
     Ingestion,
     OnPartialFailure,
-    ProcessedFile,
     PublishState,
     Run,
     RunStatus,
@@ -46,9 +43,6 @@ from ingestions.scope import Scope, scoped_history
 from ingestions.selectors import processed_file_summary, run_active
 from ingestions.services import (
     history_archive,
-    history_mark,
-    history_purge_archived,
-    history_restore,
 )
 
 from . import audit
@@ -57,7 +51,6 @@ from .errors import (
     DryRunRequiredError,
     OperationNotDecidableError,
     OperationNotResumableError,
-    OperationNotUndoableError,
     PlanStaleError,
     ScopeNotApplicableError,
     TableProtectedError,
@@ -76,7 +69,8 @@ from .models import (
     StepStatus,
 )
 from .planning import Plan, gigabytes, plan_operation
-from .specs import SPECS, spec_of
+from .restore_points import keep_restore_point, restore_point_name
+from .specs import spec_of
 
 logger = logging.getLogger(__name__)
 
@@ -543,7 +537,7 @@ def _run_steps(operation: RefreshOperation, *, ingestion: Ingestion, actor, engi
     with _Heartbeat(operation):
         try:
             engine = engine or load_engine(ingestion.engine)
-            _keep_restore_point(operation, ingestion=ingestion, engine=engine)
+            keep_restore_point(operation, ingestion=ingestion, engine=engine)
         except Exception as exc:  # nothing was changed yet: the first step fails with it
             _fail_first_pending_step(operation, exc)
         else:
@@ -622,51 +616,6 @@ class _Heartbeat:
                     logger.warning("heartbeat of refresh %s failed", self.pk, exc_info=True)
         finally:
             connection.close()
-
-
-def refresh_reap() -> list[str]:
-    """Finish what a dead process left half-done; the worker's reaper calls it.
-
-    An operation in progress whose heartbeat stopped for REFRESH_STALE_SECONDS (its web
-    process was killed) has its remaining steps executed (every step is idempotent), so a
-    table is never left dropped with nothing running and the ingestion is not left locked;
-    an interrupted undo is finished the same way.
-
-    Returns:
-        The ids of the operations finished.
-    """
-    now = timezone.now()
-    stale_before = now - timedelta(seconds=settings.REFRESH_STALE_SECONDS)
-    finished: list[str] = []
-    stale = RefreshOperation.objects.filter(
-        status=OperationStatus.IN_PROGRESS, updated_at__lt=stale_before
-    ).select_related("ingestion", "requested_by")
-    for operation in stale:
-        # Claimed by one reaper (or retried undo): the others see a fresh heartbeat.
-        if not _take_over(operation) or operation.ingestion is None:
-            continue
-        logger.warning("refresh %s was interrupted: the reaper finishes it", operation.public_id)
-        try:
-            if operation.retention == Retention.RESTORING:
-                with _Heartbeat(operation):
-                    _undo_finish(operation, ingestion=operation.ingestion, actor=None)
-            else:
-                operation.notes = [
-                    *operation.notes,
-                    "Interrupted (its process stopped); finished by the worker",
-                ]
-                operation.save(update_fields=["notes", "updated_at"])
-                _run_steps(
-                    operation,
-                    ingestion=operation.ingestion,
-                    actor=operation.requested_by,
-                    engine=None,
-                )
-        except Exception:  # retried at the next pass; the operation says where it stands
-            logger.exception("the reaper could not finish refresh %s", operation.public_id)
-            continue
-        finished.append(operation.public_id)
-    return finished
 
 
 @transaction.atomic  # the outcome and its webhook event commit together
@@ -1023,202 +972,6 @@ def refresh_decide(
     return operation_sync(operation=operation)
 
 
-# --- undo and retention ----------------------------------------------------------------
-
-# Operations that changed nothing: what they kept is released at once.
-NOTHING_CHANGED = (OperationStatus.FAILED, OperationStatus.DISCARDED, OperationStatus.CANCELLED)
-
-
-def restore_point_name(operation: RefreshOperation) -> str:
-    """The tag (or set-aside table suffix) holding what `operation` replaced."""
-    return "autoloader_undo_" + operation.public_id.replace("-", "_")
-
-
-def _keeps_table_by_tag(operation: RefreshOperation) -> bool:
-    # A zero-downtime refresh replaces the table at publish and a history clear leaves it:
-    # both keep what was live under a tag; the others set the table aside when they drop it.
-    return operation.kind == OperationKind.CLEAR_PROCESSED_FILES or operation.zero_downtime
-
-
-def _keep_restore_point(operation: RefreshOperation, *, ingestion: Ingestion, engine) -> None:
-    """Before the first change: record where the history stands and hold the table's
-    version, so that undo brings both back. Kinds that drop the table set it aside in
-    their drop step instead (`_drop_table`)."""
-    if operation.retain_days == 0 or operation.retention != Retention.NONE:
-        return
-    point = {
-        "table_identifier": ingestion.table_identifier,
-        "engine": ingestion.engine,
-        "history": history_mark(ingestion=ingestion),
-    }
-    if _keeps_table_by_tag(operation):
-        name = restore_point_name(operation)
-        point["table"] = engine.retain(ingestion.table_identifier, name=name)
-        if operation.kind != OperationKind.CLEAR_PROCESSED_FILES:
-            # Replaced at publish: its files are held only by the tag from then on.
-            operation.retained_bytes = point["table"]["size_bytes"]
-    operation.restore_point = point
-    operation.retention = Retention.KEPT
-    operation.retained_until = timezone.now() + timedelta(days=operation.retain_days)
-    operation.save(
-        update_fields=[
-            "restore_point",
-            "retention",
-            "retained_until",
-            "retained_bytes",
-            "updated_at",
-        ]
-    )
-
-
-@dataclass
-class UndoPlan:
-    """What undoing an operation would bring back and what it would lose."""
-
-    operation: RefreshOperation
-    blocked_by: AutoloaderError | None
-    restores: dict
-    discards: dict
-    allowed: bool  # the actor's role allows the undo (the preview only needs to view)
-
-    def as_response(self) -> dict:
-        return {
-            "operation_id": self.operation.public_id,
-            "undoable": self.blocked_by is None,
-            "allowed": self.allowed,
-            "blocked_by": None
-            if self.blocked_by is None
-            else {"error_code": self.blocked_by.error_code, "detail": str(self.blocked_by)},
-            "restores": self.restores,
-            "discards": self.discards,
-            "retained_until": self.operation.retained_until,
-            "retained_bytes": self.operation.retained_bytes,
-        }
-
-
-def undo_preview(*, operation: RefreshOperation, actor, engine=None) -> UndoPlan:
-    """Dry-run of `refresh_undo`: what comes back, what is lost, and what blocks it.
-
-    Raises:
-        PermissionDeniedError: the actor cannot view the ingestion.
-        OperationNotUndoableError: its ingestion was deleted.
-    """
-    ingestion = operation.ingestion
-    if ingestion is None:
-        raise OperationNotUndoableError("The ingestion of this operation was deleted.")
-    _require(actor, PREVIEW_PERMISSION, ingestion, kind=operation.kind)
-    operation = operation_sync(operation=operation)
-    blocked_by = _undo_blocker(operation, ingestion=ingestion)
-    point = operation.restore_point
-    restores, discards = {}, {}
-    if point:
-        engine = engine or load_engine(ingestion.engine)
-        table = point.get("table", {"kind": "unchanged"})
-        mark = point["history"]
-        restores = {
-            "table_exists": table["kind"] in ("snapshot", "retired")
-            or (table["kind"] == "unchanged" and engine.table_exists(ingestion.table_identifier)),
-            "row_count": table.get("row_count"),
-            "size_bytes": table.get("size_bytes"),
-            "size_gb": gigabytes(table["size_bytes"]) if "size_bytes" in table else None,
-            "history_files": ProcessedFile.all_generations.filter(
-                ingestion=ingestion, generation=mark["generation"], pk__lte=mark["last_id"]
-            ).count(),
-        }
-        current = engine.describe_table(ingestion.table_identifier)
-        runs_since = list(
-            Run.objects.filter(ingestion=ingestion, created_at__gt=operation.created_at)
-            .exclude(pk=operation.run_id)
-            .order_by("created_at")
-        )
-        discards = {
-            "table_exists": current.exists,
-            "row_count": current.row_count,
-            "size_bytes": current.size_bytes,
-            "size_gb": gigabytes(current.size_bytes),
-            "history_files": ingestion.processed_files.count(),
-            "runs_since": [run.public_id for run in runs_since],
-            "rows_loaded_since": sum(run.rows_written for run in runs_since),
-        }
-    return UndoPlan(
-        operation=operation,
-        blocked_by=blocked_by,
-        restores=restores,
-        discards=discards,
-        allowed=actor.has_perm(spec_of(operation.kind).permission, ingestion),
-    )
-
-
-def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=None):
-    """Undo an operation: the table and the processed-file history are back as they were
-    before it, so the next run loads exactly what it would have loaded then.
-
-    Rows loaded since (by the operation's run or later runs) are lost; `undo_preview`
-    says how many. Idempotent: an undone operation is returned as it is.
-
-    Single-flight: the undo is claimed under the ingestion's lock by moving the operation
-    to `restoring` (one caller wins), and only the claimant restores, with a heartbeat on
-    the operation. A caller that finds it `restoring` with a live heartbeat is answered
-    409 REFRESH_IN_PROGRESS (naming the operation); one that finds it undone gets it as it
-    is, like a retry. An undo whose claimant died (no heartbeat for REFRESH_STALE_SECONDS)
-    is taken over by one caller, a retried undo or the worker's reaper (`refresh_reap`),
-    by a conditional UPDATE on the heartbeat it saw (`_take_over`); restoring is
-    idempotent, and the end is recorded (one event, one audit entry) only by whoever moves
-    it out of `restoring`.
-
-    Raises:
-        PermissionDeniedError: the actor's role does not allow the operation's kind.
-        ConfirmationRequiredError: `confirm` is not exactly True.
-        TableProtectedError: the ingestion is protected.
-        OperationNotUndoableError: nothing was kept, the window ended, or a later
-            operation must be undone first (the message says which).
-        RunInProgressError, RefreshInProgressError: the ingestion is busy, or another
-            caller is undoing this operation right now.
-        RateLimitedError: the actor used up the rate of undos.
-        EngineError: the table could not be restored (the undo can be retried).
-    """
-    operation, ingestion = _acting_on(
-        operation, actor=actor, confirm=confirm, gone=OperationNotUndoableError
-    )
-    kind = OperationKind(operation.kind)
-    if operation.status == OperationStatus.UNDONE:
-        return operation
-    _refuse_if_protected(ingestion, actor=actor, kind=kind, doing="undo")
-    with transaction.atomic():
-        ingestion_lock(ingestion)
-        operation.refresh_from_db()
-        if operation.status == OperationStatus.UNDONE:
-            return operation  # another caller undid it meanwhile: the settled result
-        if operation.retention == Retention.RESTORING:
-            if not _take_over(operation):
-                raise RefreshInProgressError(
-                    f"Operation {operation.public_id} is being undone by another request.",
-                    current_operation_id=operation.public_id,
-                )
-            logger.warning("undo of %s was interrupted: finishing it", operation.public_id)
-        else:
-            blocker = _undo_blocker(operation, ingestion=ingestion)
-            if blocker is not None:
-                raise blocker
-            _refuse_if_busy(ingestion)
-            # Inside the transaction: a refusal from here on rolls the slot back with it.
-            with rate_limit_slot(user=actor, kind="undo"):
-                operation.undo = {
-                    "requested_by": getattr(_user(actor), "username", None),
-                    "started_at": timezone.now().isoformat(),
-                    "previous_status": operation.status,
-                }
-                operation.retention = Retention.RESTORING
-                operation.status = OperationStatus.IN_PROGRESS  # runs and refreshes wait
-                try:
-                    with transaction.atomic():
-                        operation.save(update_fields=["undo", "retention", "status", "updated_at"])
-                except IntegrityError:
-                    raise _in_flight_error(ingestion) from None
-    with _Heartbeat(operation):
-        return _undo_finish(operation, ingestion=ingestion, actor=actor, engine=engine)
-
-
 def _take_over(operation: RefreshOperation) -> bool:
     """Claim an operation in progress whose process stopped (no heartbeat for
     REFRESH_STALE_SECONDS): one conditional UPDATE on the heartbeat this caller saw, so of
@@ -1230,236 +983,6 @@ def _take_over(operation: RefreshOperation) -> bool:
         pk=operation.pk, status=OperationStatus.IN_PROGRESS, updated_at=operation.updated_at
     ).update(updated_at=now)
     return bool(claimed)
-
-
-def _undo_finish(operation: RefreshOperation, *, ingestion: Ingestion, actor, engine=None):
-    """Restore the table, then the history with the operation's new status, in that order:
-    both steps are idempotent, so an interrupted undo is finished by running this again.
-    Only the call that moves the operation out of `restoring` records the end (its event
-    and audit entry); a second finisher returns the settled operation."""
-    engine = engine or load_engine(ingestion.engine)
-    point = operation.restore_point
-    current = engine.describe_table(ingestion.table_identifier)
-    discarded = {
-        "table_existed": current.exists,
-        "row_count": current.row_count,
-        "size_gb": gigabytes(current.size_bytes),
-        "history_files": ingestion.processed_files.count(),
-    }
-    started = timezone.now()
-    if "table" in point:
-        engine.restore(ingestion.table_identifier, point["table"])
-    with transaction.atomic():
-        restoring = RefreshOperation.objects.select_for_update().filter(
-            pk=operation.pk, retention=Retention.RESTORING
-        )
-        if not restoring.exists():  # finished by another caller meanwhile
-            operation.refresh_from_db()
-            return operation
-        removed = history_restore(ingestion=ingestion, mark=point["history"])
-        restored = engine.describe_table(ingestion.table_identifier)
-        operation.undo = {
-            **operation.undo,
-            "finished_at": timezone.now().isoformat(),
-            "duration_seconds": round((timezone.now() - started).total_seconds(), 3),
-            "restored": {
-                "table_exists": restored.exists,
-                "row_count": restored.row_count,
-                "size_gb": gigabytes(restored.size_bytes),
-                "history_files": ingestion.processed_files.count(),
-            },
-            "discarded": {**operation.undo.get("discarded", discarded), "history_rows": removed},
-        }
-        operation.status = OperationStatus.UNDONE
-        operation.retention = Retention.RESTORED
-        operation.retained_bytes = 0
-        operation.undone_at = timezone.now()
-        operation.save(
-            update_fields=[
-                "undo",
-                "status",
-                "retention",
-                "retained_bytes",
-                "undone_at",
-                "updated_at",
-            ]
-        )
-        hooks.publish("refresh.undone", operation=operation)
-        audit.record_undo(operation, actor=actor)
-    logger.info("refresh %s was undone", operation.public_id)
-    return operation
-
-
-def _undo_blocker(
-    operation: RefreshOperation, *, ingestion: Ingestion
-) -> OperationNotUndoableError | None:
-    """Why `operation` cannot be undone now, or None."""
-    name = operation.public_id
-    if operation.status == OperationStatus.UNDONE:
-        return OperationNotUndoableError(f"Operation {name} was undone already.")
-    if operation.status in NOTHING_CHANGED:
-        return OperationNotUndoableError(
-            f"Operation {name} is {operation.status}: it changed nothing, there is nothing to undo."
-        )
-    if operation.status == OperationStatus.AWAITING_DECISION:
-        return OperationNotUndoableError(
-            f"Operation {name} waits for a decision: publish or discard it first."
-        )
-    staged_loading = operation.status == OperationStatus.ACCEPTED and operation.zero_downtime
-    if operation.status == OperationStatus.IN_PROGRESS or staged_loading:
-        return OperationNotUndoableError(
-            f"Operation {name} is still in progress: undo it once it has ended."
-        )
-    if operation.retention == Retention.EXPIRED or (
-        operation.retention == Retention.KEPT
-        and operation.retained_until is not None
-        and operation.retained_until <= timezone.now()
-    ):
-        return OperationNotUndoableError(
-            f"The retention of operation {name} ended on "
-            f"{operation.retained_until:%Y-%m-%d %H:%M} UTC: what it replaced was purged."
-        )
-    if operation.retention != Retention.KEPT:
-        return OperationNotUndoableError(
-            f"Operation {name} kept nothing to undo with (retain_days was {operation.retain_days})."
-        )
-    later = (
-        RefreshOperation.objects.filter(ingestion=ingestion, created_at__gt=operation.created_at)
-        .exclude(status__in=[OperationStatus.UNDONE, *NOTHING_CHANGED])
-        .order_by("-created_at")
-        .first()
-    )
-    if later is not None:
-        return OperationNotUndoableError(
-            f"Operation {later.public_id} ({spec_of(later.kind).label.lower()}) changed "
-            f"the table after {name}: undo it first."
-        )
-    return None
-
-
-def retention_expire(*, now=None) -> list[str]:
-    """Release what operations kept once their window ended (or at once when they changed
-    nothing): set-aside tables purged, tags removed, the snapshots and files only they held
-    deleted, archived history no operation can restore any more deleted. The worker's reaper
-    calls it; idempotent.
-
-    Returns:
-        The ids of the operations whose retention ended.
-    """
-    now = now or timezone.now()
-    due = RefreshOperation.objects.filter(retention=Retention.KEPT).filter(
-        Q(retained_until__lte=now) | Q(status__in=NOTHING_CHANGED)
-    )
-    expired: list[str] = []
-    for operation in due.select_related("ingestion"):
-        point = operation.restore_point
-        table_point = point.get("table")
-        try:
-            if table_point is not None:
-                engine = load_engine(point["engine"])
-                replaced = (
-                    spec_of(operation.kind).can_publish_at_end
-                    and operation.status not in NOTHING_CHANGED
-                )
-                freed = engine.release(
-                    point["table_identifier"],
-                    table_point,
-                    expire_before=operation.created_at if replaced else None,
-                )
-                point = {**point, "released": {"at": now.isoformat(), "bytes_freed": freed}}
-        except AutoloaderError:
-            logger.warning("could not release what %s kept", operation.public_id, exc_info=True)
-            continue
-        RefreshOperation.objects.filter(pk=operation.pk, retention=Retention.KEPT).update(
-            retention=Retention.EXPIRED, retained_bytes=0, restore_point=point
-        )
-        expired.append(operation.public_id)
-    # Only ingestions holding archived rows: one query, however many ingestions there are.
-    with_archive = Ingestion.objects.filter(
-        processed_files__generation__lt=F("history_generation")
-    ).distinct()
-    for ingestion in with_archive.only("pk", "history_generation"):
-        _purge_archived_history(ingestion)
-    if expired:
-        logger.info("retention ended for %s", ", ".join(expired))
-    return expired
-
-
-def _purge_archived_history(ingestion: Ingestion) -> int:
-    """Delete archived history generations that no kept operation can restore."""
-    kept = RefreshOperation.objects.filter(
-        ingestion=ingestion, retention__in=[Retention.KEPT, Retention.RESTORING]
-    ).values_list("restore_point", flat=True)
-    generations = [point["history"]["generation"] for point in kept if point.get("history")]
-    keep_from = min([*generations, ingestion.history_generation])
-    return history_purge_archived(ingestion=ingestion, keep_from=keep_from)
-
-
-# --- what an actor may do with an operation ---------------------------------------------
-
-RESUMABLE_STATUSES = (OperationStatus.PARTIAL_FAILURE, OperationStatus.FAILED)
-
-
-@dataclass(frozen=True)
-class OperationOffers:
-    """What to offer an actor on an operation, so adapters only show it. The services
-    (`refresh_resume`, `refresh_decide`, `refresh_undo`) still decide every call; this
-    avoids a button that would certainly be refused."""
-
-    settled: bool  # False while it may still change on its own (steps, its run, publish)
-    may_change: bool  # the actor's role allows this kind (and its resume, decision, undo)
-    resume: bool
-    decide: bool
-    undo: bool
-    undo_later: bool  # kept already: undoable once its run has published
-
-
-def operation_offers(
-    *, operation: RefreshOperation, actor, superseded: bool | None = None
-) -> OperationOffers:
-    """`superseded`: whether a newer operation exists on its ingestion, when the caller
-    knows it already (a newest-first list); looked up otherwise."""
-    ingestion = operation.ingestion
-    may_change = ingestion is not None and actor.has_perm(
-        spec_of(operation.kind).permission, ingestion
-    )
-    settled = operation_settled(operation=operation)
-    if superseded is None:
-        superseded = RefreshOperation.objects.filter(
-            ingestion_id=operation.ingestion_id, created_at__gt=operation.created_at
-        ).exists()
-    kept = (
-        operation.retention == Retention.KEPT
-        and operation.retained_until is not None
-        and operation.retained_until > timezone.now()
-    )
-    awaiting = operation.status == OperationStatus.AWAITING_DECISION
-    return OperationOffers(
-        settled=settled,
-        may_change=may_change,
-        resume=may_change and not superseded and operation.status in RESUMABLE_STATUSES,
-        decide=may_change and awaiting,
-        undo=may_change and settled and kept and operation.status not in NOTHING_CHANGED,
-        undo_later=operation.retention == Retention.KEPT and (not settled or awaiting),
-    )
-
-
-def operation_settled(*, operation: RefreshOperation) -> bool:
-    """Whether the record no longer changes on its own: no step under way, no run that
-    loads (and, in zero-downtime mode, publishes when it ends)."""
-    if operation.status == OperationStatus.IN_PROGRESS:
-        return False
-    run = operation.run
-    return not (
-        operation.status == OperationStatus.ACCEPTED
-        and run is not None
-        and (run.is_active or bool(run.stage_name))
-    )
-
-
-def ingestion_offers(*, ingestion: Ingestion, actor) -> list:
-    """The refresh operations (specs) the actor's role allows on the ingestion."""
-    return [spec for spec in SPECS.values() if actor.has_perm(spec.permission, ingestion)]
 
 
 # --- helpers ---------------------------------------------------------------------------

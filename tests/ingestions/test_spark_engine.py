@@ -299,7 +299,8 @@ def test_a_zero_downtime_refresh_on_spark_publishes_whole_and_can_be_undone(
     `branch_<name>`), published in one step, and undone to the old rows and history."""
     from ingestions.models import Role
     from refresh.models import OperationStatus, RefreshOperation
-    from refresh.services import operation_sync, refresh_execute, refresh_undo
+    from refresh.services import operation_sync, refresh_execute
+    from refresh.undo import refresh_undo
 
     write_csv_files(source_dir, files=2, rows=5)
     run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)

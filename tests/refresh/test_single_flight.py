@@ -24,12 +24,8 @@ from refresh.models import (
     RefreshOperation,
     Retention,
 )
-from refresh.services import (
-    operation_sync,
-    operations_sync_due,
-    refresh_execute,
-    refresh_undo,
-)
+from refresh.services import operation_sync, operations_sync_due, refresh_execute
+from refresh.undo import refresh_undo
 from webhooks.models import EVENTS, Webhook, WebhookEvent
 
 from ..helpers import FaultingEngine, drain_queue, open_table, write_csv_files

@@ -14,13 +14,8 @@ from ingestions.models import Ingestion, ProcessedFile, Role, Run, RunStatus
 from ingestions.runs import run_execute, run_request
 from refresh.errors import OperationNotUndoableError
 from refresh.models import OperationStatus, RefreshOperation, Retention
-from refresh.services import (
-    operation_sync,
-    refresh_execute,
-    refresh_undo,
-    retention_expire,
-    undo_preview,
-)
+from refresh.services import operation_sync, refresh_execute
+from refresh.undo import refresh_undo, retention_expire, undo_preview
 
 from ..helpers import FaultingEngine, drain_queue, open_table, write_csv_files
 

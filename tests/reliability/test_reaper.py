@@ -14,9 +14,11 @@ from django.utils import timezone
 from pyiceberg.exceptions import NoSuchTableError
 
 from ingestions.models import ACTIVE_RUN_STATUSES, ProcessedFile, Run
-from refresh import services
+from refresh import services, undo
 from refresh.models import OperationStatus, RefreshOperation, Retention, StepName
-from refresh.services import operation_sync, refresh_execute, refresh_reap, refresh_undo
+from refresh.reaper import refresh_reap
+from refresh.services import operation_sync, refresh_execute
+from refresh.undo import refresh_undo
 
 from ..helpers import (
     ROOT,
@@ -91,15 +93,15 @@ def test_the_reaper_finishes_an_undo_whose_request_died_after_restoring_the_tabl
         ingestion=loaded, kind="clear_processed_files", actor=admin_user, confirm=True
     )
     with monkeypatch.context() as patch:
-        restore = services.history_restore
+        restore = undo.history_restore
 
         def die(**kwargs):
             raise RequestProcessDied()
 
-        patch.setattr(services, "history_restore", die)
+        patch.setattr(undo, "history_restore", die)
         with pytest.raises(RequestProcessDied):
             refresh_undo(operation=operation, actor=admin_user, confirm=True)
-        assert services.history_restore is not restore
+        assert undo.history_restore is not restore
 
     operation.refresh_from_db()
     assert (operation.status, operation.retention) == ("in_progress", Retention.RESTORING)
