@@ -1,5 +1,6 @@
 """REST views of refresh operations: the PRD's contract (full refresh, fresh start, drop table,
-clear history), operation records and resume.
+clear history), operation records, resume, publish or discard, undo. Schedules and batches
+have their own modules (`schedules_api`, `batches_api`).
 
 Views parse, call `refresh.services`, and present; every rule lives in the services.
 """
@@ -21,54 +22,23 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from ingestions.api import COMMON_ERRORS, ERROR_SCHEMA, TenantAPIView, query_flags
-from ingestions.cron import time_zones
 from ingestions.models import OnPartialFailure
 from ingestions.pagination import StrictCursorPagination, StrictLimitOffsetPagination
 from ingestions.scope import MAX_SCOPE_FILES, Scope
 from ingestions.selectors import processed_file_list
 from ingestions.serializers import (
-    CRON_PATTERN,
-    AmountField,
     ProcessedFileOutputSerializer,
     StrictSerializer,
     retain_days_field,
 )
 
-from .batches import (
-    BATCH_KINDS,
-    MAX_BATCH_MEMBERS,
-    batch_execute,
-    batch_get,
-    batch_operations,
-    batch_preview,
-)
 from .errors import RefreshApiDisabledError
 from .idempotency import (
     HEADER as IDEMPOTENCY_HEADER,
 )
-from .idempotency import (
-    fingerprint,
-    idempotency_begin,
-    idempotency_complete,
-    idempotency_release,
-)
-from .models import (
-    IdempotencyRecord,
-    OperationKind,
-    OperationStatus,
-    RefreshMode,
-    ScheduleAction,
-)
-from .presenters import batch_payload, operation_payload, preview_payload
-from .schedules import (
-    REFRESH_ACTIONS,
-    schedule_approve,
-    schedule_clear,
-    schedule_get,
-    schedule_list,
-    schedule_payload,
-    schedule_set,
-)
+from .idempotency import fingerprint, idempotency_begin, idempotency_complete, idempotency_release
+from .models import IdempotencyRecord, OperationKind, OperationStatus, RefreshMode
+from .presenters import operation_payload, preview_payload
 from .selectors import operation_get, operation_list
 from .services import (
     operation_as_of_run,
@@ -667,229 +637,3 @@ class IngestionOperationsApi(TenantAPIView):
         paginator = self.Pagination()
         page = paginator.paginate_queryset(operation_list(ingestion=ingestion), request, view=self)
         return paginator.get_paginated_response([operation_payload(op) for op in page])
-
-
-# --- schedules (`refresh.schedules`) -------------------------------------------------------
-
-SCHEDULE_SCHEMA = inline_serializer(
-    name="Schedule",
-    fields={
-        "id": serializers.CharField(),
-        "ingestion_id": serializers.CharField(),
-        "action": serializers.ChoiceField(ScheduleAction.choices),
-        "cron": serializers.CharField(),
-        "timezone": serializers.CharField(),
-        "description": serializers.CharField(),
-        "paused": serializers.BooleanField(),
-        "next_fire_times": serializers.ListField(
-            child=serializers.DateTimeField(),
-            help_text="The next 3 slots in the schedule's time zone; empty while paused.",
-        ),
-        "last_fired_at": serializers.DateTimeField(allow_null=True),
-        "last_firing": serializers.DictField(
-            allow_null=True,
-            help_text="slot, outcome (fired, skipped, refused, failed, pending), reason, "
-            "skipped_slots (missed slots not caught up), run_id, operation_id.",
-        ),
-        "approval": serializers.DictField(
-            allow_null=True, help_text="max_cost_usd, approved_by, approved_at."
-        ),
-        "created_by": serializers.CharField(
-            allow_null=True, help_text="Whose authority a scheduled refresh fires with."
-        ),
-        "created_at": serializers.DateTimeField(),
-        "updated_at": serializers.DateTimeField(),
-    },
-)
-SCHEDULE_ERRORS = {
-    400: OpenApiResponse(ERROR_SCHEMA, description="VALIDATION_ERROR"),
-    **COMMON_ERRORS,
-}
-
-
-class ScheduleInputSerializer(StrictSerializer):
-    openapi_extra = {
-        "properties": {
-            "cron": {"pattern": CRON_PATTERN},
-            "timezone": {"enum": sorted(time_zones())},
-        }
-    }
-
-    cron = serializers.CharField(
-        max_length=120, help_text="Five fields: minute hour day-of-month month day-of-week."
-    )
-    timezone = serializers.CharField(max_length=64, default="UTC", help_text="IANA name.")
-    paused = serializers.BooleanField(default=False)
-
-
-class IngestionSchedulesApi(TenantAPIView):
-    class CreateInputSerializer(ScheduleInputSerializer):
-        action = serializers.ChoiceField(
-            choices=REFRESH_ACTIONS,
-            help_text="The refresh to fire. The run schedule is the ingestion's `schedule` "
-            "(PATCH /api/v1/ingestions/{id}).",
-        )
-
-    @extend_schema(
-        operation_id="ingestions_schedules_list",
-        summary="The ingestion's schedules: its run schedule and its scheduled refreshes",
-        responses={200: SCHEDULE_SCHEMA.__class__(many=True), **COMMON_ERRORS},
-    )
-    def get(self, request, ingestion_id: str):
-        ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
-        return Response([schedule_payload(item) for item in schedule_list(ingestion=ingestion)])
-
-    @extend_schema(
-        operation_id="ingestions_schedules_create",
-        summary="Schedule a refresh (fired by the worker, as you, from the next slot)",
-        request=CreateInputSerializer,
-        responses={201: SCHEDULE_SCHEMA, **SCHEDULE_ERRORS},
-    )
-    def post(self, request, ingestion_id: str):
-        ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
-        serializer = self.CreateInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        schedule = schedule_set(
-            ingestion=ingestion, actor=request.user, **serializer.validated_data
-        )
-        return Response(schedule_payload(schedule), status=status.HTTP_201_CREATED)
-
-
-class ScheduleDetailApi(TenantAPIView):
-    class UpdateInputSerializer(ScheduleInputSerializer):
-        cron = serializers.CharField(max_length=120, required=False)
-        timezone = serializers.CharField(max_length=64, required=False)
-        paused = serializers.BooleanField(required=False)
-
-    @extend_schema(
-        operation_id="schedules_retrieve", responses={200: SCHEDULE_SCHEMA, **COMMON_ERRORS}
-    )
-    def get(self, request, schedule_id: str):
-        schedule = schedule_get(tenant=self.tenant, schedule_id=schedule_id)
-        self.require("view_ingestion", schedule.ingestion)
-        return Response(schedule_payload(schedule))
-
-    @extend_schema(
-        operation_id="schedules_update",
-        summary="Change the expression or time zone, pause or resume",
-        request=UpdateInputSerializer,
-        responses={200: SCHEDULE_SCHEMA, **SCHEDULE_ERRORS},
-    )
-    def patch(self, request, schedule_id: str):
-        schedule = schedule_get(tenant=self.tenant, schedule_id=schedule_id)
-        self.require("view_ingestion", schedule.ingestion)
-        serializer = self.UpdateInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        schedule = schedule_set(
-            ingestion=schedule.ingestion,
-            actor=request.user,
-            action=schedule.action,
-            schedule=schedule,
-            **serializer.validated_data,
-        )
-        return Response(schedule_payload(schedule))
-
-    @extend_schema(
-        operation_id="schedules_destroy",
-        request=None,
-        responses={204: None, **COMMON_ERRORS},
-    )
-    def delete(self, request, schedule_id: str):
-        schedule = schedule_get(tenant=self.tenant, schedule_id=schedule_id)
-        self.require("view_ingestion", schedule.ingestion)
-        schedule_clear(schedule=schedule, actor=request.user)
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-class ScheduleApproveApi(TenantAPIView):
-    class ApproveInputSerializer(StrictSerializer):
-        max_cost_usd = AmountField(
-            max_digits=12,
-            decimal_places=2,
-            help_text="Firings estimated above the plan threshold execute up to this cost.",
-        )
-
-    @extend_schema(
-        operation_id="schedules_approve",
-        summary="Record an admin's standing approval of a scheduled refresh, up to a cost",
-        request=ApproveInputSerializer,
-        responses={200: SCHEDULE_SCHEMA, **SCHEDULE_ERRORS},
-    )
-    def post(self, request, schedule_id: str):
-        schedule = schedule_get(tenant=self.tenant, schedule_id=schedule_id)
-        self.require("view_ingestion", schedule.ingestion)
-        serializer = self.ApproveInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        schedule = schedule_approve(
-            schedule=schedule,
-            actor=request.user,
-            max_cost_usd=serializer.validated_data["max_cost_usd"],
-        )
-        return Response(schedule_payload(schedule))
-
-
-class RefreshBatchInputSerializer(StrictSerializer):
-    openapi_extra = {**CONFIRM_OR_DRY_RUN, "properties": {"ingestion_ids": {"uniqueItems": True}}}
-
-    ingestion_ids = serializers.ListField(
-        child=serializers.CharField(max_length=63), min_length=1, max_length=MAX_BATCH_MEMBERS
-    )
-    operation = serializers.ChoiceField(choices=[kind.value for kind in BATCH_KINDS])
-    confirm = serializers.JSONField(
-        required=False, allow_null=True, help_text="Must be the JSON boolean true to execute."
-    )
-    dry_run = serializers.BooleanField(default=False)
-    plan_id = serializers.CharField(
-        required=False,
-        allow_null=True,
-        max_length=63,
-        help_text="The batch dry-run's plan_id: its members' plans, for members whose cost "
-        "needs one.",
-    )
-
-
-class RefreshBatchListApi(TenantAPIView):
-    """Refresh several ingestions together: one preview, one confirmation, and their new
-    tables published only when every one of them has loaded (a failure publishes none)."""
-
-    @extend_schema(
-        operation_id="refresh_batches_create",
-        request=RefreshBatchInputSerializer,
-        responses={
-            200: OpenApiResponse(description="dry_run: each member's plan and the totals"),
-            202: OpenApiResponse(description="the batch, loading"),
-            **REFRESH_ERRORS,
-        },
-    )
-    def post(self, request):
-        if not settings.ENABLE_REFRESH_OPERATIONS_API:
-            raise RefreshApiDisabledError("The refresh operations API is disabled.")
-        serializer = RefreshBatchInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        options = {
-            "tenant": self.tenant,
-            "ingestion_ids": data["ingestion_ids"],
-            "kind": data["operation"],
-            "actor": request.user,
-        }
-        if data["dry_run"]:
-            batch, plans = batch_preview(**options)
-            return Response(batch_payload(batch, {}, plans=plans))
-        batch = batch_execute(**options, confirm=data.get("confirm"), plan_id=data.get("plan_id"))
-        return Response(
-            batch_payload(batch, batch_operations(batch)),
-            status=status.HTTP_202_ACCEPTED,
-            headers={"Location": f"/api/v1/refresh-batches/{batch.public_id}"},
-        )
-
-
-class RefreshBatchDetailApi(TenantAPIView):
-    @extend_schema(
-        operation_id="refresh_batches_retrieve",
-        responses={200: OpenApiResponse(description="the batch and its members"), **COMMON_ERRORS},
-    )
-    def get(self, request, batch_id: str):
-        self.require("view_ingestion")
-        batch = batch_get(tenant=self.tenant, batch_id=batch_id)
-        return Response(batch_payload(batch, batch_operations(batch)))

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import api
+from . import api, batches_api, schedules_api
 
 urlpatterns = [
     path(
@@ -53,19 +53,23 @@ urlpatterns = [
     ),
     path(
         "ingestions/<str:ingestion_id>/schedules",
-        api.IngestionSchedulesApi.as_view(),
+        schedules_api.IngestionSchedulesApi.as_view(),
         name="api-ingestion-schedules",
     ),
-    path("schedules/<str:schedule_id>", api.ScheduleDetailApi.as_view(), name="api-schedule"),
-    path("refresh-batches", api.RefreshBatchListApi.as_view(), name="api-refresh-batches"),
+    path(
+        "schedules/<str:schedule_id>",
+        schedules_api.ScheduleDetailApi.as_view(),
+        name="api-schedule",
+    ),
+    path("refresh-batches", batches_api.RefreshBatchListApi.as_view(), name="api-refresh-batches"),
     path(
         "refresh-batches/<str:batch_id>",
-        api.RefreshBatchDetailApi.as_view(),
+        batches_api.RefreshBatchDetailApi.as_view(),
         name="api-refresh-batch",
     ),
     path(
         "schedules/<str:schedule_id>/approve",
-        api.ScheduleApproveApi.as_view(),
+        schedules_api.ScheduleApproveApi.as_view(),
         name="api-schedule-approve",
     ),
 ]
