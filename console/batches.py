@@ -12,7 +12,7 @@ from refresh.models import BatchStatus
 from refresh.presenters import batch_payload
 
 from .forms import BatchConfirmForm, BatchForm
-from .views import tenant_view
+from .plumbing import tenant_view
 
 
 @require_http_methods(["GET", "POST"])

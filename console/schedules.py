@@ -34,7 +34,7 @@ from refresh.schedules import (
 )
 from refresh.specs import spec_of
 
-from .views import CHANGED_EVENT, _ingestion, render_in_place, tenant_view
+from .plumbing import CHANGED_EVENT, _ingestion, render_in_place, tenant_view
 
 CRON_HELP = "Five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * * (02:00)."
 

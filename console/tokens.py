@@ -19,7 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from ingestions import tokens
 from ingestions.tenancy import NoTenantError, tenant_for_request
 
-from .views import login_view, render_in_place
+from .plumbing import login_view, render_in_place
 
 
 class TokenCreateForm(forms.Form):

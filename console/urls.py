@@ -11,7 +11,18 @@ from drf_spectacular.views import SpectacularAPIView
 
 from refresh.metrics import metrics_view
 
-from . import api_errors, batches, health, schedules, tokens, views, webhooks
+from . import (
+    api_errors,
+    batches,
+    failed_files,
+    health,
+    ingestion_changes,
+    operations,
+    schedules,
+    tokens,
+    views,
+    webhooks,
+)
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -19,8 +30,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("tenant/", views.tenant_switch, name="tenant-switch"),
     path("ingestions/", views.ingestion_list, name="ingestion-list"),
-    path("ingestions/new/", views.ingestion_create, name="ingestion-create"),
-    path("ingestions/check-source/", views.source_check, name="source-check"),
+    path("ingestions/new/", ingestion_changes.ingestion_create, name="ingestion-create"),
+    path("ingestions/check-source/", ingestion_changes.source_check, name="source-check"),
     path("ingestions/<str:ingestion_id>/", views.ingestion_detail, name="ingestion-detail"),
     path("ingestions/<str:ingestion_id>/run/", views.ingestion_run, name="ingestion-run"),
     path("ingestions/<str:ingestion_id>/table/", views.ingestion_table, name="ingestion-table"),
@@ -29,16 +40,24 @@ urlpatterns = [
         views.ingestion_history,
         name="ingestion-history",
     ),
-    path("ingestions/<str:ingestion_id>/edit/", views.ingestion_edit, name="ingestion-edit"),
-    path("ingestions/<str:ingestion_id>/delete/", views.ingestion_delete, name="ingestion-delete"),
+    path(
+        "ingestions/<str:ingestion_id>/edit/",
+        ingestion_changes.ingestion_edit,
+        name="ingestion-edit",
+    ),
+    path(
+        "ingestions/<str:ingestion_id>/delete/",
+        ingestion_changes.ingestion_delete,
+        name="ingestion-delete",
+    ),
     path(
         "ingestions/<str:ingestion_id>/protect/",
-        views.ingestion_protect,
+        ingestion_changes.ingestion_protect,
         name="ingestion-protect",
     ),
     path(
         "ingestions/<str:ingestion_id>/failed-files/<int:failure_id>/<slug:action>/",
-        views.failed_file_action,
+        failed_files.failed_file_action,
         name="failed-file-action",
     ),
     path(
@@ -61,28 +80,28 @@ urlpatterns = [
     ),
     path(
         "ingestions/<str:ingestion_id>/<slug:action>/",
-        views.ingestion_operation,
+        operations.ingestion_operation,
         name="ingestion-operation",
     ),
     path("runs/<str:run_id>/", views.run_detail, name="run-detail"),
     path("runs/<str:run_id>/cancel/", views.run_cancel, name="run-cancel"),
-    path("operations/<str:operation_id>/", views.operation_detail, name="operation-detail"),
+    path("operations/<str:operation_id>/", operations.operation_detail, name="operation-detail"),
     path(
         "operations/<str:operation_id>/resume/",
-        views.operation_resume,
+        operations.operation_resume,
         name="operation-resume",
     ),
     path(
         "operations/<str:operation_id>/publish/",
-        views.operation_publish,
+        operations.operation_publish,
         name="operation-publish",
     ),
     path(
         "operations/<str:operation_id>/discard/",
-        views.operation_discard,
+        operations.operation_discard,
         name="operation-discard",
     ),
-    path("operations/<str:operation_id>/undo/", views.operation_undo, name="operation-undo"),
+    path("operations/<str:operation_id>/undo/", operations.operation_undo, name="operation-undo"),
     path("refresh-batches/new/", batches.batch_new, name="batch-new"),
     path("refresh-batches/<str:batch_id>/", batches.batch_detail, name="batch-detail"),
     path("audit/", views.audit, name="audit"),

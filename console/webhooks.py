@@ -21,7 +21,7 @@ from webhooks import services
 from webhooks.errors import WebhookNotFoundError
 from webhooks.models import EVENTS, PayloadFormat
 
-from .views import render_in_place, tenant_view
+from .plumbing import render_in_place, tenant_view
 
 
 class WebhookCreateForm(forms.Form):
