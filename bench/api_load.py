@@ -33,7 +33,8 @@ def free_port() -> int:
 
 def prepare(work: Path) -> tuple[str, str, str]:
     from ingestions.models import ApiToken, Membership, Role, Tenant
-    from ingestions.runs import run_execute, run_request
+    from ingestions.run_executor import run_execute
+    from ingestions.runs import run_request
     from ingestions.services import ingestion_create
     from ingestions.tokens import token_create, token_revoke
 

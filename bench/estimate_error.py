@@ -64,7 +64,8 @@ class Source:
 def load(ingestion):
     """One real run of the ingestion's new files, in this process; the finished run."""
     from ingestions.models import RunStatus
-    from ingestions.runs import run_execute, run_request
+    from ingestions.run_executor import run_execute
+    from ingestions.runs import run_request
 
     run = run_request(ingestion=ingestion)
     run = run_execute(run_id=run.public_id)

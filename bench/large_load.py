@@ -95,7 +95,8 @@ def product(folder: Path, work: Path, engine: str) -> int:
     from _common import grant_source
 
     from ingestions.models import RunStatus, Tenant
-    from ingestions.runs import run_execute, run_request
+    from ingestions.run_executor import run_execute
+    from ingestions.runs import run_request
     from ingestions.services import ingestion_create
 
     tenant = Tenant.objects.create(slug="bench", name="Bench")

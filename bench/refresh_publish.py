@@ -234,6 +234,7 @@ class RefreshBench:
         from django.conf import settings
         from django.contrib.auth import get_user_model
 
+        import ingestions.run_executor as run_executor
         import ingestions.runs as runs
         from ingestions.engines import load_engine
         from ingestions.models import Membership, Role, RunStatus, Tenant
@@ -256,7 +257,7 @@ class RefreshBench:
         self.table_name = self.ingestion.table_identifier
         self.engine = load_engine(self.ingestion.engine)
         self.warehouse = Path(urlparse(settings.AUTOLOADER_WAREHOUSE).path)
-        run = runs.run_execute(
+        run = run_executor.run_execute(
             run_id=runs.run_request(ingestion=self.ingestion).public_id, engine=self.engine
         )
         assert run.status == RunStatus.SUCCESS and run.rows_written == total_rows, run.error
@@ -269,7 +270,7 @@ class RefreshBench:
 
     def full_refresh(self, mode: str):
         """The whole operation as a client and the worker do it: execute, run, sync."""
-        import ingestions.runs as runs
+        import ingestions.run_executor as run_executor
         from ingestions.models import RunStatus
         from refresh.models import RefreshOperation
         from refresh.services import operation_sync, refresh_execute
@@ -277,7 +278,7 @@ class RefreshBench:
         operation = refresh_execute(
             ingestion=self.ingestion, kind="full_refresh", actor=self.user, confirm=True, mode=mode
         )
-        run = runs.run_execute(run_id=operation.run.public_id, engine=self.engine)
+        run = run_executor.run_execute(run_id=operation.run.public_id, engine=self.engine)
         assert run.status == RunStatus.SUCCESS, run.error
         return operation_sync(operation=RefreshOperation.objects.get(pk=operation.pk))
 

@@ -79,7 +79,8 @@ def make_ingestion(folder: Path, name: str):
 
 def product_run(ingestion) -> int:
     from ingestions.models import RunStatus
-    from ingestions.runs import run_execute, run_request
+    from ingestions.run_executor import run_execute
+    from ingestions.runs import run_request
 
     run = run_request(ingestion=ingestion)
     run = run_execute(run_id=run.public_id)

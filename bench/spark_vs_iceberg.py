@@ -20,7 +20,8 @@ from run_throughput import generate
 
 def product_run(folder: Path, *, engine: str, trial: int) -> int:
     from ingestions.models import RunStatus, Tenant
-    from ingestions.runs import run_execute, run_request
+    from ingestions.run_executor import run_execute
+    from ingestions.runs import run_request
     from ingestions.services import ingestion_create
 
     tenant, _ = Tenant.objects.get_or_create(slug="bench", defaults={"name": "Bench"})

@@ -6,7 +6,7 @@ from django_tasks import task
 @task()
 def execute_run(run_id: str) -> str:
     """Execute (or resume) one run; returns its final status."""
-    from .runs import run_execute
+    from .run_executor import run_execute
 
     run = run_execute(run_id=run_id)
     if run is not None and run.stage_name:

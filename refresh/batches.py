@@ -42,7 +42,8 @@ from ingestions.models import (
     Tenant,
 )
 from ingestions.ratelimits import preview_rate, rate_give_back
-from ingestions.runs import BATCH_WAIT_NOTE, run_cancel, staged_discard, staged_publish
+from ingestions.runs import run_cancel
+from ingestions.staging import BATCH_WAIT_NOTE, staged_discard, staged_publish
 
 from .errors import BatchNotFoundError, ConfirmationRequiredError, DryRunRequiredError
 from .limits import rate_limit_quota, rate_limit_slots

@@ -33,17 +33,13 @@ from ingestions.models import (
     RunStatus,
 )
 from ingestions.ratelimits import expensive_read
-from ingestions.runs import (
-    ingestion_lock,
-    run_request,
-    staged_discard,
-    staged_publish,
-)
+from ingestions.runs import ingestion_lock, run_request
 from ingestions.scope import Scope, scoped_history
 from ingestions.selectors import processed_file_summary, run_active
 from ingestions.services import (
     history_archive,
 )
+from ingestions.staging import staged_discard, staged_publish
 
 from . import audit
 from .errors import (

@@ -62,7 +62,7 @@ def test_console_paths_keep_the_html_404(client, admin_user):
 def _domain_errors():
     """Every domain error class of every app (imported, so its subclasses are known)."""
     for module in (
-        "ingestions.runs",
+        "ingestions.staging",
         "ingestions.tenancy",
         "ingestions.tokens",
         "refresh.errors",

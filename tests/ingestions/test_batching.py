@@ -8,7 +8,8 @@ import pytest
 
 from ingestions.engines import load_engine
 from ingestions.models import CommitStatus, ProcessedFile, RunBatch, RunStatus
-from ingestions.runs import run_execute, run_request
+from ingestions.run_executor import run_execute
+from ingestions.runs import run_request
 
 from ..helpers import open_table, write_csv_files
 

@@ -32,7 +32,9 @@ from ingestions.models import (
     RunStatus,
     TableMaintenance,
 )
-from ingestions.runs import SNAPSHOT_BATCH_KEY, batch_resolve, run_execute, run_request
+from ingestions.run_executor import run_execute
+from ingestions.runs import SNAPSHOT_BATCH_KEY, run_request
+from ingestions.staging import batch_resolve
 
 from ..factories import IngestionFactory
 from ..helpers import drain_queue, open_table, write_csv_files

@@ -7,7 +7,8 @@ from django.utils import timezone
 from ingestions.engines import load_engine
 from ingestions.errors import RunInProgressError, RunNotCancellableError
 from ingestions.models import CommitStatus, ProcessedFile, Run, RunBatch, RunStatus
-from ingestions.runs import run_cancel, run_execute, run_request, runs_recover_stale
+from ingestions.run_executor import run_execute
+from ingestions.runs import run_cancel, run_request, runs_recover_stale
 
 from ..helpers import FaultyEngine, WorkerKilled, drain_queue, open_table, write_csv_files
 

@@ -7,7 +7,8 @@ from ingestions.engines import load_engine
 from ingestions.errors import SourceUnavailableError
 from ingestions.locations import source_open
 from ingestions.models import Ingestion, ProcessedFile, RunStatus, StorageLocation
-from ingestions.runs import run_execute, run_request
+from ingestions.run_executor import run_execute
+from ingestions.runs import run_request
 from ingestions.sources import list_source_files, read_source_file
 
 from ..factories import IngestionFactory, grant_location

@@ -13,18 +13,13 @@ import pyarrow as pa
 import pytest
 from django.utils import timezone
 
-from ingestions import runs as runs_module
+from ingestions import run_executor
 from ingestions.engines import load_engine
 from ingestions.engines import spark as spark_module
 from ingestions.engines.spark import SparkEngine
 from ingestions.models import CommitStatus, ProcessedFile, Run, RunBatch, RunStatus
-from ingestions.runs import (
-    SNAPSHOT_BATCH_KEY,
-    run_cancel,
-    run_execute,
-    run_request,
-    runs_recover_stale,
-)
+from ingestions.run_executor import run_execute
+from ingestions.runs import SNAPSHOT_BATCH_KEY, run_cancel, run_request, runs_recover_stale
 
 from ..factories import IngestionFactory
 from ..helpers import FaultyEngine, WorkerKilled, drain_queue, open_table, write_csv_files
@@ -52,7 +47,7 @@ def no_reads_in_the_worker(monkeypatch):
     def refuse(**kwargs):
         raise AssertionError(f"the worker read {kwargs.get('path')} itself")
 
-    monkeypatch.setattr(runs_module, "read_source_file", refuse)
+    monkeypatch.setattr(run_executor, "read_source_file", refuse)
 
 
 def rows_by_file(table_name: str) -> dict[str, int]:

@@ -91,7 +91,7 @@ def test_a_member_held_waits_and_its_ingestion_refuses_other_changes(three, memb
     batch_id = admin.post(URL, body, format="json").json()["batch_id"]
     orders_run = RefreshOperation.objects.get(ingestion__public_id="orders").run
 
-    from ingestions.runs import run_execute
+    from ingestions.run_executor import run_execute
 
     run_execute(run_id=orders_run.public_id)  # only "orders" has loaded so far
     orders_run.refresh_from_db()

@@ -13,7 +13,7 @@ from django.utils import timezone
 from console.api_errors import api_exception_handler
 from ingestions.errors import EngineError
 from ingestions.models import ProcessedFile, PublishState, Role, Run, RunStatus
-from ingestions.runs import run_execute
+from ingestions.run_executor import run_execute
 from refresh.batches import batch_sync, batches_sync_due
 from refresh.errors import RefreshInProgressError
 from refresh.models import (

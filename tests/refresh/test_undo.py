@@ -11,7 +11,8 @@ from pyiceberg.exceptions import NoSuchTableError
 
 from ingestions.errors import EngineError, PermissionDeniedError, RunInProgressError
 from ingestions.models import Ingestion, ProcessedFile, Role, Run, RunStatus
-from ingestions.runs import run_execute, run_request
+from ingestions.run_executor import run_execute
+from ingestions.runs import run_request
 from refresh.errors import OperationNotUndoableError
 from refresh.models import OperationStatus, RefreshOperation, Retention
 from refresh.services import operation_sync, refresh_execute

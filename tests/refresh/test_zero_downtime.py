@@ -91,7 +91,7 @@ def test_a_run_that_fails_publishes_nothing_and_the_operation_says_failed(loaded
 
     operation = full_refresh(loaded, admin_user)
     failing = FaultingEngine({"append": EngineError("the cluster went away")})
-    from ingestions.runs import run_execute
+    from ingestions.run_executor import run_execute
 
     run_execute(run_id=operation.run.public_id, engine=failing)
 

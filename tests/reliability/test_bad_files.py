@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ingestions import runs
+from ingestions import run_executor
 from ingestions.models import ProcessedFile, Run, RunStatus
 from ingestions.runs import run_request
 
@@ -46,7 +46,7 @@ def run_once(ingestion) -> Run:
 def deleted_after_listing(monkeypatch):
     """`deleted_after_listing(path)`: that file vanishes between the listing and its read."""
     victims = []
-    real_listing = runs.list_source_files
+    real_listing = run_executor.list_source_files
 
     def listing_then_delete(**kwargs):
         listed = real_listing(**kwargs)
@@ -54,7 +54,7 @@ def deleted_after_listing(monkeypatch):
             victim.unlink(missing_ok=True)
         return listed
 
-    monkeypatch.setattr(runs, "list_source_files", listing_then_delete)
+    monkeypatch.setattr(run_executor, "list_source_files", listing_then_delete)
     return victims.append
 
 

@@ -23,7 +23,8 @@ from django.utils import timezone
 from ingestions.engines import load_engine
 from ingestions.errors import EngineError, EngineUnavailableError
 from ingestions.models import ACTIVE_RUN_STATUSES, ProcessedFile, Run, RunStatus
-from ingestions.runs import run_execute, runs_recover_stale
+from ingestions.run_executor import run_execute
+from ingestions.runs import runs_recover_stale
 from refresh import services
 from refresh.models import RefreshOperation
 

@@ -29,7 +29,8 @@ from ingestions.engines import load_engine
 from ingestions.errors import FileReadError
 from ingestions.locations import location_grant, location_revoke, source_open
 from ingestions.models import Ingestion, ProcessedFile, Role, RunStatus, StorageLocation
-from ingestions.runs import run_execute, run_request
+from ingestions.run_executor import run_execute
+from ingestions.runs import run_request
 from ingestions.secrets import new_secrets_key
 from ingestions.sources import read_source_file
 from refresh.models import RefreshOperation

@@ -1,0 +1,574 @@
+"""Executing a run: claim it, read and load its files batch by batch under the exactly-once
+protocol (`ingestions.staging` records each commit), keep its heartbeat, finish it once."""
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pyarrow as pa
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, F, JSONField, Q, Value, When
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from . import hooks
+from .engines import Engine, load_engine
+from .engines.base import FileBatch
+from .errors import (
+    AutoloaderError,
+    RunCancelledError,
+    RunOwnershipLostError,
+)
+from .locations import source_open
+from .models import (
+    CommitStatus,
+    OnPartialFailure,
+    PublishState,
+    Run,
+    RunBatch,
+    RunStatus,
+)
+from .quarantine import failures_record, quarantined_paths
+from .runs import (
+    SMALL_FILE_ROWS,
+    SNAPSHOT_BATCH_KEY,
+    SNAPSHOT_INGESTION_KEY,
+    SNAPSHOT_RUN_KEY,
+)
+from .scope import Scope, scope_replacing
+from .selectors import processed_file_paths
+from .sources import SourceFile, list_source_files, read_source_file
+from .sources.readers import conform_to_schema, source_file_column, with_metadata_columns
+from .staging import (
+    BATCH_WAIT_NOTE,
+    StagedRunFailedError,
+    _discard_staged,
+    batch_mark_committed,
+    batch_resolve,
+    batches_recover,
+    stage_of,
+    staged_discard,
+    staged_publish,
+)
+
+logger = logging.getLogger("ingestions.runs")  # one logger for a run's whole life
+
+
+def run_execute(*, run_id: str, engine: Engine | None = None) -> Run | None:
+    """Execute or resume a run in this process; returns the finished run, or None.
+
+    None means there was nothing to do: the run was cancelled while queued, finished
+    already, or is held by a live worker.
+    """
+    worker_id = uuid.uuid4().hex
+    run = _claim(run_id=run_id, worker_id=worker_id)
+    if run is None:
+        logger.info("run %s not claimed (finished, cancelled or held by a live worker)", run_id)
+        return None
+    heartbeat = _Heartbeat(run_pk=run.pk, worker_id=worker_id)
+    heartbeat.start()
+    try:
+        engine = engine or load_engine(run.ingestion.engine)
+        # A cancel noticed by the heartbeat interrupts the engine's work in flight (a long
+        # Spark job), rather than waiting for the next batch boundary.
+        heartbeat.on_cancel = getattr(engine, "cancel", None)
+        _RunExecutor(run=run, engine=engine, heartbeat=heartbeat).execute()
+    except RunOwnershipLostError:
+        logger.warning("run %s was taken over by another worker; stopping", run_id)
+        return Run.objects.get(pk=run.pk)
+    except RunCancelledError:
+        _discard_staged(run, engine)
+        _finish(run, worker_id, RunStatus.CANCELLED, error="Cancelled by user.")
+    except AutoloaderError as exc:
+        _discard_staged(run, engine)
+        _finish(run, worker_id, RunStatus.FAILED, error=str(exc))
+    except Exception as exc:  # the run must end FAILED with a readable error, whatever broke
+        logger.exception("run %s failed", run_id)
+        _discard_staged(run, engine)
+        _finish(run, worker_id, RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        heartbeat.stop()
+    return Run.objects.get(pk=run.pk)
+
+
+@transaction.atomic  # the claim and its webhook event commit together
+def _claim(*, run_id: str, worker_id: str) -> Run | None:
+    """Take the run for this worker: a queued run, or a running one whose worker went silent."""
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=settings.AUTOLOADER_RUN_STALE_SECONDS)
+    claimable = Q(status=RunStatus.QUEUED) | Q(
+        status=RunStatus.RUNNING, heartbeat_at__lt=stale_before
+    )
+    claimed = Run.objects.filter(claimable, public_id=run_id).update(
+        status=RunStatus.RUNNING,
+        worker_id=worker_id,
+        heartbeat_at=now,
+        started_at=Coalesce("started_at", now),
+        attempts=F("attempts") + 1,
+        # A resumed run retries the files that failed before; loaded files stay counted.
+        # (Unless it was publishing: then it only finishes that, failures as they were.)
+        files_failed=Case(
+            When(publish_state=PublishState.PUBLISHING, then=F("files_failed")), default=0
+        ),
+        failed_files=Case(
+            When(publish_state=PublishState.PUBLISHING, then=F("failed_files")),
+            default=Value([], output_field=JSONField()),
+        ),
+    )
+    if not claimed:
+        return None
+    run = Run.objects.select_related("ingestion").get(public_id=run_id)
+    hooks.publish("run.started", run_pk=run.pk)
+    return run
+
+
+@transaction.atomic  # the end and its webhook event commit together
+def _finish(run: Run, worker_id: str, status: str, *, error: str = "") -> None:
+    if Run.objects.filter(pk=run.pk, worker_id=worker_id).update(
+        status=status, error=error[:4000], finished_at=timezone.now(), heartbeat_at=timezone.now()
+    ):
+        hooks.publish("run.finished", run_pk=run.pk)
+    logger.info("run %s finished %s %s", run.public_id, status, error)
+
+
+class _Heartbeat:
+    """Keeps the run's heartbeat fresh from a thread, so a long commit never looks dead.
+
+    It also notices when the run was handed to another worker (the reaper re-queued it):
+    the executor then stops before its next commit; and when a user cancelled the run: it
+    then calls `on_cancel` (the engine's `cancel`) once.
+    """
+
+    def __init__(self, *, run_pk: int, worker_id: str):
+        self.run_pk = run_pk
+        self.worker_id = worker_id
+        self.lost = False
+        self.on_cancel = None
+        self._cancel_signalled = False
+        self._stop = threading.Event()
+        self._interval = max(0.2, settings.AUTOLOADER_RUN_STALE_SECONDS / 6)
+        self._thread = threading.Thread(target=self._loop, name="run-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> None:
+        updated = Run.objects.filter(
+            pk=self.run_pk, worker_id=self.worker_id, status=RunStatus.RUNNING
+        ).update(heartbeat_at=timezone.now())
+        if not updated:
+            self.lost = True
+        if (
+            self.on_cancel is not None
+            and not self._cancel_signalled
+            and Run.objects.filter(pk=self.run_pk, cancel_requested=True).exists()
+        ):
+            self._cancel_signalled = True
+            self.on_cancel()
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    self.beat()
+                except Exception:  # a locked or restarting database: try again next beat
+                    logger.warning("heartbeat of run %s failed", self.run_pk, exc_info=True)
+        finally:
+            connection.close()
+
+    def check(self) -> None:
+        if self.lost:
+            raise RunOwnershipLostError()
+
+
+@dataclass
+class _LoadedFile:
+    source: SourceFile
+    rows: int
+
+
+class _RunExecutor:
+    """Loads an ingestion's new files in batches, each one Iceberg commit."""
+
+    def __init__(self, *, run: Run, engine: Engine, heartbeat: _Heartbeat):
+        self.run = run
+        self.ingestion = run.ingestion
+        self.engine = engine
+        self.heartbeat = heartbeat
+        self.table_name = self.ingestion.table_identifier
+        self.source = None
+        self.stage = None
+        # The table's schema, read once and again only after a commit that changed it.
+        self.table_schema: pa.Schema | None = None
+        self.table_schema_known = False
+
+    def execute(self) -> None:
+        batches_recover(ingestion=self.ingestion, engine=self.engine)
+        if self.run.stage_name and self.run.publish_state == PublishState.PUBLISHING:
+            # Killed while publishing: every batch is in; finish the swap, nothing more.
+            failed = self.run.files_failed
+            self._finish_staged(
+                RunStatus.PARTIAL_SUCCESS if failed else RunStatus.SUCCESS,
+                error=f"{failed} files failed to load." if failed else "",
+            )
+            return
+        # Checked against the tenant's locations now, not only when the ingestion was saved:
+        # a revoked location or a symlink changed since then reaches nothing.
+        self.source = source_open(tenant=self.ingestion.tenant, uri=self.ingestion.source_uri)
+        listing = list_source_files(
+            source=self.source, pattern=self.ingestion.source_pattern or None
+        )
+        scope = Scope.parse(self.run.stage_scope)
+        replacing = None
+        if scope is not None:
+            listed = {item.path for item in listing}
+            listing = [
+                item for item in listing if scope.matches_listed(item.path, item.modified_ns)
+            ]
+            if not self.run.stage_write_to:  # first attempt: what the version replaces
+                paths, _ = scope_replacing(
+                    ingestion=self.ingestion,
+                    scope=scope,
+                    listed=listed,
+                    matched={item.path for item in listing},
+                )
+                replacing = sorted(paths)
+        if self.run.stage_name:
+            self.stage = stage_of(self.run, engine=self.engine, replacing=replacing)
+            self.table_name = self.stage.write_to
+        history = self._known_paths()
+        # Quarantined files are left out until released (`ingestions.quarantine`).
+        set_aside = quarantined_paths(ingestion=self.ingestion)
+        new_files = [
+            source
+            for source in listing
+            if source.path not in history and source.path not in set_aside
+        ]
+        self.run.refresh_from_db(fields=["files_loaded"])
+        Run.objects.filter(pk=self.run.pk).update(
+            files_found=self.run.files_loaded + len(new_files)
+        )
+        failed: list[dict] = []
+        for batch in _split_batches(new_files):
+            self._check_cancel()
+            batch_failures = self._load_batch(batch)
+            failed.extend(batch_failures)
+            if batch_failures:
+                Run.objects.filter(pk=self.run.pk).update(
+                    files_failed=len(failed), failed_files=failed
+                )
+                failures_record(run=self.run, failures=batch_failures)
+        self.run.refresh_from_db()
+        if failed and self.run.files_loaded == 0 and len(failed) == len(new_files):
+            status, error = RunStatus.FAILED, f"All {len(failed)} files failed to load."
+        elif failed:
+            status, error = RunStatus.PARTIAL_SUCCESS, f"{len(failed)} files failed to load."
+        else:
+            status, error = RunStatus.SUCCESS, ""
+        if self.run.stage_name:
+            if status == RunStatus.FAILED:
+                raise StagedRunFailedError(error)  # discarded by run_execute
+            self._finish_staged(status, error=error)
+            return
+        _finish(self.run, self.heartbeat.worker_id, status, error=error)
+
+    def _known_paths(self) -> set[str]:
+        """Files not to load: the history (unless the staged version replaces it) and what
+        this run committed already (a resumed staged run keeps its batches, not history)."""
+        known = set()
+        if not self.run.stage_replaces_history and not self.run.stage_scope:
+            known = processed_file_paths(ingestion=self.ingestion)
+        if self.run.stage_name:
+            for files in RunBatch.objects.filter(
+                run=self.run, status=CommitStatus.COMMITTED
+            ).values_list("files", flat=True):
+                known.update(item["path"] for item in files)
+        return known
+
+    def _finish_staged(self, status: str, *, error: str = "") -> None:
+        """End a staged run: publish before reporting SUCCESS (a client that waits for the
+        run reads the new table), or wait for a decision when some files failed."""
+        decision = self.run.on_partial_failure
+        if self.run.publish_hold:
+            # A batch's member: its batch publishes every member once all have loaded, or
+            # none (`refresh.batches`); a member with failed files fails the batch.
+            Run.objects.filter(pk=self.run.pk).update(publish_state=PublishState.AWAITING_BATCH)
+            error = f"{error} {BATCH_WAIT_NOTE}"
+        elif status == RunStatus.SUCCESS or (
+            status == RunStatus.PARTIAL_SUCCESS and decision == OnPartialFailure.PUBLISH
+        ):
+            self.heartbeat.check()
+            staged_publish(run=self.run, engine=self.engine)
+        elif decision == OnPartialFailure.DISCARD:
+            staged_discard(run=self.run, engine=self.engine)
+            error = f"{error} The new version was discarded; the table is unchanged."
+        else:
+            Run.objects.filter(pk=self.run.pk).update(publish_state=PublishState.AWAITING_DECISION)
+            error = f"{error} The new version waits for a decision: publish or discard it."
+        _finish(self.run, self.heartbeat.worker_id, status, error=error.strip())
+
+    def _check_cancel(self) -> None:
+        self.heartbeat.check()
+        if Run.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+            raise RunCancelledError()
+
+    def _load_batch(self, batch: list[SourceFile]) -> list[dict]:
+        """Read the batch's files and commit the good ones as one snapshot; returns failures.
+
+        Rows and reading time are known only while reading: past either bound, the files
+        read so far commit and the rest of the batch goes on as a batch of its own.
+        """
+        # Each batch checks the location again: one revoked during the run reads no more.
+        self.source = source_open(tenant=self.ingestion.tenant, uri=self.ingestion.source_uri)
+        if self.engine.reads_files:
+            return self._load_batch_on_engine(batch)
+        failures: list[dict] = []
+        while batch:
+            data, loaded, batch = self._read_files(batch, failures)
+            if loaded:
+                self._check_cancel()
+                self._commit(loaded, rows=data.num_rows if data is not None else 0, data=data)
+                if data is not None and (
+                    self.table_schema is None or not data.schema.equals(self.table_schema)
+                ):
+                    # The commit created the table or changed its schema: read it again.
+                    self.table_schema_known = False
+        return failures
+
+    def _load_batch_on_engine(self, batch: list[SourceFile]) -> list[dict]:
+        """The engine reads the batch's files itself (a cluster's executors), counts each
+        file's rows, then commits the good files' rows: the worker reads no source bytes."""
+        files = {source.path: source for source in batch}
+        try:
+            read = self.engine.read_files(
+                source=self.source,
+                paths=list(files),
+                file_format=self.ingestion.source_format,
+                options=self.ingestion.source_options or {},
+            )
+        except Exception:
+            self._check_cancel()  # a read interrupted by a cancel ends the run CANCELLED
+            raise
+        try:
+            loaded = [
+                _LoadedFile(source=files[path], rows=rows) for path, rows in read.rows.items()
+            ]
+            if loaded:
+                self._check_cancel()
+                self._commit(loaded, rows=read.total_rows, files=read)
+        finally:
+            self.engine.release_files(read)
+        return [_failure(files[path], exc) for path, exc in read.failures.items()]
+
+    def _read_files(
+        self, files: list[SourceFile], failures: list[dict]
+    ) -> tuple[pa.Table | None, list[_LoadedFile], list[SourceFile]]:
+        """Read `files` until the batch's row or time bound; returns the data (None when no
+        file had rows), the files it holds and the files left unread. Failures are added
+        to `failures`."""
+        max_rows = max(1, settings.AUTOLOADER_BATCH_MAX_ROWS)
+        deadline = time.monotonic() + settings.AUTOLOADER_BATCH_MAX_SECONDS
+        fitter = _BatchFitter(schema=self._table_schema(), failures=failures)
+        read: list[tuple[SourceFile, int]] = []
+        rows, rest = 0, []
+        for position, source in enumerate(files):
+            if read and (rows >= max_rows or time.monotonic() >= deadline):
+                rest = files[position:]
+                break
+            try:
+                data = read_source_file(
+                    source=self.source,
+                    path=source.path,
+                    file_format=self.ingestion.source_format,
+                    options=self.ingestion.source_options or {},
+                )
+            except AutoloaderError as exc:
+                failures.append(_failure(source, exc))
+                continue
+            read.append((source, data.num_rows))
+            rows += data.num_rows
+            if data.num_rows:
+                fitter.add(source, data)
+        data, fitted = fitter.finish()
+        # A file without rows has nothing to load, and its types say nothing (a header-only
+        # CSV reads as strings): it joins the history but never decides the schema.
+        loaded = [
+            _LoadedFile(source=source, rows=file_rows)
+            for source, file_rows in read
+            if not file_rows or source.path in fitted
+        ]
+        return data, loaded, rest
+
+    def _table_schema(self) -> pa.Schema | None:
+        if not self.table_schema_known:
+            self.table_schema = self.engine.table_schema(self.table_name)
+            self.table_schema_known = True
+        return self.table_schema
+
+    def _commit(
+        self,
+        loaded: list[_LoadedFile],
+        *,
+        rows: int,
+        data: pa.Table | None = None,
+        files: FileBatch | None = None,
+    ) -> None:
+        """Commit a batch (exactly-once protocol): `data` read here, or `files` read by the
+        engine; no commit to the table when the files have no rows."""
+        batch = RunBatch.objects.create(
+            run=self.run,
+            batch_key=f"{self.run.public_id}.{uuid.uuid4().hex[:12]}",
+            status=CommitStatus.PENDING,
+            table_name=self.table_name,
+            files=[
+                {
+                    "path": item.source.path,
+                    "size_bytes": item.source.size_bytes,
+                    "modified_at": item.source.modified_at.isoformat()
+                    if item.source.modified_at
+                    else None,
+                    "rows": item.rows,
+                }
+                for item in loaded
+            ],
+            rows=rows,
+            bytes=sum(item.source.size_bytes for item in loaded),
+        )
+        self.heartbeat.check()
+        if not rows:
+            # No rows, so no Iceberg commit to wait for: the history is the whole batch.
+            batch_mark_committed(batch=batch, snapshot_id=None)
+            return
+        properties = {
+            SNAPSHOT_RUN_KEY: self.run.public_id,
+            SNAPSHOT_BATCH_KEY: batch.batch_key,
+            SNAPSHOT_INGESTION_KEY: self.ingestion.public_id,
+        }
+        branch = self.stage.branch if self.stage else None
+        try:
+            if files is not None:
+                snapshot_id = self.engine.append_files(
+                    self.table_name,
+                    files,
+                    properties=properties,
+                    ingested_at=timezone.now(),
+                    branch=branch,
+                )
+            else:
+                snapshot_id = self.engine.append(
+                    self.table_name, data, branch=branch, properties=properties
+                )
+        except Exception:
+            # The commit may or may not have reached the table: let the table decide.
+            batch_resolve(batch=batch, engine=self.engine)
+            self._check_cancel()  # an append interrupted by a cancel ends the run CANCELLED
+            raise
+        batch_mark_committed(batch=batch, snapshot_id=snapshot_id)
+
+
+class _BatchFitter:
+    """Fits a batch's files to the table's schema and adds their lineage columns.
+
+    Small files of one schema are fitted together, once (per file, the fixed cost of a
+    fit is most of a small file's time); when that fails, file by file, so a bad file fails
+    alone. A big file is fitted by itself as soon as it is read, so its raw rows are freed.
+    With no table yet, the first file decides the schema and the others fit it.
+    """
+
+    def __init__(self, *, schema: pa.Schema | None, failures: list[dict]):
+        self.schema = schema
+        self.failures = failures
+        self.ingested_at = timezone.now()
+        self.parts: list[pa.Table] = []
+        self.fitted: set[str] = set()
+        self.pending: list[tuple[SourceFile, pa.Table]] = []
+        self.pending_rows = 0
+
+    def add(self, source: SourceFile, data: pa.Table) -> None:
+        if self.pending and not data.schema.equals(self.pending[0][1].schema):
+            self._fit_pending()
+        self.pending.append((source, data))
+        self.pending_rows += data.num_rows
+        if self.pending_rows >= SMALL_FILE_ROWS:
+            self._fit_pending()
+
+    def finish(self) -> tuple[pa.Table | None, set[str]]:
+        """The batch's data (None when no file fitted) and the paths of the files in it."""
+        self._fit_pending()
+        return _concat(self.parts), self.fitted
+
+    def _fit_pending(self) -> None:
+        files, self.pending, self.pending_rows = self.pending, [], 0
+        if len(files) > 1:
+            try:
+                self._fit(files)
+                return
+            except (AutoloaderError, pa.ArrowException, ValueError):
+                pass  # one of them does not fit: find which, file by file
+        for item in files:
+            try:
+                self._fit([item])
+            except AutoloaderError as exc:
+                self.failures.append(_failure(item[0], exc))
+
+    def _fit(self, files: list[tuple[SourceFile, pa.Table]]) -> None:
+        data = pa.concat_tables([data for _, data in files])
+        paths = source_file_column([(source.path, part.num_rows) for source, part in files])
+        data = with_metadata_columns(data, source_file=paths, ingested_at=self.ingested_at)
+        if self.schema is not None:
+            data = conform_to_schema(data, self.schema)
+        else:
+            self.schema = data.schema
+        self.parts.append(data)
+        self.fitted.update(source.path for source, _ in files)
+
+
+def _failure(source: SourceFile, exc: AutoloaderError) -> dict:
+    return {
+        "path": source.path,
+        "error": str(exc),
+        "error_code": exc.error_code,
+        "size_bytes": source.size_bytes,
+    }
+
+
+def _concat(parts: list[pa.Table]) -> pa.Table | None:
+    if not parts:
+        return None
+    data = pa.concat_tables(parts, promote_options="permissive")
+    if data.num_columns and data.num_rows < SMALL_FILE_ROWS * data.column(0).num_chunks:
+        # Many small files: pyiceberg writes chunk by chunk, and thousands of tiny chunks
+        # write several times slower than one. Copying small files' rows costs little.
+        data = data.combine_chunks()
+    return data
+
+
+def _split_batches(files: list[SourceFile]) -> list[list[SourceFile]]:
+    """Cut the files into batches by the bounds the listing knows: bytes and files.
+
+    A batch is one Iceberg commit, and a commit's cost grows with the table, not with the
+    batch: many small files make few big batches. The files bound is an upper bound (1
+    gives one commit per file, the most commit boundaries, as the crash tests want).
+    """
+    max_files = max(1, settings.AUTOLOADER_BATCH_MAX_FILES)
+    max_bytes = max(1, settings.AUTOLOADER_BATCH_MAX_BYTES)
+    batches: list[list[SourceFile]] = []
+    current: list[SourceFile] = []
+    current_bytes = 0
+    for source in files:
+        if current and (len(current) >= max_files or current_bytes + source.size_bytes > max_bytes):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(source)
+        current_bytes += source.size_bytes
+    if current:
+        batches.append(current)
+    return batches
