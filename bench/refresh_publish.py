@@ -273,7 +273,8 @@ class RefreshBench:
         import ingestions.run_executor as run_executor
         from ingestions.models import RunStatus
         from refresh.models import RefreshOperation
-        from refresh.services import operation_sync, refresh_execute
+        from refresh.services import refresh_execute
+        from refresh.sync import operation_sync
 
         operation = refresh_execute(
             ingestion=self.ingestion, kind="full_refresh", actor=self.user, confirm=True, mode=mode

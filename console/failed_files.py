@@ -7,17 +7,9 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
 from ingestions import quarantine, runs
-from ingestions.errors import (
-    AutoloaderError,
-    FailedFileNotFoundError,
-)
+from ingestions.errors import AutoloaderError, FailedFileNotFoundError
 
-from .plumbing import (
-    _changed,
-    _ingestion,
-    render_in_place,
-    tenant_view,
-)
+from .plumbing import _changed, _ingestion, render_in_place, tenant_view
 
 
 @require_POST

@@ -10,25 +10,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from ingestions import services as ingestion_services
-from ingestions.errors import (
-    AutoloaderError,
-    PermissionDeniedError,
-)
+from ingestions.errors import AutoloaderError, PermissionDeniedError
 from ingestions.sources.preview import source_check as check_source
 
-from .forms import (
-    IngestionDeleteForm,
-    IngestionForm,
-    ProtectForm,
-    SourceForm,
-)
-from .plumbing import (
-    _confirmed,
-    _ingestion,
-    _refusal,
-    render_in_place,
-    tenant_view,
-)
+from .forms import IngestionDeleteForm, IngestionForm, ProtectForm, SourceForm
+from .plumbing import _confirmed, _ingestion, _refusal, render_in_place, tenant_view
 
 
 def _require(request, permission: str, obj) -> None:

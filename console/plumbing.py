@@ -14,13 +14,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget, trigger_client_event
 
-from ingestions.errors import (
-    AutoloaderError,
-    IngestionNotFoundError,
-)
-from ingestions.selectors import (
-    ingestion_get,
-)
+from ingestions.errors import AutoloaderError, IngestionNotFoundError
+from ingestions.selectors import ingestion_get
 from ingestions.tenancy import SESSION_TENANT_KEY, NoTenantError, tenant_for_request
 from refresh.errors import OperationNotFoundError
 from refresh.models import OperationStatus, RefreshOperation
@@ -29,9 +24,7 @@ from refresh.presenters import operation_payload
 from refresh.selectors import operation_get
 from refresh.specs import spec_of
 
-from .forms import (
-    ConfirmOperationForm,
-)
+from .forms import ConfirmOperationForm
 
 # Fired (after the swap settles) whenever an ingestion's state changed: the run table, the
 # table and history cards, the operations and the audit trail reload themselves on it.

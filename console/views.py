@@ -27,10 +27,7 @@ from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 
 from ingestions import quarantine, runs
-from ingestions.errors import (
-    AutoloaderError,
-    RunNotFoundError,
-)
+from ingestions.errors import AutoloaderError, RunNotFoundError
 from ingestions.maintenance import MAINTAINED_ENGINES, maintenance_list, snapshot_retention
 from ingestions.models import RunTrigger
 from ingestions.selectors import (
@@ -45,31 +42,12 @@ from ingestions.selectors import (
 from ingestions.tenancy import SESSION_TENANT_KEY
 from refresh.offers import ingestion_offers, operation_offers
 from refresh.selectors import operation_list
-from refresh.services import (
-    operation_as_of_run,
-)
+from refresh.sync import operation_as_of_run
 
 from .failed_files import failed_files_context
-from .forms import (
-    AuditFilterForm,
-    HistorySearchForm,
-    IngestionFilterForm,
-    TenantSwitchForm,
-)
-from .plumbing import (
-    _changed,
-    _filter_query,
-    _fragment,
-    _ingestion,
-    _panel,
-    _refusal,
-    tenant_view,
-)
-from .selectors import (
-    audit_entry_list,
-    ingestion_rows,
-    ingestion_search,
-)
+from .forms import AuditFilterForm, HistorySearchForm, IngestionFilterForm, TenantSwitchForm
+from .plumbing import _changed, _filter_query, _fragment, _ingestion, _panel, _refusal, tenant_view
+from .selectors import audit_entry_list, ingestion_rows, ingestion_search
 
 # Fired by the run table's answers while a run is active.
 PROGRESS_EVENT = "run-progress"

@@ -62,12 +62,7 @@ from .serializers import (
     retain_days_field,
     snapshot_retention_hours_field,
 )
-from .services import (
-    ExistingTable,
-    ingestion_create,
-    ingestion_delete,
-    ingestion_update,
-)
+from .services import ExistingTable, ingestion_create, ingestion_delete, ingestion_update
 from .sources.preview import source_check
 from .sources.readers import (
     MAX_LIST_OPTION_ITEMS,

@@ -18,27 +18,11 @@ from django.utils import timezone
 from . import hooks
 from .engines import Engine, load_engine
 from .engines.base import FileBatch
-from .errors import (
-    AutoloaderError,
-    RunCancelledError,
-    RunOwnershipLostError,
-)
+from .errors import AutoloaderError, RunCancelledError, RunOwnershipLostError
 from .locations import source_open
-from .models import (
-    CommitStatus,
-    OnPartialFailure,
-    PublishState,
-    Run,
-    RunBatch,
-    RunStatus,
-)
+from .models import CommitStatus, OnPartialFailure, PublishState, Run, RunBatch, RunStatus
 from .quarantine import failures_record, quarantined_paths
-from .runs import (
-    SMALL_FILE_ROWS,
-    SNAPSHOT_BATCH_KEY,
-    SNAPSHOT_INGESTION_KEY,
-    SNAPSHOT_RUN_KEY,
-)
+from .runs import SMALL_FILE_ROWS, SNAPSHOT_BATCH_KEY, SNAPSHOT_INGESTION_KEY, SNAPSHOT_RUN_KEY
 from .scope import Scope, scope_replacing
 from .selectors import processed_file_paths
 from .sources import SourceFile, list_source_files, read_source_file

@@ -18,18 +18,8 @@ from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from . import audit, hooks
-from .errors import (
-    PermissionDeniedError,
-    RunInProgressError,
-    RunNotCancellableError,
-)
-from .models import (
-    Ingestion,
-    OnPartialFailure,
-    Run,
-    RunStatus,
-    RunTrigger,
-)
+from .errors import PermissionDeniedError, RunInProgressError, RunNotCancellableError
+from .models import Ingestion, OnPartialFailure, Run, RunStatus, RunTrigger
 from .selectors import run_active
 
 logger = logging.getLogger(__name__)

@@ -16,21 +16,10 @@ from django.utils import timezone
 
 from . import hooks
 from .engines import Engine, Stage, load_engine
-from .errors import (
-    AutoloaderError,
-)
-from .models import (
-    CommitStatus,
-    Ingestion,
-    ProcessedFile,
-    PublishState,
-    Run,
-    RunBatch,
-)
+from .errors import AutoloaderError
+from .models import CommitStatus, Ingestion, ProcessedFile, PublishState, Run, RunBatch
 from .quarantine import failures_forget
-from .runs import (
-    SNAPSHOT_BATCH_KEY,
-)
+from .runs import SNAPSHOT_BATCH_KEY
 from .selectors import processed_file_paths
 from .services import history_archive, history_replace_scope
 

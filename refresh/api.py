@@ -33,20 +33,13 @@ from ingestions.serializers import (
 )
 
 from .errors import RefreshApiDisabledError
-from .idempotency import (
-    HEADER as IDEMPOTENCY_HEADER,
-)
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import fingerprint, idempotency_begin, idempotency_complete, idempotency_release
 from .models import IdempotencyRecord, OperationKind, OperationStatus, RefreshMode
 from .presenters import operation_payload, preview_payload
 from .selectors import operation_get, operation_list
-from .services import (
-    operation_as_of_run,
-    refresh_decide,
-    refresh_execute,
-    refresh_preview,
-    refresh_resume,
-)
+from .services import refresh_execute, refresh_preview, refresh_resume
+from .sync import operation_as_of_run, refresh_decide
 from .undo import refresh_undo, undo_preview
 
 HTTP_STATUS_BY_OPERATION_STATUS = {

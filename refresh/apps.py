@@ -19,7 +19,7 @@ class RefreshConfig(AppConfig):
         from .guards import refuse_during_refresh, without_refreshes_in_flight
         from .reaper import refresh_reap
         from .schedules import run_schedule_payloads, run_schedule_write, schedules_fire_due
-        from .services import operations_sync_due
+        from .sync import operations_sync_due
         from .undo import retention_expire
 
         # A standing approval of a scheduled refresh above the plan threshold: admins only.

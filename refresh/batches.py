@@ -33,14 +33,7 @@ from ingestions.errors import (
     RateLimitedError,
     RunNotCancellableError,
 )
-from ingestions.models import (
-    ACTIVE_RUN_STATUSES,
-    Ingestion,
-    PublishState,
-    Run,
-    RunStatus,
-    Tenant,
-)
+from ingestions.models import ACTIVE_RUN_STATUSES, Ingestion, PublishState, Run, RunStatus, Tenant
 from ingestions.ratelimits import preview_rate, rate_give_back
 from ingestions.runs import run_cancel
 from ingestions.staging import BATCH_WAIT_NOTE, staged_discard, staged_publish
@@ -56,14 +49,8 @@ from .models import (
     RefreshOperation,
 )
 from .planning import Plan
-from .services import (
-    operation_as_of_run,
-    operation_of_run_sync,
-    operation_sync,
-    refresh_check,
-    refresh_execute,
-    refresh_preview,
-)
+from .services import refresh_check, refresh_execute, refresh_preview
+from .sync import operation_as_of_run, operation_of_run_sync, operation_sync
 
 logger = logging.getLogger(__name__)
 

@@ -5,15 +5,9 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
-from ingestions.models import (
-    Ingestion,
-)
+from ingestions.models import Ingestion
 
-from .models import (
-    OperationStatus,
-    RefreshOperation,
-    Retention,
-)
+from .models import OperationStatus, RefreshOperation, Retention
 from .specs import SPECS, spec_of
 from .undo import NOTHING_CHANGED
 

@@ -7,16 +7,8 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from .models import (
-    OperationStatus,
-    RefreshOperation,
-    Retention,
-)
-from .services import (
-    _Heartbeat,
-    _run_steps,
-    _take_over,
-)
+from .models import OperationStatus, RefreshOperation, Retention
+from .services import _Heartbeat, _run_steps, _take_over
 from .undo import undo_finish
 
 logger = logging.getLogger(__name__)

@@ -5,18 +5,10 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from ingestions.models import (
-    Ingestion,
-)
-from ingestions.services import (
-    history_mark,
-)
+from ingestions.models import Ingestion
+from ingestions.services import history_mark
 
-from .models import (
-    OperationKind,
-    RefreshOperation,
-    Retention,
-)
+from .models import OperationKind, RefreshOperation, Retention
 
 
 def restore_point_name(operation: RefreshOperation) -> str:

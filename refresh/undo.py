@@ -10,48 +10,27 @@ from django.utils import timezone
 
 from ingestions import hooks
 from ingestions.engines import load_engine
-from ingestions.errors import (
-    AutoloaderError,
-    RefreshInProgressError,
-)
-from ingestions.models import (
-    Ingestion,
-    ProcessedFile,
-    Run,
-)
-from ingestions.runs import (
-    ingestion_lock,
-)
-from ingestions.services import (
-    history_purge_archived,
-    history_restore,
-)
+from ingestions.errors import AutoloaderError, RefreshInProgressError
+from ingestions.models import Ingestion, ProcessedFile, Run
+from ingestions.runs import ingestion_lock
+from ingestions.services import history_purge_archived, history_restore
 
 from . import audit
-from .errors import (
-    OperationNotUndoableError,
-)
+from .actors import _require, _user
+from .errors import OperationNotUndoableError
 from .limits import rate_limit_slot
-from .models import (
-    OperationKind,
-    OperationStatus,
-    RefreshOperation,
-    Retention,
-)
+from .models import OperationKind, OperationStatus, RefreshOperation, Retention
 from .planning import gigabytes
 from .services import (
     PREVIEW_PERMISSION,
-    _acting_on,
     _Heartbeat,
     _in_flight_error,
     _refuse_if_busy,
     _refuse_if_protected,
-    _require,
     _take_over,
-    _user,
-    operation_sync,
 )
 from .specs import spec_of
+from .sync import _acting_on, operation_sync
 
 logger = logging.getLogger(__name__)
 

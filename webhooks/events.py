@@ -162,7 +162,7 @@ def operation_ended_event(*, operation) -> None:
 
 def staged_run_event(*, run, event: str, status: str) -> None:
     """The refresh operation of a staged run: its new version was published or discarded
-    (the operation's own status follows lazily, `refresh.services.operation_sync`)."""
+    (the operation's own status follows lazily, `refresh.sync.operation_sync`)."""
     from django.db.models import Q
 
     from refresh.models import RefreshOperation

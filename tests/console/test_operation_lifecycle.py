@@ -7,7 +7,8 @@ import pytest
 from ingestions.engines import load_engine
 from ingestions.models import ProcessedFile, Role
 from refresh.models import OperationStatus, RefreshOperation
-from refresh.services import operation_sync, refresh_execute
+from refresh.services import refresh_execute
+from refresh.sync import operation_sync
 
 from ..helpers import drain_queue, write_csv_files
 from .conftest import hx

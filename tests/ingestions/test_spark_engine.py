@@ -294,7 +294,8 @@ def test_a_zero_downtime_refresh_on_spark_publishes_whole_and_can_be_undone(
     `branch_<name>`), published in one step, and undone to the old rows and history."""
     from ingestions.models import Role
     from refresh.models import OperationStatus, RefreshOperation
-    from refresh.services import operation_sync, refresh_execute
+    from refresh.services import refresh_execute
+    from refresh.sync import operation_sync
     from refresh.undo import refresh_undo
 
     write_csv_files(source_dir, files=2, rows=5)

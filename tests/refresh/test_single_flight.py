@@ -24,7 +24,8 @@ from refresh.models import (
     RefreshOperation,
     Retention,
 )
-from refresh.services import operation_sync, operations_sync_due, refresh_execute
+from refresh.services import refresh_execute
+from refresh.sync import operation_sync, operations_sync_due
 from refresh.undo import refresh_undo
 from webhooks.models import EVENTS, Webhook, WebhookEvent
 

@@ -15,7 +15,8 @@ from ingestions.run_executor import run_execute
 from ingestions.runs import run_request
 from refresh.errors import OperationNotUndoableError
 from refresh.models import OperationStatus, RefreshOperation, Retention
-from refresh.services import operation_sync, refresh_execute
+from refresh.services import refresh_execute
+from refresh.sync import operation_sync
 from refresh.undo import refresh_undo, retention_expire, undo_preview
 
 from ..helpers import FaultingEngine, drain_queue, open_table, write_csv_files

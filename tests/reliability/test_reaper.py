@@ -17,7 +17,8 @@ from ingestions.models import ACTIVE_RUN_STATUSES, ProcessedFile, Run
 from refresh import services, undo
 from refresh.models import OperationStatus, RefreshOperation, Retention, StepName
 from refresh.reaper import refresh_reap
-from refresh.services import operation_sync, refresh_execute
+from refresh.services import refresh_execute
+from refresh.sync import operation_sync
 from refresh.undo import refresh_undo
 
 from ..helpers import (
