@@ -16,9 +16,10 @@ class RefreshConfig(AppConfig):
         from ingestions.permissions import grant_to_role
 
         from .batches import batches_sync_due, run_ended_sync
+        from .firing import schedules_fire_due
         from .guards import refuse_during_refresh, without_refreshes_in_flight
         from .reaper import refresh_reap
-        from .schedules import run_schedule_payloads, run_schedule_write, schedules_fire_due
+        from .schedules import run_schedule_payloads, run_schedule_write
         from .sync import operations_sync_due
         from .undo import retention_expire
 

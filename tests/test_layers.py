@@ -38,8 +38,8 @@ def test_the_apps_above_register_their_guard_hooks_and_worker_passes():
     from ingestions.maintenance import maintenance_due
     from ingestions.runs import runs_recover_stale
     from refresh.batches import batches_sync_due, run_ended_sync
+    from refresh.firing import schedules_fire_due
     from refresh.guards import refuse_during_refresh
-    from refresh.schedules import schedules_fire_due
     from webhooks.delivery import deliver_due_in_background
 
     recovery = hooks.periodic_jobs("recovery")

@@ -16,7 +16,8 @@ from ingestions.cron import ScheduleInvalidError, cron_parse
 from ingestions.management.commands.autoloader_worker import Command
 from ingestions.memberships import membership_remove, membership_set
 from ingestions.models import Role, Run, RunStatus, RunTrigger
-from refresh import schedules as schedules_module
+from refresh import firing as firing_module
+from refresh.firing import schedules_fire_due
 from refresh.models import (
     FiringOutcome,
     OperationStatus,
@@ -25,13 +26,7 @@ from refresh.models import (
     ScheduleAction,
     ScheduleFiring,
 )
-from refresh.schedules import (
-    schedule_approve,
-    schedule_pause,
-    schedule_resume,
-    schedule_set,
-    schedules_fire_due,
-)
+from refresh.schedules import schedule_approve, schedule_pause, schedule_resume, schedule_set
 from refresh.services import refresh_preview
 
 from ..factories import IngestionFactory, TenantFactory
@@ -572,13 +567,13 @@ def test_a_schedule_paused_or_changed_between_its_read_and_its_firing_does_not_f
     after the claim committed. Either way the other request wins and nothing runs."""
     operator = member(Role.OPERATOR)
     schedule = scheduled_refresh(loaded, operator.user, action=ScheduleAction.FRESH_START)
-    real = getattr(schedules_module, step)
+    real = getattr(firing_module, step)
 
     def meanwhile_then(firing_or_schedule, **kwargs):
         meanwhile(schedule)  # another request, committed before this worker goes on
         return real(firing_or_schedule, **kwargs)
 
-    monkeypatch.setattr(schedules_module, step, meanwhile_then)
+    monkeypatch.setattr(firing_module, step, meanwhile_then)
     rows_before = table_rows(loaded)
 
     firings = schedules_fire_due(now=SLOT)
