@@ -11,7 +11,7 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -30,25 +30,14 @@ from .models import (
     RESERVED_PUBLIC_IDS,
     Ingestion,
     MaintenanceAction,
-    RunTrigger,
     SourceFormat,
     validate_public_id,
 )
 from .pagination import StrictLimitOffsetPagination
-from .quarantine import (
-    failure_get,
-    failure_list,
-    failure_quarantine,
-    failure_release,
-    failure_retry,
-)
-from .runs import run_cancel, run_request
 from .selectors import (
     ingestion_get,
     ingestion_list,
-    run_get,
     run_latest,
-    run_list,
     runs_by_pk,
     table_state,
 )
@@ -56,7 +45,6 @@ from .serializers import (
     CRON_PATTERN,
     AmountField,
     IngestionOutputSerializer,
-    RunOutputSerializer,
     StrictSerializer,
     maintenance_enabled_field,
     retain_days_field,
@@ -537,65 +525,6 @@ class IngestionDetailApi(TenantAPIView):
         return Response(outcome)
 
 
-class IngestionRunApi(TenantAPIView):
-    @extend_schema(
-        operation_id="ingestions_run",
-        request=None,
-        responses={
-            202: RunOutputSerializer,
-            409: OpenApiResponse(ERROR_SCHEMA, description="RUN_IN_PROGRESS (with current_run_id)"),
-            **COMMON_ERRORS,
-        },
-    )
-    def post(self, request, ingestion_id: str):
-        ingestion = self.get_ingestion(ingestion_id, "run_ingestion")
-        run = run_request(ingestion=ingestion, actor=request.user, trigger=RunTrigger.API)
-        return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
-
-
-class IngestionRunsApi(TenantAPIView):
-    Pagination = StrictLimitOffsetPagination
-
-    pagination_class = Pagination  # read by the schema: the list is paginated
-
-    @extend_schema(
-        operation_id="ingestions_runs_list",
-        responses={200: RunOutputSerializer(many=True), **COMMON_ERRORS},
-    )
-    def get(self, request, ingestion_id: str):
-        ingestion = self.get_ingestion(ingestion_id, "view_run")
-        paginator = self.Pagination()
-        page = paginator.paginate_queryset(run_list(ingestion=ingestion), request, view=self)
-        return paginator.get_paginated_response(RunOutputSerializer(page, many=True).data)
-
-
-class RunDetailApi(TenantAPIView):
-    @extend_schema(
-        operation_id="runs_retrieve", responses={200: RunOutputSerializer, **COMMON_ERRORS}
-    )
-    def get(self, request, run_id: str):
-        run = run_get(tenant=self.tenant, run_id=run_id)
-        self.require("view_run", run.ingestion)
-        return Response(RunOutputSerializer(run).data)
-
-
-class RunCancelApi(TenantAPIView):
-    @extend_schema(
-        operation_id="runs_cancel",
-        request=None,
-        responses={
-            202: RunOutputSerializer,
-            409: OpenApiResponse(ERROR_SCHEMA, description="RUN_NOT_CANCELLABLE"),
-            **COMMON_ERRORS,
-        },
-    )
-    def post(self, request, run_id: str):
-        run = run_get(tenant=self.tenant, run_id=run_id)
-        self.require("run_ingestion", run.ingestion)
-        run = run_cancel(run=run, actor=request.user)
-        return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)
-
-
 class LocationListApi(TenantAPIView):
     """The storage locations granted to the caller's tenant: where its sources may lie."""
 
@@ -646,86 +575,3 @@ class IngestionMaintenanceApi(TenantAPIView):
         page = paginator.paginate_queryset(actions, request, view=self)
         payload = self.MaintenanceOutputSerializer(page, many=True).data
         return paginator.get_paginated_response(payload)
-
-
-class FailedFileOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    path = serializers.CharField()
-    size_bytes = serializers.IntegerField()
-    attempts = serializers.IntegerField(help_text="Runs in a row that failed to load the file.")
-    error = serializers.CharField()
-    first_failed_at = serializers.DateTimeField()
-    last_failed_at = serializers.DateTimeField()
-    last_run_id = serializers.CharField(source="last_run.public_id", allow_null=True)
-    quarantined = serializers.BooleanField()
-    quarantined_at = serializers.DateTimeField(allow_null=True)
-    quarantined_by = serializers.SerializerMethodField(
-        help_text="Who quarantined it; null with quarantined_at set: the worker, automatically."
-    )
-
-    def get_quarantined_by(self, failure) -> str | None:
-        return failure.quarantined_by.username if failure.quarantined_by else None
-
-
-class IngestionFailedFilesApi(TenantAPIView):
-    """The files that failed to load and have not loaded since, quarantined or not.
-
-    A quarantined file is left out of every run and refresh preview until it is released.
-    """
-
-    Pagination = StrictLimitOffsetPagination
-
-    pagination_class = Pagination  # read by the schema: the list is paginated
-
-    @extend_schema(
-        operation_id="ingestions_failed_files_list",
-        parameters=[
-            OpenApiParameter(
-                "quarantined", bool, description="Only quarantined (true) or only not (false)."
-            )
-        ],
-        responses={200: FailedFileOutputSerializer(many=True), **COMMON_ERRORS},
-    )
-    def get(self, request, ingestion_id: str):
-        ingestion = self.get_ingestion(ingestion_id, "view_run")
-        value = request.query_params.get("quarantined")
-        if value not in (None, "", "true", "false"):
-            raise ValidationError({"quarantined": ["Use true or false."]})
-        failures = failure_list(
-            ingestion=ingestion, quarantined=None if not value else value == "true"
-        )
-        paginator = self.Pagination()
-        page = paginator.paginate_queryset(failures, request, view=self)
-        return paginator.get_paginated_response(FailedFileOutputSerializer(page, many=True).data)
-
-
-class FailedFileActionApi(TenantAPIView):
-    """quarantine: set the file aside; release: let the next run try it again (from zero
-    attempts); retry: release it if quarantined and queue a run now."""
-
-    ACTIONS = ("quarantine", "release", "retry")
-
-    @extend_schema(
-        operation_id="ingestions_failed_files_action",
-        request=None,
-        responses={
-            200: FailedFileOutputSerializer,
-            202: RunOutputSerializer,
-            409: OpenApiResponse(ERROR_SCHEMA, description="FAILED_FILE_STATE / RUN_IN_PROGRESS"),
-            **COMMON_ERRORS,
-        },
-    )
-    def post(self, request, ingestion_id: str, failure_id: int, action: str):
-        if action not in self.ACTIONS:
-            raise NotFound("Not found.")
-        ingestion = self.get_ingestion(ingestion_id, "run_ingestion")
-        failure = failure_get(ingestion=ingestion, failure_id=failure_id)
-        if action == "quarantine":
-            failure = failure_quarantine(failure=failure, actor=request.user)
-            return Response(FailedFileOutputSerializer(failure).data)
-        if action == "release":
-            failure_release(failure=failure, actor=request.user)
-            failure.quarantined_at, failure.quarantined_by, failure.attempts = None, None, 0
-            return Response(FailedFileOutputSerializer(failure).data)
-        run = failure_retry(failure=failure, actor=request.user)
-        return Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)

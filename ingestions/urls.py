@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import api
+from . import api, failed_files_api, runs_api
 
 urlpatterns = [
     path("ingestions", api.IngestionListCreateApi.as_view(), name="api-ingestions"),
@@ -10,11 +10,13 @@ urlpatterns = [
     path("ingestions/check-source", api.SourceCheckApi.as_view(), name="api-source-check"),
     path("ingestions/<str:ingestion_id>", api.IngestionDetailApi.as_view(), name="api-ingestion"),
     path(
-        "ingestions/<str:ingestion_id>/run", api.IngestionRunApi.as_view(), name="api-ingestion-run"
+        "ingestions/<str:ingestion_id>/run",
+        runs_api.IngestionRunApi.as_view(),
+        name="api-ingestion-run",
     ),
     path(
         "ingestions/<str:ingestion_id>/runs",
-        api.IngestionRunsApi.as_view(),
+        runs_api.IngestionRunsApi.as_view(),
         name="api-ingestion-runs",
     ),
     path(
@@ -24,15 +26,15 @@ urlpatterns = [
     ),
     path(
         "ingestions/<str:ingestion_id>/failed-files",
-        api.IngestionFailedFilesApi.as_view(),
+        failed_files_api.IngestionFailedFilesApi.as_view(),
         name="api-ingestion-failed-files",
     ),
     path(
         "ingestions/<str:ingestion_id>/failed-files/<int:failure_id>/<slug:action>",
-        api.FailedFileActionApi.as_view(),
+        failed_files_api.FailedFileActionApi.as_view(),
         name="api-failed-file-action",
     ),
     path("locations", api.LocationListApi.as_view(), name="api-locations"),
-    path("runs/<str:run_id>", api.RunDetailApi.as_view(), name="api-run"),
-    path("runs/<str:run_id>/cancel", api.RunCancelApi.as_view(), name="api-run-cancel"),
+    path("runs/<str:run_id>", runs_api.RunDetailApi.as_view(), name="api-run"),
+    path("runs/<str:run_id>/cancel", runs_api.RunCancelApi.as_view(), name="api-run-cancel"),
 ]
