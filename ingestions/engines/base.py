@@ -146,8 +146,8 @@ class MaintenanceResult:
     snapshot_id: int | None = None  # the commit that made the change, if it made one
 
 
-class Engine(ABC):
-    """Reads and writes the autoloader's Iceberg tables.
+class Tables(ABC):
+    """What every engine does: read, write and describe the autoloader's Iceberg tables.
 
     Table names are "namespace.table" (see `validate_table_name`); every method raises
     ValueError for an invalid one and EngineUnavailableError when the catalog or cluster
@@ -155,15 +155,6 @@ class Engine(ABC):
     """
 
     name: str
-    # Whether `stage_begin` / `stage_publish` work: zero-downtime refreshes need them.
-    can_stage: bool = False
-    # Whether `retain` / `retire` / `restore` / `release` work: undo needs them.
-    can_retain: bool = False
-    # Whether `expire_snapshots` / `compact_files` / `remove_orphan_files` do anything.
-    can_maintain: bool = False
-    # Whether the engine reads the source files itself (`read_files` / `append_files`): a
-    # cluster's executors, not the worker process, then read the bytes.
-    reads_files: bool = False
 
     @abstractmethod
     def ping(self) -> None:
@@ -252,6 +243,72 @@ class Engine(ABC):
             table_name: "namespace.table".
         """
 
+    def sample_rows(self, table_name: str, *, limit: int) -> pa.Table | None:
+        """Up to `limit` rows of the table's current snapshot (whichever come first), for
+        a person to look at; None when the table is missing.
+
+        Raises:
+            EngineError: the engine cannot read the table.
+        """
+        from ingestions.errors import EngineError
+
+        raise EngineError(f"The {self.name} engine cannot show a table's rows.")
+
+    def source_file_rows(self, table_name: str) -> dict[str, int]:
+        """Count the table's rows per `_source_file` (the lineage column every load writes).
+
+        Lets a new ingestion adopt a table: the files its rows came from are recorded as
+        processed, so none is loaded twice.
+
+        Args:
+            table_name: "namespace.table".
+
+        Returns:
+            {relative path: rows}; {} when the table is missing or has no lineage column.
+
+        Raises:
+            EngineError: the engine cannot read the table.
+        """
+        from ingestions.errors import EngineError
+
+        raise EngineError(f"The {self.name} engine cannot adopt an existing table.")
+
+    def find_snapshot(self, table_name: str, *, key: str, value: str) -> SnapshotInfo | None:
+        """Find the newest snapshot whose summary has `key` set to `value`.
+
+        Lets a retried batch learn that its earlier attempt already committed.
+
+        Args:
+            table_name: "namespace.table".
+            key: Summary property name.
+            value: Expected value.
+
+        Returns:
+            The snapshot, or None when no snapshot (or no table) matches.
+        """
+        for snapshot in reversed(self.list_snapshots(table_name)):
+            if snapshot.properties.get(key) == value:
+                return snapshot
+        return None
+
+    def cancel(self) -> None:
+        """Interrupt the work this engine has in flight, from any thread; a no-op by default.
+
+        The run executor calls it when a user cancels a running run, so an engine whose
+        commits can take long (a Spark job on a cluster) stops them instead of finishing
+        them. An interrupted `append` raises; as after any failed append, the run then reads
+        the table's snapshots to learn whether the commit happened.
+        """
+        return  # an optional hook: engines that cannot interrupt their work need nothing
+
+
+class Staging:
+    """Zero-downtime refreshes: build a new version beside the live table, publish it in one
+    step. Engines that cannot stage refuse (the caller then refreshes the old way)."""
+
+    # Whether `stage_begin` / `stage_publish` work: zero-downtime refreshes need them.
+    can_stage: bool = False
+
     def stage_begin(
         self, table_name: str, *, name: str, replacing: list[str] | None = None
     ) -> Stage:
@@ -291,11 +348,17 @@ class Engine(ABC):
         """Throw the staged version away; the live table is untouched; idempotent."""
         return  # nothing was staged by an engine that cannot stage
 
-    # --- restore points: what an operation keeps so that it can be undone -------------
-    #
-    # A restore point is a JSON-able dict with a "kind": "snapshot" (the table's current
-    # snapshot, held by a tag), "retired" (the whole table, renamed aside instead of
-    # dropped) or "absent" (there was no table); plus "row_count" and "size_bytes".
+
+class RestorePoints:
+    """Undo: what an operation keeps so that it can be undone.
+
+    A restore point is a JSON-able dict with a "kind": "snapshot" (the table's current
+    snapshot, held by a tag), "retired" (the whole table, renamed aside instead of dropped)
+    or "absent" (there was no table); plus "row_count" and "size_bytes".
+    """
+
+    # Whether `retain` / `retire` / `restore` / `release` work: undo needs them.
+    can_retain: bool = False
 
     def retain(self, table_name: str, *, name: str) -> dict:
         """Hold the table's current version so that `restore` can bring it back.
@@ -345,53 +408,13 @@ class Engine(ABC):
         """
         return 0
 
-    def sample_rows(self, table_name: str, *, limit: int) -> pa.Table | None:
-        """Up to `limit` rows of the table's current snapshot (whichever come first), for
-        a person to look at; None when the table is missing.
 
-        Raises:
-            EngineError: the engine cannot read the table.
-        """
-        from ingestions.errors import EngineError
+class FileReading:
+    """Engines that read the source files themselves: a cluster's executors, not the worker
+    process, then read the bytes."""
 
-        raise EngineError(f"The {self.name} engine cannot show a table's rows.")
-
-    def source_file_rows(self, table_name: str) -> dict[str, int]:
-        """Count the table's rows per `_source_file` (the lineage column every load writes).
-
-        Lets a new ingestion adopt a table: the files its rows came from are recorded as
-        processed, so none is loaded twice.
-
-        Args:
-            table_name: "namespace.table".
-
-        Returns:
-            {relative path: rows}; {} when the table is missing or has no lineage column.
-
-        Raises:
-            EngineError: the engine cannot read the table.
-        """
-        from ingestions.errors import EngineError
-
-        raise EngineError(f"The {self.name} engine cannot adopt an existing table.")
-
-    def find_snapshot(self, table_name: str, *, key: str, value: str) -> SnapshotInfo | None:
-        """Find the newest snapshot whose summary has `key` set to `value`.
-
-        Lets a retried batch learn that its earlier attempt already committed.
-
-        Args:
-            table_name: "namespace.table".
-            key: Summary property name.
-            value: Expected value.
-
-        Returns:
-            The snapshot, or None when no snapshot (or no table) matches.
-        """
-        for snapshot in reversed(self.list_snapshots(table_name)):
-            if snapshot.properties.get(key) == value:
-                return snapshot
-        return None
+    # Whether the engine reads the source files itself (`read_files` / `append_files`).
+    reads_files: bool = False
 
     def read_files(
         self, *, source: SourceHandle, paths: list[str], file_format: str, options: dict
@@ -425,19 +448,13 @@ class Engine(ABC):
         """Free what the engine keeps of a batch read by `read_files`."""
         return  # an optional hook: engines that keep nothing need nothing
 
-    def cancel(self) -> None:
-        """Interrupt the work this engine has in flight, from any thread; a no-op by default.
 
-        The run executor calls it when a user cancels a running run, so an engine whose
-        commits can take long (a Spark job on a cluster) stops them instead of finishing
-        them. An interrupted `append` raises; as after any failed append, the run then reads
-        the table's snapshots to learn whether the commit happened.
-        """
-        return  # an optional hook: engines that cannot interrupt their work need nothing
+class Maintenance:
+    """What keeps a table's cost flat as it ages. Engines that cannot maintain their tables do
+    nothing: the defaults report no change."""
 
-    # --- maintenance: what keeps a table's cost flat as it ages -------------------------
-    #
-    # Engines that cannot maintain their tables do nothing: the defaults report no change.
+    # Whether `expire_snapshots` / `compact_files` / `remove_orphan_files` do anything.
+    can_maintain: bool = False
 
     def expire_snapshots(
         self, table_name: str, *, before: datetime, keep_last: int
@@ -496,3 +513,9 @@ class Engine(ABC):
             EngineError: the table's files could not be listed.
         """
         return MaintenanceResult()
+
+
+class Engine(Tables, Staging, RestorePoints, FileReading, Maintenance):
+    """Reads and writes the autoloader's Iceberg tables: the interfaces a backend implements
+    (`Tables` always; `Staging`, `RestorePoints`, `FileReading`, `Maintenance` where its
+    `can_*` / `reads_files` flag says so). One class per backend (`iceberg`, `spark`)."""
