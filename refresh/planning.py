@@ -503,6 +503,19 @@ def _warnings(plan: Plan) -> list[str]:
         and plan.scope is None
     ):
         warnings.append(f"The history of {plan.history['count']:,} processed files will be cleared")
+        if (
+            StepName.TABLE_DROPPED not in plan.steps
+            and plan.table["exists"]
+            and plan.table["row_count"]
+        ):
+            # The rows stay while the history that keeps each file loaded once goes: say what
+            # the next run will do to the table before anyone confirms (issue 24).
+            warnings.append(
+                f"DUPLICATES: {plan.table['table_name']} keeps its "
+                f"{plan.table['row_count']:,} rows, and the next run loads every source file "
+                "again and appends it: rows of files still in the source will be in the table "
+                "twice. A full refresh replaces them instead"
+            )
     if plan.ingestion.protected:
         warnings.append("This ingestion is protected: executing will be refused (423)")
     if impact.estimated_cost_usd > settings.REFRESH_PLAN_REQUIRED_ABOVE_USD:
@@ -570,6 +583,7 @@ def _kind_notes(plan: Plan) -> list[str]:
             "Table will be recreated on next run",
         ]
     return [
-        "The table is NOT affected",
-        "No ingestion run triggered: the next run loads every source file again",
+        "The table is not changed now: it keeps every row",
+        "No ingestion run triggered: the next run loads every source file again and appends "
+        "its rows",
     ]

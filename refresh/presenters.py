@@ -377,9 +377,15 @@ def blast_radius(plan) -> dict:
     count = history["count"]
     if StepName.PROCESSED_FILES_CLEARED in plan.steps:
         if count:
+            again = "the next run loads every source file again"
+            if StepName.TABLE_DROPPED not in plan.steps and table["exists"] and table["row_count"]:
+                again += (
+                    f" and appends it to the {thousands(table['row_count'])} rows kept: rows of "
+                    "files still in the source will be there twice"
+                )
             lost.append(
                 f"History of {thousands(count)} processed files ({size(history['total_bytes'])}) "
-                "will be cleared: the next run loads every source file again"
+                f"will be cleared: {again}"
             )
         else:
             kept.append("The processed-file history is already empty")

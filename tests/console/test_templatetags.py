@@ -85,7 +85,15 @@ def test_the_blast_radius_of_a_fresh_start():
 def test_the_blast_radius_of_clearing_the_history():
     radius = presenters.blast_radius(plan([StepName.PROCESSED_FILES_CLEARED]))
     assert radius["lost"][0].startswith("History of 1,247 processed files (12.3 GB) will be")
+    # Tell before they type: the rows stay, so the next run's reload duplicates them.
+    assert "appends it to the 12,450,000 rows kept" in radius["lost"][0]
+    assert "will be there twice" in radius["lost"][0]
     assert radius["kept"][0] == "Table raw.sales_data (12,450,000 rows, 450.2 GB) is not touched"
+
+
+def test_clearing_the_history_of_a_missing_table_warns_of_no_duplicates():
+    radius = presenters.blast_radius(plan([StepName.PROCESSED_FILES_CLEARED], exists=False))
+    assert "twice" not in radius["lost"][0]
 
 
 def test_dropping_a_missing_table_loses_nothing():

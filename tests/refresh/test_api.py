@@ -12,7 +12,7 @@ from ingestions.runs import run_request
 from refresh.models import RefreshOperation
 
 from ..factories import IngestionFactory
-from ..helpers import failing_sql
+from ..helpers import drain_queue, failing_sql, open_table
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -319,3 +319,29 @@ def test_processed_files_delete_goes_through_the_refresh_service(loaded, admin_c
     assert response.status_code == 200
     assert response.json()["operation_id"].startswith("op-")
     assert RefreshOperation.objects.get().kind == "clear_processed_files"
+
+
+def test_a_history_clear_says_before_it_runs_that_the_next_run_duplicates_the_rows(
+    loaded, admin_client
+):
+    """Tell before they type (issue 24): clearing the history keeps the table's rows, so the
+    next run appends every file again. The dry-run says so, and it is what happens."""
+    url = "/api/v1/ingestions/sales/processed-files"
+    preview = admin_client.delete(url, {"dry_run": True}, format="json").json()
+    duplicates = [warning for warning in preview["warnings"] if warning.startswith("DUPLICATES")]
+    assert len(duplicates) == 1 and "keeps its 100 rows" in duplicates[0], preview["warnings"]
+
+    assert admin_client.delete(f"{url}?confirm=true").status_code == 200
+    assert admin_client.post("/api/v1/ingestions/sales/run").status_code == 202
+    drain_queue()
+    rows = open_table(loaded.table_identifier).scan(selected_fields=("_source_file",)).to_arrow()
+    assert rows.num_rows == 200  # each of the 4 files' 25 rows, twice
+    assert set(rows["_source_file"].to_pylist()) == {f"part-{i:04d}.csv" for i in range(4)}
+
+
+def test_a_history_clear_of_a_missing_table_warns_of_no_duplicates(loaded, admin_client):
+    load_engine().drop_table(loaded.table_identifier)
+    preview = admin_client.delete(
+        "/api/v1/ingestions/sales/processed-files", {"dry_run": True}, format="json"
+    ).json()
+    assert not [warning for warning in preview["warnings"] if warning.startswith("DUPLICATES")]
