@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -702,16 +703,23 @@ def _reachable_files(snapshots, io) -> dict[str, int]:
 def _open_catalog(name: str, **properties: str) -> SqlCatalog:
     """Open a SQL catalog, creating its tables if needed, safely beside another process.
 
-    pyiceberg creates the catalog tables on first use; two processes starting together (the
-    web and the worker) both try, and the loser fails with "table ... already exists". The
-    tables are there by then, so opening again succeeds.
+    pyiceberg creates the catalog tables (two of them, one after the other) on first use;
+    processes starting together (the web and the worker) all try, and a loser fails with
+    "table ... already exists". A table that exists stays, so opening again gets further:
+    a loser can lose once per catalog table, hence a few attempts, not one.
     """
-    try:
-        return SqlCatalog(name, **properties)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
-        if "already exists" not in str(exc):
-            raise
-        return SqlCatalog(name, **properties)
+    for attempt in range(1, CATALOG_OPEN_ATTEMPTS + 1):
+        try:
+            return SqlCatalog(name, **properties)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
+            if "already exists" not in str(exc) or attempt == CATALOG_OPEN_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)  # let the winner finish creating the other table
+    raise AssertionError("unreachable")
+
+
+# pyiceberg's SQL catalog has two tables; each can be lost to another process once.
+CATALOG_OPEN_ATTEMPTS = 5
 
 
 def _snapshot_info(snapshot: Snapshot) -> SnapshotInfo:
