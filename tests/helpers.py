@@ -152,7 +152,9 @@ def database_url() -> str:
     return f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
-def start_worker(log: Path) -> subprocess.Popen:
+def start_worker(log: Path, *, interval: float = 0.1, quick_recovery: bool = True):
+    """A real `manage.py autoloader_worker` on the test database, one file per commit; with
+    `quick_recovery`, a dead worker's run is taken over within seconds."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
@@ -160,11 +162,12 @@ def start_worker(log: Path) -> subprocess.Popen:
         "AUTOLOADER_WAREHOUSE": settings.AUTOLOADER_WAREHOUSE,
         "AUTOLOADER_CATALOG_NAME": settings.AUTOLOADER_CATALOG_NAME,
         "AUTOLOADER_BATCH_MAX_FILES": "1",
-        "AUTOLOADER_RUN_STALE_SECONDS": "2",
-        "AUTOLOADER_REAPER_INTERVAL_SECONDS": "0.5",
     }
+    if quick_recovery:
+        env["AUTOLOADER_RUN_STALE_SECONDS"] = "2"
+        env["AUTOLOADER_REAPER_INTERVAL_SECONDS"] = "0.5"
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "autoloader_worker", "--interval", "0.1"],
+        [sys.executable, str(ROOT / "manage.py"), "autoloader_worker", "--interval", str(interval)],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,

@@ -1,15 +1,10 @@
 """Several worker processes on PostgreSQL share one queue and never run an ingestion twice."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
-from django.conf import settings
 from django.db import connection
 from django_tasks_db.models import DBTaskResult
 
@@ -18,33 +13,14 @@ from ingestions.runs import run_request
 from ingestions.tasks import execute_run
 
 from ..factories import IngestionFactory
-from ..helpers import database_url, open_table, write_csv_files
+from ..helpers import open_table, start_worker, write_csv_files
 from .conftest import postgres_or_skip
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 3
 INGESTIONS = 6
 FILES, ROWS = 4, 25
-
-
-def start_worker(log: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "AUTOLOADER_CATALOG_URI": settings.AUTOLOADER_CATALOG_URI,
-        "AUTOLOADER_WAREHOUSE": settings.AUTOLOADER_WAREHOUSE,
-        "AUTOLOADER_CATALOG_NAME": settings.AUTOLOADER_CATALOG_NAME,
-        "AUTOLOADER_BATCH_MAX_FILES": "1",
-    }
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "autoloader_worker", "--interval", "0.05"],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
 
 
 def test_workers_share_the_queue_and_run_each_ingestion_once(tenant, tmp_path):
@@ -67,7 +43,7 @@ def test_workers_share_the_queue_and_run_each_ingestion_once(tenant, tmp_path):
     for run in runs:
         execute_run.enqueue(run.public_id)
     log = tmp_path / "workers.log"
-    workers = [start_worker(log) for _ in range(WORKERS)]
+    workers = [start_worker(log, interval=0.05, quick_recovery=False) for _ in range(WORKERS)]
     try:
         deadline = time.monotonic() + 120
         while DBTaskResult.objects.exclude(status__in=["SUCCESSFUL", "FAILED"]).exists():
