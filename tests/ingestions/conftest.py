@@ -130,7 +130,7 @@ def spark_session():
     pytest.importorskip("pyspark", reason="the spark engine tests need pyspark (dev extra)")
     from pyspark.sql import SparkSession
 
-    from ingestions.engines import spark as spark_engine
+    from ingestions.engines.spark import sessions as spark_engine
 
     # Python workers (Arrow UDFs) must run this interpreter, whatever `python3` is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -194,7 +194,7 @@ def postgres_catalog_uri(db):
     try:
         yield f"postgresql+psycopg://{server}/{name}"
     finally:
-        from ingestions.engines import iceberg
+        from ingestions.engines.iceberg import catalog as iceberg
 
         # The engine caches its catalog (and connection pool) per process: release it.
         for key in [key for key in iceberg._catalogs if name in key[2]]:

@@ -15,8 +15,9 @@ from django.utils import timezone
 
 from ingestions import run_executor
 from ingestions.engines import load_engine
-from ingestions.engines import spark as spark_module
 from ingestions.engines.spark import SparkEngine
+from ingestions.engines.spark import reading as spark_reading
+from ingestions.engines.spark import sessions as spark_sessions
 from ingestions.models import CommitStatus, ProcessedFile, Run, RunBatch, RunStatus
 from ingestions.run_executor import run_execute
 from ingestions.runs import SNAPSHOT_BATCH_KEY, run_cancel, run_request, runs_recover_stale
@@ -72,13 +73,13 @@ def test_load_engine_shares_the_embedded_engines_catalog(spark_settings):
     assert engine.conf[f"{prefix}.jdbc.init-catalog-tables"] == "false"
     jars = engine.conf["spark.jars"].split(",")
     assert [jar.rsplit("/", 1)[1] for jar in jars] == [
-        spark_module.ICEBERG_RUNTIME_JAR,
+        spark_sessions.ICEBERG_RUNTIME_JAR,
         "sqlite-jdbc.jar",
     ]
 
 
 def test_a_postgresql_catalog_is_reached_through_its_jdbc_driver():
-    conf = spark_module.shared_catalog_conf(
+    conf = spark_sessions.shared_catalog_conf(
         catalog_name="autoloader",
         catalog_uri="postgresql+psycopg://loader:s3cret@db.internal:5433/catalog",
         warehouse="file:///data/warehouse",
@@ -208,7 +209,7 @@ def test_cancelling_a_run_interrupts_its_spark_job(
 ):
     spark_settings.AUTOLOADER_RUN_STALE_SECONDS = 1.2  # the heartbeat looks every 0.2 s
     write_csv_files(source_dir, files=2, rows=3)
-    real_frame = spark_module._Reader._frame
+    real_frame = spark_reading.Reader._frame
 
     def slow_frame(reader, uris):
         # A Spark job that would take a minute: each partition sleeps in a Python worker.
@@ -219,7 +220,7 @@ def test_cancelling_a_run_interrupts_its_spark_job(
         frame = real_frame(reader, uris)
         return frame.mapInArrow(sleepy, frame.schema)
 
-    monkeypatch.setattr(spark_module._Reader, "_frame", slow_frame)
+    monkeypatch.setattr(spark_reading.Reader, "_frame", slow_frame)
     run = run_request(ingestion=spark_ingestion)
     finished = []
     worker = threading.Thread(

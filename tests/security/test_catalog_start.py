@@ -9,7 +9,7 @@ import multiprocessing
 
 import pytest
 
-from ingestions.engines.iceberg import _open_catalog
+from ingestions.engines.iceberg.catalog import open_catalog
 
 PROCESSES = 4
 ROUNDS = 8
@@ -18,7 +18,7 @@ ROUNDS = 8
 def open_together(uri: str, warehouse: str, barrier, failures) -> None:
     barrier.wait()
     try:
-        _open_catalog("race", uri=uri, warehouse=warehouse).list_namespaces()
+        open_catalog("race", uri=uri, warehouse=warehouse).list_namespaces()
     except Exception as exc:
         failures.put(f"{type(exc).__name__}: {exc}")
 

@@ -1,44 +1,20 @@
-"""Engine on Apache Spark with Iceberg's own Spark runtime: the executors read the source files.
-
-Where the embedded engine reads every file in the worker process, this one hands Spark the
-batch's paths (`read_files`): the executors parse the files, count each file's rows and
-malformed rows, and write the good files' rows, with their lineage columns, to the Iceberg
-table in one commit (`append_files`). On a cluster the data never passes through the
-worker; the worker lists the source, keeps the history and runs the exactly-once protocol.
-
-The tables are Iceberg tables in the Spark catalog AUTOLOADER_SPARK_CATALOG:
-
-- **By default, the embedded engine's catalog.** Spark's Iceberg JDBC catalog is pointed at
-  the same catalog database (SQLite or PostgreSQL) and warehouse as pyiceberg's SQL catalog,
-  under the same catalog name (`shared_catalog_conf`): a table written by either engine is
-  the same table to the other and to any Iceberg reader. Iceberg's runtime jar comes from
-  the `snowpark-connect-deps-iceberg` wheel, the JDBC driver from Debian's packages
-  (`scripts/ensure_spark_jars.sh`); nothing is downloaded.
-- **A cluster's own catalog** (REST, Hive, Glue, Nessie...): configured on the cluster or
-  through AUTOLOADER_SPARK_CONF (`spark.sql.catalog.<name>.*`, passed through verbatim).
+"""The spark engine: Iceberg tables written by Spark, whose executors read the source files.
 
 Each append carries the run and batch in its snapshot summary (Iceberg's
 `snapshot-property.<key>` write options); new columns and widened types are merged by
 Iceberg (`mergeSchema`); snapshots and sizes come from the `snapshots` and `refs` metadata
 tables; a drop is `DROP TABLE ... PURGE`; a cancel interrupts the engine's job group.
-
-pyspark is imported lazily: only this module needs it (`pip install 'autoloader-console[spark]'`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 
@@ -51,6 +27,18 @@ from ingestions.engines.base import (
     table_location,
     validate_table_name,
 )
+from ingestions.engines.spark import sessions
+from ingestions.engines.spark.reading import (
+    CORRUPT_COLUMN,
+    INPUT_COLUMN,
+    SPARK_CSV_OPTIONS,
+    Reader,
+    input_key,
+    pin_local,
+    spark_uri,
+    still_pinned,
+)
+from ingestions.engines.spark.schemas import from_arrow_schema, merge_schemas, to_arrow_schema
 from ingestions.errors import (
     AutoloaderError,
     EngineError,
@@ -58,34 +46,19 @@ from ingestions.errors import (
     FileReadError,
     SchemaMismatchError,
 )
-from ingestions.locations import OutsideLocationError
 from ingestions.sources.discovery import first_line
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import DataType, StructType
+    from pyspark.sql.types import StructType
 
     from ingestions.locations import SourceHandle
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "The spark engine needs pyspark: pip install 'autoloader-console[spark]'"
-CONNECT_TIMEOUT_SECONDS = 5.0
 CANCEL_RECHECK_SECONDS = 1.0
-# Iceberg's own Spark runtime, shipped in the snowpark-connect-deps-iceberg wheel (1.0.2:
-# later versions strip the shaded classes the runtime needs).
-ICEBERG_RUNTIME_JAR = "iceberg-spark-runtime-3.5_2.12-1.10.2.jar"
-ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
-# Debian's JDBC drivers (libxerial-sqlite-jdbc-java, libpostgresql-jdbc-java).
-JDBC_DRIVER_JARS = {
-    "sqlite": Path("/usr/share/java/sqlite-jdbc.jar"),
-    "postgresql": Path("/usr/share/java/postgresql.jar"),
-}
 # Iceberg's snapshot-property write option marks our commit so its snapshot id can be read.
 COMMIT_ID_PROPERTY = "autoloader.commit-id"
-# Columns the engine adds while reading a batch, never written to the table.
-INPUT_COLUMN = "__autoloader_input_file"
-CORRUPT_COLUMN = "__autoloader_corrupt_record"
 # The embedded engine's new-table properties, and what lets `mergeSchema` evolve the table.
 NEW_TABLE_PROPERTIES = {
     "format-version": "2",
@@ -93,79 +66,7 @@ NEW_TABLE_PROPERTIES = {
     "write.metadata.previous-versions-max": "20",
     "write.spark.accept-any-schema": "true",
 }
-# Reader options of the product (sources.readers) and Spark's names for them.
-SPARK_CSV_OPTIONS = {
-    "delimiter": "sep",
-    "header": "header",
-    "quote_char": "quote",
-    "encoding": "encoding",
-    "newlines_in_values": "multiLine",
-}
-
 JOB_INTERRUPT_KEY = "spark.job.interruptOnCancel"
-# Hadoop's glob pattern characters, escaped in the paths Spark reads (see `_spark_uri`).
-GLOB_CHARACTERS = re.compile(r"([{}\[\]*?\\])")
-
-# One SparkContext per process and master; a session per catalog configuration on top of
-# it (`SparkSession.newSession`: its own SQL configuration and catalogs).
-_contexts: dict[tuple[int, str], SparkSession] = {}
-_sessions: dict[tuple, SparkSession] = {}
-_sessions_lock = threading.Lock()
-
-
-def iceberg_runtime_jar() -> Path:
-    """The path of Iceberg's Spark runtime jar in the installed wheel."""
-    try:
-        import snowpark_connect_deps_iceberg as jars
-    except ImportError as exc:
-        raise ImportError(f"{INSTALL_HINT} (no Iceberg runtime: {exc})") from exc
-    return Path(jars.get_jar_path(ICEBERG_RUNTIME_JAR))
-
-
-def shared_catalog_conf(*, catalog_name: str, catalog_uri: str, warehouse: str) -> dict[str, str]:
-    """Spark's Iceberg JDBC catalog over the embedded engine's catalog database.
-
-    `catalog_uri` is pyiceberg's (SQLAlchemy's) URL of it; the name must be the same on
-    both sides, because Iceberg's JDBC catalog keys its rows by catalog name.
-
-    Raises:
-        ValueError: a catalog database Spark has no JDBC driver for.
-    """
-    from sqlalchemy.engine import make_url
-
-    url = make_url(catalog_uri)
-    backend = url.get_backend_name()
-    prefix = f"spark.sql.catalog.{catalog_name}"
-    conf = {
-        prefix: "org.apache.iceberg.spark.SparkCatalog",
-        f"{prefix}.type": "jdbc",
-        f"{prefix}.warehouse": warehouse,
-        # Every commit reads the catalog: the other engine may have committed since.
-        f"{prefix}.cache-enabled": "false",
-        # pyiceberg creates the catalog tables; Spark's own check of them leaves a result
-        # set open that holds a SQLite read lock for the whole session.
-        f"{prefix}.jdbc.init-catalog-tables": "false",
-    }
-    if backend == "sqlite":
-        conf[f"{prefix}.uri"] = f"jdbc:sqlite:{url.database}"
-    elif backend == "postgresql":
-        host = url.host or "localhost"
-        port = f":{url.port}" if url.port else ""
-        conf[f"{prefix}.uri"] = f"jdbc:postgresql://{host}{port}/{url.database}"
-        if url.username:
-            conf[f"{prefix}.jdbc.user"] = url.username
-        if url.password:
-            conf[f"{prefix}.jdbc.password"] = url.password
-    else:
-        raise ValueError(
-            f"The spark engine cannot share a {backend} catalog database; configure "
-            "its catalog with AUTOLOADER_SPARK_CONF."
-        )
-    conf["spark.jars"] = ",".join(
-        str(jar) for jar in (iceberg_runtime_jar(), JDBC_DRIVER_JARS[backend])
-    )
-    conf["spark.sql.extensions"] = ICEBERG_EXTENSIONS
-    return conf
 
 
 class SparkEngine(Engine):
@@ -256,7 +157,7 @@ class SparkEngine(Engine):
         validate_table_name(table_name)
         with self._errors(f"read the schema of {table_name}"):
             schema = self._spark_schema(self._session(), table_name)
-            return None if schema is None else _to_arrow_schema(schema)
+            return None if schema is None else to_arrow_schema(schema)
 
     def drop_table(self, table_name: str) -> bool:
         validate_table_name(table_name)
@@ -279,7 +180,7 @@ class SparkEngine(Engine):
         validate_table_name(table_name)
         _check_properties(properties)
         with self._errors(f"append to {table_name}"), self._jobs("append rows") as spark:
-            schema = _from_arrow_schema(data.schema)
+            schema = from_arrow_schema(data.schema)
             frame = spark.createDataFrame([tuple(row.values()) for row in data.to_pylist()], schema)
             return self._write(spark, table_name, frame, properties, branch=branch)
 
@@ -306,15 +207,15 @@ class SparkEngine(Engine):
                 continue
             if source.local_boundary is not None:
                 try:
-                    pins[path] = _pin_local(source, full_path)
+                    pins[path] = pin_local(source, full_path)
                 except FileReadError as exc:
                     failures[path] = FileReadError(path, exc.reason)
                     continue
-            uris[path], keys[path] = _spark_uri(source, full_path), full_path
+            uris[path], keys[path] = spark_uri(source, full_path), full_path
         if not uris:
             return FileBatch(rows={}, failures=failures)
         with self._errors("read the source files"), self._jobs("read source files") as spark:
-            reader = _Reader(
+            reader = Reader(
                 spark, file_format=file_format, options=options, check=self._raise_if_cancelled
             )
             try:
@@ -328,9 +229,9 @@ class SparkEngine(Engine):
             # What Spark read by path must be what was checked before: a file swapped for a
             # link (or another file) meanwhile fails, and none of its rows are written.
             for path, pin in pins.items():
-                if path not in failures and not _still_pinned(source, keys[path], pin):
+                if path not in failures and not still_pinned(source, keys[path], pin):
                     failures[path] = FileReadError(path, "it changed while it was read")
-            inputs = {_input_key(name): name for name in counts}
+            inputs = {input_key(name): name for name in counts}
             rows: dict[str, int] = {}
             loading: dict[str, str] = {}  # Spark's input file name -> relative path
             for path in uris:
@@ -421,7 +322,7 @@ class SparkEngine(Engine):
                 return None
             frame = spark.table(qualified).limit(limit)
             rows = [tuple(row) for row in frame.collect()]
-            schema = _to_arrow_schema(frame.schema)
+            schema = to_arrow_schema(frame.schema)
             return pa.Table.from_pylist(
                 [dict(zip(schema.names, row, strict=True)) for row in rows], schema
             )
@@ -485,8 +386,7 @@ class SparkEngine(Engine):
 
     def cancel(self) -> None:
         self._cancel_requested.set()
-        with _sessions_lock:
-            spark = _contexts.get(self._context_key())
+        spark = sessions.running(self.master)
         if spark is None:
             return
         spark.sparkContext.cancelJobGroup(self.job_tag)
@@ -558,7 +458,7 @@ class SparkEngine(Engine):
         return int(rows[0]["snapshot_id"])
 
     def _read_one_by_one(
-        self, reader: _Reader, uris: dict[str, str], failures: dict[str, FileReadError]
+        self, reader: Reader, uris: dict[str, str], failures: dict[str, FileReadError]
     ) -> tuple[DataFrame | None, dict[str, tuple[int, int]], list[DataFrame]]:
         """Read each file alone; returns their rows united by column name, the counts, and
         the frames Spark keeps (to free when the batch is done)."""
@@ -570,7 +470,7 @@ class SparkEngine(Engine):
                 if self._interrupted(exc):
                     raise
                 # Spark names the file by its full path: the user knows it by its own.
-                full_path = _input_key(uri.replace("\\", ""))
+                full_path = input_key(uri.replace("\\", ""))
                 reason = _reason(exc).replace(f"file:{full_path}", path).replace(full_path, path)
                 failures[path] = FileReadError(path, reason)
                 continue
@@ -585,7 +485,7 @@ class SparkEngine(Engine):
 
     def _interrupted(self, exc: BaseException) -> bool:
         """Whether a failed read is not the files' fault: a cancel, or Spark gone."""
-        return self._cancel_requested.is_set() or _is_unreachable(exc)
+        return self._cancel_requested.is_set() or sessions.is_unreachable(exc)
 
     # --- configuration -----------------------------------------------------------------
 
@@ -600,57 +500,16 @@ class SparkEngine(Engine):
 
     # --- sessions and jobs -------------------------------------------------------------
 
-    def _context_key(self) -> tuple[int, str]:
-        return (os.getpid(), self.master)
-
     def _session(self) -> SparkSession:
         """This engine's session: its own catalogs and SQL settings, on the process's one
         SparkContext for the master."""
-        key = (*self._context_key(), tuple(sorted(self.conf.items())))
-        with _sessions_lock:
-            spark = _sessions.get(key)
-            if spark is None:
-                root = _contexts.get(self._context_key())
-                if root is None:
-                    self._check_reachable()
-                    root = self._build_session()
-                    _contexts[self._context_key()] = root
-                if self.shared_catalog_uri:
-                    _create_catalog_tables(self.catalog, self.shared_catalog_uri, self.warehouse)
-                spark = root.newSession()
-                for name, value in self.conf.items():
-                    if name.startswith("spark.sql.") and name != "spark.sql.extensions":
-                        spark.conf.set(name, value)
-                spark.conf.set("spark.sql.session.timeZone", "UTC")
-                _sessions[key] = spark
-            return spark
-
-    def _build_session(self) -> SparkSession:
-        try:
-            from pyspark.sql import SparkSession
-        except ImportError as exc:
-            raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
-        builder = SparkSession.builder.master(self.master).appName("autoloader")
-        # UTC, so timestamps mean the same instants in Spark as in Arrow and Iceberg.
-        builder = builder.config("spark.sql.session.timeZone", "UTC")
-        # No web UI on every interface of the worker's host unless asked for: it shows the
-        # jobs' paths and settings to whoever reaches the port.
-        builder = builder.config("spark.ui.enabled", "false")
-        for key, value in self.conf.items():
-            builder = builder.config(key, value)
-        # An existing session of this process is returned as it is (one SparkContext per
-        # process): its jars and static settings stay; `_session` sets the SQL ones.
-        return builder.getOrCreate()
-
-    def _check_reachable(self) -> None:
-        """Fail fast on a standalone master that does not answer (Spark retries for minutes)."""
-        for host, port in _master_addresses(self.master):
-            try:
-                socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS).close()
-            except OSError as exc:
-                raise EngineUnavailableError(
-                    f"Spark at {self.master} is unreachable: {host}:{port}: {exc.strerror or exc}"
-                ) from exc
+        return sessions.session(
+            master=self.master,
+            conf=self.conf,
+            catalog=self.catalog,
+            shared_catalog_uri=self.shared_catalog_uri,
+            warehouse=self.warehouse,
+        )
 
     @contextmanager
     def _jobs(self, description: str) -> Iterator[SparkSession]:
@@ -678,7 +537,7 @@ class SparkEngine(Engine):
             reason = _reason(exc)
             if self._cancel_requested.is_set():
                 raise EngineError(f"Spark could not {action}: cancelled ({reason})") from exc
-            if _is_unreachable(exc):
+            if sessions.is_unreachable(exc):
                 raise EngineUnavailableError(
                     f"Spark at {self.master} is unreachable, could not {action}: {reason}"
                 ) from exc
@@ -692,250 +551,12 @@ class SparkEngine(Engine):
             raise EngineError(f"Spark could not {action}: {reason}") from exc
 
 
-class _Reader:
-    """Reads files of one format with Spark, counting each file's rows and malformed rows."""
-
-    def __init__(
-        self,
-        spark: SparkSession,
-        *,
-        file_format: str,
-        options: dict,
-        check: Callable[[], None],
-    ):
-        self.spark = spark
-        self.check = check  # raises when the work was cancelled: called before each job
-        self.file_format = file_format
-        self.options = {
-            SPARK_CSV_OPTIONS[key]: str(value).lower() if isinstance(value, bool) else str(value)
-            for key, value in options.items()
-            if key in SPARK_CSV_OPTIONS
-        }
-        if options.get("null_values"):
-            self.options["nullValue"] = options["null_values"][0]
-        if file_format == "csv":
-            self.options.setdefault("header", "true")
-
-    def read(self, uris: list[str]) -> tuple[DataFrame, dict[str, tuple[int, int]]]:
-        """The files' rows, kept by Spark (memory, then disk), and {input file: (rows,
-        malformed rows)} for each file with rows."""
-        from pyspark import StorageLevel
-        from pyspark.sql import functions as F
-
-        frame = self._frame(uris).withColumn(INPUT_COLUMN, F.input_file_name())
-        frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
-        self.check()
-        try:
-            malformed = (
-                F.count(F.col(CORRUPT_COLUMN)) if CORRUPT_COLUMN in frame.columns else F.lit(0)
-            )
-            counts = {
-                row[0]: (int(row[1]), int(row[2]))
-                for row in frame.groupBy(INPUT_COLUMN).agg(F.count(F.lit(1)), malformed).collect()
-            }
-        except Exception:
-            frame.unpersist()
-            raise
-        return frame, counts
-
-    def _frame(self, uris: list[str]) -> DataFrame:
-        from pyspark.sql.types import StringType, StructField, StructType
-
-        reader = self.spark.read.options(**self.options)
-        if self.file_format == "parquet":
-            return reader.parquet(*uris)
-        if self.file_format == "json":
-            return (
-                reader.option("mode", "PERMISSIVE")
-                .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
-                .json(uris)
-            )
-        # CSV: infer the types first (as the embedded engine does), then read again with
-        # them and a column that catches malformed rows; a file whose header differs from
-        # the others' fails the read, and is read by itself instead.
-        self.check()
-        inferred = reader.option("inferSchema", "true").csv(uris).schema
-        self.check()
-        schema = StructType([*inferred.fields, StructField(CORRUPT_COLUMN, StringType())])
-        return (
-            self.spark.read.options(**self.options)
-            .schema(schema)
-            .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
-            .option("enforceSchema", "false")
-            .csv(uris)
-        )
-
-
-def _create_catalog_tables(catalog_name: str, catalog_uri: str, warehouse: str) -> None:
-    """Make sure the shared catalog's tables exist before Spark opens the database."""
-    from ingestions.engines.iceberg import IcebergEngine
-
-    engine = IcebergEngine(catalog_name=catalog_name, catalog_uri=catalog_uri, warehouse=warehouse)
-    with engine._errors("open the catalog"):
-        engine._catalog()
-
-
-# --- schemas ---------------------------------------------------------------------------
-
-
-def merge_schemas(table: StructType, data: StructType) -> StructType:
-    """The table's schema after appending `data`: new columns added, safe widenings applied.
-
-    Raises:
-        SchemaMismatchError: A column's type in `data` is neither the table's nor a widening
-            Iceberg allows (int to long, float to double, a decimal's precision).
-    """
-    from pyspark.sql.types import StructField, StructType
-
-    data_fields = {field.name: field for field in data.fields}
-    fields = []
-    for field in table.fields:
-        incoming = data_fields.get(field.name)
-        data_type = field.dataType
-        if incoming is not None and incoming.dataType != field.dataType:
-            if _is_widening(incoming.dataType, field.dataType):
-                pass  # a narrower value fits the table's column as it is
-            elif not _is_widening(field.dataType, incoming.dataType):
-                raise SchemaMismatchError(
-                    f"Column {field.name!r} is {field.dataType.simpleString()} in the table "
-                    f"but {incoming.dataType.simpleString()} in the data."
-                )
-            else:
-                data_type = incoming.dataType
-        fields.append(StructField(field.name, data_type, nullable=True))
-    known = {field.name for field in table.fields}
-    fields += [
-        StructField(field.name, field.dataType, nullable=True)
-        for field in data.fields
-        if field.name not in known
-    ]
-    return StructType(fields)
-
-
-def _is_widening(table_type: DataType, data_type: DataType) -> bool:
-    from pyspark.sql.types import (
-        ByteType,
-        DecimalType,
-        DoubleType,
-        FloatType,
-        IntegerType,
-        LongType,
-        ShortType,
-    )
-
-    integer_widths = {ByteType: 1, ShortType: 2, IntegerType: 4, LongType: 8}
-    if type(table_type) in integer_widths and type(data_type) in integer_widths:
-        return integer_widths[type(data_type)] > integer_widths[type(table_type)]
-    if isinstance(table_type, FloatType):
-        return isinstance(data_type, DoubleType)
-    if isinstance(table_type, DecimalType) and isinstance(data_type, DecimalType):
-        return data_type.scale == table_type.scale and data_type.precision > table_type.precision
-    return False
-
-
-def _ddl(schema: StructType) -> str:
-    """Column definitions for CREATE TABLE, every column nullable (files may lack it)."""
-    return ", ".join(
-        f"{_quote(field.name)} {field.dataType.simpleString()}" for field in schema.fields
-    )
-
-
-def _from_arrow_schema(schema: pa.Schema) -> StructType:
-    from pyspark.sql.pandas.types import from_arrow_type
-    from pyspark.sql.types import StructField, StructType
-
-    fields = []
-    for field in schema:
-        arrow_type = field.type
-        if pa.types.is_large_string(arrow_type):
-            arrow_type = pa.string()
-        fields.append(StructField(field.name, from_arrow_type(arrow_type), nullable=True))
-    return StructType(fields)
-
-
-def _to_arrow_schema(schema: StructType) -> pa.Schema:
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    return to_arrow_schema(schema)
-
-
 def _check_properties(properties: dict[str, str]) -> None:
     if not all(isinstance(item, str) for pair in properties.items() for item in pair):
         raise TypeError("Snapshot properties must map strings to strings.")
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def _pin_local(source: SourceHandle, full_path: str) -> tuple[int, int]:
-    """Check a local file Spark is about to read by path; returns its (device, inode).
-
-    Spark opens paths itself, following links, so a link is refused outright (the embedded
-    engine reads links inside the location through a checked descriptor; Spark cannot).
-
-    Raises:
-        FileReadError: a link, not a regular file inside the location, or gone.
-    """
-    try:
-        if os.path.islink(full_path):
-            raise FileReadError(
-                full_path, "the spark engine reads no symbolic link in a local source"
-            )
-        return source.filesystem.pin(full_path)
-    except FileNotFoundError:
-        raise FileReadError(full_path, "the file no longer exists") from None
-    except OutsideLocationError as exc:
-        raise FileReadError(full_path, str(exc)) from None
-
-
-def _still_pinned(source: SourceHandle, full_path: str, pin: tuple[int, int]) -> bool:
-    try:
-        return _pin_local(source, full_path) == pin
-    except FileReadError:
-        return False
-
-
-def _spark_uri(source: SourceHandle, full_path: str) -> str:
-    """The path Spark reads a source file at: a local file under file://, an S3 object
-    through s3a://. Spark takes paths as Hadoop glob patterns: the pattern characters are
-    escaped, so that a file named "x*.csv" or "{a,b}.csv" reads itself, not its siblings;
-    Hadoop decodes nothing else ("%20" is those three characters)."""
-    escaped = GLOB_CHARACTERS.sub(r"\\\1", full_path)
-    if source.uri.startswith("s3://"):
-        return f"s3a://{escaped}"
-    return f"file://{escaped}"
-
-
-def _input_key(name: str) -> str:
-    """The file behind Spark's `input_file_name()` (a URI, percent-encoded) as the source's
-    full path: "/dir/file" locally, "bucket/key" on S3."""
-    parts = urlsplit(name)
-    return unquote(f"{parts.netloc}{parts.path}" if parts.scheme == "s3a" else parts.path)
-
-
-def _master_addresses(master: str) -> list[tuple[str, int]]:
-    """The host:port pairs a standalone master URL (spark://) names."""
-    if master.startswith("spark://"):
-        addresses = []
-        for host_port in master[len("spark://") :].split(","):
-            host, _, port = host_port.rpartition(":")
-            addresses.append((host, int(port or 7077)))
-        return addresses
-    return []  # local[*] is always there; k8s:// and yarn are reached by Spark itself
-
-
-def _is_unreachable(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__}: {exc}"
-    return any(
-        marker in text
-        for marker in (
-            "Py4JNetworkError",
-            "Connection refused",
-            "SparkContext was shut down",
-            "Cannot call methods on a stopped SparkContext",
-        )
-    )
 
 
 def _is_missing_iceberg_runtime(exc: BaseException) -> bool:
@@ -986,3 +607,10 @@ def _reason(exc: BaseException) -> str:
     except Exception:  # the JVM is gone: what Py4J said is all there is
         return first_line(exc)
     return f"{name}: {message.splitlines()[0] if message else ''}".rstrip(": ")
+
+
+def _ddl(schema: StructType) -> str:
+    """Column definitions for CREATE TABLE, every column nullable (files may lack it)."""
+    return ", ".join(
+        f"{_quote(field.name)} {field.dataType.simpleString()}" for field in schema.fields
+    )
