@@ -9,7 +9,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from ingestions.errors import AutoloaderError
 from refresh.models import RefreshOperation
 from refresh.presenters import preview_payload
-from refresh.services import refresh_execute, refresh_preview, refresh_resume
+from refresh.preview import refresh_preview
+from refresh.services import refresh_execute, refresh_resume
 from refresh.specs import SPEC_BY_SLUG, OperationSpec, spec_of
 from refresh.sync import operation_as_of_run, refresh_decide
 from refresh.undo import refresh_undo, undo_preview

@@ -2,7 +2,8 @@
 clear history), operation records, resume, publish or discard, undo. Schedules and batches
 have their own modules (`schedules_api`, `batches_api`).
 
-Views parse, call `refresh.services`, and present; every rule lives in the services.
+Views parse, call the services (`refresh.preview`, `refresh.services`), and present;
+every rule lives in the services.
 """
 
 import json
@@ -37,8 +38,9 @@ from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import fingerprint, idempotency_begin, idempotency_complete, idempotency_release
 from .models import IdempotencyRecord, OperationKind, OperationStatus, RefreshMode
 from .presenters import operation_payload, preview_payload
+from .preview import refresh_preview
 from .selectors import operation_get, operation_list
-from .services import refresh_execute, refresh_preview, refresh_resume
+from .services import refresh_execute, refresh_resume
 from .sync import operation_as_of_run, refresh_decide
 from .undo import refresh_undo, undo_preview
 

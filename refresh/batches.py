@@ -49,7 +49,8 @@ from .models import (
     RefreshOperation,
 )
 from .planning import Plan
-from .services import refresh_check, refresh_execute, refresh_preview
+from .preview import refresh_check, refresh_preview
+from .services import refresh_execute
 from .sync import operation_as_of_run, operation_of_run_sync, operation_sync
 
 logger = logging.getLogger(__name__)

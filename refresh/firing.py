@@ -25,6 +25,7 @@ from ingestions.runs import run_request
 
 from .errors import DryRunRequiredError, PlanStaleError, RateLimitedError
 from .models import FiringOutcome, Schedule, ScheduleAction, ScheduleFiring
+from .preview import refresh_preview
 from .schedules import (
     APPROVE_PERMISSION,
     ApprovalRequiredError,
@@ -33,7 +34,7 @@ from .schedules import (
     _state,
     cron_of,
 )
-from .services import refresh_execute, refresh_preview
+from .services import refresh_execute
 
 logger = logging.getLogger("refresh.schedules")
 

@@ -293,7 +293,7 @@ def plan_operation(
     """What `kind` would do to `ingestion` now; reads the listing, history and table only.
 
     `mode` is the full refresh / fresh start mode ("atomic" or "drop_first"; see
-    `refresh.services.effective_mode`), which changes what the preview says of downtime.
+    `refresh.preview.effective_mode`), which changes what the preview says of downtime.
     With `scope` (a selective full refresh), only the files in it are counted: those of the
     source are reloaded, and the rows of those in the history are replaced.
     """

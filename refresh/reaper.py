@@ -8,7 +8,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from .models import OperationStatus, RefreshOperation, Retention
-from .services import _Heartbeat, _run_steps, _take_over
+from .steps import Heartbeat, run_steps, take_over
 from .undo import undo_finish
 
 logger = logging.getLogger(__name__)
@@ -33,12 +33,12 @@ def refresh_reap() -> list[str]:
     ).select_related("ingestion", "requested_by")
     for operation in stale:
         # Claimed by one reaper (or retried undo): the others see a fresh heartbeat.
-        if not _take_over(operation) or operation.ingestion is None:
+        if not take_over(operation) or operation.ingestion is None:
             continue
         logger.warning("refresh %s was interrupted: the reaper finishes it", operation.public_id)
         try:
             if operation.retention == Retention.RESTORING:
-                with _Heartbeat(operation):
+                with Heartbeat(operation):
                     undo_finish(operation, ingestion=operation.ingestion, actor=None)
             else:
                 operation.notes = [
@@ -46,7 +46,7 @@ def refresh_reap() -> list[str]:
                     "Interrupted (its process stopped); finished by the worker",
                 ]
                 operation.save(update_fields=["notes", "updated_at"])
-                _run_steps(
+                run_steps(
                     operation,
                     ingestion=operation.ingestion,
                     actor=operation.requested_by,

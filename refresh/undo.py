@@ -21,15 +21,9 @@ from .errors import OperationNotUndoableError
 from .limits import rate_limit_slot
 from .models import OperationKind, OperationStatus, RefreshOperation, Retention
 from .planning import gigabytes
-from .services import (
-    PREVIEW_PERMISSION,
-    _Heartbeat,
-    _in_flight_error,
-    _refuse_if_busy,
-    _refuse_if_protected,
-    _take_over,
-)
+from .preview import PREVIEW_PERMISSION, in_flight_error, refuse_if_busy, refuse_if_protected
 from .specs import spec_of
+from .steps import Heartbeat, take_over
 from .sync import _acting_on, operation_sync
 
 logger = logging.getLogger(__name__)
@@ -129,7 +123,7 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
     409 REFRESH_IN_PROGRESS (naming the operation); one that finds it undone gets it as it
     is, like a retry. An undo whose claimant died (no heartbeat for REFRESH_STALE_SECONDS)
     is taken over by one caller, a retried undo or the worker's reaper (`refresh_reap`),
-    by a conditional UPDATE on the heartbeat it saw (`_take_over`); restoring is
+    by a conditional UPDATE on the heartbeat it saw (`take_over`); restoring is
     idempotent, and the end is recorded (one event, one audit entry) only by whoever moves
     it out of `restoring`.
 
@@ -150,14 +144,14 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
     kind = OperationKind(operation.kind)
     if operation.status == OperationStatus.UNDONE:
         return operation
-    _refuse_if_protected(ingestion, actor=actor, kind=kind, doing="undo")
+    refuse_if_protected(ingestion, actor=actor, kind=kind, doing="undo")
     with transaction.atomic():
         ingestion_lock(ingestion)
         operation.refresh_from_db()
         if operation.status == OperationStatus.UNDONE:
             return operation  # another caller undid it meanwhile: the settled result
         if operation.retention == Retention.RESTORING:
-            if not _take_over(operation):
+            if not take_over(operation):
                 raise RefreshInProgressError(
                     f"Operation {operation.public_id} is being undone by another request.",
                     current_operation_id=operation.public_id,
@@ -167,7 +161,7 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
             blocker = _undo_blocker(operation, ingestion=ingestion)
             if blocker is not None:
                 raise blocker
-            _refuse_if_busy(ingestion)
+            refuse_if_busy(ingestion)
             # Inside the transaction: a refusal from here on rolls the slot back with it.
             with rate_limit_slot(user=actor, kind="undo"):
                 operation.undo = {
@@ -181,8 +175,8 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
                     with transaction.atomic():
                         operation.save(update_fields=["undo", "retention", "status", "updated_at"])
                 except IntegrityError:
-                    raise _in_flight_error(ingestion) from None
-    with _Heartbeat(operation):
+                    raise in_flight_error(ingestion) from None
+    with Heartbeat(operation):
         return undo_finish(operation, ingestion=ingestion, actor=actor, engine=engine)
 
 

@@ -166,7 +166,7 @@ def staged_run_event(*, run, event: str, status: str) -> None:
     from django.db.models import Q
 
     from refresh.models import RefreshOperation
-    from refresh.services import operation_id_of_stage
+    from refresh.steps import operation_id_of_stage
 
     # The operation records its run when its last step ends, which a quick run can beat:
     # the stage's name names the operation too.

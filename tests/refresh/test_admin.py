@@ -7,7 +7,8 @@ from django.urls import reverse
 from ingestions.errors import PermissionDeniedError
 from ingestions.models import Role
 from refresh.models import OperationKind, RefreshOperation
-from refresh.services import refresh_execute, refresh_preview
+from refresh.preview import refresh_preview
+from refresh.services import refresh_execute
 
 from ..factories import IngestionFactory, MembershipFactory, UserFactory
 

@@ -26,8 +26,8 @@ from refresh.models import (
     ScheduleAction,
     ScheduleFiring,
 )
+from refresh.preview import refresh_preview
 from refresh.schedules import schedule_approve, schedule_pause, schedule_resume, schedule_set
-from refresh.services import refresh_preview
 
 from ..factories import IngestionFactory, TenantFactory
 from ..helpers import drain_queue, open_table, write_csv_files

@@ -15,7 +15,7 @@ from ingestions.models import Ingestion, ProcessedFile, Role
 from ingestions.runs import run_request
 from ingestions.scope import Scope
 from refresh.models import OperationStatus, RefreshOperation
-from refresh.services import refresh_preview
+from refresh.preview import refresh_preview
 from refresh.sync import operation_sync
 from refresh.undo import refresh_undo
 

@@ -24,7 +24,8 @@ from refresh.errors import (
     TableProtectedError,
 )
 from refresh.models import OperationStatus, RefreshOperation, RefreshPlan, StepStatus
-from refresh.services import refresh_execute, refresh_preview, refresh_resume
+from refresh.preview import refresh_preview
+from refresh.services import refresh_execute, refresh_resume
 
 from ..helpers import FaultingEngine, drain_queue, failing_sql, open_table, write_csv_files
 

@@ -9,7 +9,8 @@ from pyiceberg.exceptions import NoSuchTableError
 from ingestions.models import ProcessedFile, PublishState, Run, RunStatus
 from ingestions.runs import run_request
 from refresh.models import OperationStatus, RefreshOperation
-from refresh.services import refresh_execute, stage_name_for
+from refresh.services import refresh_execute
+from refresh.steps import stage_name_for
 from refresh.sync import operation_sync, refresh_decide
 from refresh.undo import retention_expire
 

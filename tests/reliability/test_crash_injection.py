@@ -34,7 +34,7 @@ from ingestions.models import (
     RunStatus,
 )
 from ingestions.runs import SNAPSHOT_BATCH_KEY
-from refresh import services
+from refresh import steps
 from refresh.models import OperationStatus, RefreshOperation, StepName, StepStatus
 from refresh.services import refresh_execute
 
@@ -350,9 +350,9 @@ def test_a_full_refresh_whose_request_died_mid_step_resumes_to_a_table_loaded_ex
     write_csv_files(source_dir, files=2, rows=25, start=4)
     with monkeypatch.context() as patch:
         patch.setitem(
-            services.STEP_ACTIONS,
+            steps.STEP_ACTIONS,
             step,
-            dying_step(services.STEP_ACTIONS[step], after_the_action=after_the_action),
+            dying_step(steps.STEP_ACTIONS[step], after_the_action=after_the_action),
         )
         with pytest.raises(RequestProcessDied):
             refresh_execute(
@@ -404,9 +404,9 @@ def test_a_run_between_an_interrupted_full_refresh_and_its_resume_duplicates_not
     settings.REFRESH_STALE_SECONDS = 60
     write_csv_files(source_dir, files=2, rows=25, start=4)
     with monkeypatch.context() as patch:
-        clear = services.STEP_ACTIONS[StepName.PROCESSED_FILES_CLEARED]
+        clear = steps.STEP_ACTIONS[StepName.PROCESSED_FILES_CLEARED]
         patch.setitem(
-            services.STEP_ACTIONS,
+            steps.STEP_ACTIONS,
             StepName.PROCESSED_FILES_CLEARED,
             dying_step(clear, after_the_action=False),
         )

@@ -14,7 +14,7 @@ from django.utils import timezone
 from pyiceberg.exceptions import NoSuchTableError
 
 from ingestions.models import ACTIVE_RUN_STATUSES, ProcessedFile, Run
-from refresh import services, undo
+from refresh import steps, undo
 from refresh.models import OperationStatus, RefreshOperation, Retention, StepName
 from refresh.reaper import refresh_reap
 from refresh.services import refresh_execute
@@ -58,7 +58,7 @@ def test_the_reaper_finishes_a_full_refresh_whose_request_died(
 ):
     settings.REFRESH_STALE_SECONDS = 30
     write_csv_files(source_dir, files=2, rows=25, start=4)
-    actions = services.STEP_ACTIONS if mode == "drop_first" else services.STAGED_STEP_ACTIONS
+    actions = steps.STEP_ACTIONS if mode == "drop_first" else steps.STAGED_STEP_ACTIONS
     with monkeypatch.context() as patch:
         patch.setitem(actions, step, dying_step(actions[step], after_the_action=after_the_action))
         with pytest.raises(RequestProcessDied):
@@ -125,17 +125,17 @@ import django
 django.setup()
 from django.contrib.auth import get_user_model
 from ingestions.models import Ingestion
-from refresh import services
+from refresh import services, steps
 from refresh.models import StepName
 
-drop = services.STEP_ACTIONS[StepName.TABLE_DROPPED]
+drop = steps.STEP_ACTIONS[StepName.TABLE_DROPPED]
 
 def drop_then_hang(**kwargs):
     drop(**kwargs)
     print("dropped", flush=True)
     time.sleep(600)
 
-services.STEP_ACTIONS[StepName.TABLE_DROPPED] = drop_then_hang
+steps.STEP_ACTIONS[StepName.TABLE_DROPPED] = drop_then_hang
 services.refresh_execute(
     ingestion=Ingestion.objects.get(pk=int(sys.argv[1])),
     kind="full_refresh",

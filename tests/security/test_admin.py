@@ -11,7 +11,8 @@ from ingestions.locations import location_grant
 from ingestions.models import CommitStatus, Role, RunBatch, RunStatus, StorageLocation, Tenant
 from ingestions.secrets import new_secrets_key
 from refresh.models import OperationKind, RefreshPlan
-from refresh.services import refresh_execute, refresh_preview
+from refresh.preview import refresh_preview
+from refresh.services import refresh_execute
 
 from ..factories import (
     IngestionFactory,

@@ -118,7 +118,7 @@ def test_a_lease_left_by_a_killed_process_expires(settings, tenant, member, acme
 def test_the_workers_previews_are_not_gated(settings, member, acme_ingestion):
     """A schedule's firing previews in the worker (gate=None): a user who used up their web
     previews, or a tenant whose listings are all busy, does not make it fail."""
-    from refresh.services import refresh_preview
+    from refresh.preview import refresh_preview
 
     settings.AUTOLOADER_PREVIEW_RATE_LIMITS = {"user": "1/m", "tenant": "1/m"}
     settings.AUTOLOADER_LISTINGS_PER_TENANT = 1

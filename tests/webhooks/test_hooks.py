@@ -7,7 +7,8 @@ from ingestions.errors import EngineUnavailableError
 from ingestions.models import FileFailure, Role, RunStatus
 from ingestions.runs import run_request
 from refresh.models import OperationStatus, RefreshOperation
-from refresh.services import refresh_execute, refresh_preview
+from refresh.preview import refresh_preview
+from refresh.services import refresh_execute
 from refresh.sync import operation_sync
 from refresh.undo import refresh_undo
 from webhooks.delivery import deliver_due
