@@ -1,6 +1,7 @@
-"""REST views of refresh operations: the PRD's contract (full refresh, fresh start, drop table,
-clear history), operation records, resume, publish or discard, undo. Schedules and batches
-have their own modules (`schedules_api`, `batches_api`).
+"""REST views of the PRD's four refresh endpoints: full refresh, fresh start, drop table, clear
+history (each a dry-run or an execution, idempotent by key). The operations they create have
+their own module (`operations_api`), as have schedules and batches (`schedules_api`,
+`batches_api`).
 
 Views parse, call the services (`refresh.preview`, `refresh.services`), and present;
 every rule lives in the services.
@@ -24,7 +25,7 @@ from rest_framework.response import Response
 
 from ingestions.api import COMMON_ERRORS, ERROR_SCHEMA, TenantAPIView, query_flags
 from ingestions.models import OnPartialFailure
-from ingestions.pagination import StrictCursorPagination, StrictLimitOffsetPagination
+from ingestions.pagination import StrictCursorPagination
 from ingestions.scope import MAX_SCOPE_FILES, Scope
 from ingestions.selectors import processed_file_list
 from ingestions.serializers import (
@@ -39,10 +40,7 @@ from .idempotency import fingerprint, idempotency_begin, idempotency_complete, i
 from .models import IdempotencyRecord, OperationKind, OperationStatus, RefreshMode
 from .presenters import operation_payload, preview_payload
 from .preview import refresh_preview
-from .selectors import operation_get, operation_list
-from .services import refresh_execute, refresh_resume
-from .sync import operation_as_of_run, refresh_decide
-from .undo import refresh_undo, undo_preview
+from .services import refresh_execute
 
 HTTP_STATUS_BY_OPERATION_STATUS = {
     OperationStatus.ACCEPTED: status.HTTP_202_ACCEPTED,
@@ -96,19 +94,6 @@ OPERATION_SCHEMA = inline_serializer(
             required=False, help_text="What is kept for undo, until when, and how to undo."
         ),
         "undo": serializers.DictField(required=False, help_text="When and how it was undone."),
-    },
-)
-UNDO_PREVIEW_SCHEMA = inline_serializer(
-    name="RefreshUndoPreviewResponse",
-    fields={
-        "dry_run": serializers.BooleanField(default=True),
-        "operation_id": serializers.CharField(),
-        "undoable": serializers.BooleanField(),
-        "blocked_by": serializers.DictField(allow_null=True),
-        "restores": serializers.DictField(help_text="What comes back."),
-        "discards": serializers.DictField(help_text="What is lost: rows loaded since."),
-        "retained_until": serializers.DateTimeField(allow_null=True),
-        "retained_bytes": serializers.IntegerField(),
     },
 )
 DRY_RUN_SCHEMA = inline_serializer(
@@ -483,152 +468,3 @@ class ProcessedFilesApi(RefreshApiView):
     )
     def delete(self, request, ingestion_id: str):
         return self.execute(request, ingestion_id)
-
-
-class OperationDetailApi(TenantAPIView):
-    @extend_schema(
-        operation_id="refresh_operations_retrieve",
-        responses={200: OPERATION_SCHEMA, **COMMON_ERRORS},
-    )
-    def get(self, request, operation_id: str):
-        operation = operation_get(tenant=self.tenant, operation_id=operation_id)
-        self.require("view_ingestion")
-        payload = operation_payload(operation_as_of_run(operation=operation))
-        return Response(payload, headers={"X-Operation-ID": operation.public_id})
-
-
-class OperationResumeApi(TenantAPIView):
-    @extend_schema(
-        operation_id="refresh_operations_resume",
-        summary="Finish the remaining steps of a partial failure",
-        request=None,
-        responses={202: OPERATION_SCHEMA, 200: OPERATION_SCHEMA, **REFRESH_ERRORS},
-    )
-    def post(self, request, operation_id: str):
-        if not settings.ENABLE_REFRESH_OPERATIONS_API:
-            raise RefreshApiDisabledError("The refresh operations API is disabled.")
-        operation = operation_get(tenant=self.tenant, operation_id=operation_id)
-        operation = refresh_resume(operation=operation, actor=request.user)
-        return operation_response(operation)
-
-
-class DecisionInputSerializer(StrictSerializer):
-    openapi_extra = {"required": ["confirm"], "properties": {"confirm": {"enum": [True]}}}
-
-    confirm = serializers.JSONField(
-        required=False, allow_null=True, help_text="Must be the JSON boolean true."
-    )
-
-
-class OperationDecisionApi(TenantAPIView):
-    """Publish or discard what a zero-downtime refresh loaded when some files failed."""
-
-    publish: bool
-
-    def post(self, request, operation_id: str):
-        if not settings.ENABLE_REFRESH_OPERATIONS_API:
-            raise RefreshApiDisabledError("The refresh operations API is disabled.")
-        operation = operation_get(tenant=self.tenant, operation_id=operation_id)
-        serializer = DecisionInputSerializer(data=request.data or {})
-        serializer.is_valid(raise_exception=True)
-        confirm = serializer.validated_data.get("confirm") is True or query_flags(
-            request, "confirm"
-        ).get("confirm", False)
-        operation = refresh_decide(
-            operation=operation, actor=request.user, publish=self.publish, confirm=confirm
-        )
-        return Response(
-            operation_payload(operation), headers={"X-Operation-ID": operation.public_id}
-        )
-
-
-class OperationPublishApi(OperationDecisionApi):
-    publish = True
-
-    @extend_schema(
-        operation_id="refresh_operations_publish",
-        summary="Publish what an atomic refresh loaded although some files failed",
-        request=DecisionInputSerializer,
-        responses={200: OPERATION_SCHEMA, **REFRESH_ERRORS},
-    )
-    def post(self, request, operation_id: str):
-        return super().post(request, operation_id)
-
-
-class OperationDiscardApi(OperationDecisionApi):
-    publish = False
-
-    @extend_schema(
-        operation_id="refresh_operations_discard",
-        summary="Discard what an atomic refresh loaded; the table stays as it was",
-        request=DecisionInputSerializer,
-        responses={200: OPERATION_SCHEMA, **REFRESH_ERRORS},
-    )
-    def post(self, request, operation_id: str):
-        return super().post(request, operation_id)
-
-
-class UndoInputSerializer(StrictSerializer):
-    openapi_extra = CONFIRM_OR_DRY_RUN
-
-    confirm = serializers.JSONField(
-        required=False, allow_null=True, help_text="Must be the JSON boolean true to undo."
-    )
-    dry_run = serializers.BooleanField(default=False)
-
-
-class OperationUndoApi(TenantAPIView):
-    @extend_schema(
-        operation_id="refresh_operations_undo",
-        summary="Undo an operation: the table and its file history back as they were before it",
-        description="With dry_run=true, says what comes back, what is lost (rows loaded "
-        "since) and what blocks the undo, changing nothing. With confirm=true, undoes it. "
-        "Same permission as the operation; idempotent: an undone operation is returned as "
-        "it is.",
-        request=UndoInputSerializer,
-        responses={
-            200: PolymorphicProxySerializer(
-                component_name="RefreshUndoResponse",
-                serializers=[UNDO_PREVIEW_SCHEMA, OPERATION_SCHEMA],
-                resource_type_field_name=None,
-            ),
-            **REFRESH_ERRORS,
-        },
-    )
-    def post(self, request, operation_id: str):
-        if not settings.ENABLE_REFRESH_OPERATIONS_API:
-            raise RefreshApiDisabledError("The refresh operations API is disabled.")
-        operation = operation_get(tenant=self.tenant, operation_id=operation_id)
-        serializer = UndoInputSerializer(data=request.data or {})
-        serializer.is_valid(raise_exception=True)
-        data, query = serializer.validated_data, query_flags(request, "confirm", "dry_run")
-        if data.get("dry_run") or query.get("dry_run"):
-            plan = undo_preview(operation=operation, actor=request.user)
-            return Response(
-                {"dry_run": True, **plan.as_response()},
-                headers={"X-Operation-ID": operation.public_id},
-            )
-        confirm = data.get("confirm") is True or query.get("confirm", False)
-        operation = refresh_undo(operation=operation, actor=request.user, confirm=confirm)
-        return Response(
-            operation_payload(operation), headers={"X-Operation-ID": operation.public_id}
-        )
-
-
-class IngestionOperationsApi(TenantAPIView):
-    class Pagination(StrictLimitOffsetPagination):
-        default_limit = 20
-        max_limit = 200
-
-    pagination_class = Pagination  # read by the schema: the list is paginated
-
-    @extend_schema(
-        operation_id="ingestions_refresh_operations_list",
-        # The same component as the single operation's, as a list.
-        responses={200: OPERATION_SCHEMA.__class__(many=True), **COMMON_ERRORS},
-    )
-    def get(self, request, ingestion_id: str):
-        ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
-        paginator = self.Pagination()
-        page = paginator.paginate_queryset(operation_list(ingestion=ingestion), request, view=self)
-        return paginator.get_paginated_response([operation_payload(op) for op in page])

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import api, batches_api, schedules_api
+from . import api, batches_api, operations_api, schedules_api
 
 urlpatterns = [
     path(
@@ -23,32 +23,32 @@ urlpatterns = [
     ),
     path(
         "ingestions/<str:ingestion_id>/refresh-operations",
-        api.IngestionOperationsApi.as_view(),
+        operations_api.IngestionOperationsApi.as_view(),
         name="api-ingestion-operations",
     ),
     path(
         "refresh-operations/<str:operation_id>",
-        api.OperationDetailApi.as_view(),
+        operations_api.OperationDetailApi.as_view(),
         name="api-operation",
     ),
     path(
         "refresh-operations/<str:operation_id>/publish",
-        api.OperationPublishApi.as_view(),
+        operations_api.OperationPublishApi.as_view(),
         name="api-operation-publish",
     ),
     path(
         "refresh-operations/<str:operation_id>/discard",
-        api.OperationDiscardApi.as_view(),
+        operations_api.OperationDiscardApi.as_view(),
         name="api-operation-discard",
     ),
     path(
         "refresh-operations/<str:operation_id>/undo",
-        api.OperationUndoApi.as_view(),
+        operations_api.OperationUndoApi.as_view(),
         name="api-operation-undo",
     ),
     path(
         "refresh-operations/<str:operation_id>/resume",
-        api.OperationResumeApi.as_view(),
+        operations_api.OperationResumeApi.as_view(),
         name="api-operation-resume",
     ),
     path(
