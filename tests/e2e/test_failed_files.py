@@ -102,11 +102,12 @@ def test_screenshots_of_the_history_and_table_pages(new_page, csv_ingestion, sou
     for viewport, suffix in ((DESKTOP, ""), (PHONE, "-phone")):
         page = new_page(viewport=viewport)
         log_in(page, user)
-        for name, url in (
-            ("history", "/ingestions/sales/history/"),
-            ("table", "/ingestions/sales/table/"),
+        for name, url, shows in (
+            ("history", "/ingestions/sales/history/", "2026-02/export-latin1.csv"),
+            ("table", "/ingestions/sales/table/", "_source_file"),
         ):
             page.goto(url)
+            expect(page.locator("main")).to_contain_text(shows)
             page.screenshot(
                 path=str(SCREENSHOTS / f"{name}{suffix}.png"), full_page=True, animations="disabled"
             )

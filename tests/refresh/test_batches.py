@@ -60,10 +60,13 @@ def test_every_member_loads_then_all_are_published_together(three, member):
     assert not Run.objects.filter(error__contains="waits for the other tables").exists()
 
 
-def test_one_member_failing_publishes_none_and_names_it(three, member, tmp_path):
+@pytest.mark.parametrize("broken", ["every file", "one file"])
+def test_one_member_failing_publishes_none_and_names_it(three, member, tmp_path, broken):
     admin = member(Role.ADMIN)
-    # Every file of "users" is now unreadable: its staged run fails.
-    for path in (tmp_path / "landing" / "users").iterdir():
+    # Files of "users" are now unreadable: its staged run fails (every file) or ends
+    # PARTIAL_SUCCESS (one file), and a member that did not load all its files is not loaded.
+    paths = sorted((tmp_path / "landing" / "users").iterdir())
+    for path in paths if broken == "every file" else paths[:1]:
         path.write_bytes(b"id,name,amount\n1,\xff\xfe,\x00\x00\n2\n")
     body = {"ingestion_ids": ["orders", "users", "items"], "operation": "full_refresh"}
 
@@ -78,7 +81,11 @@ def test_one_member_failing_publishes_none_and_names_it(three, member, tmp_path)
     assert [rows(ingestion) for ingestion in three] == [40, 30, 20]  # none published
     assert [ProcessedFile.objects.filter(ingestion=i).count() for i in three] == [4, 3, 2]
     statuses = {m["ingestion_id"]: m["status"] for m in final["members"]}
-    assert statuses["users"] == OperationStatus.FAILED
+    assert statuses["users"] in (OperationStatus.FAILED, OperationStatus.DISCARDED)
+    users_run = Run.objects.filter(ingestion=three[1]).latest("created_at")
+    assert users_run.status == (
+        RunStatus.FAILED if broken == "every file" else RunStatus.PARTIAL_SUCCESS
+    )
     # "orders" had loaded: its version is discarded; "items" had not started: cancelled.
     assert statuses["orders"] == OperationStatus.DISCARDED
     assert statuses["items"] == OperationStatus.CANCELLED
