@@ -32,6 +32,8 @@
 | AUTOLOADER_SPARK_MASTER | local[*] | Spark master: local[*], spark://, k8s://, yarn |
 | AUTOLOADER_SPARK_CATALOG | (the embedded engine's) | Spark catalog of the spark engine's tables |
 | AUTOLOADER_SPARK_CONF | {} | JSON object of Spark configuration, passed verbatim |
+| AUTOLOADER_SPARK_MAX_CORES | 0 (all offered) | cores of the worker's application (cores.max) |
+| AUTOLOADER_SPARK_IDLE_SECONDS | 30 | stop the worker's Spark application once unused this long |
 """
 
 import json
@@ -394,6 +396,11 @@ AUTOLOADER_SPARK_CONF = {
     str(key): str(value)
     for key, value in json.loads(os.environ.get("AUTOLOADER_SPARK_CONF") or "{}").items()
 }
+# A good citizen on a shared cluster: at most this many cores (0: Spark's default, all a
+# standalone master offers), and no executors held between runs: the worker stops its
+# application once unused for this long, and starts one again for the next run.
+AUTOLOADER_SPARK_MAX_CORES = env_int("AUTOLOADER_SPARK_MAX_CORES", 0)
+AUTOLOADER_SPARK_IDLE_SECONDS = env_float("AUTOLOADER_SPARK_IDLE_SECONDS", 30.0)
 if not DEBUG:
     # Hashed, compressed copies made by `collectstatic` (`make serve` runs it), served by
     # WhiteNoise with far-future cache headers.

@@ -60,6 +60,8 @@ def load_engine(name: str = "iceberg") -> Engine:
                 ),
                 **conf,
             }
+        if settings.AUTOLOADER_SPARK_MAX_CORES:
+            conf.setdefault("spark.cores.max", str(settings.AUTOLOADER_SPARK_MAX_CORES))
         return SparkEngine(
             master=settings.AUTOLOADER_SPARK_MASTER,
             catalog=catalog,

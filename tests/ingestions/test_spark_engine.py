@@ -6,11 +6,20 @@ other Iceberg reader would. The engine behaviour suite shared with the iceberg e
 test_engines.py.
 """
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from ingestions import run_executor
@@ -18,13 +27,22 @@ from ingestions.engines import load_engine
 from ingestions.engines.spark import SparkEngine
 from ingestions.engines.spark import reading as spark_reading
 from ingestions.engines.spark import sessions as spark_sessions
-from ingestions.models import CommitStatus, ProcessedFile, Run, RunBatch, RunStatus
+from ingestions.models import CommitStatus, ProcessedFile, Role, Run, RunBatch, RunStatus
 from ingestions.run_executor import run_execute
 from ingestions.runs import SNAPSHOT_BATCH_KEY, run_cancel, run_request, runs_recover_stale
 
 from ..factories import IngestionFactory
-from ..helpers import FaultyEngine, WorkerKilled, drain_queue, open_table, write_csv_files
-from .conftest import SPARK_TEST_MASTER
+from ..helpers import (
+    FaultyEngine,
+    WorkerKilled,
+    database_url,
+    drain_queue,
+    open_table,
+    write_csv_files,
+)
+from .conftest import SPARK_TEST_MASTER, free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -419,3 +437,221 @@ def test_spark_never_reads_a_file_that_resolves_outside_the_location(
         engine.release_files(batch)
     assert rows_by_file("acme__raw.sales") == {"part-0000.csv": 3}
     assert (outside / "secret.csv").read_text() == "id,name,amount\n1,secret,9.9\n"
+
+
+# --- one table schema, whatever the engine ---------------------------------------------
+
+TYPED_CSV = (
+    "order_id,amount,event_time,event_tz,day,flag,name\n"
+    "{id},12.75,2026-01-01 10:00:00,2026-01-01T10:00:00Z,2026-01-01,true,alice\n"
+    "{next},1.5,2026-01-02 11:30:00,2026-01-02T11:30:00+01:00,2026-01-02,false,bob\n"
+)
+
+
+def table_contents(table_name: str) -> tuple[list[tuple[str, str]], list[dict]]:
+    """The table's Iceberg schema (names and types, lineage columns included) and its rows
+    (without `_ingested_at`), as plain pyiceberg reads them."""
+    table = open_table(table_name)
+    schema = [(field.name, str(field.field_type)) for field in table.schema().fields]
+    rows = table.scan().to_arrow().drop_columns(["_ingested_at"]).sort_by("order_id").to_pylist()
+    return schema, rows
+
+
+def test_both_engines_give_the_same_files_the_same_table_and_append_to_each_others(
+    spark_settings, tenant, tmp_path
+):
+    """Issue 23: the same CSV through either engine is one Iceberg schema (64-bit integers,
+    a zone-less timestamp as `timestamp`, a zoned one as `timestamptz`) and the same rows,
+    and a table moves between engines: each appends to the table the other wrote."""
+    source = tmp_path / "landing" / "typed"
+    source.mkdir(parents=True)
+    (source / "a.csv").write_text(TYPED_CSV.format(id=1, next=2))
+    ingestions = {
+        engine: IngestionFactory(
+            tenant=tenant,
+            public_id=f"typed-{engine}",
+            source_uri=str(source),
+            destination_table=f"raw.typed_{engine}",
+            engine=engine,
+        )
+        for engine in ("iceberg", "spark")
+    }
+    for ingestion in ingestions.values():
+        run = run_execute(run_id=run_request(ingestion=ingestion).public_id)
+        assert run.status == RunStatus.SUCCESS, run.error
+
+    embedded = table_contents(ingestions["iceberg"].table_identifier)
+    on_spark = table_contents(ingestions["spark"].table_identifier)
+    assert on_spark == embedded
+    assert dict(embedded[0]) == {
+        "order_id": "long",
+        "amount": "double",
+        "event_time": "timestamp",
+        "event_tz": "timestamptz",
+        "day": "date",
+        "flag": "boolean",
+        "name": "string",
+        "_source_file": "string",
+        "_ingested_at": "timestamptz",
+    }
+
+    # Each ingestion now runs on the other engine, onto the table the first one wrote.
+    (source / "b.csv").write_text(TYPED_CSV.format(id=3, next=4))
+    for engine, ingestion in ingestions.items():
+        ingestion.engine = "spark" if engine == "iceberg" else "iceberg"
+        ingestion.save(update_fields=["engine"])
+        run = run_execute(run_id=run_request(ingestion=ingestion).public_id)
+        assert run.status == RunStatus.SUCCESS, run.error
+        assert run.files_loaded == 1
+
+    embedded_then_spark = table_contents(ingestions["iceberg"].table_identifier)
+    spark_then_embedded = table_contents(ingestions["spark"].table_identifier)
+    assert embedded_then_spark == spark_then_embedded
+    assert embedded_then_spark[0] == embedded[0]  # no column widened or added
+    assert [row["order_id"] for row in embedded_then_spark[1]] == [1, 2, 3, 4]
+    assert embedded_then_spark[1][1]["event_tz"] == embedded[1][1]["event_tz"]  # 10:30 UTC
+
+
+# --- Spark only where the work is -------------------------------------------------------
+
+
+def test_web_requests_start_no_spark_application(
+    spark_settings, spark_ingestion, source_dir, member, tmp_path
+):
+    """Issue 23: a real web process (gunicorn, console.wsgi) answers the ingestion, its
+    preview, a zero-downtime refresh and a drop of a spark ingestion's table without ever
+    starting Spark (no JVM among its processes): metadata is read through the shared catalog,
+    the run is the worker's."""
+    write_csv_files(source_dir, files=2, rows=3)
+    run = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)  # the worker
+    assert run.status == RunStatus.SUCCESS, run.error
+    admin = member(Role.ADMIN)
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "AUTOLOADER_", "DATABASE_URL"))
+    }
+    env.update(
+        DATABASE_URL=database_url(),
+        DJANGO_DEBUG="1",
+        AUTOLOADER_DATA_DIR=str(tmp_path / "data"),
+        AUTOLOADER_CATALOG_URI=settings.AUTOLOADER_CATALOG_URI,
+        AUTOLOADER_WAREHOUSE=settings.AUTOLOADER_WAREHOUSE,
+        AUTOLOADER_CATALOG_NAME=settings.AUTOLOADER_CATALOG_NAME,
+        AUTOLOADER_SECRETS_KEY=settings.AUTOLOADER_SECRETS_KEY,
+        AUTOLOADER_SPARK_MASTER="local[1]",
+    )
+    log = tmp_path / "web.log"
+    with log.open("wb") as output:
+        web = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "console.wsgi:application",
+             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--timeout", "120"],
+            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,  # every process it starts is in its session
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/api/v1/ingestions/{spark_ingestion.public_id}"
+
+    def call(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(  # noqa: S310 - loopback
+            url,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={
+                "Authorization": f"Bearer {admin.token_key}",
+                "Content-Type": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    try:
+        wait_for_port(port, timeout=60, process=web)
+        status, detail = call("GET", base)
+        assert status == 200, detail
+        assert detail["table"]["exists"] is True and detail["table"]["row_count"] == 6
+        status, preview = call("POST", f"{base}/full-refresh", {"dry_run": True})
+        assert status == 200, preview
+        assert preview["impact"]["files_to_process"] == 2
+        status, refresh = call("POST", f"{base}/full-refresh", {"confirm": True})
+        assert status == 202, refresh  # staged; its run waits for the worker
+        status, drop = call("DELETE", f"{base}/table?dry_run=true")
+        assert status == 200, drop
+        assert drop["status"] == "dry_run"
+        jvms = subprocess.run(
+            ["pgrep", "-s", str(web.pid), "-f", "java"], capture_output=True, text=True
+        ).stdout.split()
+        assert jvms == [], f"the web process started Spark: {jvms}"
+        assert "SparkContext" not in log.read_text()
+    finally:
+        web.terminate()
+        try:
+            web.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(web.pid, signal.SIGKILL)  # its own session only
+            web.wait()
+
+
+LIFE_OF_A_WORKERS_SPARK = """
+import django, time
+django.setup()
+import pyarrow as pa
+from ingestions.apps import spark_stop_idle
+from ingestions.engines import load_engine
+from ingestions.engines.spark import sessions
+
+engine = load_engine("spark")
+table = "acme__raw.life"
+
+def append(value):
+    engine.append(table, pa.table({"id": [value]}), properties={"value": str(value)})
+
+append(1)
+first = sessions.running(engine.master)
+# What a cluster does when it removes the application (a master or worker restarted):
+# the JVM's context stops, pyspark's objects do not know.
+first.sparkContext._jsc.sc().stop()
+append(2)  # a new application, no restart of this process
+second = sessions.running(engine.master)
+assert second is not None and second is not first
+assert spark_stop_idle() == []  # just used
+time.sleep(1.2)
+assert spark_stop_idle() == [engine.master]  # idle: its cores go back to the cluster
+assert sessions.running(engine.master) is None
+append(3)  # the next run starts one again
+assert engine.describe_table(table).row_count == 3
+print("ok")
+"""
+
+
+def test_the_worker_rebuilds_a_stopped_spark_application_and_stops_an_idle_one(
+    spark_settings, tmp_path
+):
+    """Issue 23: a worker whose Spark application was stopped under it (a cluster restart)
+    starts a new one for the next call instead of failing until restarted; one unused for
+    AUTOLOADER_SPARK_IDLE_SECONDS is stopped by the worker's periodic pass, and the next
+    call starts one again. Its own process: the suite's SparkContext stays up."""
+    env = {
+        **os.environ,
+        "AUTOLOADER_CATALOG_URI": settings.AUTOLOADER_CATALOG_URI,
+        "AUTOLOADER_WAREHOUSE": settings.AUTOLOADER_WAREHOUSE,
+        "AUTOLOADER_CATALOG_NAME": settings.AUTOLOADER_CATALOG_NAME,
+        "AUTOLOADER_SPARK_MASTER": "local[1]",
+        "AUTOLOADER_SPARK_IDLE_SECONDS": "1",
+        "AUTOLOADER_SPARK_CONF": json.dumps(
+            {"spark.ui.enabled": "false", "spark.driver.host": "127.0.0.1"}
+        ),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", LIFE_OF_A_WORKERS_SPARK],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")

@@ -9,12 +9,13 @@ tables; a drop is `DROP TABLE ... PURGE`; a cancel interrupts the engine's job g
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow as pa
 
@@ -27,7 +28,7 @@ from ingestions.engines.base import (
     table_location,
     validate_table_name,
 )
-from ingestions.engines.spark import sessions
+from ingestions.engines.spark import metadata, sessions
 from ingestions.engines.spark.reading import (
     CORRUPT_COLUMN,
     INPUT_COLUMN,
@@ -38,7 +39,7 @@ from ingestions.engines.spark.reading import (
     spark_uri,
     still_pinned,
 )
-from ingestions.engines.spark.schemas import from_arrow_schema, merge_schemas, to_arrow_schema
+from ingestions.engines.spark.schemas import conform_to_table, from_arrow_schema, merge_schemas
 from ingestions.errors import (
     AutoloaderError,
     EngineError,
@@ -50,11 +51,13 @@ from ingestions.sources.discovery import first_line
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
+    from pyspark.sql.types import DataType, StructType
 
     from ingestions.locations import SourceHandle
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CANCEL_RECHECK_SECONDS = 1.0
 # Iceberg's snapshot-property write option marks our commit so its snapshot id can be read.
@@ -67,6 +70,8 @@ NEW_TABLE_PROPERTIES = {
     "write.spark.accept-any-schema": "true",
 }
 JOB_INTERRUPT_KEY = "spark.job.interruptOnCancel"
+# `timestamp` as a type in a simpleString (not `timestamp_ntz`, not a struct field name).
+ZONED_TIMESTAMP = re.compile(r"\btimestamp\b(?!:)")
 
 
 class SparkEngine(Engine):
@@ -115,58 +120,88 @@ class SparkEngine(Engine):
     # --- the Engine interface ----------------------------------------------------------
 
     def ping(self) -> None:
+        if not sessions.may_start_here() and self.shared_catalog_uri is not None:
+            # A web process starts no Spark application: the master answers, the catalog too.
+            sessions.check_reachable(self.master)
+            self._catalog_engine().ping()
+            return
         with self._errors("reach Spark"):
             # Loads the catalog plugin: a missing Iceberg runtime jar shows up here.
             self._session().sql(f"SHOW NAMESPACES IN {_quote(self.catalog)}").collect()
 
+    # Table metadata is read from the shared catalog by pyiceberg, without Spark: a web
+    # process (a preview, the table page) never starts a Spark application. On a cluster's
+    # own catalog it is Spark SQL (`metadata`), in the processes that may start Spark.
+
     def table_exists(self, table_name: str) -> bool:
-        validate_table_name(table_name)
-        with self._errors(f"look up {table_name}"):
-            return self._session().catalog.tableExists(self._qualified(table_name))
+        return self._metadata(
+            table_name,
+            f"look up {table_name}",
+            shared=lambda engine: engine.table_exists(table_name),
+            own=metadata.exists,
+        )
 
     def describe_table(self, table_name: str) -> TableInfo:
-        validate_table_name(table_name)
-        with self._errors(f"describe {table_name}"):
-            spark = self._session()
-            qualified = self._qualified(table_name)
-            if not spark.catalog.tableExists(qualified):
-                return TableInfo.missing(table_name)
-            current = _rows(
-                spark.sql(
-                    "SELECT s.snapshot_id, s.committed_at, s.summary "  # noqa: S608 - quoted names
-                    f"FROM {qualified}.refs r "
-                    f"JOIN {qualified}.snapshots s ON r.snapshot_id = s.snapshot_id "
-                    "WHERE r.name = 'main'"
-                )
-            )
-            if not current:
-                return TableInfo(table_name, True, 0, 0, 0, None, None)
-            row = current[0]
-            summary = dict(row["summary"] or [])
-            return TableInfo(
-                table_name=table_name,
-                exists=True,
-                row_count=int(summary.get("total-records") or 0),
-                size_bytes=int(summary.get("total-files-size") or 0),
-                file_count=int(summary.get("total-data-files") or 0),
-                snapshot_id=int(row["snapshot_id"]),
-                last_updated_at=row["committed_at"],
-            )
+        return self._metadata(
+            table_name,
+            f"describe {table_name}",
+            shared=lambda engine: engine.describe_table(table_name),
+            own=lambda spark, qualified: metadata.describe(spark, qualified, table_name),
+        )
 
     def table_schema(self, table_name: str) -> pa.Schema | None:
-        validate_table_name(table_name)
-        with self._errors(f"read the schema of {table_name}"):
-            schema = self._spark_schema(self._session(), table_name)
-            return None if schema is None else to_arrow_schema(schema)
+        return self._metadata(
+            table_name,
+            f"read the schema of {table_name}",
+            shared=lambda engine: engine.table_schema(table_name),
+            own=metadata.arrow_schema,
+        )
+
+    def list_snapshots(self, table_name: str) -> list[SnapshotInfo]:
+        return self._metadata(
+            table_name,
+            f"list the snapshots of {table_name}",
+            shared=lambda engine: engine.list_snapshots(table_name),
+            own=metadata.snapshots,
+        )
+
+    def sample_rows(self, table_name: str, *, limit: int) -> pa.Table | None:
+        return self._metadata(
+            table_name,
+            f"read rows of {table_name}",
+            shared=lambda engine: engine.sample_rows(table_name, limit=limit),
+            own=lambda spark, qualified: metadata.sample(spark, qualified, limit=limit),
+        )
+
+    def source_file_rows(self, table_name: str) -> dict[str, int]:
+        return self._metadata(
+            table_name,
+            f"count the rows of {table_name} per source file",
+            shared=lambda engine: engine.source_file_rows(table_name),
+            own=metadata.rows_per_source_file,
+        )
 
     def drop_table(self, table_name: str) -> bool:
+        return self._metadata(
+            table_name,
+            f"drop {table_name}",
+            shared=lambda engine: engine.drop_table(table_name),
+            own=metadata.drop,
+        )
+
+    def _metadata(
+        self,
+        table_name: str,
+        action: str,
+        *,
+        shared: Callable[[Engine], T],
+        own: Callable[[SparkSession, str], T],
+    ) -> T:
         validate_table_name(table_name)
-        with self._errors(f"drop {table_name}"), self._jobs("drop a table") as spark:
-            qualified = self._qualified(table_name)
-            existed = spark.catalog.tableExists(qualified)
-            # PURGE deletes the data and metadata files, not only the catalog entry.
-            spark.sql(f"DROP TABLE IF EXISTS {qualified} PURGE")
-            return existed
+        if self.shared_catalog_uri is not None:
+            return shared(self._catalog_engine())
+        with self._errors(action), self._jobs(action) as spark:
+            return own(spark, self._qualified(table_name))
 
     def append(
         self,
@@ -281,7 +316,7 @@ class SparkEngine(Engine):
             ).select(
                 *[frame[name] for name in columns],
                 paths["_source_file"],
-                F.lit(ingested_at).cast("timestamp").alias("_ingested_at"),
+                F.lit(ingested_at).cast("timestamp_ltz").alias("_ingested_at"),
             )
             return self._write(spark, table_name, rows, properties, branch=branch)
 
@@ -291,53 +326,6 @@ class SparkEngine(Engine):
                 frame.unpersist()
             except Exception as exc:  # the session may be gone: nothing left to free
                 logger.debug("could not unpersist a batch: %s", first_line(exc))
-
-    def list_snapshots(self, table_name: str) -> list[SnapshotInfo]:
-        validate_table_name(table_name)
-        with self._errors(f"list the snapshots of {table_name}"):
-            spark = self._session()
-            qualified = self._qualified(table_name)
-            if not spark.catalog.tableExists(qualified):
-                return []
-            rows = _rows(
-                spark.sql(
-                    "SELECT snapshot_id, committed_at, operation, summary "  # noqa: S608
-                    f"FROM {qualified}.snapshots ORDER BY committed_at, snapshot_id"
-                )
-            )
-            return [
-                SnapshotInfo(
-                    snapshot_id=int(row["snapshot_id"]),
-                    committed_at=row["committed_at"],
-                    properties={"operation": row["operation"], **dict(row["summary"] or [])},
-                )
-                for row in rows
-            ]
-
-    def sample_rows(self, table_name: str, *, limit: int) -> pa.Table | None:
-        validate_table_name(table_name)
-        with self._errors(f"read rows of {table_name}"), self._jobs("sample rows") as spark:
-            qualified = self._qualified(table_name)
-            if not spark.catalog.tableExists(qualified):
-                return None
-            frame = spark.table(qualified).limit(limit)
-            rows = [tuple(row) for row in frame.collect()]
-            schema = to_arrow_schema(frame.schema)
-            return pa.Table.from_pylist(
-                [dict(zip(schema.names, row, strict=True)) for row in rows], schema
-            )
-
-    def source_file_rows(self, table_name: str) -> dict[str, int]:
-        validate_table_name(table_name)
-        with self._errors(f"count the rows of {table_name} per source file"):
-            spark = self._session()
-            qualified = self._qualified(table_name)
-            if not spark.catalog.tableExists(qualified):
-                return {}
-            if "_source_file" not in spark.table(qualified).columns:
-                return {}
-            rows = spark.table(qualified).groupBy("_source_file").count().collect()
-            return {row["_source_file"]: int(row["count"]) for row in rows if row[0]}
 
     # --- staged versions and restore points: metadata of the shared catalog -------------
     #
@@ -417,6 +405,8 @@ class SparkEngine(Engine):
         snapshot carrying `properties`; returns its id."""
         qualified = self._qualified(table_name)
         table_schema = self._spark_schema(spark, table_name)
+        if table_schema is not None:
+            frame = conform_to_table(frame, table_schema)
         if branch is not None:
             if table_schema is None:
                 raise EngineError(f"{table_name} has no branch {branch}: it does not exist.")
@@ -446,7 +436,7 @@ class SparkEngine(Engine):
         # Iceberg's identifier of a branch: `<table>.branch_<name>`.
         target = f"{qualified}.{_quote(f'branch_{branch}')}" if branch else qualified
         frame.writeTo(target).options(**options).append()
-        rows = _rows(
+        rows = metadata.rows(
             spark.sql(
                 f"SELECT snapshot_id FROM {qualified}.snapshots "  # noqa: S608 - quoted names
                 "WHERE summary[:key] = :commit_id",
@@ -513,18 +503,23 @@ class SparkEngine(Engine):
 
     @contextmanager
     def _jobs(self, description: str) -> Iterator[SparkSession]:
-        """Group the Spark jobs started inside (this thread), so that `cancel` interrupts them."""
-        spark = self._session()
-        self._raise_if_cancelled()
-        spark.sparkContext.setJobGroup(
-            self.job_tag, f"autoloader: {description}", interruptOnCancel=True
-        )
-        try:
-            yield spark
-        finally:
-            # What SparkContext.clearJobGroup does; pyspark has no wrapper for it.
-            for key in ("spark.jobGroup.id", "spark.job.description", JOB_INTERRUPT_KEY):
-                spark.sparkContext.setLocalProperty(key, None)
+        """Group the Spark jobs started inside (this thread), so that `cancel` interrupts them;
+        meanwhile the application is in use (`sessions.stop_idle` leaves it)."""
+        with sessions.in_use(self.master):
+            spark = self._session()
+            self._raise_if_cancelled()
+            # This engine's session is the active one of this thread: Spark's driver-side
+            # code (CSV inference, for one) reads the active session's settings.
+            spark._jvm.org.apache.spark.sql.SparkSession.setActiveSession(spark._jsparkSession)
+            spark.sparkContext.setJobGroup(
+                self.job_tag, f"autoloader: {description}", interruptOnCancel=True
+            )
+            try:
+                yield spark
+            finally:
+                # What SparkContext.clearJobGroup does; pyspark has no wrapper for it.
+                for key in ("spark.jobGroup.id", "spark.job.description", JOB_INTERRUPT_KEY):
+                    spark.sparkContext.setLocalProperty(key, None)
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -581,18 +576,6 @@ def _literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _rows(frame: DataFrame) -> list[dict]:
-    """The rows of a small result; timestamps zone-aware (pyspark gives them naive, in this
-    process's local time)."""
-    return [
-        {
-            key: value.astimezone(UTC) if isinstance(value, datetime) else value
-            for key, value in row.asDict(recursive=False).items()
-        }
-        for row in frame.collect()
-    ]
-
-
 def _reason(exc: BaseException) -> str:
     """What went wrong, in one line: for a JVM error, its root cause ("ZipException: Not
     in GZIP format"), not Py4J's "An error occurred while calling o63.csv"."""
@@ -611,6 +594,10 @@ def _reason(exc: BaseException) -> str:
 
 def _ddl(schema: StructType) -> str:
     """Column definitions for CREATE TABLE, every column nullable (files may lack it)."""
-    return ", ".join(
-        f"{_quote(field.name)} {field.dataType.simpleString()}" for field in schema.fields
-    )
+    return ", ".join(f"{_quote(field.name)} {_sql_type(field.dataType)}" for field in schema.fields)
+
+
+def _sql_type(data_type: DataType) -> str:
+    """The type's SQL name in our sessions, where a bare `timestamp` means one without zone
+    (`spark.sql.timestampType`): a zoned timestamp is spelled `timestamp_ltz`."""
+    return ZONED_TIMESTAMP.sub("timestamp_ltz", data_type.simpleString())

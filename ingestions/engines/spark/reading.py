@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from ingestions.engines.spark.schemas import long_integers
 from ingestions.errors import FileReadError
 from ingestions.locations import OutsideLocationError
 
@@ -96,7 +97,9 @@ class Reader:
         self.check()
         inferred = reader.option("inferSchema", "true").csv(uris).schema
         self.check()
-        schema = StructType([*inferred.fields, StructField(CORRUPT_COLUMN, StringType())])
+        schema = StructType(
+            [*map(long_integers, inferred.fields), StructField(CORRUPT_COLUMN, StringType())]
+        )
         return (
             self.spark.read.options(**self.options)
             .schema(schema)

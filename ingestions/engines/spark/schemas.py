@@ -10,7 +10,7 @@ import pyarrow as pa
 from ingestions.errors import SchemaMismatchError
 
 if TYPE_CHECKING:  # pragma: no cover - types only
-    from pyspark.sql.types import DataType, StructType
+    from pyspark.sql.types import DataType, StructField, StructType
 
 
 def merge_schemas(table: StructType, data: StructType) -> StructType:
@@ -85,3 +85,28 @@ def to_arrow_schema(schema: StructType) -> pa.Schema:
     from pyspark.sql.pandas.types import to_arrow_schema as spark_to_arrow
 
     return spark_to_arrow(schema)
+
+
+def long_integers(field: StructField) -> StructField:
+    """An inferred integer column as the embedded engine infers it: 64 bits (Spark infers
+    `int` when the values it saw fit), so that both engines give a table the same schema."""
+    from pyspark.sql.types import ByteType, IntegerType, LongType, ShortType, StructField
+
+    if isinstance(field.dataType, ByteType | ShortType | IntegerType):
+        return StructField(field.name, LongType(), field.nullable, field.metadata)
+    return field
+
+
+def conform_to_table(frame, table: StructType):
+    """`frame` with each zone-less timestamp column the table holds with a zone (a table an
+    earlier release of the spark engine created) cast to it: in UTC, the same instants."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import TimestampNTZType, TimestampType
+
+    table_types = {field.name: field.dataType for field in table.fields}
+    for field in frame.schema.fields:
+        if isinstance(field.dataType, TimestampNTZType) and isinstance(
+            table_types.get(field.name), TimestampType
+        ):
+            frame = frame.withColumn(field.name, F.col(field.name).cast("timestamp_ltz"))
+    return frame

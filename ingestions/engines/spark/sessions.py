@@ -8,10 +8,13 @@ pyspark is imported lazily: only the spark engine needs it
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +22,8 @@ from ingestions.errors import EngineUnavailableError
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from pyspark.sql import SparkSession
+
+logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "The spark engine needs pyspark: pip install 'autoloader-console[spark]'"
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -37,6 +42,25 @@ JDBC_DRIVER_JARS = {
 _contexts: dict[tuple[int, str], SparkSession] = {}
 _sessions: dict[tuple, SparkSession] = {}
 _sessions_lock = threading.Lock()
+# The contexts this module started (a context it was handed, as by the tests, is not
+# stopped when idle), and when each was last used; how many callers use it now.
+_started: set[tuple[int, str]] = set()
+_last_used: dict[tuple[int, str], float] = {}
+_in_use: dict[tuple[int, str], int] = {}
+# Why this process must not start a Spark application (a web process), if it must not.
+_forbidden: str | None = None
+
+
+def forbid_here(reason: str) -> None:
+    """This process starts no Spark application (`reason` says which process it is): the
+    engine reads table metadata through the shared catalog instead, and anything that
+    needs Spark runs in the worker. Called by the WSGI entry point."""
+    global _forbidden
+    _forbidden = reason
+
+
+def may_start_here() -> bool:
+    return _forbidden is None
 
 
 def iceberg_runtime_jar() -> Path:
@@ -103,17 +127,34 @@ def session(
     warehouse: str,
 ) -> SparkSession:
     """A session with `conf`'s catalogs and SQL settings, on the process's one SparkContext
-    for `master` (started on first use)."""
+    for `master`: started on first use, and again if it was stopped (idle, or by a cluster
+    that restarted or removed the application).
+
+    Raises:
+        EngineUnavailableError: the master does not answer, or this process starts no
+            Spark application (`forbid_here`).
+    """
     context_key = (os.getpid(), master)
     key = (*context_key, tuple(sorted(conf.items())))
     with _sessions_lock:
+        root = _contexts.get(context_key)
+        if root is not None and _is_stopped(root):
+            logger.warning("the Spark application on %s had stopped: starting a new one", master)
+            _forget(context_key)
+            _stop(root)  # pyspark's side too, or its builder would hand the dead one back
+            root = None
         spark = _sessions.get(key)
         if spark is None:
-            root = _contexts.get(context_key)
             if root is None:
+                if _forbidden is not None:
+                    raise EngineUnavailableError(
+                        f"This {_forbidden} starts no Spark application: what needs Spark "
+                        "runs in the worker."
+                    )
                 check_reachable(master)
                 root = _build(master, conf)
                 _contexts[context_key] = root
+                _started.add(context_key)
             if shared_catalog_uri:
                 _create_catalog_tables(catalog, shared_catalog_uri, warehouse)
             spark = root.newSession()
@@ -121,8 +162,76 @@ def session(
                 if name.startswith("spark.sql.") and name != "spark.sql.extensions":
                     spark.conf.set(name, value)
             spark.conf.set("spark.sql.session.timeZone", "UTC")
+            # The embedded engine's types (docs/deploy.md): a value without a zone is an
+            # Iceberg `timestamp`, one with a zone a `timestamptz`; Spark's default would
+            # make both `timestamptz`.
+            spark.conf.set("spark.sql.timestampType", "TIMESTAMP_NTZ")
             _sessions[key] = spark
+        _last_used[context_key] = time.monotonic()
         return spark
+
+
+@contextmanager
+def in_use(master: str) -> Iterator[None]:
+    """Marks the process's application for `master` busy meanwhile: `stop_idle` leaves it."""
+    context_key = (os.getpid(), master)
+    with _sessions_lock:
+        _in_use[context_key] = _in_use.get(context_key, 0) + 1
+    try:
+        yield
+    finally:
+        with _sessions_lock:
+            _in_use[context_key] -= 1
+            _last_used[context_key] = time.monotonic()
+
+
+def stop_idle(idle_seconds: float) -> list[str]:
+    """Stop the applications this process started that nothing used for `idle_seconds`:
+    their executors and cores go back to the cluster; the next use starts a new one.
+    Returns the masters stopped."""
+    stopped = []
+    with _sessions_lock:
+        now = time.monotonic()
+        for context_key in list(_started):
+            if context_key[0] != os.getpid() or _in_use.get(context_key):
+                continue
+            if now - _last_used.get(context_key, now) < idle_seconds:
+                continue
+            root = _contexts.get(context_key)
+            _forget(context_key)
+            if root is not None:
+                _stop(root)
+            stopped.append(context_key[1])
+    for master in stopped:
+        logger.info("stopped the idle Spark application on %s", master)
+    return stopped
+
+
+def _forget(context_key: tuple[int, str]) -> None:
+    """Drop a context and its sessions from the caches (the caller holds the lock)."""
+    _contexts.pop(context_key, None)
+    _started.discard(context_key)
+    _last_used.pop(context_key, None)
+    for key in [key for key in _sessions if key[:2] == context_key]:
+        del _sessions[key]
+
+
+def _stop(root: SparkSession) -> None:
+    try:
+        root.stop()
+    except Exception as exc:  # stopped already, or the JVM is gone
+        logger.debug("stopping a Spark application: %s", exc)
+
+
+def _is_stopped(root: SparkSession) -> bool:
+    """Whether the SparkContext under `root` was stopped, here or by the cluster."""
+    context = root.sparkContext
+    if getattr(context, "_jsc", None) is None:
+        return True
+    try:
+        return bool(context._jsc.sc().isStopped())
+    except Exception:  # the JVM itself is gone
+        return True
 
 
 def running(master: str) -> SparkSession | None:
