@@ -152,9 +152,12 @@ def database_url() -> str:
     return f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
-def start_worker(log: Path, *, interval: float = 0.1, quick_recovery: bool = True):
+def start_worker(
+    log: Path, *, interval: float = 0.1, quick_recovery: bool = True, **extra_env: str
+):
     """A real `manage.py autoloader_worker` on the test database, one file per commit; with
-    `quick_recovery`, a dead worker's run is taken over within seconds."""
+    `quick_recovery`, a dead worker's run is taken over within seconds; `extra_env`: more
+    settings."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
@@ -166,6 +169,7 @@ def start_worker(log: Path, *, interval: float = 0.1, quick_recovery: bool = Tru
     if quick_recovery:
         env["AUTOLOADER_RUN_STALE_SECONDS"] = "2"
         env["AUTOLOADER_REAPER_INTERVAL_SECONDS"] = "0.5"
+    env.update(extra_env)
     return subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "autoloader_worker", "--interval", str(interval)],
         env=env,
