@@ -337,6 +337,9 @@ class RunBatch(models.Model):
     rows = models.BigIntegerField(default=0)
     bytes = models.BigIntegerField(default=0)
     snapshot_id = models.BigIntegerField(null=True, blank=True)
+    # The `_ingested_at` of every row the commit writes: the batch's mark in the table's
+    # rows, which outlives its snapshot (a cluster's `expire_snapshots`).
+    ingested_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     committed_at = models.DateTimeField(null=True, blank=True)
 

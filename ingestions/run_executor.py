@@ -407,6 +407,10 @@ class _RunExecutor:
     ) -> None:
         """Commit a batch (exactly-once protocol): `data` read here, or `files` read by the
         engine; no commit to the table when the files have no rows."""
+        if data is not None and data.num_rows:
+            ingested_at = data.column("_ingested_at")[0].as_py()  # one value per batch
+        else:
+            ingested_at = timezone.now()
         batch = RunBatch.objects.create(
             run=self.run,
             batch_key=f"{self.run.public_id}.{uuid.uuid4().hex[:12]}",
@@ -425,6 +429,7 @@ class _RunExecutor:
             ],
             rows=rows,
             bytes=sum(item.source.size_bytes for item in loaded),
+            ingested_at=ingested_at,
         )
         self.heartbeat.check()
         if not rows:
@@ -443,7 +448,7 @@ class _RunExecutor:
                     self.table_name,
                     files,
                     properties=properties,
-                    ingested_at=timezone.now(),
+                    ingested_at=ingested_at,
                     branch=branch,
                 )
             else:

@@ -205,10 +205,17 @@ def _discard_staged(run: Run, engine: Engine | None) -> None:
 
 
 def batch_resolve(*, batch: RunBatch, engine: Engine) -> str:
-    """Decide a PENDING batch from the table itself: committed if a snapshot names it."""
+    """Decide a PENDING batch from the table itself: committed if a snapshot names it, or,
+    once that snapshot was expired (a cluster's routine `expire_snapshots`), if the table
+    holds rows marked with the batch's `_ingested_at`."""
     snapshot = engine.find_snapshot(batch.table_name, key=SNAPSHOT_BATCH_KEY, value=batch.batch_key)
     if snapshot is not None:
         batch_mark_committed(batch=batch, snapshot_id=snapshot.snapshot_id)
+        return CommitStatus.COMMITTED
+    if batch.ingested_at is not None and engine.holds_rows_ingested_at(
+        batch.table_name, batch.ingested_at, branch=batch.run.stage_branch or None
+    ):
+        batch_mark_committed(batch=batch, snapshot_id=None)
         return CommitStatus.COMMITTED
     RunBatch.objects.filter(pk=batch.pk, status=CommitStatus.PENDING).update(
         status=CommitStatus.ABANDONED

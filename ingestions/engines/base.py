@@ -273,6 +273,14 @@ class Tables(ABC):
 
         raise EngineError(f"The {self.name} engine cannot adopt an existing table.")
 
+    def holds_rows_ingested_at(
+        self, table_name: str, ingested_at: datetime, *, branch: str | None = None
+    ) -> bool:
+        """Whether the table's main (or `branch`) holds rows whose `_ingested_at` is exactly
+        `ingested_at`: the mark of one batch's commit in the rows themselves, for recovery
+        after the batch's snapshot was expired. False where an engine cannot tell."""
+        return False
+
     def find_snapshot(self, table_name: str, *, key: str, value: str) -> SnapshotInfo | None:
         """Find the newest snapshot whose summary has `key` set to `value`.
 

@@ -1,7 +1,7 @@
 """Engine behaviour, run against every engine backend on a throwaway catalog and warehouse."""
 
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -242,6 +242,32 @@ def test_a_staged_version_is_invisible_until_published_whole(engine, table_exist
 
     assert engine.describe_table(TABLE).row_count == 3
     assert engine.find_snapshot(TABLE, key="batch", value="s") is not None
+
+
+def marked(ids: list[int], at: datetime) -> pa.Table:
+    return pa.table(
+        {
+            "order_id": pa.array(ids, pa.int64()),
+            "_ingested_at": pa.array([at] * len(ids), pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def test_a_batch_is_found_by_its_rows_mark_on_main_or_its_branch(engine):
+    """Recovery's second witness after the batch's snapshot (which a cluster may expire):
+    rows carrying the batch's exact `_ingested_at`, on main or on the staged branch."""
+    first = datetime(2026, 12, 6, 5, 0, 0, 123456, tzinfo=UTC)
+    second = first + timedelta(microseconds=1)
+    assert not engine.holds_rows_ingested_at(TABLE, first)  # no table yet
+    engine.append(TABLE, marked([1, 2], first), properties={})
+
+    assert engine.holds_rows_ingested_at(TABLE, first)
+    assert not engine.holds_rows_ingested_at(TABLE, second)  # to the microsecond
+    if engine.can_stage:
+        stage = engine.stage_begin(TABLE, name="autoloader_op_1")
+        engine.append(stage.write_to, marked([3], second), properties={}, branch=stage.branch)
+        assert engine.holds_rows_ingested_at(stage.write_to, second, branch=stage.branch)
+        assert not engine.holds_rows_ingested_at(TABLE, second)  # main has not seen it
 
 
 def test_ping_answers_on_a_reachable_catalog(engine):

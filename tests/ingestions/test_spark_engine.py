@@ -193,9 +193,13 @@ def test_a_malformed_file_fails_alone_and_a_new_column_is_merged(
     assert spark_session.sparkContext._jsc.getPersistentRDDs().isEmpty()
 
 
-@pytest.mark.parametrize("after_real_call", [True, False], ids=["after-commit", "before-commit"])
+@pytest.mark.parametrize(
+    ("after_real_call", "cluster_maintenance"),
+    [(True, False), (False, False), (True, True)],
+    ids=["after-commit", "before-commit", "after-commit-then-snapshots-expired"],
+)
 def test_a_spark_run_whose_worker_died_mid_batch_resumes_exactly_once(
-    spark_settings, spark_ingestion, source_dir, after_real_call
+    spark_settings, spark_ingestion, source_dir, after_real_call, cluster_maintenance
 ):
     spark_settings.AUTOLOADER_BATCH_MAX_FILES = 2
     write_csv_files(source_dir, files=5, rows=7)
@@ -208,6 +212,29 @@ def test_a_spark_run_whose_worker_died_mid_batch_resumes_exactly_once(
     )
     with pytest.raises(WorkerKilled):
         run_execute(run_id=run.public_id, engine=dying)
+    if cluster_maintenance:
+        # Between the crash and the recovery, the cluster's routine maintenance (Iceberg's
+        # own procedures) rewrites the files and expires the batch's snapshot: recovery
+        # must still see that the batch committed, from its rows.
+        spark = load_engine("spark")._session()
+        table = f"{spark_settings.AUTOLOADER_CATALOG_NAME}.{spark_ingestion.table_identifier}"
+        spark.sql(
+            f"CALL {spark_settings.AUTOLOADER_CATALOG_NAME}.system.rewrite_data_files("
+            f"table => '{spark_ingestion.table_identifier}', "
+            "options => map('rewrite-all', 'true'))"
+        ).collect()
+        spark.sql(
+            f"CALL {spark_settings.AUTOLOADER_CATALOG_NAME}.system.expire_snapshots("
+            f"table => '{spark_ingestion.table_identifier}', "
+            "older_than => TIMESTAMP '2999-01-01 00:00:00', retain_last => 1)"
+        ).collect()
+        batch = RunBatch.objects.get(status=CommitStatus.PENDING)
+        assert (
+            load_engine("spark").find_snapshot(
+                spark_ingestion.table_identifier, key=SNAPSHOT_BATCH_KEY, value=batch.batch_key
+            )
+            is None
+        ), f"{table}: the batch's snapshot is still there"
     Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
     assert runs_recover_stale() == [run.public_id]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pyarrow as pa
 from pyiceberg import exceptions as iceberg_errors
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.expressions import AlwaysTrue, In
+from pyiceberg.expressions import AlwaysTrue, EqualTo, In
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
 
@@ -372,6 +372,25 @@ class IcebergEngine(IcebergMaintenance, Engine):
             )
             if path is not None
         }
+
+    def holds_rows_ingested_at(
+        self, table_name: str, ingested_at: datetime, *, branch: str | None = None
+    ) -> bool:
+        table = self._load_table(table_name)
+        if table is None or "_ingested_at" not in table.schema().column_names:
+            return False
+        snapshot = table.snapshot_by_name(branch) if branch else table.current_snapshot()
+        if snapshot is None:
+            return False
+        with self._errors(f"read {table_name}"):
+            # The column's statistics prune every data file of another batch unread.
+            found = table.scan(
+                row_filter=EqualTo("_ingested_at", ingested_at.astimezone(UTC).isoformat()),
+                snapshot_id=snapshot.snapshot_id,
+                selected_fields=("_ingested_at",),
+                limit=1,
+            ).to_arrow()
+        return found.num_rows > 0
 
     def _table_location(self, table_name: str) -> str | None:
         return table_location(self.warehouse, table_name)

@@ -181,6 +181,20 @@ class SparkEngine(Engine):
             own=metadata.rows_per_source_file,
         )
 
+    def holds_rows_ingested_at(
+        self, table_name: str, ingested_at: datetime, *, branch: str | None = None
+    ) -> bool:
+        return self._metadata(
+            table_name,
+            f"read {table_name}",
+            shared=lambda engine: engine.holds_rows_ingested_at(
+                table_name, ingested_at, branch=branch
+            ),
+            own=lambda spark, qualified: metadata.holds_rows_ingested_at(
+                spark, qualified, ingested_at, branch=branch
+            ),
+        )
+
     def drop_table(self, table_name: str) -> bool:
         return self._metadata(
             table_name,

@@ -93,6 +93,20 @@ def rows_per_source_file(spark: SparkSession, qualified: str) -> dict[str, int]:
     return {row["_source_file"]: int(row["count"]) for row in counts if row[0]}
 
 
+def holds_rows_ingested_at(
+    spark: SparkSession, qualified: str, ingested_at: datetime, *, branch: str | None
+) -> bool:
+    from pyspark.sql import functions as F
+
+    if not spark.catalog.tableExists(qualified):
+        return False
+    reader = spark.read.option("branch", branch) if branch else spark.read
+    frame = reader.table(qualified)
+    if "_ingested_at" not in frame.columns:
+        return False
+    return bool(frame.where(F.col("_ingested_at") == F.lit(ingested_at)).limit(1).count())
+
+
 def drop(spark: SparkSession, qualified: str) -> bool:
     existed = spark.catalog.tableExists(qualified)
     # PURGE deletes the data and metadata files, not only the catalog entry.
