@@ -337,6 +337,7 @@ class _RunExecutor:
                 paths=list(files),
                 file_format=self.ingestion.source_format,
                 options=self.ingestion.source_options or {},
+                sizes={path: source.size_bytes for path, source in files.items()},
             )
         except Exception:
             self._check_cancel()  # a read interrupted by a cancel ends the run CANCELLED

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 if TYPE_CHECKING:  # pragma: no cover - types only
+    from collections.abc import Mapping
+
     from ingestions.errors import FileReadError
     from ingestions.locations import SourceHandle
 
@@ -425,10 +427,17 @@ class FileReading:
     reads_files: bool = False
 
     def read_files(
-        self, *, source: SourceHandle, paths: list[str], file_format: str, options: dict
+        self,
+        *,
+        source: SourceHandle,
+        paths: list[str],
+        file_format: str,
+        options: dict,
+        sizes: Mapping[str, int] | None = None,
     ) -> FileBatch:
         """Read and count the files at `paths` (relative to the checked `source`), where the
-        engine runs; only engines with `reads_files` implement it.
+        engine runs; only engines with `reads_files` implement it. `sizes`: the listing's
+        size of each, where known (what an engine may sample to infer types).
 
         A file that cannot be read, or has a malformed row, fails alone: it is in
         `failures`, the others in `rows`. Call `release_files` when done with the batch.

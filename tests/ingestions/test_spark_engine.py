@@ -256,13 +256,13 @@ def test_cancelling_a_run_interrupts_its_spark_job(
     write_csv_files(source_dir, files=2, rows=3)
     real_frame = spark_reading.Reader._frame
 
-    def slow_frame(reader, uris):
+    def slow_frame(reader, uris, sample):
         # A Spark job that would take a minute: each partition sleeps in a Python worker.
         def sleepy(batches):
             time.sleep(60)
             yield from batches
 
-        frame = real_frame(reader, uris)
+        frame = real_frame(reader, uris, sample)
         return frame.mapInArrow(sleepy, frame.schema)
 
     monkeypatch.setattr(spark_reading.Reader, "_frame", slow_frame)
@@ -682,3 +682,39 @@ def test_the_worker_rebuilds_a_stopped_spark_application_and_stops_an_idle_one(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+# --- read once ---------------------------------------------------------------------------
+
+
+def test_types_are_inferred_from_a_sample_and_a_file_that_does_not_fit_is_read_alone(
+    spark_settings, spark_ingestion, source_dir, monkeypatch
+):
+    """Issue 23: CSV types come from the batch's first files (here: the first only), every
+    file is read once with them; a later file whose values are wider is read again by
+    itself, as the embedded engine would read it, and a truly malformed one fails alone."""
+    monkeypatch.setattr(spark_reading, "INFER_SAMPLE_BYTES", 1)
+    (source_dir / "a.csv").write_text("id,amount\n1,10\n2,20\n")
+    (source_dir / "b.csv").write_text("id,amount\n3,1.5\n4,2.5\n")  # wider than the sample
+    (source_dir / "c.csv").write_text("id,amount\n5,50\n")
+    (source_dir / "d.csv").write_text("id,amount\n6,60\n7,60,extra,fields\n")  # malformed
+
+    run = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+
+    assert run.status == RunStatus.PARTIAL_SUCCESS, run.error
+    assert [failure["path"] for failure in run.failed_files] == ["d.csv"]
+    assert "malformed" in run.failed_files[0]["error"]
+    assert rows_by_file(spark_ingestion.table_identifier) == {"a.csv": 2, "b.csv": 2, "c.csv": 1}
+    table = open_table(spark_ingestion.table_identifier)
+    assert str(table.schema().find_field("amount").field_type) == "double"
+    amounts = sorted(table.scan().to_arrow().column("amount").to_pylist())
+    assert amounts == [1.5, 2.5, 10.0, 20.0, 50.0]
+
+
+def test_the_inference_sample_is_the_first_files_up_to_its_bytes(monkeypatch):
+    monkeypatch.setattr(spark_reading, "INFER_SAMPLE_BYTES", 100)
+    paths = ["a", "b", "c", "d"]
+
+    assert spark_reading.inference_sample(paths, {"a": 60, "b": 40, "c": 1, "d": 1}) == {"a", "b"}
+    assert spark_reading.inference_sample(paths, {"a": 500, "b": 1}) == {"a"}  # at least one
+    assert spark_reading.inference_sample(paths, None) == set(paths)  # sizes unknown: all

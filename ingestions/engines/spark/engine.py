@@ -34,6 +34,7 @@ from ingestions.engines.spark.reading import (
     INPUT_COLUMN,
     SPARK_CSV_OPTIONS,
     Reader,
+    inference_sample,
     input_key,
     pin_local,
     spark_uri,
@@ -234,7 +235,13 @@ class SparkEngine(Engine):
             return self._write(spark, table_name, frame, properties, branch=branch)
 
     def read_files(
-        self, *, source: SourceHandle, paths: list[str], file_format: str, options: dict
+        self,
+        *,
+        source: SourceHandle,
+        paths: list[str],
+        file_format: str,
+        options: dict,
+        sizes: Mapping[str, int] | None = None,
     ) -> FileBatch:
         failures: dict[str, FileReadError] = {}
         unsupported = sorted(set(options) - set(SPARK_CSV_OPTIONS) - {"null_values"})
@@ -267,9 +274,14 @@ class SparkEngine(Engine):
             reader = Reader(
                 spark, file_format=file_format, options=options, check=self._raise_if_cancelled
             )
+            sample = inference_sample(list(uris), sizes)
             try:
-                frame, counts = reader.read(list(uris.values()))
-                cached = [frame]
+                frame, counts = reader.read(
+                    list(uris.values()), sample=[uris[path] for path in sample]
+                )
+                frame, counts, cached = self._read_misfits_alone(
+                    reader, (frame, counts, [frame]), uris, keys, sample, failures
+                )
             except Exception as exc:
                 if self._interrupted(exc):
                     raise
@@ -486,6 +498,37 @@ class SparkEngine(Engine):
         for frame in frames[1:]:
             combined = combined.unionByName(frame, allowMissingColumns=True)
         return combined, counts, frames
+
+    def _read_misfits_alone(
+        self,
+        reader: Reader,
+        read: tuple[DataFrame, dict[str, tuple[int, int]], list[DataFrame]],
+        uris: dict[str, str],
+        keys: dict[str, str],
+        sample: set[str],
+        failures: dict[str, FileReadError],
+    ) -> tuple[DataFrame, dict[str, tuple[int, int]], list[DataFrame]]:
+        """A file outside the inference sample whose values do not fit the sampled types (a
+        wider column) is read again by itself, with its own types, as the embedded engine
+        reads every file; its rows of the shared read are left out. The others were read
+        once."""
+        from pyspark.sql import functions as F
+
+        frame, counts, cached = read
+        inputs = {input_key(name): name for name in counts}
+        misfits = {
+            path: uri
+            for path, uri in uris.items()
+            if path not in sample and counts.get(inputs.get(keys[path]), (0, 0))[1]
+        }
+        if not misfits:
+            return frame, counts, cached
+        frame = frame.where(~F.col(INPUT_COLUMN).isin([inputs[keys[path]] for path in misfits]))
+        alone, alone_counts, alone_cached = self._read_one_by_one(reader, misfits, failures)
+        counts.update(alone_counts)
+        if alone is not None:
+            frame = frame.unionByName(alone, allowMissingColumns=True)
+        return frame, counts, cached + alone_cached
 
     def _interrupted(self, exc: BaseException) -> bool:
         """Whether a failed read is not the files' fault: a cancel, or Spark gone."""

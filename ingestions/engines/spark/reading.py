@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -29,6 +29,9 @@ SPARK_CSV_OPTIONS = {
     "encoding": "encoding",
     "newlines_in_values": "multiLine",
 }
+# CSV types are inferred from the batch's first files up to this many bytes (at least one
+# file): the rest is read once, with those types.
+INFER_SAMPLE_BYTES = 64 * 1024 * 1024
 # Hadoop's glob pattern characters, escaped in the paths Spark reads (see `spark_uri`).
 GLOB_CHARACTERS = re.compile(r"([{}\[\]*?\\])")
 
@@ -57,13 +60,16 @@ class Reader:
         if file_format == "csv":
             self.options.setdefault("header", "true")
 
-    def read(self, uris: list[str]) -> tuple[DataFrame, dict[str, tuple[int, int]]]:
+    def read(
+        self, uris: list[str], *, sample: list[str] | None = None
+    ) -> tuple[DataFrame, dict[str, tuple[int, int]]]:
         """The files' rows, kept by Spark (memory, then disk), and {input file: (rows,
-        malformed rows)} for each file with rows."""
+        malformed rows)} for each file with rows. CSV types are inferred from `sample`
+        (default: every file)."""
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        frame = self._frame(uris).withColumn(INPUT_COLUMN, F.input_file_name())
+        frame = self._frame(uris, sample or uris).withColumn(INPUT_COLUMN, F.input_file_name())
         frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
         self.check()
         try:
@@ -79,7 +85,7 @@ class Reader:
             raise
         return frame, counts
 
-    def _frame(self, uris: list[str]) -> DataFrame:
+    def _frame(self, uris: list[str], sample: list[str]) -> DataFrame:
         from pyspark.sql.types import StringType, StructField, StructType
 
         reader = self.spark.read.options(**self.options)
@@ -91,11 +97,12 @@ class Reader:
                 .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
                 .json(uris)
             )
-        # CSV: infer the types first (as the embedded engine does), then read again with
-        # them and a column that catches malformed rows; a file whose header differs from
-        # the others' fails the read, and is read by itself instead.
+        # CSV: infer the types from a bounded sample of the files (as the embedded engine
+        # infers), then read every file once with them and a column that catches malformed
+        # rows; a file whose header differs from the others' fails the read, and is read
+        # by itself instead.
         self.check()
-        inferred = reader.option("inferSchema", "true").csv(uris).schema
+        inferred = reader.option("inferSchema", "true").csv(sample).schema
         self.check()
         schema = StructType(
             [*map(long_integers, inferred.fields), StructField(CORRUPT_COLUMN, StringType())]
@@ -154,3 +161,16 @@ def input_key(name: str) -> str:
     full path: "/dir/file" locally, "bucket/key" on S3."""
     parts = urlsplit(name)
     return unquote(f"{parts.netloc}{parts.path}" if parts.scheme == "s3a" else parts.path)
+
+
+def inference_sample(paths: list[str], sizes: Mapping[str, int] | None) -> set[str]:
+    """The first of `paths` up to INFER_SAMPLE_BYTES (every path when sizes are unknown)."""
+    if sizes is None:
+        return set(paths)
+    sample, total = set(), 0
+    for path in paths:
+        if sample and total + sizes.get(path, 0) > INFER_SAMPLE_BYTES:
+            break
+        sample.add(path)
+        total += sizes.get(path, 0)
+    return sample
