@@ -12,7 +12,7 @@
 | DJANGO_ALLOWED_HOSTS | localhost,127.0.0.1,[::1] | comma separated |
 | AUTOLOADER_S3_ENDPOINT_URL, _REGION, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY | AWS_* | S3 defaults |
 | AUTOLOADER_SECRETS_KEY | in $DATA_DIR/secrets_key (DEBUG only) | encrypts location secrets |
-| AUTOLOADER_LISTING_MAX_ENTRIES / _MAX_SECONDS | 1000000 / 30 | bounds of one source listing |
+| AUTOLOADER_LISTING_MAX_ENTRIES / _MAX_SECONDS | 1000000 / 30 | files / seconds of one listing |
 | AUTOLOADER_PREVIEW_RATE_PER_USER / _PER_TENANT | 30/m / 120/m | check-sources and dry-runs |
 | AUTOLOADER_LISTINGS_PER_TENANT | 2 | a tenant's source listings at once for web requests |
 | AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS | 3600 | how often a table is maintained at most |

@@ -41,6 +41,10 @@ class SourceFile(NamedTuple):
         return datetime.fromtimestamp(self.modified_ns / 1e9, tz=UTC)
 
 
+# Entries of any kind (folders, hidden files) a listing may see per file it may list.
+ENTRIES_PER_FILE = 4
+
+
 def list_source_files(*, source: SourceHandle, pattern: str | None = None) -> list[SourceFile]:
     """List the visible files under a checked source, recursively, sorted by relative path.
 
@@ -51,8 +55,8 @@ def list_source_files(*, source: SourceHandle, pattern: str | None = None) -> li
 
     Raises:
         SourceUnavailableError: The root does not exist, is not a directory or cannot be listed.
-        SourceListingLimitError: Past AUTOLOADER_LISTING_MAX_ENTRIES entries or
-            AUTOLOADER_LISTING_MAX_SECONDS seconds.
+        SourceListingLimitError: Past AUTOLOADER_LISTING_MAX_ENTRIES files (or four times
+            as many entries of any kind) or AUTOLOADER_LISTING_MAX_SECONDS seconds.
     """
     return [SourceFile(*entry) for entry in list_source_entries(source=source, pattern=pattern)]
 
@@ -86,20 +90,36 @@ def list_source_entries(
 
 
 class _Bound:
-    """Stops a listing past a number of entries or seconds, with a clear error."""
+    """Stops a listing past a number of files or seconds, with a clear error.
+
+    The bound counts files, what a run loads: a million files in one folder is a million,
+    not a million and one. Folders and hidden entries count only against a wider bound
+    (ENTRIES_PER_FILE per allowed file), so that a tree of empty folders still ends.
+    """
 
     def __init__(self, *, max_entries: int, max_seconds: float, uri: str):
-        self.max_entries = max_entries
+        self.max_files = max_entries
+        self.max_entries = max_entries * ENTRIES_PER_FILE
         self.deadline = time.monotonic() + max_seconds
         self.max_seconds = max_seconds
         self.uri = uri
+        self.files = 0
         self.seen = 0
 
-    def add(self, count: int = 1) -> None:
+    def add_files(self, count: int = 1) -> None:
+        self.files += count
+        if self.files > self.max_files:
+            raise SourceListingLimitError(
+                f"Listing {self.uri} stopped: more than {self.max_files:,} files."
+            )
+
+    def saw(self, count: int = 1) -> None:
+        """Any entry (file, folder, hidden): the wider bound, and the clock now and then."""
         self.seen += count
         if self.seen > self.max_entries:
             raise SourceListingLimitError(
-                f"Listing {self.uri} stopped: more than {self.max_entries:,} entries."
+                f"Listing {self.uri} stopped: more than {self.max_entries:,} entries "
+                "(files, folders and hidden entries)."
             )
         if self.seen % 512 == 0 or count > 1:
             self.check_time()
@@ -108,7 +128,7 @@ class _Bound:
         if time.monotonic() > self.deadline:
             raise SourceListingLimitError(
                 f"Listing {self.uri} stopped after {self.max_seconds:g} s "
-                f"({self.seen:,} entries seen)."
+                f"({self.files:,} files seen)."
             )
 
 
@@ -134,7 +154,7 @@ def _walk_local(source: SourceHandle, bound: _Bound) -> list[tuple[str, int, int
         try:
             with os.scandir(folder) as listing:
                 for entry in listing:
-                    bound.add()
+                    bound.saw()
                     if entry.name.startswith(HIDDEN_PREFIXES):
                         continue
                     relative_path = relative_folder + entry.name
@@ -144,10 +164,12 @@ def _walk_local(source: SourceHandle, bound: _Bound) -> list[tuple[str, int, int
                         elif entry.is_file(follow_symlinks=False):
                             stat = entry.stat(follow_symlinks=False)
                             entries.append((relative_path, stat.st_size, stat.st_mtime_ns))
+                            bound.add_files()
                         elif entry.is_symlink() and source.is_readable(entry.path):
                             target = _stat_link_target(entry.path)
                             if target is not None and stat_is_file(target.st_mode):
                                 entries.append((relative_path, target.st_size, target.st_mtime_ns))
+                                bound.add_files()
                     except OSError:
                         # Renamed, removed or swapped while listed: not listed this time (a
                         # run lists again; the read checks what it opens in any case).
@@ -183,7 +205,7 @@ def _list_store(source: SourceHandle, bound: _Bound) -> list[tuple[str, int, int
         raise SourceUnavailableError(
             f"Cannot list source {source.uri!r}: {first_line(exc)}"
         ) from exc
-    bound.add(len(infos))
+    bound.saw(len(infos))
     # The hot loop of every dry-run over S3: plain string tests and tuples only.
     # A directory has no size (`info.type` would build an enum per entry; this is cheaper).
     root_prefix = root.rstrip("/") + "/"
@@ -200,6 +222,7 @@ def _list_store(source: SourceHandle, bound: _Bound) -> list[tuple[str, int, int
         if _is_hidden(relative_path):
             continue
         entries.append((relative_path, size, info.mtime_ns))
+    bound.add_files(len(entries))
     return entries
 
 

@@ -5,7 +5,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ingestions.errors import SourceNotAllowedError, SourceUnavailableError
+from ingestions.errors import (
+    SourceListingLimitError,
+    SourceNotAllowedError,
+    SourceUnavailableError,
+)
 from ingestions.locations import ConfinedLocalFileSystem
 from ingestions.sources import SourceFile, list_source_files
 
@@ -146,3 +150,26 @@ def test_unreadable_root_raises_source_unavailable(source_dir, open_source):
 
 def test_empty_directory_lists_nothing(source_dir, open_source):
     assert list_source_files(source=open_source()) == []
+
+
+def test_the_listing_bound_counts_files_not_folders(source_dir, open_source, settings):
+    """Issue 23: AUTOLOADER_LISTING_MAX_ENTRIES files in nested folders are listed (the
+    folders and hidden files do not count against it); one file more is refused."""
+    settings.AUTOLOADER_LISTING_MAX_ENTRIES = 6
+    for folder in ("a", "a/b", "c"):
+        write_files(source_dir / folder, {"1.csv": b"x", "2.csv": b"x", ".hidden": b""})
+
+    assert len(list_source_files(source=open_source())) == 6
+
+    write_files(source_dir, {"one-more.csv": b"x"})
+    with pytest.raises(SourceListingLimitError, match="more than 6 files"):
+        list_source_files(source=open_source())
+
+
+def test_a_tree_of_empty_folders_still_ends(source_dir, open_source, settings):
+    settings.AUTOLOADER_LISTING_MAX_ENTRIES = 5
+    for index in range(25):  # 25 folders, no file: past 4 entries per allowed file
+        (source_dir / f"empty-{index}").mkdir()
+
+    with pytest.raises(SourceListingLimitError, match="more than 20 entries"):
+        list_source_files(source=open_source())

@@ -674,7 +674,7 @@ def test_a_dry_run_past_the_entry_bound_answers_at_once_with_a_listing_limit(
     assert dry_run.json()["error_code"] == "SOURCE_LISTING_LIMIT"
     assert elapsed < DRY_RUN_SECONDS
     assert run["status"] == "FAILED", run
-    assert "more than 50 entries" in run["error"]
+    assert "more than 50 files" in run["error"]
     assert run["rows_written"] == 0
     after = state_of(victim)
     assert (after.rows_by_file, after.history) == (before.rows_by_file, before.history)
