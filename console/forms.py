@@ -23,6 +23,7 @@ from ingestions.errors import (
 from ingestions.locations import location_list, location_prefix, source_resolve
 from ingestions.models import (
     MAX_SNAPSHOT_RETENTION_HOURS,
+    ChangedFiles,
     Membership,
     RunStatus,
     SourceFormat,
@@ -347,6 +348,14 @@ class IngestionForm(SourceForm):
         help_text="Time travel window. Blank: the default, "
         f"{settings.AUTOLOADER_SNAPSHOT_RETENTION_HOURS:g} hours.",
     )
+    changed_files = forms.ChoiceField(
+        label="A file loaded before changes",
+        choices=ChangedFiles.choices,
+        initial=ChangedFiles.RELOAD,
+        required=False,
+        help_text="Reload replaces its rows in one commit; warn loads nothing and flags it on "
+        "the run; ignore keeps its old rows.",
+    )
     protected = forms.BooleanField(
         label="Protected: refuse destructive operations", required=False, initial=False
     )
@@ -375,6 +384,7 @@ class IngestionForm(SourceForm):
                 "retain_days",
                 "maintenance_enabled",
                 "snapshot_retention_hours",
+                "changed_files",
                 "protected",
             )
         }
@@ -415,6 +425,7 @@ class IngestionForm(SourceForm):
             "retain_days": data["retain_days"],
             "maintenance_enabled": data["maintenance_enabled"],
             "snapshot_retention_hours": data["snapshot_retention_hours"],
+            "changed_files": data["changed_files"] or ChangedFiles.RELOAD,
             "existing_table": data["existing_table"] or None,
         }
 
@@ -432,6 +443,7 @@ class IngestionForm(SourceForm):
             "retain_days": data["retain_days"],
             "maintenance_enabled": data["maintenance_enabled"],
             "snapshot_retention_hours": data["snapshot_retention_hours"],
+            "changed_files": data["changed_files"] or ingestion.changed_files,
         }
         changed = {
             field: value for field, value in values.items() if value != getattr(ingestion, field)

@@ -28,6 +28,7 @@ from .maintenance import maintenance_list
 from .models import (
     PUBLIC_ID_VALIDATOR,
     RESERVED_PUBLIC_IDS,
+    ChangedFiles,
     Ingestion,
     MaintenanceAction,
     SourceFormat,
@@ -260,6 +261,13 @@ class IngestionListCreateApi(TenantAPIView):
         )
         maintenance_enabled = maintenance_enabled_field(default=True)
         snapshot_retention_hours = snapshot_retention_hours_field()
+        changed_files = serializers.ChoiceField(
+            choices=ChangedFiles.choices,
+            default=ChangedFiles.RELOAD,
+            help_text="A file loaded before whose size or modification time changed: reload "
+            "(its new rows replace its old ones, in one commit), warn (load nothing, flag it "
+            "on the run and send file.changed) or ignore (its old rows stay).",
+        )
         existing_table = serializers.ChoiceField(
             choices=ExistingTable.choices,
             required=False,
@@ -309,6 +317,7 @@ class IngestionListCreateApi(TenantAPIView):
             maintenance_enabled=data["maintenance_enabled"],
             snapshot_retention_hours=data.get("snapshot_retention_hours"),
             existing_table=data.get("existing_table"),
+            changed_files=data["changed_files"],
         )
         return Response(one_ingestion_payload(ingestion), status=status.HTTP_201_CREATED)
 
@@ -403,6 +412,13 @@ class IngestionDetailApi(TenantAPIView):
         )
         maintenance_enabled = maintenance_enabled_field(required=False)
         snapshot_retention_hours = snapshot_retention_hours_field()
+        changed_files = serializers.ChoiceField(
+            choices=ChangedFiles.choices,
+            required=False,
+            help_text="A file loaded before whose size or modification time changed: reload "
+            "(its new rows replace its old ones, in one commit), warn (load nothing, flag it "
+            "on the run and send file.changed) or ignore (its old rows stay).",
+        )
         destination = serializers.DictField(required=False)
         schedule = serializers.DictField(
             required=False,

@@ -130,6 +130,22 @@ class SourceFormat(models.TextChoices):
     PARQUET = "parquet", "Parquet"
 
 
+class ChangedFiles(models.TextChoices):
+    """What a run does with a file it loaded before whose size or modification time changed."""
+
+    RELOAD = "reload", "Reload it: its new rows replace its old ones, in one commit"
+    WARN = "warn", "Warn: load nothing, flag it on the run"
+    IGNORE = "ignore", "Ignore it: its old rows stay"
+
+
+class ChangeAction(models.TextChoices):
+    """What a run did with one changed file (`Run.changed_files`)."""
+
+    RELOADED = "reloaded"
+    WARNED = "warned"
+    IGNORED = "ignored"
+
+
 class Ingestion(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ingestions")
     public_id = models.CharField(
@@ -155,6 +171,10 @@ class Ingestion(models.Model):
     # Table maintenance (`ingestions.maintenance`): on by default; off leaves the table as
     # runs wrote it. Snapshots are kept this many hours for time travel before they may be
     # expired; None: settings.AUTOLOADER_SNAPSHOT_RETENTION_HOURS.
+    # A file loaded before whose size or modification time changed (`ChangedFiles`).
+    changed_files = models.CharField(
+        max_length=8, choices=ChangedFiles.choices, default=ChangedFiles.RELOAD
+    )
     maintenance_enabled = models.BooleanField(default=True)
     snapshot_retention_hours = models.PositiveIntegerField(
         null=True, blank=True, validators=[MaxValueValidator(MAX_SNAPSHOT_RETENTION_HOURS)]
@@ -249,6 +269,10 @@ class Run(models.Model):
     files_loaded = models.PositiveIntegerField(default=0)
     files_failed = models.PositiveIntegerField(default=0)
     failed_files = models.JSONField(default=list, blank=True)
+    # Files loaded before whose size or modification time changed, and what the run did
+    # with each (`ChangeAction`): [{"path", "action", "size_bytes", "was_size_bytes"}].
+    files_changed = models.PositiveIntegerField(default=0)
+    changed_files = models.JSONField(default=list, blank=True)
     rows_written = models.BigIntegerField(default=0)
     bytes_read = models.BigIntegerField(default=0)
     error = models.TextField(blank=True, default="")

@@ -20,11 +20,20 @@ from .engines import Engine, load_engine
 from .engines.base import FileBatch
 from .errors import AutoloaderError, RunCancelledError, RunOwnershipLostError
 from .locations import source_open
-from .models import CommitStatus, OnPartialFailure, PublishState, Run, RunBatch, RunStatus
+from .models import (
+    ChangeAction,
+    ChangedFiles,
+    CommitStatus,
+    OnPartialFailure,
+    PublishState,
+    Run,
+    RunBatch,
+    RunStatus,
+)
 from .quarantine import failures_record, quarantined_paths
 from .runs import SMALL_FILE_ROWS, SNAPSHOT_BATCH_KEY, SNAPSHOT_INGESTION_KEY, SNAPSHOT_RUN_KEY
 from .scope import Scope, scope_replacing
-from .selectors import processed_file_paths
+from .selectors import paths_loaded_before, processed_file_paths, processed_file_signatures
 from .sources import SourceFile, list_source_files, read_source_file
 from .sources.readers import conform_to_schema, source_file_column, with_metadata_columns
 from .staging import (
@@ -40,6 +49,9 @@ from .staging import (
 )
 
 logger = logging.getLogger("ingestions.runs")  # one logger for a run's whole life
+
+# Changed files a run lists by name (all are counted).
+MAX_CHANGED_LISTED = 1000
 
 
 def run_execute(*, run_id: str, engine: Engine | None = None) -> Run | None:
@@ -193,6 +205,8 @@ class _RunExecutor:
         # The table's schema, read once and again only after a commit that changed it.
         self.table_schema: pa.Schema | None = None
         self.table_schema_known = False
+        # Files whose rows a commit replaces (changed, or loaded before a history clear).
+        self.replacing: set[str] = set()
 
     def execute(self) -> None:
         batches_recover(ingestion=self.ingestion, engine=self.engine)
@@ -236,6 +250,14 @@ class _RunExecutor:
             for source in listing
             if source.path not in history and source.path not in set_aside
         ]
+        if not self.run.stage_name:
+            # A plain run: files loaded before that changed, and files loaded before a
+            # history clear, replace their old rows instead of adding a second copy.
+            reloads = self._changed_files(listing, set_aside)
+            self.replacing = {source.path for source in reloads} | paths_loaded_before(
+                ingestion=self.ingestion, paths=[source.path for source in new_files]
+            )
+            new_files = sorted([*new_files, *reloads], key=lambda source: source.path)
         self.run.refresh_from_db(fields=["files_loaded"])
         Run.objects.filter(pk=self.run.pk).update(
             files_found=self.run.files_loaded + len(new_files)
@@ -263,6 +285,44 @@ class _RunExecutor:
             self._finish_staged(status, error=error)
             return
         _finish(self.run, self.heartbeat.worker_id, status, error=error)
+
+    def _changed_files(self, listing: list[SourceFile], set_aside: set[str]) -> list[SourceFile]:
+        """Files in the history whose size or modification time changed since they loaded:
+        recorded on the run with what the ingestion's policy did with each; returns those
+        to reload (policy `reload`)."""
+        signatures = processed_file_signatures(ingestion=self.ingestion)
+        changed = [
+            source
+            for source in listing
+            if source.path in signatures
+            and source.path not in set_aside
+            and _differs(signatures[source.path], source)
+        ]
+        if not changed:
+            return []
+        policy = self.ingestion.changed_files
+        action = {
+            ChangedFiles.RELOAD: ChangeAction.RELOADED,
+            ChangedFiles.WARN: ChangeAction.WARNED,
+            ChangedFiles.IGNORE: ChangeAction.IGNORED,
+        }[policy]
+        listed = [
+            {
+                "path": source.path,
+                "action": action,
+                "size_bytes": source.size_bytes,
+                "was_size_bytes": signatures[source.path][0],
+            }
+            for source in changed[:MAX_CHANGED_LISTED]
+        ]
+        with transaction.atomic():
+            Run.objects.filter(pk=self.run.pk).update(
+                files_changed=len(changed), changed_files=listed
+            )
+            if policy == ChangedFiles.WARN:
+                hooks.publish("file.changed", run=self.run, files=listed, count=len(changed))
+        logger.info("run %s: %d changed files (%s)", self.run.public_id, len(changed), action)
+        return changed if policy == ChangedFiles.RELOAD else []
 
     def _known_paths(self) -> set[str]:
         """Files not to load: the history (unless the staged version replaces it) and what
@@ -425,6 +485,7 @@ class _RunExecutor:
                     if item.source.modified_at
                     else None,
                     "rows": item.rows,
+                    **({"replaces": True} if item.source.path in self.replacing else {}),
                 }
                 for item in loaded
             ],
@@ -443,6 +504,9 @@ class _RunExecutor:
             SNAPSHOT_INGESTION_KEY: self.ingestion.public_id,
         }
         branch = self.stage.branch if self.stage else None
+        replacing = sorted(
+            item.source.path for item in loaded if item.source.path in self.replacing
+        )
         try:
             if files is not None:
                 snapshot_id = self.engine.append_files(
@@ -451,10 +515,15 @@ class _RunExecutor:
                     properties=properties,
                     ingested_at=ingested_at,
                     branch=branch,
+                    replacing=replacing or None,
                 )
             else:
                 snapshot_id = self.engine.append(
-                    self.table_name, data, branch=branch, properties=properties
+                    self.table_name,
+                    data,
+                    branch=branch,
+                    properties=properties,
+                    replacing=replacing or None,
                 )
         except Exception:
             # The commit may or may not have reached the table: let the table decide.
@@ -562,3 +631,16 @@ def _split_batches(files: list[SourceFile]) -> list[list[SourceFile]]:
     if current:
         batches.append(current)
     return batches
+
+
+def _differs(signature: tuple[int, object], source: SourceFile) -> bool:
+    """Whether a listed file is not the one the history loaded: another size, or another
+    modification time (when both are known)."""
+    size, modified_at = signature
+    if size != source.size_bytes:
+        return True
+    return (
+        modified_at is not None
+        and source.modified_at is not None
+        and (modified_at != source.modified_at)
+    )

@@ -67,6 +67,32 @@ def processed_file_paths(*, ingestion: Ingestion) -> set[str]:
     )
 
 
+def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple[int, object]]:
+    """Every path in the history with the (size, modification time) it had when loaded."""
+    return {
+        path: (size, modified_at)
+        for path, size, modified_at in ProcessedFile.objects.filter(ingestion=ingestion)
+        .values_list("path", "size_bytes", "modified_at")
+        .iterator(chunk_size=10_000)
+    }
+
+
+def paths_loaded_before(*, ingestion: Ingestion, paths: list[str]) -> set[str]:
+    """Which of `paths` an archived generation of the history holds: files whose rows may
+    still be in the table although the live history does not know them (a history clear)."""
+    found: set[str] = set()
+    live = ingestion.history_generation
+    for start in range(0, len(paths), 1000):
+        found.update(
+            ProcessedFile.all_generations.filter(
+                ingestion=ingestion, path__in=paths[start : start + 1000]
+            )
+            .exclude(generation=live)
+            .values_list("path", flat=True)
+        )
+    return found
+
+
 HISTORY_PAGE_SIZE = 100
 
 

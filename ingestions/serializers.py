@@ -129,6 +129,12 @@ class RunOutputSerializer(serializers.ModelSerializer):
     progress = serializers.FloatField()
     duration_seconds = serializers.FloatField(allow_null=True)
     failed_files = serializers.ListField(child=serializers.DictField())
+    changed_files = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="Files loaded before whose size or modification time changed, and what the "
+        "run did with each: reloaded, warned or ignored (the first 1,000; files_changed "
+        "counts them all).",
+    )
     run_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -142,6 +148,8 @@ class RunOutputSerializer(serializers.ModelSerializer):
             "files_loaded",
             "files_failed",
             "failed_files",
+            "files_changed",
+            "changed_files",
             "rows_written",
             "bytes_read",
             "progress",
@@ -185,6 +193,7 @@ class IngestionOutputSerializer(serializers.ModelSerializer):
             "retain_days",
             "maintenance_enabled",
             "snapshot_retention_hours",
+            "changed_files",
             "created_at",
             "updated_at",
             "table",

@@ -20,7 +20,7 @@ from .errors import (
     TableProtectedError,
 )
 from .locations import source_resolve
-from .models import Ingestion, ProcessedFile, Tenant
+from .models import ChangedFiles, Ingestion, ProcessedFile, Tenant
 from .selectors import run_active
 from .sources.readers import validate_reader_options
 
@@ -35,6 +35,7 @@ UPDATABLE_FIELDS = (
     "retain_days",
     "maintenance_enabled",
     "snapshot_retention_hours",
+    "changed_files",
 )
 AUDITED_FIELDS = (
     "public_id",
@@ -51,6 +52,7 @@ AUDITED_FIELDS = (
     "retain_days",
     "maintenance_enabled",
     "snapshot_retention_hours",
+    "changed_files",
 )
 
 
@@ -79,6 +81,7 @@ def ingestion_create(
     snapshot_retention_hours: int | None = None,
     public_id: str | None = None,
     existing_table: str | None = None,
+    changed_files: str = ChangedFiles.RELOAD,
 ) -> Ingestion:
     """Create an ingestion in `tenant`, loading into the tenant's own table.
 
@@ -117,6 +120,7 @@ def ingestion_create(
         retain_days=retain_days,
         maintenance_enabled=maintenance_enabled,
         snapshot_retention_hours=snapshot_retention_hours,
+        changed_files=changed_files,
         created_by=actor if getattr(actor, "is_authenticated", False) else None,
     )
     if public_id:

@@ -47,6 +47,12 @@ def batch_mark_committed(*, batch: RunBatch, snapshot_id: int | None) -> None:
             bytes_read=F("bytes_read") + batch.bytes,
         )
         if not batch.run.stage_name:
+            # A reloaded file's entry is replaced: its new size, time, rows and run.
+            reloaded = [item["path"] for item in batch.files if item.get("replaces")]
+            if reloaded:
+                ProcessedFile.objects.filter(
+                    ingestion_id=batch.run.ingestion_id, path__in=reloaded
+                ).delete()
             _write_history(batch.run, batch.files, loaded_at=now)
         # A file that loaded is no longer a failed file, staged or not.
         failures_forget(

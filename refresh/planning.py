@@ -508,13 +508,13 @@ def _warnings(plan: Plan) -> list[str]:
             and plan.table["exists"]
             and plan.table["row_count"]
         ):
-            # The rows stay while the history that keeps each file loaded once goes: say what
-            # the next run will do to the table before anyone confirms (issue 24).
+            # The rows stay while the history goes: say what the next run will do to the
+            # table before anyone confirms (issue 24).
             warnings.append(
-                f"DUPLICATES: {plan.table['table_name']} keeps its "
-                f"{plan.table['row_count']:,} rows, and the next run loads every source file "
-                "again and appends it: rows of files still in the source will be in the table "
-                "twice. A full refresh replaces them instead"
+                f"RELOAD: {plan.table['table_name']} keeps its {plan.table['row_count']:,} "
+                "rows, and the next run loads every source file again, each replacing its own "
+                "rows in one commit: no row is there twice. Rows of files no longer in the "
+                "source stay"
             )
     if plan.ingestion.protected:
         warnings.append("This ingestion is protected: executing will be refused (423)")

@@ -380,8 +380,8 @@ def blast_radius(plan) -> dict:
             again = "the next run loads every source file again"
             if StepName.TABLE_DROPPED not in plan.steps and table["exists"] and table["row_count"]:
                 again += (
-                    f" and appends it to the {thousands(table['row_count'])} rows kept: rows of "
-                    "files still in the source will be there twice"
+                    f" and replaces each one's rows among the {thousands(table['row_count'])} "
+                    "rows kept: no row is there twice"
                 )
             lost.append(
                 f"History of {thousands(count)} processed files ({size(history['total_bytes'])}) "

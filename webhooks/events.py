@@ -16,6 +16,8 @@ from .models import EVENTS, TEST_EVENT, Webhook, WebhookDelivery, WebhookEvent
 # A run's failed files in its payload: enough to act on, bounded for large runs.
 FAILED_FILES_IN_PAYLOAD = 50
 ERROR_IN_PAYLOAD = 1000
+# Changed files named in one `file.changed` payload (all are counted).
+FILES_IN_PAYLOAD = 100
 
 
 def emit(*, tenant, event: str, payload: dict) -> WebhookEvent | None:
@@ -71,6 +73,8 @@ def on_domain_event(*, event: str, **facts) -> None:
         staged_run_event(run=facts["run"], event="refresh.failed", status="discarded")
     elif event == "file.quarantined":
         quarantine_event(failure=facts["failure"], automatic=facts["automatic"], run=facts["run"])
+    elif event == "file.changed":
+        changed_files_event(run=facts["run"], files=facts["files"], count=facts["count"])
     elif event == "refresh.previewed":
         preview_event(ingestion=facts["ingestion"], kind=facts["kind"], plan=facts["plan"])
     elif event in ("refresh.started", "refresh.undone"):
@@ -191,6 +195,21 @@ def quarantine_event(*, failure, automatic: bool, run=None) -> None:
             "automatic": automatic,
             "error": failure.error[:ERROR_IN_PAYLOAD],
             "run_id": run.public_id if run is not None else None,
+        },
+    )
+
+
+def changed_files_event(*, run, files: list[dict], count: int) -> None:
+    """`file.changed`: files loaded before changed and were not reloaded (policy `warn`)."""
+    ingestion = run.ingestion
+    emit(
+        tenant=ingestion.tenant,
+        event="file.changed",
+        payload={
+            "ingestion_id": ingestion.public_id,
+            "run_id": run.public_id,
+            "files_changed": count,
+            "files": files[:FILES_IN_PAYLOAD],
         },
     )
 

@@ -17,6 +17,7 @@ EVENTS = {
     "refresh.failed": "A refresh operation ended without its change: failed or discarded.",
     "refresh.undone": "A refresh operation was undone.",
     "file.quarantined": "A source file was quarantined (by a user or after repeated failures).",
+    "file.changed": "Files loaded before changed, and the ingestion warns instead of reloading.",
 }
 # Sent to one webhook on request ("Send test event"); nobody subscribes to it.
 TEST_EVENT = "webhook.test"

@@ -215,6 +215,7 @@ class Tables(ABC):
         *,
         properties: dict[str, str],
         branch: str | None = None,
+        replacing: list[str] | None = None,
     ) -> int:
         """Append `data` as one snapshot whose summary carries `properties`.
 
@@ -228,6 +229,9 @@ class Tables(ABC):
                 which still commits a snapshot.
             properties: Custom snapshot summary properties, e.g. the run and batch ids.
             branch: Commit to this branch instead of main (a staged version, see `Stage`).
+            replacing: Source files (`_source_file` values) whose rows the same commit
+                removes: a changed file reloaded, a file loaded again after a history
+                clear. A reader sees the old rows or the new, never neither or both.
 
         Returns:
             The id of the committed snapshot.
@@ -455,10 +459,11 @@ class FileReading:
         properties: dict[str, str],
         ingested_at: datetime,
         branch: str | None = None,
+        replacing: list[str] | None = None,
     ) -> int:
         """Append the rows of the batch's loading files, with the lineage columns
         `_source_file` (the relative path) and `_ingested_at`, as one snapshot; the same
-        contract as `append` otherwise."""
+        contract as `append` otherwise (`replacing` included)."""
         raise NotImplementedError(f"The {self.name} engine does not read source files.")
 
     def release_files(self, batch: FileBatch) -> None:

@@ -85,9 +85,9 @@ def test_the_blast_radius_of_a_fresh_start():
 def test_the_blast_radius_of_clearing_the_history():
     radius = presenters.blast_radius(plan([StepName.PROCESSED_FILES_CLEARED]))
     assert radius["lost"][0].startswith("History of 1,247 processed files (12.3 GB) will be")
-    # Tell before they type: the rows stay, so the next run's reload duplicates them.
-    assert "appends it to the 12,450,000 rows kept" in radius["lost"][0]
-    assert "will be there twice" in radius["lost"][0]
+    # Tell before they type: the rows stay, and the next run's reload replaces them.
+    assert "replaces each one's rows among the 12,450,000 rows kept" in radius["lost"][0]
+    assert "no row is there twice" in radius["lost"][0]
     assert radius["kept"][0] == "Table raw.sales_data (12,450,000 rows, 450.2 GB) is not touched"
 
 

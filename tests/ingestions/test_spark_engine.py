@@ -718,3 +718,29 @@ def test_the_inference_sample_is_the_first_files_up_to_its_bytes(monkeypatch):
     assert spark_reading.inference_sample(paths, {"a": 60, "b": 40, "c": 1, "d": 1}) == {"a", "b"}
     assert spark_reading.inference_sample(paths, {"a": 500, "b": 1}) == {"a"}  # at least one
     assert spark_reading.inference_sample(paths, None) == set(paths)  # sizes unknown: all
+
+
+def test_a_corrected_file_is_reloaded_by_spark_in_one_overwrite(spark_ingestion, source_dir):
+    """Issue 24 on the spark engine: the file's old rows out and its new rows in, one
+    commit (an overwrite by `_source_file`)."""
+    write_csv_files(source_dir, files=2, rows=5)
+    assert run_execute(run_id=run_request(ingestion=spark_ingestion).public_id).status == (
+        RunStatus.SUCCESS
+    )
+    versions = len(open_table(spark_ingestion.table_identifier).metadata.metadata_log)
+    path = source_dir / "part-0001.csv"
+    mtime = path.stat().st_mtime_ns
+    path.write_text("id,name,amount\n1,corrected,1275.0\n2,corrected,20.0\n")
+    os.utime(path, ns=(mtime, mtime + 1_000_000_000))
+
+    run = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+
+    assert run.status == RunStatus.SUCCESS, run.error
+    assert [(item["path"], item["action"]) for item in run.changed_files] == [
+        ("part-0001.csv", "reloaded")
+    ]
+    assert rows_by_file(spark_ingestion.table_identifier) == {
+        "part-0000.csv": 5,
+        "part-0001.csv": 2,
+    }
+    assert len(open_table(spark_ingestion.table_identifier).metadata.metadata_log) == versions + 1

@@ -321,27 +321,31 @@ def test_processed_files_delete_goes_through_the_refresh_service(loaded, admin_c
     assert RefreshOperation.objects.get().kind == "clear_processed_files"
 
 
-def test_a_history_clear_says_before_it_runs_that_the_next_run_duplicates_the_rows(
+def test_a_history_clear_says_what_the_next_run_does_and_it_reloads_without_duplicates(
     loaded, admin_client
 ):
-    """Tell before they type (issue 24): clearing the history keeps the table's rows, so the
-    next run appends every file again. The dry-run says so, and it is what happens."""
+    """Tell before they type (issue 24): clearing the history keeps the table's rows; the
+    next run loads every file again, each replacing its own rows. The dry-run says so, and
+    it is what happens: the same 100 rows, not 200."""
     url = "/api/v1/ingestions/sales/processed-files"
     preview = admin_client.delete(url, {"dry_run": True}, format="json").json()
-    duplicates = [warning for warning in preview["warnings"] if warning.startswith("DUPLICATES")]
-    assert len(duplicates) == 1 and "keeps its 100 rows" in duplicates[0], preview["warnings"]
+    reload = [warning for warning in preview["warnings"] if warning.startswith("RELOAD")]
+    assert len(reload) == 1 and "keeps its 100 rows" in reload[0], preview["warnings"]
+    assert "no row is there twice" in reload[0]
 
     assert admin_client.delete(f"{url}?confirm=true").status_code == 200
     assert admin_client.post("/api/v1/ingestions/sales/run").status_code == 202
     drain_queue()
     rows = open_table(loaded.table_identifier).scan(selected_fields=("_source_file",)).to_arrow()
-    assert rows.num_rows == 200  # each of the 4 files' 25 rows, twice
-    assert set(rows["_source_file"].to_pylist()) == {f"part-{i:04d}.csv" for i in range(4)}
+    assert rows.num_rows == 100  # each of the 4 files' 25 rows, once
+    counts = rows.group_by("_source_file").aggregate([("_source_file", "count")]).to_pydict()
+    assert dict(zip(*counts.values(), strict=True)) == {f"part-{i:04d}.csv": 25 for i in range(4)}
+    assert ProcessedFile.objects.filter(ingestion=loaded).count() == 4
 
 
-def test_a_history_clear_of_a_missing_table_warns_of_no_duplicates(loaded, admin_client):
+def test_a_history_clear_of_a_missing_table_says_nothing_of_its_rows(loaded, admin_client):
     load_engine().drop_table(loaded.table_identifier)
     preview = admin_client.delete(
         "/api/v1/ingestions/sales/processed-files", {"dry_run": True}, format="json"
     ).json()
-    assert not [warning for warning in preview["warnings"] if warning.startswith("DUPLICATES")]
+    assert not [warning for warning in preview["warnings"] if warning.startswith("RELOAD")]

@@ -136,6 +136,7 @@ class IcebergEngine(IcebergMaintenance, Engine):
         *,
         properties: dict[str, str],
         branch: str | None = None,
+        replacing: list[str] | None = None,
     ) -> int:
         validate_table_name(table_name)
         if not all(isinstance(item, str) for pair in properties.items() for item in pair):
@@ -149,6 +150,13 @@ class IcebergEngine(IcebergMaintenance, Engine):
                             # Adds columns and widens types in the same commit as the data.
                             with transaction.update_schema() as schema_update:
                                 schema_update.union_by_name(data.schema)
+                        if replacing and "_source_file" in table.schema().column_names:
+                            # The files' old rows go in the same commit as their new ones.
+                            transaction.delete(
+                                In("_source_file", replacing),
+                                snapshot_properties=properties,
+                                branch=branch or MAIN,
+                            )
                         transaction.append(
                             data, snapshot_properties=properties, branch=branch or MAIN
                         )

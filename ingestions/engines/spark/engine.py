@@ -225,6 +225,7 @@ class SparkEngine(Engine):
         *,
         properties: dict[str, str],
         branch: str | None = None,
+        replacing: list[str] | None = None,
     ) -> int:
         """Rows the worker holds (not a run's files: those go through `read_files`)."""
         validate_table_name(table_name)
@@ -232,7 +233,9 @@ class SparkEngine(Engine):
         with self._errors(f"append to {table_name}"), self._jobs("append rows") as spark:
             schema = from_arrow_schema(data.schema)
             frame = spark.createDataFrame([tuple(row.values()) for row in data.to_pylist()], schema)
-            return self._write(spark, table_name, frame, properties, branch=branch)
+            return self._write(
+                spark, table_name, frame, properties, branch=branch, replacing=replacing
+            )
 
     def read_files(
         self,
@@ -324,6 +327,7 @@ class SparkEngine(Engine):
         properties: dict[str, str],
         ingested_at: datetime,
         branch: str | None = None,
+        replacing: list[str] | None = None,
     ) -> int:
         from pyspark.sql import functions as F
 
@@ -344,7 +348,9 @@ class SparkEngine(Engine):
                 paths["_source_file"],
                 F.lit(ingested_at).cast("timestamp_ltz").alias("_ingested_at"),
             )
-            return self._write(spark, table_name, rows, properties, branch=branch)
+            return self._write(
+                spark, table_name, rows, properties, branch=branch, replacing=replacing
+            )
 
     def release_files(self, batch: FileBatch) -> None:
         for frame in (batch.handle or (None, {}, []))[2]:
@@ -426,9 +432,11 @@ class SparkEngine(Engine):
         properties: dict[str, str],
         *,
         branch: str | None = None,
+        replacing: list[str] | None = None,
     ) -> int:
         """Append `frame` to the table's main, or to `branch` (a staged version), as one
-        snapshot carrying `properties`; returns its id."""
+        snapshot carrying `properties`; returns its id. With `replacing`, the same commit
+        removes those source files' rows (an overwrite by filter)."""
         qualified = self._qualified(table_name)
         table_schema = self._spark_schema(spark, table_name)
         if table_schema is not None:
@@ -461,7 +469,13 @@ class SparkEngine(Engine):
         self._raise_if_cancelled()
         # Iceberg's identifier of a branch: `<table>.branch_<name>`.
         target = f"{qualified}.{_quote(f'branch_{branch}')}" if branch else qualified
-        frame.writeTo(target).options(**options).append()
+        writer = frame.writeTo(target).options(**options)
+        if replacing and table_schema is not None and "_source_file" in table_schema.names:
+            from pyspark.sql import functions as F
+
+            writer.overwrite(F.col("_source_file").isin(list(replacing)))
+        else:
+            writer.append()
         rows = metadata.rows(
             spark.sql(
                 f"SELECT snapshot_id FROM {qualified}.snapshots "  # noqa: S608 - quoted names

@@ -1,0 +1,177 @@
+"""Exactly once by content (issue 24): a file loaded before that changed in place is seen,
+and the ingestion's policy says what a run does with it: reload (its new rows replace its
+old ones in one commit), warn (load nothing, flag it) or ignore (today's behaviour)."""
+
+import os
+import threading
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from ingestions.engines import load_engine
+from ingestions.models import ChangedFiles, CommitStatus, ProcessedFile, Run, RunBatch, RunStatus
+from ingestions.run_executor import run_execute
+from ingestions.runs import run_request, runs_recover_stale
+
+from ..factories import IngestionFactory
+from ..helpers import FaultyEngine, WorkerKilled, drain_queue, open_table, write_csv_files
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OLD_AMOUNTS = [0.0, 1.5, 3.0, 4.5, 6.0]  # write_csv_files' amounts for 5 rows
+NEW_CONTENT = "id,name,amount\n1,corrected,1275.00\n2,corrected,20.00\n3,added,30.00\n"
+NEW_AMOUNTS = [20.0, 30.0, 1275.0]
+
+
+@pytest.fixture
+def loaded(tenant, source_dir):
+    """`sales`: three files of five rows, loaded."""
+    write_csv_files(source_dir, files=3, rows=5)
+    ingestion = IngestionFactory(
+        tenant=tenant, public_id="sales", source_uri=str(source_dir), destination_table="raw.sales"
+    )
+    run = run_execute(run_id=run_request(ingestion=ingestion).public_id)
+    assert run.status == RunStatus.SUCCESS, run.error
+    return ingestion
+
+
+def correct_in_place(path) -> None:
+    """Rewrite a loaded file, as someone fixing a data quality issue would."""
+    stat = path.stat()
+    path.write_text(NEW_CONTENT)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def amounts_by_file(ingestion) -> dict[str, list[float]]:
+    table = (
+        open_table(ingestion.table_identifier)
+        .scan(selected_fields=("_source_file", "amount"))
+        .to_arrow()
+    )
+    found: dict[str, list[float]] = {}
+    for row in table.to_pylist():
+        found.setdefault(row["_source_file"], []).append(row["amount"])
+    return {path: sorted(values) for path, values in found.items()}
+
+
+def test_a_corrected_file_replaces_its_rows_in_one_commit_and_a_reader_sees_old_or_new(
+    loaded, source_dir
+):
+    was_size = (source_dir / "part-0001.csv").stat().st_size
+    versions_before = len(open_table(loaded.table_identifier).metadata.metadata_log)
+    correct_in_place(source_dir / "part-0001.csv")
+    seen, stop = [], threading.Event()
+
+    def reader():
+        # Another Iceberg reader polls the file's rows all through the run.
+        while not stop.is_set():
+            seen.append(amounts_by_file(loaded).get("part-0001.csv"))
+
+    poller = threading.Thread(target=reader)
+    poller.start()
+    try:
+        run = run_execute(run_id=run_request(ingestion=loaded).public_id)
+    finally:
+        stop.set()
+        poller.join()
+
+    assert run.status == RunStatus.SUCCESS, run.error
+    assert run.files_changed == 1
+    assert run.changed_files == [
+        {
+            "path": "part-0001.csv",
+            "action": "reloaded",
+            "size_bytes": len(NEW_CONTENT),
+            "was_size_bytes": was_size,
+        }
+    ]
+    assert run.files_loaded == 1 and run.rows_written == 3
+    by_file = amounts_by_file(loaded)
+    assert by_file["part-0001.csv"] == NEW_AMOUNTS
+    assert by_file["part-0000.csv"] == by_file["part-0002.csv"] == OLD_AMOUNTS
+    # One commit (one new metadata version): the old rows out and the new in, together.
+    assert len(open_table(loaded.table_identifier).metadata.metadata_log) == versions_before + 1
+    # Never neither, never both: every state a reader saw is the old file or the new one.
+    assert seen and all(state in (OLD_AMOUNTS, NEW_AMOUNTS) for state in seen), seen
+    # The history knows the new file, and which run replaced it.
+    entry = ProcessedFile.objects.get(ingestion=loaded, path="part-0001.csv")
+    assert (entry.size_bytes, entry.rows, entry.run_id) == (len(NEW_CONTENT), 3, run.pk)
+    assert ProcessedFile.objects.filter(ingestion=loaded).count() == 3
+
+    # Nothing changed since: the next run finds nothing to do.
+    again = run_execute(run_id=run_request(ingestion=loaded).public_id)
+    assert (again.files_found, again.files_changed) == (0, 0)
+
+
+@pytest.mark.parametrize("policy", [ChangedFiles.WARN, ChangedFiles.IGNORE])
+def test_warn_and_ignore_load_nothing_and_say_so_on_the_run(loaded, source_dir, policy):
+    loaded.changed_files = policy
+    loaded.save(update_fields=["changed_files"])
+    correct_in_place(source_dir / "part-0002.csv")
+
+    run = run_execute(run_id=run_request(ingestion=loaded).public_id)
+
+    assert run.status == RunStatus.SUCCESS, run.error
+    assert run.files_changed == 1 and run.files_loaded == 0
+    assert [(item["path"], item["action"]) for item in run.changed_files] == [
+        ("part-0002.csv", "warned" if policy == ChangedFiles.WARN else "ignored")
+    ]
+    assert amounts_by_file(loaded)["part-0002.csv"] == OLD_AMOUNTS  # the old rows stay
+
+
+@pytest.mark.parametrize("after_real_call", [True, False], ids=["after-commit", "before-commit"])
+def test_a_worker_killed_mid_reload_leaves_the_new_content_exactly_once(
+    loaded, source_dir, after_real_call
+):
+    correct_in_place(source_dir / "part-0001.csv")
+    run = run_request(ingestion=loaded)
+    dying = FaultyEngine(
+        load_engine(),
+        fail_on="append",
+        after_real_call=after_real_call,
+        exception=WorkerKilled(),
+    )
+    with pytest.raises(WorkerKilled):
+        run_execute(run_id=run.public_id, engine=dying)
+    # Before the recovery: the old rows or the new ones, whole.
+    assert amounts_by_file(loaded)["part-0001.csv"] == (
+        NEW_AMOUNTS if after_real_call else OLD_AMOUNTS
+    )
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert runs_recover_stale() == [run.public_id]
+
+    drain_queue()
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCESS, run.error
+    by_file = amounts_by_file(loaded)
+    assert by_file["part-0001.csv"] == NEW_AMOUNTS
+    assert by_file["part-0000.csv"] == by_file["part-0002.csv"] == OLD_AMOUNTS
+    assert ProcessedFile.objects.get(ingestion=loaded, path="part-0001.csv").rows == 3
+    assert not RunBatch.objects.filter(status=CommitStatus.PENDING).exists()
+
+
+def test_the_policy_is_set_on_create_and_edit_and_refuses_anything_else(
+    admin_client, tenant, source_dir
+):
+    body = {
+        "id": "orders",
+        "name": "Orders",
+        "source": {"uri": str(source_dir), "format": "csv"},
+        "destination": {"table": "raw.orders"},
+    }
+    created = admin_client.post("/api/v1/ingestions", body, format="json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["changed_files"] == "reload"  # the default of a new ingestion
+
+    changed = admin_client.patch(
+        "/api/v1/ingestions/orders", {"changed_files": "warn"}, format="json"
+    )
+    assert changed.status_code == 200 and changed.json()["changed_files"] == "warn"
+
+    refused = admin_client.patch(
+        "/api/v1/ingestions/orders", {"changed_files": "append"}, format="json"
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error_code"] == "VALIDATION_ERROR"
