@@ -105,7 +105,7 @@ def log_in(page, user, password: str = PASSWORD) -> None:
 @pytest.fixture
 def worker(tmp_path):
     """A real worker process on the test database and catalog, stopped at the end."""
-    from ..ingestions.test_worker_crash import start_worker
+    from ..helpers import start_worker
 
     process = start_worker(tmp_path / "worker.log")
     yield process

@@ -12,6 +12,7 @@ from auditlog.models import LogEntry
 from django.test import Client
 from django.utils import timezone
 
+from console.management.commands.autoloader_worker import Command
 from ingestions import maintenance
 from ingestions.engines import load_engine
 from ingestions.engines.iceberg import IcebergEngine
@@ -20,7 +21,6 @@ from ingestions.maintenance import (
     maintenance_due,
     maintenance_run,
 )
-from ingestions.management.commands.autoloader_worker import Command
 from ingestions.models import (
     CommitStatus,
     Ingestion,

@@ -11,9 +11,9 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
+from console.management.commands.autoloader_worker import Command
 from ingestions import hooks
 from ingestions.cron import ScheduleInvalidError, cron_parse
-from ingestions.management.commands.autoloader_worker import Command
 from ingestions.memberships import membership_remove, membership_set
 from ingestions.models import Role, Run, RunStatus, RunTrigger
 from refresh import firing as firing_module
