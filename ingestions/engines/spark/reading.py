@@ -31,7 +31,7 @@ SPARK_CSV_OPTIONS = {
 }
 # CSV types are inferred from the batch's first files up to this many bytes (at least one
 # file): the rest is read once, with those types.
-INFER_SAMPLE_BYTES = 64 * 1024 * 1024
+INFER_SAMPLE_BYTES = 8 * 1024 * 1024
 # Hadoop's glob pattern characters, escaped in the paths Spark reads (see `spark_uri`).
 GLOB_CHARACTERS = re.compile(r"([{}\[\]*?\\])")
 
