@@ -24,6 +24,7 @@ from ingestions.locations import location_list, location_prefix, source_resolve
 from ingestions.models import (
     MAX_SNAPSHOT_RETENTION_HOURS,
     ChangedFiles,
+    GoneFiles,
     Membership,
     RunStatus,
     SourceFormat,
@@ -356,6 +357,14 @@ class IngestionForm(SourceForm):
         help_text="Reload replaces its rows in one commit; warn loads nothing and flags it on "
         "the run; ignore keeps its old rows.",
     )
+    gone_files = forms.ChoiceField(
+        label="A file leaves the source",
+        choices=GoneFiles.choices,
+        initial=GoneFiles.KEEP,
+        required=False,
+        help_text="Remove: the next run removes its rows in one commit (never more than half "
+        "the history at once).",
+    )
     protected = forms.BooleanField(
         label="Protected: refuse destructive operations", required=False, initial=False
     )
@@ -385,6 +394,7 @@ class IngestionForm(SourceForm):
                 "maintenance_enabled",
                 "snapshot_retention_hours",
                 "changed_files",
+                "gone_files",
                 "protected",
             )
         }
@@ -426,6 +436,7 @@ class IngestionForm(SourceForm):
             "maintenance_enabled": data["maintenance_enabled"],
             "snapshot_retention_hours": data["snapshot_retention_hours"],
             "changed_files": data["changed_files"] or ChangedFiles.RELOAD,
+            "gone_files": data["gone_files"] or GoneFiles.KEEP,
             "existing_table": data["existing_table"] or None,
         }
 
@@ -444,6 +455,7 @@ class IngestionForm(SourceForm):
             "maintenance_enabled": data["maintenance_enabled"],
             "snapshot_retention_hours": data["snapshot_retention_hours"],
             "changed_files": data["changed_files"] or ingestion.changed_files,
+            "gone_files": data["gone_files"] or ingestion.gone_files,
         }
         changed = {
             field: value for field, value in values.items() if value != getattr(ingestion, field)

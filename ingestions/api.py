@@ -29,6 +29,7 @@ from .models import (
     PUBLIC_ID_VALIDATOR,
     RESERVED_PUBLIC_IDS,
     ChangedFiles,
+    GoneFiles,
     Ingestion,
     MaintenanceAction,
     SourceFormat,
@@ -268,6 +269,13 @@ class IngestionListCreateApi(TenantAPIView):
             "(its new rows replace its old ones, in one commit), warn (load nothing, flag it "
             "on the run and send file.changed) or ignore (its old rows stay).",
         )
+        gone_files = serializers.ChoiceField(
+            choices=GoneFiles.choices,
+            default=GoneFiles.KEEP,
+            help_text="Files of the history no longer in the source: keep their rows, or "
+            "remove them on the next run (one commit; never more than half the history at "
+            "once).",
+        )
         existing_table = serializers.ChoiceField(
             choices=ExistingTable.choices,
             required=False,
@@ -318,6 +326,7 @@ class IngestionListCreateApi(TenantAPIView):
             snapshot_retention_hours=data.get("snapshot_retention_hours"),
             existing_table=data.get("existing_table"),
             changed_files=data["changed_files"],
+            gone_files=data["gone_files"],
         )
         return Response(one_ingestion_payload(ingestion), status=status.HTTP_201_CREATED)
 
@@ -418,6 +427,13 @@ class IngestionDetailApi(TenantAPIView):
             help_text="A file loaded before whose size or modification time changed: reload "
             "(its new rows replace its old ones, in one commit), warn (load nothing, flag it "
             "on the run and send file.changed) or ignore (its old rows stay).",
+        )
+        gone_files = serializers.ChoiceField(
+            choices=GoneFiles.choices,
+            required=False,
+            help_text="Files of the history no longer in the source: keep their rows, or "
+            "remove them on the next run (one commit; never more than half the history at "
+            "once).",
         )
         destination = serializers.DictField(required=False)
         schedule = serializers.DictField(

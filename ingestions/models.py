@@ -138,6 +138,13 @@ class ChangedFiles(models.TextChoices):
     IGNORE = "ignore", "Ignore it: its old rows stay"
 
 
+class GoneFiles(models.TextChoices):
+    """What a run does with the rows of history files no longer in the source."""
+
+    KEEP = "keep", "Keep their rows"
+    REMOVE = "remove", "Remove their rows on the next run (one commit)"
+
+
 class ChangeAction(models.TextChoices):
     """What a run did with one changed file (`Run.changed_files`)."""
 
@@ -175,6 +182,8 @@ class Ingestion(models.Model):
     changed_files = models.CharField(
         max_length=8, choices=ChangedFiles.choices, default=ChangedFiles.RELOAD
     )
+    # Files of the history no longer in the source (`GoneFiles`).
+    gone_files = models.CharField(max_length=8, choices=GoneFiles.choices, default=GoneFiles.KEEP)
     maintenance_enabled = models.BooleanField(default=True)
     snapshot_retention_hours = models.PositiveIntegerField(
         null=True, blank=True, validators=[MaxValueValidator(MAX_SNAPSHOT_RETENTION_HOURS)]
@@ -273,6 +282,11 @@ class Run(models.Model):
     # with each (`ChangeAction`): [{"path", "action", "size_bytes", "was_size_bytes"}].
     files_changed = models.PositiveIntegerField(default=0)
     changed_files = models.JSONField(default=list, blank=True)
+    # Files of the history the listing no longer found (the first 1,000 by name), and
+    # whether the run removed their rows (the ingestion's `gone_files`).
+    files_gone = models.PositiveIntegerField(default=0)
+    gone_files = models.JSONField(default=list, blank=True)
+    gone_removed = models.BooleanField(default=False)
     rows_written = models.BigIntegerField(default=0)
     bytes_read = models.BigIntegerField(default=0)
     error = models.TextField(blank=True, default="")

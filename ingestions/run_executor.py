@@ -24,7 +24,9 @@ from .models import (
     ChangeAction,
     ChangedFiles,
     CommitStatus,
+    GoneFiles,
     OnPartialFailure,
+    ProcessedFile,
     PublishState,
     Run,
     RunBatch,
@@ -250,9 +252,12 @@ class _RunExecutor:
             for source in listing
             if source.path not in history and source.path not in set_aside
         ]
+        gone: list[str] = []
         if not self.run.stage_name:
             # A plain run: files loaded before that changed, and files loaded before a
             # history clear, replace their old rows instead of adding a second copy.
+            listed_paths = {source.path for source in listing}
+            gone = sorted(path for path in history if path not in listed_paths)
             reloads = self._changed_files(listing, set_aside)
             self.replacing = {source.path for source in reloads} | paths_loaded_before(
                 ingestion=self.ingestion, paths=[source.path for source in new_files]
@@ -272,6 +277,8 @@ class _RunExecutor:
                     files_failed=len(failed), failed_files=failed
                 )
                 failures_record(run=self.run, failures=batch_failures)
+        if gone:
+            self._gone_files(gone, history_size=len(history))
         self.run.refresh_from_db()
         if failed and self.run.files_loaded == 0 and len(failed) == len(new_files):
             status, error = RunStatus.FAILED, f"All {len(failed)} files failed to load."
@@ -323,6 +330,43 @@ class _RunExecutor:
                 hooks.publish("file.changed", run=self.run, files=listed, count=len(changed))
         logger.info("run %s: %d changed files (%s)", self.run.public_id, len(changed), action)
         return changed if policy == ChangedFiles.RELOAD else []
+
+    def _gone_files(self, gone: list[str], *, history_size: int) -> None:
+        """History files the listing no longer found: counted and named on the run; with
+        the ingestion's `gone_files` = remove, their rows go in one commit and their history
+        entries with them. Never more than half the history at once: a source that looks
+        emptied (an unmounted share, a wrong prefix) is reported, not obeyed."""
+        removed = False
+        note = ""
+        if self.ingestion.gone_files == GoneFiles.REMOVE:
+            if len(gone) * 2 > history_size:
+                note = (
+                    f" {len(gone):,} of the {history_size:,} history files are gone from the "
+                    "source: more than half, so their rows were kept (remove them with a "
+                    "selective refresh if that is meant)."
+                )
+            else:
+                self._check_cancel()
+                self.engine.remove_source_files(
+                    self.table_name,
+                    gone,
+                    properties={
+                        SNAPSHOT_RUN_KEY: self.run.public_id,
+                        SNAPSHOT_INGESTION_KEY: self.ingestion.public_id,
+                        "autoloader.removed-files": str(len(gone)),
+                    },
+                )
+                with transaction.atomic():
+                    for start in range(0, len(gone), 1000):
+                        ProcessedFile.objects.filter(
+                            ingestion=self.ingestion, path__in=gone[start : start + 1000]
+                        ).delete()
+                removed = True
+        Run.objects.filter(pk=self.run.pk).update(
+            files_gone=len(gone), gone_files=gone[:MAX_CHANGED_LISTED], gone_removed=removed
+        )
+        if note:
+            logger.warning("run %s:%s", self.run.public_id, note)
 
     def _known_paths(self) -> set[str]:
         """Files not to load: the history (unless the staged version replaces it) and what

@@ -135,6 +135,11 @@ class RunOutputSerializer(serializers.ModelSerializer):
         "run did with each: reloaded, warned or ignored (the first 1,000; files_changed "
         "counts them all).",
     )
+    gone_files = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Files of the history this run's listing no longer found (the first 1,000; "
+        "files_gone counts them all); gone_removed: whether their rows were removed.",
+    )
     run_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -150,6 +155,9 @@ class RunOutputSerializer(serializers.ModelSerializer):
             "failed_files",
             "files_changed",
             "changed_files",
+            "files_gone",
+            "gone_files",
+            "gone_removed",
             "rows_written",
             "bytes_read",
             "progress",
@@ -194,6 +202,7 @@ class IngestionOutputSerializer(serializers.ModelSerializer):
             "maintenance_enabled",
             "snapshot_retention_hours",
             "changed_files",
+            "gone_files",
             "created_at",
             "updated_at",
             "table",

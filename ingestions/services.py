@@ -20,7 +20,7 @@ from .errors import (
     TableProtectedError,
 )
 from .locations import source_resolve
-from .models import ChangedFiles, Ingestion, ProcessedFile, Tenant
+from .models import ChangedFiles, GoneFiles, Ingestion, ProcessedFile, Tenant
 from .selectors import run_active
 from .sources.readers import validate_reader_options
 
@@ -36,6 +36,7 @@ UPDATABLE_FIELDS = (
     "maintenance_enabled",
     "snapshot_retention_hours",
     "changed_files",
+    "gone_files",
 )
 AUDITED_FIELDS = (
     "public_id",
@@ -53,6 +54,7 @@ AUDITED_FIELDS = (
     "maintenance_enabled",
     "snapshot_retention_hours",
     "changed_files",
+    "gone_files",
 )
 
 
@@ -82,6 +84,7 @@ def ingestion_create(
     public_id: str | None = None,
     existing_table: str | None = None,
     changed_files: str = ChangedFiles.RELOAD,
+    gone_files: str = GoneFiles.KEEP,
 ) -> Ingestion:
     """Create an ingestion in `tenant`, loading into the tenant's own table.
 
@@ -121,6 +124,7 @@ def ingestion_create(
         maintenance_enabled=maintenance_enabled,
         snapshot_retention_hours=snapshot_retention_hours,
         changed_files=changed_files,
+        gone_files=gone_files,
         created_by=actor if getattr(actor, "is_authenticated", False) else None,
     )
     if public_id:

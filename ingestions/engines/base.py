@@ -279,6 +279,16 @@ class Tables(ABC):
 
         raise EngineError(f"The {self.name} engine cannot adopt an existing table.")
 
+    def remove_source_files(
+        self, table_name: str, paths: list[str], *, properties: dict[str, str]
+    ) -> None:
+        """Remove the rows of these source files (`_source_file`) in one commit; nothing when
+        the table is missing or holds none of them."""
+        schema = self.table_schema(table_name)
+        if schema is None or "_source_file" not in schema.names or not paths:
+            return
+        self.append(table_name, schema.empty_table(), properties=properties, replacing=paths)
+
     def holds_rows_ingested_at(
         self, table_name: str, ingested_at: datetime, *, branch: str | None = None
     ) -> bool:

@@ -175,3 +175,44 @@ def test_the_policy_is_set_on_create_and_edit_and_refuses_anything_else(
     )
     assert refused.status_code == 400
     assert refused.json()["error_code"] == "VALIDATION_ERROR"
+
+
+# --- files gone from the source ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["keep", "remove"])
+def test_a_file_gone_from_the_source_is_named_and_removed_only_when_asked(
+    loaded, source_dir, policy
+):
+    loaded.gone_files = policy
+    loaded.save(update_fields=["gone_files"])
+    (source_dir / "part-0000.csv").unlink()
+    versions = len(open_table(loaded.table_identifier).metadata.metadata_log)
+
+    run = run_execute(run_id=run_request(ingestion=loaded).public_id)
+
+    assert run.status == RunStatus.SUCCESS, run.error
+    assert (run.files_gone, run.gone_files) == (1, ["part-0000.csv"])
+    assert run.gone_removed is (policy == "remove")
+    remaining = set(amounts_by_file(loaded))
+    history = set(ProcessedFile.objects.filter(ingestion=loaded).values_list("path", flat=True))
+    if policy == "remove":
+        assert remaining == history == {"part-0001.csv", "part-0002.csv"}
+        # One commit removed them: undoable like any change of rows (time travel, undo).
+        assert len(open_table(loaded.table_identifier).metadata.metadata_log) == versions + 1
+    else:
+        assert remaining == history == {"part-0000.csv", "part-0001.csv", "part-0002.csv"}
+
+
+def test_a_source_that_looks_emptied_is_reported_not_obeyed(loaded, source_dir):
+    """More than half the history gone at once (an unmounted share, a moved prefix): the
+    rows are kept, whatever the policy says."""
+    loaded.gone_files = "remove"
+    loaded.save(update_fields=["gone_files"])
+    for name in ("part-0000.csv", "part-0001.csv"):
+        (source_dir / name).unlink()
+
+    run = run_execute(run_id=run_request(ingestion=loaded).public_id)
+
+    assert run.files_gone == 2 and run.gone_removed is False
+    assert set(amounts_by_file(loaded)) == {"part-0000.csv", "part-0001.csv", "part-0002.csv"}

@@ -182,6 +182,18 @@ class SparkEngine(Engine):
             own=metadata.rows_per_source_file,
         )
 
+    def remove_source_files(
+        self, table_name: str, paths: list[str], *, properties: dict[str, str]
+    ) -> None:
+        self._metadata(
+            table_name,
+            f"remove rows from {table_name}",
+            shared=lambda engine: engine.remove_source_files(
+                table_name, paths, properties=properties
+            ),
+            own=lambda spark, qualified: metadata.delete_source_files(spark, qualified, paths),
+        )
+
     def holds_rows_ingested_at(
         self, table_name: str, ingested_at: datetime, *, branch: str | None = None
     ) -> bool:

@@ -107,6 +107,19 @@ def holds_rows_ingested_at(
     return bool(frame.where(F.col("_ingested_at") == F.lit(ingested_at)).limit(1).count())
 
 
+def delete_source_files(spark: SparkSession, qualified: str, paths: list[str]) -> None:
+    """One DELETE (one commit) of the rows of `paths`, given as bound parameters."""
+    if not paths or not spark.catalog.tableExists(qualified):
+        return
+    if "_source_file" not in spark.table(qualified).columns:
+        return
+    names = [f"p{index}" for index in range(len(paths))]
+    spark.sql(
+        f"DELETE FROM {qualified} WHERE _source_file IN ({', '.join(':' + n for n in names)})",  # noqa: S608
+        args=dict(zip(names, paths, strict=True)),
+    )
+
+
 def drop(spark: SparkSession, qualified: str) -> bool:
     existed = spark.catalog.tableExists(qualified)
     # PURGE deletes the data and metadata files, not only the catalog entry.
