@@ -20,6 +20,7 @@ from . import (
     operations,
     schedules,
     tokens,
+    verify,
     views,
     webhooks,
 )
@@ -35,6 +36,7 @@ urlpatterns = [
     path("ingestions/<str:ingestion_id>/", views.ingestion_detail, name="ingestion-detail"),
     path("ingestions/<str:ingestion_id>/run/", views.ingestion_run, name="ingestion-run"),
     path("ingestions/<str:ingestion_id>/table/", views.ingestion_table, name="ingestion-table"),
+    path("ingestions/<str:ingestion_id>/verify/", verify.verify, name="ingestion-verify"),
     path(
         "ingestions/<str:ingestion_id>/history/",
         views.ingestion_history,

@@ -61,6 +61,7 @@ from .sources.readers import (
     READER_OPTIONS,
 )
 from .tenancy import tenant_for_request
+from .verify import ingestion_verify
 
 # The form of a source URI (`ingestions.locations`): an absolute path, file:// or s3://, no
 # control character, query string or fragment. Where it may point is the tenant's locations.
@@ -573,6 +574,32 @@ class LocationListApi(TenantAPIView):
     def get(self, request):
         self.require("view_ingestion")
         return Response(self.OutputSerializer(location_list(tenant=self.tenant), many=True).data)
+
+
+class IngestionVerifyApi(TenantAPIView):
+    """The table against its history and its source, per file (`ingestions.verify`)."""
+
+    @extend_schema(
+        operation_id="ingestions_verify",
+        summary="Verify the table against its source and its history (read-only)",
+        description="Per file: rows in the table against the rows the history recorded; "
+        "files changed since they loaded, gone from the source or never loaded; rows whose "
+        "_source_file the history does not know. `consistent` is true when the table holds "
+        "exactly what the history says. Lists the source (rate-limited like a dry-run) and "
+        "scans the table's _source_file column once; changes nothing.",
+        request=None,
+        responses={
+            200: OpenApiResponse(description="the verification report"),
+            400: OpenApiResponse(
+                ERROR_SCHEMA, description="SOURCE_UNAVAILABLE / SOURCE_LISTING_LIMIT"
+            ),
+            429: OpenApiResponse(ERROR_SCHEMA, description="RATE_LIMITED (Retry-After)"),
+            **COMMON_ERRORS,
+        },
+    )
+    def post(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
+        return Response(ingestion_verify(ingestion=ingestion, actor=request.user).as_response())
 
 
 class IngestionMaintenanceApi(TenantAPIView):

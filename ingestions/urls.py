@@ -20,6 +20,11 @@ urlpatterns = [
         name="api-ingestion-runs",
     ),
     path(
+        "ingestions/<str:ingestion_id>/verify",
+        api.IngestionVerifyApi.as_view(),
+        name="api-ingestion-verify",
+    ),
+    path(
         "ingestions/<str:ingestion_id>/maintenance",
         api.IngestionMaintenanceApi.as_view(),
         name="api-ingestion-maintenance",

@@ -300,3 +300,14 @@ def test_another_tenants_history_page_is_a_404(loaded, console, other_tenant):
     outsider = console(Role.ADMIN, tenant_obj=other_tenant)
 
     assert outsider.get("/ingestions/sales/history/").status_code == 404
+
+
+def test_verify_from_the_table_card_shows_the_report(admin_console, loaded):
+    page = admin_console.get(f"/ingestions/{loaded.public_id}/")
+    assert b"Verify against the source" in page.content
+
+    report = admin_console.post(f"/ingestions/{loaded.public_id}/verify/")
+
+    assert report.status_code == 200
+    assert b"The table holds exactly what the history says" in report.content
+    assert admin_console.get(f"/ingestions/{loaded.public_id}/verify/").status_code == 405

@@ -6,6 +6,7 @@ import os
 import threading
 from datetime import timedelta
 
+import pyarrow as pa
 import pytest
 from django.utils import timezone
 
@@ -216,3 +217,56 @@ def test_a_source_that_looks_emptied_is_reported_not_obeyed(loaded, source_dir):
 
     assert run.files_gone == 2 and run.gone_removed is False
     assert set(amounts_by_file(loaded)) == {"part-0000.csv", "part-0001.csv", "part-0002.csv"}
+
+
+# --- verify a table against its source ---------------------------------------------------
+
+
+def test_verify_reports_each_files_rows_and_what_changed_in_the_source(
+    loaded, source_dir, admin_client
+):
+    url = f"/api/v1/ingestions/{loaded.public_id}/verify"
+    clean = admin_client.post(url).json()
+    assert clean["consistent"] is True, clean
+    assert clean["table"]["rows"] == clean["history"]["rows"] == 15
+    assert clean["counts"] == dict.fromkeys(
+        ("rows_differ", "missing_from_table", "changed", "gone", "never_loaded", "unknown"), 0
+    )
+
+    # The source moves on; someone writes rows the history does not know.
+    correct_in_place(source_dir / "part-0001.csv")
+    (source_dir / "part-0002.csv").unlink()
+    write_csv_files(source_dir, files=1, rows=2, start=7)
+    load_engine().append(
+        loaded.table_identifier,
+        open_table(loaded.table_identifier)
+        .scan(limit=1)
+        .to_arrow()
+        .set_column(3, "_source_file", pa.array(["elsewhere.csv"])),
+        properties={},
+    )
+
+    report = admin_client.post(url).json()
+
+    assert report["consistent"] is False
+    assert report["counts"] == {
+        "rows_differ": 0,
+        "missing_from_table": 0,
+        "changed": 1,
+        "gone": 1,
+        "never_loaded": 1,
+        "unknown": 1,
+    }
+    assert report["files"]["changed"][0]["path"] == "part-0001.csv"
+    assert report["files"]["gone"] == [{"path": "part-0002.csv"}]
+    assert report["files"]["never_loaded"] == [{"path": "part-0007.csv"}]
+    assert report["files"]["unknown"] == [{"path": "elsewhere.csv", "table_rows": 1}]
+
+
+def test_verify_is_read_only_and_checks_who_asks(loaded, member, other_tenant):
+    from ingestions.models import Role
+
+    url = f"/api/v1/ingestions/{loaded.public_id}/verify"
+    assert member(Role.VIEWER).post(url).status_code == 200  # a viewer may look
+    assert member(Role.ADMIN, other_tenant).post(url).status_code == 404
+    assert Run.objects.filter(ingestion=loaded).count() == 1  # nothing queued or changed
