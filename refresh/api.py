@@ -114,6 +114,11 @@ DRY_RUN_SCHEMA = inline_serializer(
             help_text="retain_days, undoable, kept_until and storage_kept_bytes: how long the "
             "operation stays undoable and the storage held for it meanwhile."
         ),
+        "quota": serializers.DictField(
+            allow_null=True,
+            help_text="limit, used, remaining and resets_at of the caller's executions of this "
+            "kind in the current window (per user); null when the kind is not rate-limited.",
+        ),
         "next_steps": serializers.DictField(),
     },
 )

@@ -98,6 +98,9 @@ class Plan:
     allowed: bool = False  # the previewing actor's role allows executing it
     quarantined: int = 0  # source files left out because they are quarantined
     scope: dict | None = None  # a selective full refresh's files and rows (`_scope_impact`)
+    # The previewing actor's executions of this kind left in the current window
+    # (`refresh.limits.Quota`); None when the kind is not rate-limited.
+    quota: object | None = None
 
     def as_record(self) -> dict:
         return asdict(self.impact)

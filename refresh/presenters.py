@@ -39,6 +39,10 @@ def preview_payload(plan: Plan) -> dict:
         "warnings": plan.warnings,
         "notes": plan.notes,
         "retention": _planned_retention(plan),
+        # Where the caller stands against this kind's rate: what is left and when it refills.
+        "quota": None
+        if plan.quota is None
+        else {**plan.quota.as_response(), "resets_at": plan.quota.resets_at.isoformat()},
         **({"scope": plan.scope} if plan.scope is not None else {}),
         "next_steps": {
             "to_proceed": f"{endpoint(plan.kind, ingestion_id)} with confirm=true"

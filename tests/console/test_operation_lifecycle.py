@@ -279,3 +279,16 @@ def test_another_tenants_operation_is_not_found(published, console, other_tenant
         response = stranger.post(operation_url(published, action), {"typed_name": "raw.sales"})
         assert response.status_code == 404
     assert status_of(published) == OperationStatus.PUBLISHED
+
+
+def test_the_preview_shows_the_quota_and_offers_no_confirmation_once_it_is_used(
+    loaded, admin_console, settings
+):
+    settings.REFRESH_RATE_LIMITS = {**settings.REFRESH_RATE_LIMITS, "full_refresh": "1/h"}
+    page = admin_console.get("/ingestions/sales/full-refresh/").content.decode()
+    assert 'data-quota="left"' in page and "1 of your 1 full refresh operations left" in page
+
+    refresh_execute(ingestion=loaded, kind="full_refresh", actor=admin_console.user, confirm=True)
+    page = admin_console.get("/ingestions/sales/full-refresh/").content.decode()
+    assert 'data-quota="exhausted"' in page
+    assert "data-open-dialog" not in page  # no way to start typing the name

@@ -349,3 +349,25 @@ def test_a_history_clear_of_a_missing_table_says_nothing_of_its_rows(loaded, adm
         "/api/v1/ingestions/sales/processed-files", {"dry_run": True}, format="json"
     ).json()
     assert not [warning for warning in preview["warnings"] if warning.startswith("RELOAD")]
+
+
+def test_every_dry_run_says_what_is_left_of_the_rate_and_warns_when_nothing_is(
+    loaded, admin_client, settings
+):
+    """Tell before they type (issue 25): the quota in the dry-run, and a warning once it is
+    used up, before anyone confirms and meets a 429."""
+    settings.REFRESH_RATE_LIMITS = {**settings.REFRESH_RATE_LIMITS, "full_refresh": "1/h"}
+    url = "/api/v1/ingestions/sales/full-refresh"
+    first = admin_client.post(url, {"dry_run": True}, format="json").json()
+    assert (first["quota"]["limit"], first["quota"]["remaining"]) == (1, 1)
+    assert not [w for w in first["warnings"] if w.startswith("RATE_LIMITED")]
+
+    assert admin_client.post(url, {"confirm": True}, format="json").status_code in (200, 202)
+    drain_queue()
+    second = admin_client.post(url, {"dry_run": True}, format="json").json()
+
+    assert second["quota"]["remaining"] == 0
+    limited = [w for w in second["warnings"] if w.startswith("RATE_LIMITED")]
+    assert len(limited) == 1 and "next is possible at" in limited[0]
+    refused = admin_client.post(url, {"confirm": True}, format="json")
+    assert refused.status_code == 429  # what the warning said
