@@ -8,21 +8,29 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install migrate run test lint worker clean pg-test serve soak bench
+.PHONY: install install-app migrate run test lint worker clean pg-test serve soak bench
 
-# The stamp is newer than pyproject.toml once the deps are installed, so a
-# second `make install` does nothing until pyproject.toml changes.
+# The stamps are newer than pyproject.toml once the deps are installed, so a second
+# install does nothing until pyproject.toml changes. `make run` and `make serve` install
+# the product alone (`.`); `make test`, `make lint` and `make install` the development
+# tool-chain too (`.[dev]`: pytest, Playwright, moto, schemathesis, pyspark, ruff).
 install: $(VENV)/.installed
+install-app: $(VENV)/.installed-app
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+$(VENV)/.installed-app: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
-	touch $@
+	touch $@ $(VENV)/.installed-app
 
-migrate: install
+migrate: install-app
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py createcachetable
 
@@ -43,7 +51,7 @@ test: install
 # background workers (default 2). `check --deploy` prints what is not production-grade.
 # Behind no TLS proxy (a trial on loopback): DJANGO_SECURE_SSL_REDIRECT=0. See docs/deploy.md.
 serve: export DJANGO_DEBUG = 0
-serve: install
+serve: install-app
 	$(BIN)/python manage.py check --deploy
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py createcachetable
@@ -55,7 +63,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-worker: install
+worker: install-app
 	$(BIN)/python manage.py autoloader_worker
 
 # var/ is the default data dir (AUTOLOADER_DATA_DIR); the venv is kept.

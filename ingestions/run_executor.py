@@ -679,8 +679,10 @@ def _split_batches(files: list[SourceFile]) -> list[list[SourceFile]]:
 
 def _differs(signature: tuple[int, object], source: SourceFile) -> bool:
     """Whether a listed file is not the one the history loaded: another size, or another
-    modification time (when both are known)."""
+    modification time (when both are known). An entry with no signature is not judged."""
     size, modified_at = signature
+    if not size and modified_at is None:
+        return False  # recorded without a signature (a table adopted by file name)
     if size != source.size_bytes:
         return True
     return (

@@ -94,10 +94,13 @@ def ingestion_verify(*, ingestion: Ingestion, actor, engine=None) -> Verificatio
         listed = listing.get(path)
         if listed is None:
             found["gone"].append({"path": path})
-        elif listed.size_bytes != size or (
-            modified_at is not None
-            and listed.modified_at is not None
-            and listed.modified_at != modified_at
+        elif (size or modified_at is not None) and (
+            listed.size_bytes != size
+            or (
+                modified_at is not None
+                and listed.modified_at is not None
+                and listed.modified_at != modified_at
+            )
         ):
             found["changed"].append(
                 {"path": path, "size_bytes": listed.size_bytes, "was_size_bytes": size}

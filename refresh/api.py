@@ -73,6 +73,10 @@ OPERATION_SCHEMA = inline_serializer(
         "message": serializers.CharField(),
         "operation_id": serializers.CharField(),
         "operation_type": serializers.CharField(),
+        "label": serializers.CharField(
+            help_text='What it was, for people: "Full refresh", or "Selective refresh · 3 '
+            'files" for a full refresh with a scope.'
+        ),
         "ingestion_id": serializers.CharField(),
         "run_id": serializers.CharField(allow_null=True),
         "timestamp": serializers.DateTimeField(),

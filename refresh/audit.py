@@ -46,6 +46,7 @@ def record_operation(operation, *, actor, duration_seconds: float | None) -> Log
         changes={"refresh_operation": [None, f"{operation.kind}: {operation.status}"]},
         data={
             "operation": operation.kind,
+            "label": operation.label,
             "operation_id": operation.public_id,
             "outcome": operation.status,
             "impact": public_impact(operation.impact),

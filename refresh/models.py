@@ -133,6 +133,17 @@ class RefreshOperation(models.Model):
         beside the live table and publishes it at the end (`RefreshMode.ATOMIC`)."""
         return self.request.get("mode") == RefreshMode.ATOMIC
 
+    @property
+    def label(self) -> str:
+        """What it was, for people: "Full refresh", or "Selective refresh · 3 files" for a
+        full refresh with a scope (it replaced those files' rows, not the table)."""
+        from .specs import spec_of
+
+        if self.request.get("scope"):
+            files = int(self.impact.get("files_to_process") or 0)
+            return f"Selective refresh · {files:,} file{'s' if files != 1 else ''}"
+        return spec_of(self.kind).label
+
 
 class RefreshStep(models.Model):
     operation = models.ForeignKey(RefreshOperation, on_delete=models.CASCADE, related_name="steps")

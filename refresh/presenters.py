@@ -86,6 +86,7 @@ def operation_payload(operation: RefreshOperation) -> dict:
         "message": _message(operation, steps),
         "operation_id": operation.public_id,
         "operation_type": operation.kind,
+        "label": operation.label,
         "ingestion_id": operation.ingestion_public_id,
         "run_id": operation.run.public_id if operation.run_id else None,
         "timestamp": operation.finished_at or operation.updated_at,

@@ -139,6 +139,7 @@ def operation_event(*, operation, event: str) -> None:
             "operation_id": operation.public_id,
             "ingestion_id": operation.ingestion_public_id,
             "kind": operation.kind,
+            "label": operation.label,
             "mode": operation.request.get("mode"),
             "table": operation.table_name,
             "status": operation.status,

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
+from auditlog.models import LogEntry
 from django.core.exceptions import ValidationError
+from django.test import Client
 
 from ingestions.models import Ingestion, ProcessedFile, Role
 from ingestions.runs import run_request
@@ -139,11 +141,16 @@ def test_only_the_scoped_rows_and_history_are_replaced_in_one_commit_and_undo_re
 
     assert rows_by_file(ingestion) == dict.fromkeys(MAY + JUNE, 10)
     assert history(Ingestion.objects.get(pk=ingestion.pk)) == history_before
-    # Exactly-once across the undo: the next run loads the files the history lacks again.
+    # Exactly-once across the undo: the next run loads the files the history lacks again,
+    # and reloads those whose content changed since the history (restored) loaded them.
     run_request(ingestion=Ingestion.objects.get(pk=ingestion.pk))
     drain_queue()
-    assert rows_by_file(ingestion)["2025-06/e.csv"] == 5
-    assert rows_by_file(ingestion)["2025-06/c.csv"] == 10
+    assert rows_by_file(ingestion) == {
+        **dict.fromkeys(MAY, 10),
+        "2025-06/c.csv": 15,
+        "2025-06/d.csv": 15,
+        "2025-06/e.csv": 5,
+    }
 
 
 @pytest.mark.parametrize(
@@ -297,3 +304,22 @@ def test_a_scope_needs_a_table_with_rows_and_is_only_for_full_refresh(
     )
     assert (response.status_code, response.json()["error_code"]) == (400, "VALIDATION_ERROR")
     assert not RefreshOperation.objects.exists()
+
+
+def test_a_selective_refresh_is_called_what_it_was_everywhere_afterwards(loaded_by_month, member):
+    """Issue 25: not "Full refresh" on the operation, the audit, the webhooks' payload and
+    the console's operations list, but what it was: a selective refresh of N files."""
+    admin = member(Role.ADMIN)
+    response = admin.post(URL, {"confirm": True, "scope": {"prefix": "2025-06/"}}, format="json")
+    assert response.status_code == 202, response.content
+    drain_queue()
+    operation = operation_sync(operation=RefreshOperation.objects.get())
+
+    label = admin.get(f"/api/v1/refresh-operations/{operation.public_id}").json()["label"]
+    assert label == f"Selective refresh · {operation.impact['files_to_process']} files"
+    audited = LogEntry.objects.filter(additional_data__operation_id=operation.public_id).first()
+    assert audited.additional_data["label"] == label
+    browser = Client()
+    browser.force_login(admin.user)
+    page = browser.get(f"/ingestions/{loaded_by_month.public_id}/").content.decode()
+    assert label in page

@@ -121,5 +121,6 @@ def test_runs_never_load_a_file_swapped_in_from_another_tenant(
     else:
         assert set(table["_source_file"].to_pylist()) <= {"a.csv"}
         assert SECRET not in table["name"].to_pylist()
-        assert table.num_rows == sum(run["rows_written"] for run in runs)
+        # Each clear + run reloads a.csv in place of its earlier rows (issue 24): once.
+        assert table.num_rows == min(1, sum(run["rows_written"] for run in runs))
     assert race["secret"].read_bytes() == before
