@@ -16,28 +16,25 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import hooks
+from .batching import BatchFitter, batch_failure, split_batches
 from .engines import Engine, load_engine
 from .engines.base import FileBatch
 from .errors import AutoloaderError, RunCancelledError, RunOwnershipLostError
 from .locations import source_open
 from .models import (
-    ChangeAction,
-    ChangedFiles,
     CommitStatus,
-    GoneFiles,
     OnPartialFailure,
-    ProcessedFile,
     PublishState,
     Run,
     RunBatch,
     RunStatus,
 )
 from .quarantine import failures_record, quarantined_paths
-from .runs import SMALL_FILE_ROWS, SNAPSHOT_BATCH_KEY, SNAPSHOT_INGESTION_KEY, SNAPSHOT_RUN_KEY
+from .runs import SNAPSHOT_BATCH_KEY, SNAPSHOT_INGESTION_KEY, SNAPSHOT_RUN_KEY
 from .scope import Scope, scope_replacing
-from .selectors import paths_loaded_before, processed_file_paths, processed_file_signatures
+from .selectors import paths_loaded_before, processed_file_paths
+from .source_changes import changed_files_classify, gone_files_apply
 from .sources import SourceFile, list_source_files, read_source_file
-from .sources.readers import conform_to_schema, source_file_column, with_metadata_columns
 from .staging import (
     BATCH_WAIT_NOTE,
     StagedRunFailedError,
@@ -51,9 +48,6 @@ from .staging import (
 )
 
 logger = logging.getLogger("ingestions.runs")  # one logger for a run's whole life
-
-# Changed files a run lists by name (all are counted).
-MAX_CHANGED_LISTED = 1000
 
 
 def run_execute(*, run_id: str, engine: Engine | None = None) -> Run | None:
@@ -268,7 +262,7 @@ class _RunExecutor:
             files_found=self.run.files_loaded + len(new_files)
         )
         failed: list[dict] = []
-        for batch in _split_batches(new_files):
+        for batch in split_batches(new_files):
             self._check_cancel()
             batch_failures = self._load_batch(batch)
             failed.extend(batch_failures)
@@ -294,79 +288,20 @@ class _RunExecutor:
         _finish(self.run, self.heartbeat.worker_id, status, error=error)
 
     def _changed_files(self, listing: list[SourceFile], set_aside: set[str]) -> list[SourceFile]:
-        """Files in the history whose size or modification time changed since they loaded:
-        recorded on the run with what the ingestion's policy did with each; returns those
-        to reload (policy `reload`)."""
-        signatures = processed_file_signatures(ingestion=self.ingestion)
-        changed = [
-            source
-            for source in listing
-            if source.path in signatures
-            and source.path not in set_aside
-            and _differs(signatures[source.path], source)
-        ]
-        if not changed:
-            return []
-        policy = self.ingestion.changed_files
-        action = {
-            ChangedFiles.RELOAD: ChangeAction.RELOADED,
-            ChangedFiles.WARN: ChangeAction.WARNED,
-            ChangedFiles.IGNORE: ChangeAction.IGNORED,
-        }[policy]
-        listed = [
-            {
-                "path": source.path,
-                "action": action,
-                "size_bytes": source.size_bytes,
-                "was_size_bytes": signatures[source.path][0],
-            }
-            for source in changed[:MAX_CHANGED_LISTED]
-        ]
-        with transaction.atomic():
-            Run.objects.filter(pk=self.run.pk).update(
-                files_changed=len(changed), changed_files=listed
-            )
-            if policy == ChangedFiles.WARN:
-                hooks.publish("file.changed", run=self.run, files=listed, count=len(changed))
-        logger.info("run %s: %d changed files (%s)", self.run.public_id, len(changed), action)
-        return changed if policy == ChangedFiles.RELOAD else []
+        return changed_files_classify(
+            run=self.run, ingestion=self.ingestion, listing=listing, set_aside=set_aside
+        )
 
     def _gone_files(self, gone: list[str], *, history_size: int) -> None:
-        """History files the listing no longer found: counted and named on the run; with
-        the ingestion's `gone_files` = remove, their rows go in one commit and their history
-        entries with them. Never more than half the history at once: a source that looks
-        emptied (an unmounted share, a wrong prefix) is reported, not obeyed."""
-        removed = False
-        note = ""
-        if self.ingestion.gone_files == GoneFiles.REMOVE:
-            if len(gone) * 2 > history_size:
-                note = (
-                    f" {len(gone):,} of the {history_size:,} history files are gone from the "
-                    "source: more than half, so their rows were kept (remove them with a "
-                    "selective refresh if that is meant)."
-                )
-            else:
-                self._check_cancel()
-                self.engine.remove_source_files(
-                    self.table_name,
-                    gone,
-                    properties={
-                        SNAPSHOT_RUN_KEY: self.run.public_id,
-                        SNAPSHOT_INGESTION_KEY: self.ingestion.public_id,
-                        "autoloader.removed-files": str(len(gone)),
-                    },
-                )
-                with transaction.atomic():
-                    for start in range(0, len(gone), 1000):
-                        ProcessedFile.objects.filter(
-                            ingestion=self.ingestion, path__in=gone[start : start + 1000]
-                        ).delete()
-                removed = True
-        Run.objects.filter(pk=self.run.pk).update(
-            files_gone=len(gone), gone_files=gone[:MAX_CHANGED_LISTED], gone_removed=removed
+        self._check_cancel()
+        gone_files_apply(
+            run=self.run,
+            ingestion=self.ingestion,
+            engine=self.engine,
+            table_name=self.table_name,
+            gone=gone,
+            history_size=history_size,
         )
-        if note:
-            logger.warning("run %s:%s", self.run.public_id, note)
 
     def _known_paths(self) -> set[str]:
         """Files not to load: the history (unless the staged version replaces it) and what
@@ -455,7 +390,7 @@ class _RunExecutor:
                 self._commit(loaded, rows=read.total_rows, files=read)
         finally:
             self.engine.release_files(read)
-        return [_failure(files[path], exc) for path, exc in read.failures.items()]
+        return [batch_failure(files[path], exc) for path, exc in read.failures.items()]
 
     def _read_files(
         self, files: list[SourceFile], failures: list[dict]
@@ -465,7 +400,7 @@ class _RunExecutor:
         to `failures`."""
         max_rows = max(1, settings.AUTOLOADER_BATCH_MAX_ROWS)
         deadline = time.monotonic() + settings.AUTOLOADER_BATCH_MAX_SECONDS
-        fitter = _BatchFitter(schema=self._table_schema(), failures=failures)
+        fitter = BatchFitter(schema=self._table_schema(), failures=failures)
         read: list[tuple[SourceFile, int]] = []
         rows, rest = 0, []
         for position, source in enumerate(files):
@@ -480,7 +415,7 @@ class _RunExecutor:
                     options=self.ingestion.source_options or {},
                 )
             except AutoloaderError as exc:
-                failures.append(_failure(source, exc))
+                failures.append(batch_failure(source, exc))
                 continue
             read.append((source, data.num_rows))
             rows += data.num_rows
@@ -575,118 +510,3 @@ class _RunExecutor:
             self._check_cancel()  # an append interrupted by a cancel ends the run CANCELLED
             raise
         batch_mark_committed(batch=batch, snapshot_id=snapshot_id)
-
-
-class _BatchFitter:
-    """Fits a batch's files to the table's schema and adds their lineage columns.
-
-    Small files of one schema are fitted together, once (per file, the fixed cost of a
-    fit is most of a small file's time); when that fails, file by file, so a bad file fails
-    alone. A big file is fitted by itself as soon as it is read, so its raw rows are freed.
-    With no table yet, the first file decides the schema and the others fit it.
-    """
-
-    def __init__(self, *, schema: pa.Schema | None, failures: list[dict]):
-        self.schema = schema
-        self.failures = failures
-        self.ingested_at = timezone.now()
-        self.parts: list[pa.Table] = []
-        self.fitted: set[str] = set()
-        self.pending: list[tuple[SourceFile, pa.Table]] = []
-        self.pending_rows = 0
-
-    def add(self, source: SourceFile, data: pa.Table) -> None:
-        if self.pending and not data.schema.equals(self.pending[0][1].schema):
-            self._fit_pending()
-        self.pending.append((source, data))
-        self.pending_rows += data.num_rows
-        if self.pending_rows >= SMALL_FILE_ROWS:
-            self._fit_pending()
-
-    def finish(self) -> tuple[pa.Table | None, set[str]]:
-        """The batch's data (None when no file fitted) and the paths of the files in it."""
-        self._fit_pending()
-        return _concat(self.parts), self.fitted
-
-    def _fit_pending(self) -> None:
-        files, self.pending, self.pending_rows = self.pending, [], 0
-        if len(files) > 1:
-            try:
-                self._fit(files)
-                return
-            except (AutoloaderError, pa.ArrowException, ValueError):
-                pass  # one of them does not fit: find which, file by file
-        for item in files:
-            try:
-                self._fit([item])
-            except AutoloaderError as exc:
-                self.failures.append(_failure(item[0], exc))
-
-    def _fit(self, files: list[tuple[SourceFile, pa.Table]]) -> None:
-        data = pa.concat_tables([data for _, data in files])
-        paths = source_file_column([(source.path, part.num_rows) for source, part in files])
-        data = with_metadata_columns(data, source_file=paths, ingested_at=self.ingested_at)
-        if self.schema is not None:
-            data = conform_to_schema(data, self.schema)
-        else:
-            self.schema = data.schema
-        self.parts.append(data)
-        self.fitted.update(source.path for source, _ in files)
-
-
-def _failure(source: SourceFile, exc: AutoloaderError) -> dict:
-    return {
-        "path": source.path,
-        "error": str(exc),
-        "error_code": exc.error_code,
-        "size_bytes": source.size_bytes,
-    }
-
-
-def _concat(parts: list[pa.Table]) -> pa.Table | None:
-    if not parts:
-        return None
-    data = pa.concat_tables(parts, promote_options="permissive")
-    if data.num_columns and data.num_rows < SMALL_FILE_ROWS * data.column(0).num_chunks:
-        # Many small files: pyiceberg writes chunk by chunk, and thousands of tiny chunks
-        # write several times slower than one. Copying small files' rows costs little.
-        data = data.combine_chunks()
-    return data
-
-
-def _split_batches(files: list[SourceFile]) -> list[list[SourceFile]]:
-    """Cut the files into batches by the bounds the listing knows: bytes and files.
-
-    A batch is one Iceberg commit, and a commit's cost grows with the table, not with the
-    batch: many small files make few big batches. The files bound is an upper bound (1
-    gives one commit per file, the most commit boundaries, as the crash tests want).
-    """
-    max_files = max(1, settings.AUTOLOADER_BATCH_MAX_FILES)
-    max_bytes = max(1, settings.AUTOLOADER_BATCH_MAX_BYTES)
-    batches: list[list[SourceFile]] = []
-    current: list[SourceFile] = []
-    current_bytes = 0
-    for source in files:
-        if current and (len(current) >= max_files or current_bytes + source.size_bytes > max_bytes):
-            batches.append(current)
-            current, current_bytes = [], 0
-        current.append(source)
-        current_bytes += source.size_bytes
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _differs(signature: tuple[int, object], source: SourceFile) -> bool:
-    """Whether a listed file is not the one the history loaded: another size, or another
-    modification time (when both are known). An entry with no signature is not judged."""
-    size, modified_at = signature
-    if not size and modified_at is None:
-        return False  # recorded without a signature (a table adopted by file name)
-    if size != source.size_bytes:
-        return True
-    return (
-        modified_at is not None
-        and source.modified_at is not None
-        and (modified_at != source.modified_at)
-    )

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import api, failed_files_api, runs_api
+from . import api, failed_files_api, runs_api, table_api
 
 urlpatterns = [
     path("ingestions", api.IngestionListCreateApi.as_view(), name="api-ingestions"),
@@ -21,12 +21,12 @@ urlpatterns = [
     ),
     path(
         "ingestions/<str:ingestion_id>/verify",
-        api.IngestionVerifyApi.as_view(),
+        table_api.IngestionVerifyApi.as_view(),
         name="api-ingestion-verify",
     ),
     path(
         "ingestions/<str:ingestion_id>/maintenance",
-        api.IngestionMaintenanceApi.as_view(),
+        table_api.IngestionMaintenanceApi.as_view(),
         name="api-ingestion-maintenance",
     ),
     path(
@@ -39,7 +39,7 @@ urlpatterns = [
         failed_files_api.FailedFileActionApi.as_view(),
         name="api-failed-file-action",
     ),
-    path("locations", api.LocationListApi.as_view(), name="api-locations"),
+    path("locations", table_api.LocationListApi.as_view(), name="api-locations"),
     path("runs/<str:run_id>", runs_api.RunDetailApi.as_view(), name="api-run"),
     path("runs/<str:run_id>/cancel", runs_api.RunCancelApi.as_view(), name="api-run-cancel"),
 ]

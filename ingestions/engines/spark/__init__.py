@@ -17,9 +17,11 @@ The tables are Iceberg tables in the Spark catalog AUTOLOADER_SPARK_CATALOG:
 - **A cluster's own catalog** (REST, Hive, Glue, Nessie...): configured on the cluster or
   through AUTOLOADER_SPARK_CONF (`spark.sql.catalog.<name>.*`, passed through verbatim).
 
-The package: `engine` (the Engine interface on Spark), `sessions` (the process's Spark
-application and the catalog's jars and settings), `reading` (one pass over a batch's files),
-`schemas` (what an append may change).
+The package: `engine` (the Engine interface on Spark), `files` (its FileReading: a batch's
+files read by the executors), `reading` (one pass over the files, per format), `sessions`
+(the process's Spark application and the catalog's jars and settings), `metadata` (a
+cluster's own catalog read with Spark SQL), `schemas` (what an append may change), `sql`
+(quoting, column definitions, failure messages).
 """
 
 from ingestions.engines.spark.engine import SparkEngine

@@ -9,7 +9,6 @@ tables; a drop is `DROP TABLE ... PURGE`; a cancel interrupts the engine's job g
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -29,32 +28,32 @@ from ingestions.engines.base import (
     validate_table_name,
 )
 from ingestions.engines.spark import metadata, sessions
+from ingestions.engines.spark.files import SparkFileReading
 from ingestions.engines.spark.reading import (
     CORRUPT_COLUMN,
     INPUT_COLUMN,
-    SPARK_CSV_OPTIONS,
-    Reader,
-    inference_sample,
-    input_key,
-    pin_local,
-    spark_uri,
-    still_pinned,
 )
 from ingestions.engines.spark.schemas import conform_to_table, from_arrow_schema, merge_schemas
+from ingestions.engines.spark.sql import (
+    check_properties,
+    ddl,
+    failure_reason,
+    is_missing_iceberg_runtime,
+    literal,
+    qualified_name,
+    quote,
+)
 from ingestions.errors import (
     AutoloaderError,
     EngineError,
     EngineUnavailableError,
-    FileReadError,
     SchemaMismatchError,
 )
-from ingestions.sources.discovery import first_line
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import DataType, StructType
+    from pyspark.sql.types import StructType
 
-    from ingestions.locations import SourceHandle
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +70,9 @@ NEW_TABLE_PROPERTIES = {
     "write.spark.accept-any-schema": "true",
 }
 JOB_INTERRUPT_KEY = "spark.job.interruptOnCancel"
-# `timestamp` as a type in a simpleString (not `timestamp_ntz`, not a struct field name).
-ZONED_TIMESTAMP = re.compile(r"\btimestamp\b(?!:)")
 
 
-class SparkEngine(Engine):
+class SparkEngine(SparkFileReading, Engine):
     """Iceberg tables written by Spark, whose executors read the source files."""
 
     name = "spark"
@@ -128,7 +125,7 @@ class SparkEngine(Engine):
             return
         with self._errors("reach Spark"):
             # Loads the catalog plugin: a missing Iceberg runtime jar shows up here.
-            self._session().sql(f"SHOW NAMESPACES IN {_quote(self.catalog)}").collect()
+            self._session().sql(f"SHOW NAMESPACES IN {quote(self.catalog)}").collect()
 
     # Table metadata is read from the shared catalog by pyiceberg, without Spark: a web
     # process (a preview, the table page) never starts a Spark application. On a cluster's
@@ -241,95 +238,13 @@ class SparkEngine(Engine):
     ) -> int:
         """Rows the worker holds (not a run's files: those go through `read_files`)."""
         validate_table_name(table_name)
-        _check_properties(properties)
+        check_properties(properties)
         with self._errors(f"append to {table_name}"), self._jobs("append rows") as spark:
             schema = from_arrow_schema(data.schema)
             frame = spark.createDataFrame([tuple(row.values()) for row in data.to_pylist()], schema)
             return self._write(
                 spark, table_name, frame, properties, branch=branch, replacing=replacing
             )
-
-    def read_files(
-        self,
-        *,
-        source: SourceHandle,
-        paths: list[str],
-        file_format: str,
-        options: dict,
-        sizes: Mapping[str, int] | None = None,
-    ) -> FileBatch:
-        failures: dict[str, FileReadError] = {}
-        unsupported = sorted(set(options) - set(SPARK_CSV_OPTIONS) - {"null_values"})
-        if options.get("null_values") and len(options["null_values"]) > 1:
-            unsupported.append("null_values (more than one)")
-        if unsupported:
-            reason = (
-                f"the spark engine does not support the reader option(s) {', '.join(unsupported)}"
-            )
-            return FileBatch(
-                rows={}, failures={path: FileReadError(path, reason) for path in paths}
-            )
-        uris, keys = {}, {}
-        pins: dict[str, tuple[int, int]] = {}
-        for path in paths:
-            full_path = source.full_path(path)
-            if ".." in path.split("/"):
-                failures[path] = FileReadError(path, "it resolves outside the storage location")
-                continue
-            if source.local_boundary is not None:
-                try:
-                    pins[path] = pin_local(source, full_path)
-                except FileReadError as exc:
-                    failures[path] = FileReadError(path, exc.reason)
-                    continue
-            uris[path], keys[path] = spark_uri(source, full_path), full_path
-        if not uris:
-            return FileBatch(rows={}, failures=failures)
-        with self._errors("read the source files"), self._jobs("read source files") as spark:
-            reader = Reader(
-                spark, file_format=file_format, options=options, check=self._raise_if_cancelled
-            )
-            sample = inference_sample(list(uris), sizes)
-            try:
-                frame, counts = reader.read(
-                    list(uris.values()), sample=[uris[path] for path in sample]
-                )
-                frame, counts, cached = self._read_misfits_alone(
-                    reader, (frame, counts, [frame]), uris, keys, sample, failures
-                )
-            except Exception as exc:
-                if self._interrupted(exc):
-                    raise
-                # One of them cannot be read with the others: which, one file at a time.
-                frame, counts, cached = self._read_one_by_one(reader, uris, failures)
-            # What Spark read by path must be what was checked before: a file swapped for a
-            # link (or another file) meanwhile fails, and none of its rows are written.
-            for path, pin in pins.items():
-                if path not in failures and not still_pinned(source, keys[path], pin):
-                    failures[path] = FileReadError(path, "it changed while it was read")
-            inputs = {input_key(name): name for name in counts}
-            rows: dict[str, int] = {}
-            loading: dict[str, str] = {}  # Spark's input file name -> relative path
-            for path in uris:
-                if path in failures:
-                    continue
-                name = inputs.get(keys[path])
-                file_rows, malformed = counts.get(name, (0, 0))
-                if malformed:
-                    failures[path] = FileReadError(
-                        path,
-                        f"{malformed} of its {file_rows} rows are malformed (wrong number of "
-                        "fields, or a value that does not parse as its column's type)",
-                    )
-                    continue
-                rows[path] = file_rows
-                if name is not None:
-                    loading[name] = path
-        batch = FileBatch(rows=rows, failures=failures, handle=(frame, loading, cached))
-        if not loading:
-            self.release_files(batch)  # nothing to write: free the rows Spark keeps now
-            batch.handle = None
-        return batch
 
     def append_files(
         self,
@@ -344,7 +259,7 @@ class SparkEngine(Engine):
         from pyspark.sql import functions as F
 
         validate_table_name(table_name)
-        _check_properties(properties)
+        check_properties(properties)
         frame, loading, _ = batch.handle or (None, {}, [])
         if frame is None:
             raise EngineError("The batch has no rows to write.")
@@ -363,13 +278,6 @@ class SparkEngine(Engine):
             return self._write(
                 spark, table_name, rows, properties, branch=branch, replacing=replacing
             )
-
-    def release_files(self, batch: FileBatch) -> None:
-        for frame in (batch.handle or (None, {}, []))[2]:
-            try:
-                frame.unpersist()
-            except Exception as exc:  # the session may be gone: nothing left to free
-                logger.debug("could not unpersist a batch: %s", first_line(exc))
 
     # --- staged versions and restore points: metadata of the shared catalog -------------
     #
@@ -459,15 +367,15 @@ class SparkEngine(Engine):
             merge_schemas(table_schema, frame.schema)
         elif table_schema is None:
             namespace = table_name.split(".")[0]
-            spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {_quote(self.catalog)}.{_quote(namespace)}")
+            spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {quote(self.catalog)}.{quote(namespace)}")
             location = table_location(self.warehouse, table_name)
             spark.sql(
-                f"CREATE TABLE IF NOT EXISTS {qualified} ({_ddl(frame.schema)}) "
+                f"CREATE TABLE IF NOT EXISTS {qualified} ({ddl(frame.schema)}) "
                 "USING iceberg"
-                + (f" LOCATION {_literal(location)}" if location else "")
+                + (f" LOCATION {literal(location)}" if location else "")
                 + " TBLPROPERTIES ("
                 + ", ".join(
-                    f"{_literal(key)} = {_literal(value)}"
+                    f"{literal(key)} = {literal(value)}"
                     for key, value in NEW_TABLE_PROPERTIES.items()
                 )
                 + ")"
@@ -480,7 +388,7 @@ class SparkEngine(Engine):
         options["mergeSchema"] = "true"
         self._raise_if_cancelled()
         # Iceberg's identifier of a branch: `<table>.branch_<name>`.
-        target = f"{qualified}.{_quote(f'branch_{branch}')}" if branch else qualified
+        target = f"{qualified}.{quote(f'branch_{branch}')}" if branch else qualified
         writer = frame.writeTo(target).options(**options)
         if replacing and table_schema is not None and "_source_file" in table_schema.names:
             from pyspark.sql import functions as F
@@ -499,71 +407,10 @@ class SparkEngine(Engine):
             raise EngineError(f"The append to {table_name} left no snapshot.")
         return int(rows[0]["snapshot_id"])
 
-    def _read_one_by_one(
-        self, reader: Reader, uris: dict[str, str], failures: dict[str, FileReadError]
-    ) -> tuple[DataFrame | None, dict[str, tuple[int, int]], list[DataFrame]]:
-        """Read each file alone; returns their rows united by column name, the counts, and
-        the frames Spark keeps (to free when the batch is done)."""
-        frames, counts = [], {}
-        for path, uri in uris.items():
-            try:
-                frame, file_counts = reader.read([uri])
-            except Exception as exc:
-                if self._interrupted(exc):
-                    raise
-                # Spark names the file by its full path: the user knows it by its own.
-                full_path = input_key(uri.replace("\\", ""))
-                reason = _reason(exc).replace(f"file:{full_path}", path).replace(full_path, path)
-                failures[path] = FileReadError(path, reason)
-                continue
-            frames.append(frame)
-            counts.update(file_counts)
-        if not frames:
-            return None, counts, []
-        combined = frames[0]
-        for frame in frames[1:]:
-            combined = combined.unionByName(frame, allowMissingColumns=True)
-        return combined, counts, frames
-
-    def _read_misfits_alone(
-        self,
-        reader: Reader,
-        read: tuple[DataFrame, dict[str, tuple[int, int]], list[DataFrame]],
-        uris: dict[str, str],
-        keys: dict[str, str],
-        sample: set[str],
-        failures: dict[str, FileReadError],
-    ) -> tuple[DataFrame, dict[str, tuple[int, int]], list[DataFrame]]:
-        """A file outside the inference sample whose values do not fit the sampled types (a
-        wider column) is read again by itself, with its own types, as the embedded engine
-        reads every file; its rows of the shared read are left out. The others were read
-        once."""
-        from pyspark.sql import functions as F
-
-        frame, counts, cached = read
-        inputs = {input_key(name): name for name in counts}
-        misfits = {
-            path: uri
-            for path, uri in uris.items()
-            if path not in sample and counts.get(inputs.get(keys[path]), (0, 0))[1]
-        }
-        if not misfits:
-            return frame, counts, cached
-        frame = frame.where(~F.col(INPUT_COLUMN).isin([inputs[keys[path]] for path in misfits]))
-        alone, alone_counts, alone_cached = self._read_one_by_one(reader, misfits, failures)
-        counts.update(alone_counts)
-        if alone is not None:
-            frame = frame.unionByName(alone, allowMissingColumns=True)
-        return frame, counts, cached + alone_cached
-
-    def _interrupted(self, exc: BaseException) -> bool:
-        """Whether a failed read is not the files' fault: a cancel, or Spark gone."""
-        return self._cancel_requested.is_set() or sessions.is_unreachable(exc)
-
     # --- configuration -----------------------------------------------------------------
 
     def _qualified(self, table_name: str) -> str:
-        return _qualified_name(self.catalog, table_name)
+        return qualified_name(self.catalog, table_name)
 
     def _spark_schema(self, spark: SparkSession, table_name: str) -> StructType | None:
         qualified = self._qualified(table_name)
@@ -612,14 +459,14 @@ class SparkEngine(Engine):
         except (AutoloaderError, ImportError):
             raise
         except Exception as exc:
-            reason = _reason(exc)
+            reason = failure_reason(exc)
             if self._cancel_requested.is_set():
                 raise EngineError(f"Spark could not {action}: cancelled ({reason})") from exc
             if sessions.is_unreachable(exc):
                 raise EngineUnavailableError(
                     f"Spark at {self.master} is unreachable, could not {action}: {reason}"
                 ) from exc
-            if _is_missing_iceberg_runtime(exc):
+            if is_missing_iceberg_runtime(exc):
                 raise EngineUnavailableError(
                     f"Spark catalog {self.catalog!r} is unreachable, could not {action}: "
                     f"{reason}. Put the iceberg-spark-runtime jar on the cluster's classpath."
@@ -627,60 +474,3 @@ class SparkEngine(Engine):
             if "Cannot write incompatible data" in reason or "Cannot safely cast" in reason:
                 raise SchemaMismatchError(reason) from exc
             raise EngineError(f"Spark could not {action}: {reason}") from exc
-
-
-def _check_properties(properties: dict[str, str]) -> None:
-    if not all(isinstance(item, str) for pair in properties.items() for item in pair):
-        raise TypeError("Snapshot properties must map strings to strings.")
-
-
-# --- helpers ---------------------------------------------------------------------------
-
-
-def _is_missing_iceberg_runtime(exc: BaseException) -> bool:
-    text = str(exc)
-    return "org.apache.iceberg" in text and (
-        "ClassNotFoundException" in text or "CLASS_NOT_FOUND" in text or "Cannot find" in text
-    )
-
-
-def _qualified_name(catalog: str, table_name: str) -> str:
-    """`catalog`.`namespace`.`table`, quoted for Spark SQL (names are validated beforehand)."""
-    namespace, table = table_name.split(".")
-    return ".".join(_quote(part) for part in (catalog, namespace, table))
-
-
-def _quote(identifier: str) -> str:
-    return "`" + identifier.replace("`", "``") + "`"
-
-
-def _literal(text: str) -> str:
-    """A Spark SQL string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _reason(exc: BaseException) -> str:
-    """What went wrong, in one line: for a JVM error, its root cause ("ZipException: Not
-    in GZIP format"), not Py4J's "An error occurred while calling o63.csv"."""
-    java = getattr(exc, "java_exception", None)
-    if java is None:
-        return first_line(exc)  # Spark's own messages carry a stack trace after the first line
-    try:
-        while java.getCause() is not None and java.getCause() != java:
-            java = java.getCause()
-        name = java.getClass().getSimpleName()
-        message = java.getMessage() or ""
-    except Exception:  # the JVM is gone: what Py4J said is all there is
-        return first_line(exc)
-    return f"{name}: {message.splitlines()[0] if message else ''}".rstrip(": ")
-
-
-def _ddl(schema: StructType) -> str:
-    """Column definitions for CREATE TABLE, every column nullable (files may lack it)."""
-    return ", ".join(f"{_quote(field.name)} {_sql_type(field.dataType)}" for field in schema.fields)
-
-
-def _sql_type(data_type: DataType) -> str:
-    """The type's SQL name in our sessions, where a bare `timestamp` means one without zone
-    (`spark.sql.timestampType`): a zoned timestamp is spelled `timestamp_ltz`."""
-    return ZONED_TIMESTAMP.sub("timestamp_ltz", data_type.simpleString())

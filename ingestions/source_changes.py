@@ -1,0 +1,122 @@
+"""What a plain run does with the files it finds changed or gone (issue 24).
+
+A listed file in the history with another size or modification time is **changed**: the
+ingestion's `changed_files` says whether the run reloads it (its rows replaced in one
+commit), warns (`file.changed`) or ignores it. A history file the listing no longer finds
+is **gone**: counted and named on the run, its rows removed when `gone_files` says so.
+"""
+
+import logging
+
+from django.db import transaction
+
+from . import hooks
+from .engines import Engine
+from .models import ChangeAction, ChangedFiles, GoneFiles, Ingestion, ProcessedFile, Run
+from .runs import SNAPSHOT_INGESTION_KEY, SNAPSHOT_RUN_KEY
+from .selectors import processed_file_signatures
+from .sources import SourceFile
+
+logger = logging.getLogger("ingestions.runs")  # one logger for a run's whole life
+
+# Changed (and gone) files a run lists by name (all are counted).
+MAX_CHANGED_LISTED = 1000
+
+
+def changed_files_classify(
+    *, run: Run, ingestion: Ingestion, listing: list[SourceFile], set_aside: set[str]
+) -> list[SourceFile]:
+    """Files in the history whose size or modification time changed since they loaded:
+    recorded on the run with what the ingestion's policy did with each; returns those
+    to reload (policy `reload`)."""
+    signatures = processed_file_signatures(ingestion=ingestion)
+    changed = [
+        source
+        for source in listing
+        if source.path in signatures
+        and source.path not in set_aside
+        and _differs(signatures[source.path], source)
+    ]
+    if not changed:
+        return []
+    policy = ingestion.changed_files
+    action = {
+        ChangedFiles.RELOAD: ChangeAction.RELOADED,
+        ChangedFiles.WARN: ChangeAction.WARNED,
+        ChangedFiles.IGNORE: ChangeAction.IGNORED,
+    }[policy]
+    listed = [
+        {
+            "path": source.path,
+            "action": action,
+            "size_bytes": source.size_bytes,
+            "was_size_bytes": signatures[source.path][0],
+        }
+        for source in changed[:MAX_CHANGED_LISTED]
+    ]
+    with transaction.atomic():
+        Run.objects.filter(pk=run.pk).update(files_changed=len(changed), changed_files=listed)
+        if policy == ChangedFiles.WARN:
+            hooks.publish("file.changed", run=run, files=listed, count=len(changed))
+    logger.info("run %s: %d changed files (%s)", run.public_id, len(changed), action)
+    return changed if policy == ChangedFiles.RELOAD else []
+
+
+def gone_files_apply(
+    *,
+    run: Run,
+    ingestion: Ingestion,
+    engine: Engine,
+    table_name: str,
+    gone: list[str],
+    history_size: int,
+) -> None:
+    """History files the listing no longer found: counted and named on the run; with
+    the ingestion's `gone_files` = remove, their rows go in one commit and their history
+    entries with them. Never more than half the history at once: a source that looks
+    emptied (an unmounted share, a wrong prefix) is reported, not obeyed."""
+    removed = False
+    note = ""
+    if ingestion.gone_files == GoneFiles.REMOVE:
+        if len(gone) * 2 > history_size:
+            note = (
+                f" {len(gone):,} of the {history_size:,} history files are gone from the "
+                "source: more than half, so their rows were kept (remove them with a "
+                "selective refresh if that is meant)."
+            )
+        else:
+            engine.remove_source_files(
+                table_name,
+                gone,
+                properties={
+                    SNAPSHOT_RUN_KEY: run.public_id,
+                    SNAPSHOT_INGESTION_KEY: ingestion.public_id,
+                    "autoloader.removed-files": str(len(gone)),
+                },
+            )
+            with transaction.atomic():
+                for start in range(0, len(gone), 1000):
+                    ProcessedFile.objects.filter(
+                        ingestion=ingestion, path__in=gone[start : start + 1000]
+                    ).delete()
+            removed = True
+    Run.objects.filter(pk=run.pk).update(
+        files_gone=len(gone), gone_files=gone[:MAX_CHANGED_LISTED], gone_removed=removed
+    )
+    if note:
+        logger.warning("run %s:%s", run.public_id, note)
+
+
+def _differs(signature: tuple[int, object], source: SourceFile) -> bool:
+    """Whether a listed file is not the one the history loaded: another size, or another
+    modification time (when both are known). An entry with no signature is not judged."""
+    size, modified_at = signature
+    if not size and modified_at is None:
+        return False  # recorded without a signature (a table adopted by file name)
+    if size != source.size_bytes:
+        return True
+    return (
+        modified_at is not None
+        and source.modified_at is not None
+        and (modified_at != source.modified_at)
+    )
