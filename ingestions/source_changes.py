@@ -35,7 +35,7 @@ def changed_files_classify(
         for source in listing
         if source.path in signatures
         and source.path not in set_aside
-        and _differs(signatures[source.path], source)
+        and file_changed(signatures[source.path], source)
     ]
     if not changed:
         return []
@@ -107,7 +107,7 @@ def gone_files_apply(
         logger.warning("run %s:%s", run.public_id, note)
 
 
-def _differs(signature: tuple[int, object], source: SourceFile) -> bool:
+def file_changed(signature: tuple[int, object], source: SourceFile) -> bool:
     """Whether a listed file is not the one the history loaded: another size, or another
     modification time (when both are known). An entry with no signature is not judged."""
     size, modified_at = signature

@@ -16,6 +16,7 @@ from .errors import PermissionDeniedError
 from .locations import source_open
 from .models import Ingestion, ProcessedFile
 from .ratelimits import expensive_read
+from .source_changes import file_changed
 from .sources import list_source_files
 
 # Files named per category (all are counted).
@@ -94,14 +95,7 @@ def ingestion_verify(*, ingestion: Ingestion, actor, engine=None) -> Verificatio
         listed = listing.get(path)
         if listed is None:
             found["gone"].append({"path": path})
-        elif (size or modified_at is not None) and (
-            listed.size_bytes != size
-            or (
-                modified_at is not None
-                and listed.modified_at is not None
-                and listed.modified_at != modified_at
-            )
-        ):
+        elif file_changed((size, modified_at), listed):
             found["changed"].append(
                 {"path": path, "size_bytes": listed.size_bytes, "was_size_bytes": size}
             )
