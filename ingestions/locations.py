@@ -350,6 +350,12 @@ class SourceHandle:
     root: str  # path inside `filesystem`: a real local path, or "bucket/key"
     local_boundary: str | None  # a local location's real path: nothing outside it is read
 
+    @property
+    def s3_client(self):
+        """The location's S3 API client (an S3 source only): listing takes the handle, so
+        the client is always the one of the location the source was checked against."""
+        return location_s3_client(self.location)
+
     def full_path(self, relative_path: str) -> str:
         return f"{self.root.rstrip('/')}/{relative_path}"
 
@@ -421,6 +427,16 @@ def source_open(*, tenant: Tenant, uri: str) -> SourceHandle:
 
 def location_filesystem(location: StorageLocation) -> pafs.FileSystem:
     """The S3 client of one location: its own endpoint and keys, else the S3 settings."""
+    return s3_filesystem(**_location_s3_config(location))
+
+
+def location_s3_client(location: StorageLocation):
+    """The location's S3 API client (boto3), with the same endpoint and keys as its
+    filesystem: for the listing, which needs what pyarrow's listing drops (each ETag)."""
+    return s3_client(**_location_s3_config(location))
+
+
+def _location_s3_config(location: StorageLocation) -> dict[str, str]:
     from .secrets import decrypt_secret
 
     if location.s3_access_key_id:
@@ -429,11 +445,45 @@ def location_filesystem(location: StorageLocation) -> pafs.FileSystem:
     else:
         access_key = settings.AUTOLOADER_S3_ACCESS_KEY_ID
         secret_key = settings.AUTOLOADER_S3_SECRET_ACCESS_KEY
-    return s3_filesystem(
-        endpoint_url=location.s3_endpoint_url or settings.AUTOLOADER_S3_ENDPOINT_URL,
-        region=location.s3_region or settings.AUTOLOADER_S3_REGION,
-        access_key=access_key,
-        secret_key=secret_key,
+    return {
+        "endpoint_url": location.s3_endpoint_url or settings.AUTOLOADER_S3_ENDPOINT_URL,
+        "region": location.s3_region or settings.AUTOLOADER_S3_REGION,
+        "access_key": access_key,
+        "secret_key": secret_key,
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def s3_client(*, endpoint_url: str, region: str, access_key: str, secret_key: str):
+    """One boto3 S3 client per configuration and process, configured as `s3_filesystem`
+    is: the same endpoint (path-style addressing under an endpoint, as pyarrow), region,
+    keys and timeouts; AWS_ENDPOINT_URL is ignored as pyarrow ignores it.
+
+    Timestamps come back as the store's text: botocore's own parsing of a date per object
+    cost more than the rest of a page (`ingestions.sources.discovery` parses them).
+    """
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+    if endpoint_url and "://" not in endpoint_url:
+        endpoint_url = f"https://{endpoint_url}"  # pyarrow's default scheme
+    config = Config(
+        connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=S3_REQUEST_TIMEOUT_SECONDS,
+        retries={"mode": "standard", "max_attempts": 3},
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+        ignore_configured_endpoint_urls=True,
+    )
+    keys = (
+        {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key}
+        if access_key and secret_key
+        else {}  # the SDK's own chain (environment, profile, instance role), as pyarrow
+    )
+    return boto3.session.Session(botocore_session=core).client(
+        "s3", endpoint_url=endpoint_url or None, region_name=region or None, config=config, **keys
     )
 
 

@@ -464,6 +464,7 @@ class _RunExecutor:
                     if item.source.modified_at
                     else None,
                     "rows": item.rows,
+                    **({"etag": item.source.etag} if item.source.etag else {}),
                     **({"replaces": True} if item.source.path in self.replacing else {}),
                 }
                 for item in loaded

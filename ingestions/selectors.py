@@ -67,12 +67,13 @@ def processed_file_paths(*, ingestion: Ingestion) -> set[str]:
     )
 
 
-def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple[int, object]]:
-    """Every path in the history with the (size, modification time) it had when loaded."""
+def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
+    """Every path in the history with the (size, modification time, ETag) it had when
+    loaded ("" when the store gave no ETag)."""
     return {
-        path: (size, modified_at)
-        for path, size, modified_at in ProcessedFile.objects.filter(ingestion=ingestion)
-        .values_list("path", "size_bytes", "modified_at")
+        path: (size, modified_at, etag)
+        for path, size, modified_at, etag in ProcessedFile.objects.filter(ingestion=ingestion)
+        .values_list("path", "size_bytes", "modified_at", "etag")
         .iterator(chunk_size=10_000)
     }
 

@@ -1,6 +1,6 @@
 """What a plain run does with the files it finds changed or gone (issue 24).
 
-A listed file in the history with another size or modification time is **changed**: the
+A listed file in the history with another size, modification time or ETag is **changed**: the
 ingestion's `changed_files` says whether the run reloads it (its rows replaced in one
 commit), warns (`file.changed`) or ignores it. A history file the listing no longer finds
 is **gone**: counted and named on the run, its rows removed when `gone_files` says so.
@@ -26,7 +26,7 @@ MAX_CHANGED_LISTED = 1000
 def changed_files_classify(
     *, run: Run, ingestion: Ingestion, listing: list[SourceFile], set_aside: set[str]
 ) -> list[SourceFile]:
-    """Files in the history whose size or modification time changed since they loaded:
+    """Files in the history whose size, modification time or ETag changed since they loaded:
     recorded on the run with what the ingestion's policy did with each; returns those
     to reload (policy `reload`)."""
     signatures = processed_file_signatures(ingestion=ingestion)
@@ -107,13 +107,21 @@ def gone_files_apply(
         logger.warning("run %s:%s", run.public_id, note)
 
 
-def file_changed(signature: tuple[int, object], source: SourceFile) -> bool:
-    """Whether a listed file is not the one the history loaded: another size, or another
-    modification time (when both are known). An entry with no signature is not judged."""
-    size, modified_at = signature
-    if not size and modified_at is None:
+def file_changed(recorded: tuple, source: SourceFile) -> bool:
+    """Whether a listed file is not the one the history loaded: another size, another
+    ETag or another modification time, each judged when both sides know it. An entry
+    with no signature is not judged.
+
+    `recorded` is (size, modified_at, etag) as `processed_file_signatures` gives it. The
+    ETag catches what size and time miss: a rewrite of the same size within the store's
+    one-second time resolution.
+    """
+    size, modified_at, etag = recorded
+    if not size and modified_at is None and not etag:
         return False  # recorded without a signature (a table adopted by file name)
     if size != source.size_bytes:
+        return True
+    if etag and source.etag and etag != source.etag:
         return True
     return (
         modified_at is not None

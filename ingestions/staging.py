@@ -94,7 +94,7 @@ def _write_history(run: Run, files: list[dict], *, loaded_at) -> None:
             item["path"],
             item["size_bytes"],
             adapt(datetime.fromisoformat(item["modified_at"])) if item.get("modified_at") else None,
-            "",
+            item.get("etag", ""),
             item.get("rows", 0),
             run.pk,
             loaded,

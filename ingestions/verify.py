@@ -78,15 +78,15 @@ def ingestion_verify(*, ingestion: Ingestion, actor, engine=None) -> Verificatio
             for item in list_source_files(source=source, pattern=ingestion.source_pattern or None)
         }
     history = {
-        path: (size, modified_at, rows)
-        for path, size, modified_at, rows in ProcessedFile.objects.filter(ingestion=ingestion)
-        .values_list("path", "size_bytes", "modified_at", "rows")
+        path: ((size, modified_at, etag), rows)
+        for path, size, modified_at, etag, rows in ProcessedFile.objects.filter(ingestion=ingestion)
+        .values_list("path", "size_bytes", "modified_at", "etag", "rows")
         .iterator(chunk_size=10_000)
     }
     table_exists = engine.table_exists(ingestion.table_identifier)
     in_table = engine.source_file_rows(ingestion.table_identifier) if table_exists else {}
     found: dict[str, list] = {name: [] for name in CATEGORIES}
-    for path, (size, modified_at, rows) in sorted(history.items()):
+    for path, (recorded, rows) in sorted(history.items()):
         held = in_table.get(path, 0)
         if held == 0 and rows:
             found["missing_from_table"].append({"path": path, "history_rows": rows})
@@ -95,9 +95,9 @@ def ingestion_verify(*, ingestion: Ingestion, actor, engine=None) -> Verificatio
         listed = listing.get(path)
         if listed is None:
             found["gone"].append({"path": path})
-        elif file_changed((size, modified_at), listed):
+        elif file_changed(recorded, listed):
             found["changed"].append(
-                {"path": path, "size_bytes": listed.size_bytes, "was_size_bytes": size}
+                {"path": path, "size_bytes": listed.size_bytes, "was_size_bytes": recorded[0]}
             )
     found["never_loaded"] = [{"path": path} for path in sorted(listing) if path not in history]
     found["unknown"] = [
@@ -110,7 +110,7 @@ def ingestion_verify(*, ingestion: Ingestion, actor, engine=None) -> Verificatio
         table_exists=table_exists,
         table_rows=sum(in_table.values()),
         history_files=len(history),
-        history_rows=sum(rows for _, _, rows in history.values()),
+        history_rows=sum(rows for _, rows in history.values()),
         source_files=len(listing),
         counts={name: len(items) for name, items in found.items()},
         files={name: items[:LISTED_PER_CATEGORY] for name, items in found.items()},
