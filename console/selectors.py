@@ -106,3 +106,20 @@ def audit_entry_list(
     if ingestion_id:
         entries = entries.filter(additional_data__ingestion_id=ingestion_id)
     return entries.select_related("actor").order_by("-timestamp", "-id")
+
+
+def audit_entries_named(entries, *, tenant: Tenant) -> list[LogEntry]:
+    """The entries, each with the name of its ingestion: `ingestion_name` is the name it has
+    now (or, once deleted, the one the entry recorded) and `ingestion_exists` says which.
+    One query whatever the number of entries."""
+    entries = list(entries)
+    ids = {(entry.additional_data or {}).get("ingestion_id") for entry in entries} - {None}
+    names = dict(
+        Ingestion.objects.filter(tenant=tenant, public_id__in=ids).values_list("public_id", "name")
+    )
+    for entry in entries:
+        data = entry.additional_data or {}
+        ingestion_id = data.get("ingestion_id")
+        entry.ingestion_exists = ingestion_id in names if ingestion_id else None
+        entry.ingestion_name = names.get(ingestion_id) or data.get("ingestion_name") or ""
+    return entries

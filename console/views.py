@@ -47,7 +47,7 @@ from refresh.sync import operation_as_of_run
 from .failed_files import failed_files_context
 from .forms import AuditFilterForm, HistorySearchForm, IngestionFilterForm, TenantSwitchForm
 from .plumbing import _changed, _filter_query, _fragment, _ingestion, _panel, _refusal, tenant_view
-from .selectors import audit_entry_list, ingestion_rows, ingestion_search
+from .selectors import audit_entries_named, audit_entry_list, ingestion_rows, ingestion_search
 
 # Fired by the run table's answers while a run is active.
 PROGRESS_EVENT = "run-progress"
@@ -204,8 +204,8 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
         context["snapshot_retention_hours"] = snapshot_retention(ingestion).total_seconds() / 3600
         context["engine_maintains"] = ingestion.engine in MAINTAINED_ENGINES
     if "audit-trail" in parts:
-        context["audit_entries"] = list(
-            audit_entry_list(tenant=tenant, ingestion=ingestion)[:AUDIT_TRAIL_SHOWN]
+        context["audit_entries"] = audit_entries_named(
+            audit_entry_list(tenant=tenant, ingestion=ingestion)[:AUDIT_TRAIL_SHOWN], tenant=tenant
         )
     return context
 
@@ -272,6 +272,7 @@ def audit(request, tenant):
     page = Paginator(audit_entry_list(tenant=tenant, **filters), AUDIT_PAGE_SIZE).get_page(
         request.GET.get("page")
     )
+    page.object_list = audit_entries_named(page.object_list, tenant=tenant)
     context = {
         "tenant": tenant,
         "form": form,

@@ -1,7 +1,11 @@
 """Audit entries of state changes outside refresh operations, in django-auditlog's log."""
 
+import re
+
 from auditlog.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
+
+from .models import Ingestion
 
 # The audited changes other than refresh operations (their `additional_data["operation"]`),
 # for the audit page's filter.
@@ -32,6 +36,10 @@ CHANGE_ACTIONS = [
     ("schedule_fired", "Schedule fired"),
     ("schedule_refused", "Scheduled firing refused"),
 ]
+# A field whose value must never reach the log, whoever records it: its change is kept
+# (that it changed), its values are not.
+SECRET_FIELD = re.compile(r"secret|password|token_key|access_key|credential", re.IGNORECASE)
+HIDDEN = "(hidden)"
 
 
 def record_change(
@@ -50,16 +58,18 @@ def record_change(
     Args:
         obj: The changed model instance (its type and key are recorded).
         action: What happened, e.g. "ingestion_deleted": `additional_data["operation"]`.
-        changes: auditlog's shape, {"field": [old, new]}.
+        changes: auditlog's shape, {"field": [old, new]}: the values, so the log says what
+            changed from what to what. A secret's values are replaced by "(hidden)".
     """
     user = actor if getattr(actor, "is_authenticated", False) else None
+    ingestion = obj if isinstance(obj, Ingestion) else getattr(obj, "ingestion", None)
     return LogEntry.objects.create(
         content_type=ContentType.objects.get_for_model(type(obj)),
         object_pk=str(obj.pk),
         object_id=obj.pk,
         object_repr=object_repr or str(obj),
         action=log_action,
-        changes=changes,
+        changes=_without_secrets(changes),
         actor=user,
         actor_email=getattr(user, "email", "") or None,
         additional_data={
@@ -69,6 +79,17 @@ def record_change(
             "operation": action,
             "outcome": "success",
             "actor": getattr(user, "username", None),
+            # Its name as it was then: the page shows it beside the id, even once deleted.
+            **({"ingestion_name": ingestion.name} if isinstance(ingestion, Ingestion) else {}),
             **(data or {}),
         },
     )
+
+
+def _without_secrets(changes: dict) -> dict:
+    return {
+        field: [None if value is None else HIDDEN for value in values]
+        if SECRET_FIELD.search(str(field)) and isinstance(values, list | tuple)
+        else values
+        for field, values in changes.items()
+    }

@@ -1,5 +1,6 @@
 """Writes of ingestions: create, update through an allow-list, delete."""
 
+import json
 from decimal import Decimal
 
 from auditlog.models import LogEntry
@@ -148,7 +149,10 @@ def ingestion_create(
                 tenant=tenant,
                 action="ingestion_created",
                 log_action=LogEntry.Action.CREATE,
-                changes={field: [None, str(getattr(ingestion, field))] for field in AUDITED_FIELDS},
+                changes={
+                    field: [None, _audited_value(getattr(ingestion, field))]
+                    for field in AUDITED_FIELDS
+                },
                 data={"ingestion_id": ingestion.public_id, "existing_table": adopted},
             )
     except IntegrityError:
@@ -229,7 +233,7 @@ def ingestion_update(*, ingestion: Ingestion, data: dict, actor=None) -> Ingesti
     """
     _authorize(actor, "change_ingestion", ingestion)
     changed = [field for field in UPDATABLE_FIELDS if field in data]
-    before = {field: str(getattr(ingestion, field)) for field in changed}
+    before = {field: _audited_value(getattr(ingestion, field)) for field in changed}
     if "source_uri" in data:
         data = {
             **data,
@@ -237,7 +241,9 @@ def ingestion_update(*, ingestion: Ingestion, data: dict, actor=None) -> Ingesti
         }
     for field in changed:
         setattr(ingestion, field, data[field])
-    changed = [field for field in changed if str(getattr(ingestion, field)) != before[field]]
+    changed = [
+        field for field in changed if _audited_value(getattr(ingestion, field)) != before[field]
+    ]
     if changed:
         _clean(ingestion)
         with transaction.atomic():
@@ -248,11 +254,21 @@ def ingestion_update(*, ingestion: Ingestion, data: dict, actor=None) -> Ingesti
                 tenant=ingestion.tenant,
                 action="ingestion_updated",
                 changes={
-                    field: [before[field], str(getattr(ingestion, field))] for field in changed
+                    field: [before[field], _audited_value(getattr(ingestion, field))]
+                    for field in changed
                 },
                 data={"ingestion_id": ingestion.public_id},
             )
     return ingestion
+
+
+def _audited_value(value) -> str | None:
+    """A field's value as the audit keeps it: text (JSON for reader options), None as None."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
 
 
 def ingestion_delete(

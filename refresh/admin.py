@@ -162,6 +162,7 @@ class AuditLogEntryAdmin(LogEntryAdmin):
     list_display = [
         *LogEntryAdmin.list_display[:_after_action],
         "audit_tenant",
+        "audit_ingestion",
         "audit_operation",
         "audit_outcome",
         *LogEntryAdmin.list_display[_after_action:],
@@ -175,6 +176,16 @@ class AuditLogEntryAdmin(LogEntryAdmin):
     @admin.display(description="tenant")
     def audit_tenant(self, entry):
         return _additional(entry, "tenant")
+
+    @admin.display(description="ingestion")
+    def audit_ingestion(self, entry):
+        """Its name (as the entry recorded it) beside its id; auditlog's own "changes"
+        column gives each value's old and new."""
+        ingestion_id = _additional(entry, "ingestion_id")
+        name = _additional(entry, "ingestion_name")
+        if ingestion_id and name:
+            return f"{name} ({ingestion_id})"
+        return ingestion_id
 
     @admin.display(description="operation")
     def audit_operation(self, entry):

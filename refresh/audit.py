@@ -22,6 +22,7 @@ def _entry(*, actor, ingestion: Ingestion, action: int, changes: dict, data: dic
         additional_data={
             "tenant": ingestion.tenant.slug,
             "ingestion_id": ingestion.public_id,
+            "ingestion_name": ingestion.name,
             "actor": getattr(user, "username", None),
             **data,
         },
@@ -36,7 +37,14 @@ def record_operation(operation, *, actor, duration_seconds: float | None) -> Log
     if operation.ingestion is None:
         return None
     steps = [
-        {"operation": step.name, "status": step.status, "error_code": step.error_code or None}
+        {
+            "operation": step.name,
+            "status": step.status,
+            "error_code": step.error_code or None,
+            # What the step did (rows dropped, files forgotten, the run queued): the audit
+            # page says it in words, where the impact only planned the run's load.
+            "details": step.details or {},
+        }
         for step in operation.steps.all()
     ]
     return _entry(
@@ -49,7 +57,11 @@ def record_operation(operation, *, actor, duration_seconds: float | None) -> Log
             "label": operation.label,
             "operation_id": operation.public_id,
             "outcome": operation.status,
-            "impact": public_impact(operation.impact),
+            # The PRD's impact, and its bytes: "14 B", not "0.0 GB", on the audit page.
+            "impact": {
+                **public_impact(operation.impact),
+                "bytes_to_process": operation.impact.get("bytes_to_process"),
+            },
             "steps": steps,
             "run_id": operation.run.public_id if operation.run_id else None,
             "attempt": operation.attempts,

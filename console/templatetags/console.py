@@ -4,11 +4,14 @@ Presentation only: every number comes from a service, selector or presenter as i
 tags format it (bytes to "450.2 GB", seconds to "4 min 12 s") and never compute a new one.
 """
 
+from types import SimpleNamespace
+
 from django import template
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from console.plumbing import ERROR_TITLES
 from ingestions.formats import NOT_AVAILABLE, size, thousands
 from ingestions.models import RunStatus
 from ingestions.selectors import memberships_of
@@ -112,12 +115,119 @@ def kind_label(kind) -> str:
         return humanize_code(kind)
 
 
+# --- audit entries in words ------------------------------------------------------------
+
+# The audit's field names as the console's forms call them.
+AUDIT_FIELD_LABELS = {
+    "public_id": "id",
+    "source_uri": "source",
+    "source_format": "format",
+    "source_pattern": "pattern",
+    "source_options": "reader options",
+    "destination_table": "table",
+    "table_identifier": "catalog table",
+    "cost_per_gb_usd": "cost per GB (USD)",
+    "snapshot_retention_hours": "snapshot retention (hours)",
+}
+AUDIT_VALUE_WORDS = {"True": "yes", "False": "no", True: "yes", False: "no"}
+
+
+def _audit_value(value) -> str | None:
+    if value is None or value == "" or value == "None":
+        return None
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value) or None
+    return AUDIT_VALUE_WORDS.get(value, str(value))
+
+
 @register.filter
-def changed_fields(changes) -> str:
-    """The field names of an audit entry's changes: "name, protected"."""
+def audit_changes(changes) -> list[dict]:
+    """An audit entry's changes as lines a person reads: [{"field", "old", "new"}], each
+    value in words ("yes"/"no", None for nothing). A value set on creation has no old one
+    and an empty value set then is left out (it is the default)."""
     if not isinstance(changes, dict):
+        return []
+    lines = []
+    for field, values in changes.items():
+        old, new = [*values, None, None][:2] if isinstance(values, list) else (None, values)
+        old, new = _audit_value(old), _audit_value(new)
+        if old is None and new is None:
+            continue
+        label = AUDIT_FIELD_LABELS.get(field, str(field).replace("_", " "))
+        lines.append({"field": label, "old": old, "new": new})
+    return lines
+
+
+@register.simple_tag
+def audit_impact(data) -> str:
+    """What a refresh operation's entry did, in words, from its steps' records: "Dropped
+    raw.sales: 4,800 rows, 1.2 MB; 12 files forgotten; run run-1 queued (12 files to load,
+    3.4 MB, $0.00)". "" for an entry written before steps kept their details."""
+    if not isinstance(data, dict):
         return ""
-    return ", ".join(str(field).replace("_", " ") for field in changes)
+    if data.get("outcome") == "refused":
+        return ""
+    if data.get("operation") == "undo":
+        restored, discarded = data.get("restored") or {}, data.get("discarded") or {}
+        parts = [
+            f"Back to {_table_words(restored)}" if restored else "",
+            f"the version undone had {_table_words(discarded)}" if discarded else "",
+        ]
+        return "; ".join(part for part in parts if part)
+    if data.get("decision"):
+        return f"The new version was {data['decision']}"
+    steps = [step for step in data.get("steps") or [] if "details" in step]
+    if not steps:
+        return ""
+    words = []
+    impact = data.get("impact") or {}
+    for step in steps:
+        record = SimpleNamespace(
+            name=step.get("operation"),
+            status=step.get("status"),
+            details=step.get("details") or {},
+            error_code=step.get("error_code"),
+            error="",
+        )
+        if record.status == StepStatus.FAILED:
+            words.append(f"{step_title(record.name).lower()} failed ({record.error_code})")
+            continue
+        if record.status != StepStatus.SUCCESS:
+            continue
+        outcome = step_outcome(record)
+        if record.name == StepName.RUN_TRIGGERED and impact:
+            files = int(impact.get("files_to_process") or 0)
+            outcome += (
+                f" ({thousands(files)} file{'s' if files != 1 else ''} to load, "
+                f"{_impact_size(impact)}, "
+                f"{usd(impact.get('estimated_cost_usd'))})"
+            )
+        words.append(outcome)
+    return "; ".join(word for word in words if word)
+
+
+def _impact_size(impact: dict) -> str:
+    """Bytes in the unit that fits; entries written before bytes were kept have GB only."""
+    if impact.get("bytes_to_process") is not None:
+        return size(impact["bytes_to_process"])
+    return gb(impact.get("estimated_data_size_gb"))
+
+
+def _table_words(record: dict) -> str:
+    """{"row_count", "history_files", ...} of an undo's record -> "4,800 rows, 12 files in
+    the history"."""
+    parts = []
+    if record.get("row_count") is not None:
+        parts.append(f"{thousands(record['row_count'])} rows")
+    if record.get("history_files") is not None:
+        parts.append(f"{thousands(record['history_files'])} files in the history")
+    return ", ".join(parts)
+
+
+@register.filter
+def refusal_words(reason) -> str:
+    """A refusal's code in words: "TABLE_PROTECTED" -> "This ingestion is protected"."""
+    return ERROR_TITLES.get(str(reason or ""), humanize_code(reason))
 
 
 @register.filter

@@ -47,7 +47,12 @@ def audited(csv_ingestion, tenant, other_tenant):
             actor=acme_viewer,
             confirm=True,
         )
-    return {"acme_admin": acme_admin, "acme_viewer": acme_viewer, "globex_admin": globex_admin}
+    return {
+        "acme_admin": acme_admin,
+        "acme_viewer": acme_viewer,
+        "globex_admin": globex_admin,
+        "ingestion_name": csv_ingestion.name,
+    }
 
 
 def listed(response) -> list:
@@ -83,6 +88,9 @@ def test_the_audit_log_lists_every_refresh_entry_with_its_tenant_operation_and_o
     for filter_title in ("By tenant", "By refresh operation", "By outcome"):
         assert filter_title in page
     assert "refused" in page and "globex" in page
+    # The ingestion by its name beside its id (the factory names it "Ingestion <n>").
+    name = audited["ingestion_name"]
+    assert f"{name} (sales)" in page
 
 
 @pytest.mark.parametrize(
