@@ -58,7 +58,11 @@ def batch_new(request, tenant):
     except AutoloaderError as exc:
         return render(request, "batch_new.html", {**context, "error": exc.detail}, status=404)
     preview = batch_payload(batch, {}, plans=plans)
-    context.update(preview=preview, rows=list(zip(plans, preview["members"], strict=True)))
+    context.update(
+        preview=preview,
+        rows=list(zip(plans, preview["members"], strict=True)),
+        quota=preview.get("quota", {}).get(kind),
+    )
     return render(request, "batch_new.html", context, status=status)
 
 

@@ -336,7 +336,8 @@ REFRESH_MAX_RETAIN_DAYS = env_int("REFRESH_MAX_RETAIN_DAYS", 90)
 # An operation's process beats every 1/6 of this; silent this long, it died: the worker's
 # reaper finishes its remaining steps (or its undo).
 REFRESH_STALE_SECONDS = env_int("REFRESH_STALE_SECONDS", 30)
-# Executions per user ("5/h", "100/15m"); dry-runs and refused calls are not counted.
+# Executions of each kind per table ("5/h", "100/15m"); dry-runs and refused calls are not
+# counted (refresh/limits.py).
 REFRESH_RATE_LIMITS = {
     "full_refresh": os.environ.get("REFRESH_RATE_FULL_REFRESH", "5/h"),
     "fresh_start": os.environ.get("REFRESH_RATE_FRESH_START", "10/h"),
@@ -344,6 +345,12 @@ REFRESH_RATE_LIMITS = {
     "clear_processed_files": os.environ.get("REFRESH_RATE_CLEAR_PROCESSED_FILES", "10/h"),
     "resume": os.environ.get("REFRESH_RATE_RESUME", "20/h"),
     "undo": os.environ.get("REFRESH_RATE_UNDO", "10/h"),
+}
+# Ceilings over every table: destructive executions (full refresh, fresh start, drop
+# table, clear history) one user, and one tenant, may start; "" turns one off.
+REFRESH_RATE_CEILINGS = {
+    "user": os.environ.get("REFRESH_RATE_PER_USER", "30/h"),
+    "tenant": os.environ.get("REFRESH_RATE_PER_TENANT", "100/h"),
 }
 IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)
 # `/metrics` answers a scraper presenting `Authorization: Bearer <this>`, or a staff login.

@@ -39,7 +39,7 @@ from ingestions.runs import run_cancel
 from ingestions.staging import BATCH_WAIT_NOTE, staged_discard, staged_publish
 
 from .errors import BatchNotFoundError, ConfirmationRequiredError, DryRunRequiredError
-from .limits import rate_limit_quota, rate_limit_slots
+from .limits import WARNING, batch_quota, rate_limit_slots
 from .models import (
     BatchStatus,
     OperationKind,
@@ -105,6 +105,8 @@ def batch_preview(
         for key in taken:
             rate_give_back(key)
         raise
+    for plan in plans:  # the batch's quota warnings (`_quota`) stand for its members'
+        plan.warnings = [warning for warning in plan.warnings if not warning.startswith(WARNING)]
     batch = RefreshBatch.objects.create(
         tenant=tenant,
         kind=kind,
@@ -113,30 +115,20 @@ def batch_preview(
             {"ingestion_id": plan.ingestion.public_id, "plan_id": plan.plan_id} for plan in plans
         ],
         # Where the caller's rate stood at the dry-run, kept with the plan it was shown with.
-        impact={**_totals(plans), **_quota(actor=actor, kind=kind, members=len(plans))},
+        impact={**_totals(plans), **_quota(actor=actor, kind=kind, ingestions=ingestions)},
         requested_by=_user(actor),
     )
     return batch, plans
 
 
-def _quota(*, actor, kind: str, members: int) -> dict:
-    """{"quota": {kind: {limit, used, remaining, resets_at}}, "warnings": [...]} when the
-    kind is rate-limited, with a warning when the batch needs more slots than are left."""
-    quota = rate_limit_quota(user=actor, kind=kind)
-    if quota is None:
+def _quota(*, actor, kind: str, ingestions: list[Ingestion]) -> dict:
+    """{"quota": {kind: {limit, used, remaining, ..., members_startable}}, "warnings": [...]}
+    when the kind is rate-limited (`refresh.limits.batch_quota`), with a warning for each
+    limit that would refuse the batch."""
+    quota, warnings = batch_quota(actor=actor, kind=kind, ingestions=ingestions)
+    if not quota:
         return {}
-    warnings = []
-    if members > quota.remaining:
-        label = kind.replace("_", " ")
-        warnings.append(
-            f"This batch needs {members} {label} operations but your rate limit leaves "
-            f"{quota.remaining} of {quota.limit} until {quota.resets_at:%Y-%m-%d %H:%M} UTC: "
-            "executing it now would be refused (429) before any member starts."
-        )
-    return {
-        "quota": {kind: {**quota.as_response(), "resets_at": quota.resets_at.isoformat()}},
-        "warnings": warnings,
-    }
+    return {"quota": {kind: quota}, "warnings": warnings}
 
 
 def batch_execute(
@@ -171,7 +163,7 @@ def batch_execute(
             refresh_check(ingestion=ingestion, kind=kind, actor=actor)
         except AutoloaderError as exc:
             raise _naming(exc, ingestion=ingestion, batch=None) from None
-    with rate_limit_slots(user=actor, kind=kind, count=len(ingestions)) as slots:
+    with rate_limit_slots(actor=actor, kind=kind, ingestions=ingestions) as slots:
         batch = _start_members(
             tenant=tenant, kind=kind, actor=actor, ingestions=ingestions, plans=plans, slots=slots
         )

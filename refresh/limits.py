@@ -1,47 +1,82 @@
-"""Per-user rate limits of executed refresh operations: atomic slots on a database counter.
+"""Rate limits of executed refresh operations: per table, under a per-user and a per-tenant
+ceiling, as atomic slots on the shared database counters (`ingestions.ratelimits`).
+
+The risk the PRD's limit guards against is a destructive operation repeated on one table,
+so each kind's rate (`REFRESH_RATE_LIMITS`, "5/h" full refreshes) is counted per table.
+Above them, two ceilings count every destructive operation (full refresh, fresh start,
+drop table, clear history) on every table: one per user (`REFRESH_RATE_PER_USER`) and one
+per tenant (`REFRESH_RATE_PER_TENANT`), so a script looping over many tables is bounded
+too. Undo and resume repair; they count against their own per-table rate only.
 
 Only executions count: dry-runs never come here, and a call refused for any reason
-(permission, confirmation, plan, a run in progress) gives its slot back. Each user, kind
-and fixed window has one `RateLimitCounter` row, shared by every web process; a slot is
-taken by one conditional UPDATE (`count = count + 1 WHERE count < limit`), so parallel
-requests cannot overshoot the rate the way a read-then-increment on a cache could.
+(permission, confirmation, plan, a run in progress) gives its slots back. A slot is taken
+by one conditional UPDATE per counter (`count = count + 1 WHERE count < limit`), so
+parallel requests in any number of processes cannot overshoot; an execution takes a slot
+of every limit that applies, or none.
 
-The service holds the slot around the part of a call that can still be refused
-(`with rate_limit_slot(...)`): a refusal gives it back, a started operation keeps it.
-
-A batch refresh takes the slots of all its members at once, or none, before any member
-starts (`rate_limit_slots`, the same conditional UPDATE by `count` slots); each member then
-uses one of them (`SlotReservation.use`), and the slots no member used are given back.
-`rate_limit_quota` reads where a user stands, for dry-runs; it writes nothing.
+A batch refresh takes its slots at once before any member starts (`rate_limit_slots`): one
+of each member's table, and as many of each ceiling as it has members; each member then
+uses its share (`SlotReservation.use`), and what no member used is given back.
+`rate_limit_quota` and `batch_quota` read where a caller stands, for dry-runs; they write
+nothing.
 """
 
-import logging
 import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
-from django.db.models import F
 
-from ingestions.ratelimits import EXPIRED_GRACE, Rate, parse_rate
+from ingestions.models import Ingestion
+from ingestions.ratelimits import parse_rate, rate_give_back, rate_reserve, rate_window
 
 from .errors import RateLimitedError
-from .models import RateLimitCounter
+from .models import OperationKind
 
-logger = logging.getLogger(__name__)
+# The kinds the per-user and per-tenant ceilings count: the destructive ones.
+CEILING_KINDS = frozenset(OperationKind.values)
+# Where each ceiling is set, for refusals and previews.
+CEILING_SETTINGS = {"user": "REFRESH_RATE_PER_USER", "tenant": "REFRESH_RATE_PER_TENANT"}
+CEILINGS = ("user", "tenant")
+APPLIES_TO = ("table", *CEILINGS)
+# How a preview's warning that an execution would be refused (429) begins.
+WARNING = "RATE_LIMITED:"
+PERIOD_WORDS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One counter an execution counts against."""
+
+    applies_to: str  # "table", "user" or "tenant"
+    name: str  # the counter's name in `ingestions.ratelimits`
+    rate: str  # "5/h"
+    setting: str  # where it is set: "REFRESH_RATE_FULL_REFRESH"
+    counts: str  # what it counts: "full refreshes of raw.orders"
+
+    def refusal(self) -> str:
+        return f"Rate limit reached: at most {self.described()} ({self.setting})."
+
+    def described(self) -> str:
+        rate = parse_rate(self.rate)
+        period = PERIOD_WORDS.get(rate.period_seconds, f"{rate.period_seconds} s")
+        return f"{rate.limit} {self.counts} per {period}"
 
 
 @dataclass(frozen=True)
 class Quota:
-    """Where a user stands in the current window of one kind's rate."""
+    """Where a caller stands against one limit in its current window. The quota of an
+    execution is its binding limit (the fewest left), with every limit in `limits`."""
 
     limit: int
     used: int
     resets_at: datetime
+    applies_to: str = "table"
+    setting: str = ""
+    described: str = ""
+    limits: tuple["Quota", ...] = field(default=())
 
     @property
     def remaining(self) -> int:
@@ -49,149 +84,260 @@ class Quota:
 
     def as_response(self) -> dict:
         return {
+            **self._fields(),
+            "limits": [quota._fields() for quota in self.limits or (self,)],
+        }
+
+    def _fields(self) -> dict:
+        return {
             "limit": self.limit,
             "used": self.used,
             "remaining": self.remaining,
-            "resets_at": self.resets_at,
+            "resets_at": self.resets_at.isoformat(),
+            "applies_to": self.applies_to,
+            "setting": self.setting,
+            "description": self.described,
         }
 
 
 @dataclass
 class SlotReservation:
-    """Slots of one user and kind taken together (`rate_limit_slots`), used one by one."""
+    """The slots a batch took for its members (`rate_limit_slots`), used one by one."""
 
-    user_pk: int | None
     kind: str
-    key: str | None  # None: the kind is not limited
+    table_keys: dict[int, str | None]  # member ingestion pk -> its table counter (unused)
+    ceiling_keys: list[str]  # the ceilings' counters, `unused` slots of each still held
     unused: int
-    used: int = field(default=0)
+    used: int = 0
 
     @contextmanager
-    def use(self, *, user, kind: str) -> Iterator[None]:
-        """One of the reserved slots, for the block: kept when it ends normally, back in
-        the reservation when it raises, as `rate_limit_slot` does with a fresh slot."""
-        if (getattr(user, "pk", None), kind) != (self.user_pk, self.kind) or self.unused < 1:
-            raise ValueError(f"No reserved {kind} slot of this user left.")
+    def use(self, *, ingestion: Ingestion, kind: str) -> Iterator[None]:
+        """The member's slots, for the block: kept when it ends normally, back in the
+        reservation when it raises, as `rate_limit_slot` does with fresh slots."""
+        if kind != self.kind or ingestion.pk not in self.table_keys or self.unused < 1:
+            raise ValueError(f"No reserved {kind} slot of {ingestion.public_id} left.")
+        table_key = self.table_keys.pop(ingestion.pk)
         self.unused -= 1
         try:
             yield
         except BaseException:
+            self.table_keys[ingestion.pk] = table_key
             self.unused += 1
             raise
         self.used += 1
 
 
-@contextmanager
-def rate_limit_slot(*, user, kind: str) -> Iterator[None]:
-    """Take one of `user`'s slots of `kind` in the current window, atomically, for the block.
+def limits_of(*, actor, ingestion: Ingestion, kind: str) -> list[Limit]:
+    """The limits an execution of `kind` on `ingestion` by `actor` counts against, in the
+    order they are taken: the table's rate of the kind, then the user's and the tenant's
+    ceilings (destructive kinds only). A limit without a configured rate is left out."""
+    limits = []
+    rate = settings.REFRESH_RATE_LIMITS.get(kind)
+    if rate:
+        label = kind.replace("_", " ")
+        limits.append(
+            Limit(
+                applies_to="table",
+                name=f"refresh:{kind}:ingestion:{ingestion.pk}",
+                rate=rate,
+                setting=f"REFRESH_RATE_{kind.upper()}",
+                counts=f"{label} operations of {ingestion.destination_table}",
+            )
+        )
+    if kind in CEILING_KINDS:
+        ceilings = settings.REFRESH_RATE_CEILINGS
+        owners = {"user": getattr(actor, "pk", None), "tenant": ingestion.tenant_id}
+        for applies_to, owner in owners.items():
+            if ceilings.get(applies_to) and owner is not None:
+                limits.append(
+                    Limit(
+                        applies_to=applies_to,
+                        name=f"refresh:{applies_to}:{owner}",
+                        rate=ceilings[applies_to],
+                        setting=CEILING_SETTINGS[applies_to],
+                        counts=f"destructive operations per {applies_to} (every table counts)",
+                    )
+                )
+    return limits
 
-    The slot is kept when the block ends normally (the operation started) and given back
-    when it raises (the call was refused: plan, run in progress, ...). A kind without a rate
-    in `settings.REFRESH_RATE_LIMITS` is not limited.
+
+@contextmanager
+def rate_limit_slot(
+    *, actor, ingestion: Ingestion, kind: str, only: tuple[str, ...] = APPLIES_TO
+) -> Iterator[None]:
+    """Take a slot of every limit of `kind` on `ingestion` for `actor` (of those `only`
+    names), atomically, for the block: kept when the block ends normally (the operation
+    started), given back when it raises (the call was refused: plan, run in progress...).
+    Inside a transaction, its rollback gives them back too.
 
     Raises:
-        RateLimitedError: every slot of the window is taken; `retry_after` says for how long.
+        RateLimitedError: a limit's window is used up (nothing is taken); the message
+            names the limit and its setting, `retry_after` says for how long.
     """
-    key = _reserve(user=user, kind=kind)
+    limits = limits_of(actor=actor, ingestion=ingestion, kind=kind)
+    keys = _reserve([limit for limit in limits if limit.applies_to in only], count=1)
     try:
         yield
     except BaseException:
-        if key is not None:
-            _give_back(key)
+        for key in keys:
+            rate_give_back(key)
         raise
 
 
-@contextmanager
-def rate_limit_slots(*, user, kind: str, count: int) -> Iterator[SlotReservation]:
-    """Take `count` of `user`'s slots of `kind` at once, or none, for the block (a batch:
-    one per member). The block uses them (`SlotReservation.use`); those it did not use
-    are given back when it ends, however it ends.
+def rate_limit_check(*, actor, ingestion: Ingestion, kind: str, only: tuple[str, ...]) -> None:
+    """Refuse now what `rate_limit_slot` would refuse later for want of a slot in the
+    limits `only` names, without taking any (an early answer before costly work).
 
     Raises:
-        RateLimitedError: fewer than `count` slots are left in the window (or the rate
-            allows fewer than `count` at all); nothing is taken.
+        RateLimitedError: as `rate_limit_slot`.
     """
-    key = _reserve(user=user, kind=kind, count=count)
+    for limit in limits_of(actor=actor, ingestion=ingestion, kind=kind):
+        if limit.applies_to in only and not _quota(limit).remaining:
+            _refuse(limit)
+
+
+def _refuse(limit: Limit) -> None:
+    """Raise the refusal of `limit`'s used-up window, as taking a slot would."""
+    resets_in = (_quota(limit).resets_at - datetime.now(UTC)).total_seconds()
+    retry_after = max(1, math.ceil(resets_in))
+    raise RateLimitedError(f"{limit.refusal()} Retry in {retry_after} s.", retry_after=retry_after)
+
+
+@contextmanager
+def rate_limit_slots(
+    *, actor, kind: str, ingestions: Sequence[Ingestion]
+) -> Iterator[SlotReservation]:
+    """Take every member's slots at once, or none, for the block (a batch): one of each
+    member's table rate, and one per member of each ceiling. The block uses them
+    (`SlotReservation.use`); those it did not use are given back when it ends, however
+    it ends.
+
+    Raises:
+        RateLimitedError: a member's table or a ceiling has too few slots left (or a
+            ceiling allows fewer than the members at all); nothing is taken.
+    """
+    count = len(ingestions)
+    table_keys: dict[int, str | None] = {}
+    ceiling_keys: list[str] = []
+    with ExitStack() as undo:  # a refusal half-way gives back what was taken
+        for ingestion in ingestions:
+            table = [
+                limit
+                for limit in limits_of(actor=actor, ingestion=ingestion, kind=kind)
+                if limit.applies_to == "table"
+            ]
+            keys = _reserve(table, count=1)
+            undo.callback(_give_back_all, keys, 1)
+            table_keys[ingestion.pk] = keys[0] if keys else None
+        if ingestions:
+            ceilings = [
+                limit
+                for limit in limits_of(actor=actor, ingestion=ingestions[0], kind=kind)
+                if limit.applies_to != "table"
+            ]
+            for limit in ceilings:
+                if count > parse_rate(limit.rate).limit:
+                    raise RateLimitedError(
+                        f"Rate limit: {count} operations at once exceed what is allowed "
+                        f"({limit.described()}, {limit.setting}).",
+                        retry_after=parse_rate(limit.rate).period_seconds,
+                    )
+            ceiling_keys = _reserve(ceilings, count=count)
+        undo.pop_all()
     reservation = SlotReservation(
-        user_pk=getattr(user, "pk", None), kind=kind, key=key, unused=count
+        kind=kind, table_keys=table_keys, ceiling_keys=ceiling_keys, unused=count
     )
     try:
         yield reservation
     finally:
-        if key is not None and reservation.unused:
-            _give_back(key, count=reservation.unused)
+        _give_back_all([key for key in reservation.table_keys.values() if key], 1)
+        if reservation.unused:
+            _give_back_all(reservation.ceiling_keys, reservation.unused)
 
 
-def rate_limit_quota(*, user, kind: str) -> Quota | None:
-    """`user`'s slots of `kind` in the current window (None: the kind is not limited).
-    Reads only."""
-    configured = settings.REFRESH_RATE_LIMITS.get(kind)
-    if not configured:
+def rate_limit_quota(*, actor, ingestion: Ingestion, kind: str) -> Quota | None:
+    """Where `actor` stands for one more `kind` on `ingestion`: the binding limit (the
+    fewest slots left), with every limit in `limits`. None: nothing limits it. Reads only."""
+    quotas = [_quota(limit) for limit in limits_of(actor=actor, ingestion=ingestion, kind=kind)]
+    if not quotas:
         return None
-    rate = parse_rate(configured)
-    key, _window_start, window_end = _window(user=user, kind=kind, rate=rate, now=time.time())
-    used = RateLimitCounter.objects.filter(key=key).values_list("count", flat=True).first()
+    binding = min(quotas, key=lambda quota: quota.remaining)  # ties: the table's first
+    return replace(binding, limits=tuple(quotas))
+
+
+def batch_quota(*, actor, kind: str, ingestions: Sequence[Ingestion]) -> tuple[dict, list[str]]:
+    """A batch's quota for its dry-run, and the warnings of what would refuse it.
+
+    The quota is the binding ceiling (or, without ceilings, the tightest member table) in
+    `as_response`'s shape, with `members_startable` (how many members the slots left
+    cover) and `tables_exhausted` (members whose table has no slot left). Reads only.
+    """
+    quotas = {
+        ingestion.public_id: rate_limit_quota(actor=actor, ingestion=ingestion, kind=kind)
+        for ingestion in ingestions
+    }
+    quotas = {name: quota for name, quota in quotas.items() if quota is not None}
+    if not quotas:
+        return {}, []
+    tables = {name: _limit(quota, "table") for name, quota in quotas.items()}
+    tables = {name: table for name, table in tables.items() if table is not None}
+    ceilings = [item for item in next(iter(quotas.values())).limits if item.applies_to != "table"]
+    exhausted = [name for name, table in tables.items() if not table.remaining]
+    label = kind.replace("_", " ")
+    warnings = [
+        f"{WARNING} {name} has no {label} left in this window ({tables[name].described}, "
+        f"{tables[name].setting}) until {tables[name].resets_at:%Y-%m-%d %H:%M} UTC: executing "
+        "the batch now would be refused (429) before any member starts."
+        for name in exhausted
+    ]
+    warnings += [
+        f"{WARNING} this batch needs {len(ingestions)} {label} operations but "
+        f"{ceiling.remaining} of {ceiling.limit} destructive operations are left per "
+        f"{ceiling.applies_to} ({ceiling.setting}) until {ceiling.resets_at:%Y-%m-%d %H:%M} "
+        "UTC: executing it now would be refused (429) before any member starts."
+        for ceiling in ceilings
+        if len(ingestions) > ceiling.remaining
+    ]
+    shown = ceilings or list(tables.values())
+    binding = min(shown, key=lambda quota: quota.remaining)
+    startable = min([len(ingestions) - len(exhausted), *(c.remaining for c in ceilings)])
+    return {
+        **replace(binding, limits=tuple(shown)).as_response(),
+        "members_startable": max(0, startable),
+        "tables_exhausted": exhausted,
+    }, warnings
+
+
+def _limit(quota: Quota, applies_to: str) -> Quota | None:
+    return next((item for item in quota.limits if item.applies_to == applies_to), None)
+
+
+def _quota(limit: Limit) -> Quota:
+    window = rate_window(name=limit.name, rate=limit.rate)
     return Quota(
-        limit=rate.limit, used=used or 0, resets_at=datetime.fromtimestamp(window_end, UTC)
+        limit=window.limit,
+        used=window.used,
+        resets_at=window.resets_at,
+        applies_to=limit.applies_to,
+        setting=limit.setting,
+        described=limit.described(),
     )
 
 
-def _window(*, user, kind: str, rate: Rate, now: float) -> tuple[str, int, int]:
-    window_start = int(now // rate.period_seconds) * rate.period_seconds
-    key = f"refresh:{kind}:user:{user.pk}:{rate.period_seconds}s:{window_start}"
-    return key, window_start, window_start + rate.period_seconds
-
-
-def _reserve(*, user, kind: str, count: int = 1) -> str | None:
-    configured = settings.REFRESH_RATE_LIMITS.get(kind)
-    if not configured:
-        return None
-    rate = parse_rate(configured)
-    now = time.time()
-    key, window_start, window_end = _window(user=user, kind=kind, rate=rate, now=now)
-    # get_or_create absorbs the race of two requests creating the window's row at once
-    # (the loser's INSERT fails on the unique key inside a savepoint, then it reads the row).
-    _, created = RateLimitCounter.objects.get_or_create(
-        key=key,
-        defaults={
-            "window_start": datetime.fromtimestamp(window_start, UTC),
-            "expires_at": datetime.fromtimestamp(window_end, UTC),
-        },
-    )
-    if created:  # once per window and key: drop the rows nothing will read again
-        expired_before = datetime.fromtimestamp(now, UTC) - EXPIRED_GRACE
-        RateLimitCounter.objects.filter(expires_at__lt=expired_before).delete()
-    reserved = RateLimitCounter.objects.filter(key=key, count__lte=rate.limit - count).update(
-        count=F("count") + count
-    )
-    if not reserved:
-        retry_after = max(1, math.ceil(window_end - now))
-        per_user = f"at most {configured.replace('/', ' per ')} {kind.replace('_', ' ')}"
-        if count > rate.limit:
-            message = (
-                f"Rate limit: {count} {kind.replace('_', ' ')} operations at once exceed "
-                f"what one user may start ({per_user} operations per user)."
-            )
-        elif count > 1:
-            message = (
-                f"Rate limit: {count} {kind.replace('_', ' ')} operations do not fit in what "
-                f"is left ({per_user} operations per user). Retry in {retry_after} s."
-            )
-        else:
-            message = (
-                f"Rate limit reached: {per_user} operations per user. Retry in {retry_after} s."
-            )
-        raise RateLimitedError(message, retry_after=retry_after)
-    return key
-
-
-def _give_back(key: str, *, count: int = 1) -> None:
+def _reserve(limits: list[Limit], *, count: int) -> list[str]:
+    """One `count`-slot reservation per limit, all or none; their counters' keys."""
+    taken: list[str] = []
     try:
-        with transaction.atomic():  # a savepoint: a failure here breaks no outer block
-            RateLimitCounter.objects.filter(key=key, count__gte=count).update(
-                count=F("count") - count
+        for limit in limits:
+            taken.append(
+                rate_reserve(name=limit.name, rate=limit.rate, refusal=limit.refusal(), count=count)
             )
-    except DatabaseError:
-        # Never hide the error the refused call raised: the slot stays taken until its
-        # window ends, which errs on the side of the limit.
-        logger.exception("could not give back the rate limit slot %s", key)
+    except RateLimitedError:
+        _give_back_all(taken, count)
+        raise
+    return taken
+
+
+def _give_back_all(keys: list[str], count: int) -> None:
+    for key in keys:
+        rate_give_back(key, count)

@@ -40,9 +40,7 @@ def preview_payload(plan: Plan) -> dict:
         "notes": plan.notes,
         "retention": _planned_retention(plan),
         # Where the caller stands against this kind's rate: what is left and when it refills.
-        "quota": None
-        if plan.quota is None
-        else {**plan.quota.as_response(), "resets_at": plan.quota.resets_at.isoformat()},
+        "quota": None if plan.quota is None else plan.quota.as_response(),
         **({"scope": plan.scope} if plan.scope is not None else {}),
         "next_steps": {
             "to_proceed": f"{endpoint(plan.kind, ingestion_id)} with confirm=true"

@@ -29,6 +29,7 @@ from .errors import (
     TableProtectedError,
 )
 from .guards import refuse_while_awaiting_decision
+from .limits import WARNING as RATE_WARNING
 from .limits import rate_limit_quota
 from .models import (
     OperationKind,
@@ -93,13 +94,12 @@ def refresh_preview(
     )
     plan.plan_id = record.public_id
     plan.allowed = actor.has_perm(spec_of(kind).permission, ingestion)
-    plan.quota = rate_limit_quota(user=actor, kind=kind)
+    plan.quota = rate_limit_quota(actor=actor, ingestion=ingestion, kind=kind)
     if plan.allowed and plan.quota is not None and not plan.quota.remaining:
         # Tell before they type: executing now would be refused (429).
         plan.warnings.append(
-            f"RATE_LIMITED: you have used your {plan.quota.limit} {spec_of(kind).label.lower()} "
-            f"operations of this window; the next is possible at "
-            f"{plan.quota.resets_at:%Y-%m-%d %H:%M} UTC"
+            f"{RATE_WARNING} the limit of {plan.quota.described} ({plan.quota.setting}) is "
+            f"used up; the next is possible at {plan.quota.resets_at:%Y-%m-%d %H:%M} UTC"
         )
     if plan.allowed:  # a read-only caller's dry-runs send no webhooks (docs/webhooks.md)
         hooks.publish("refresh.previewed", ingestion=ingestion, kind=kind, plan=plan)

@@ -23,7 +23,7 @@ from .errors import (
     ConfirmationRequiredError,
     OperationNotResumableError,
 )
-from .limits import SlotReservation, rate_limit_slot
+from .limits import CEILINGS, SlotReservation, rate_limit_check, rate_limit_slot
 from .models import (
     OperationKind,
     OperationStatus,
@@ -103,12 +103,15 @@ def refresh_execute(
     if confirm is not True:
         raise ConfirmationRequiredError("Confirmation required. Set confirm=true to proceed.")
     refuse_if_protected(ingestion, actor=actor, kind=kind, doing=spec_of(kind).label.lower())
-    # Refused from here on (plan, a run in progress...), the call gives its slot back.
-    slot = (
-        reserved_slots.use(user=actor, kind=kind)
-        if reserved_slots is not None
-        else rate_limit_slot(user=actor, kind=kind)
-    )
+    # Refused from here on (plan, a run in progress...), the call gives its slots back. The
+    # table's own slot is taken where the operation is recorded (`_start`), under the
+    # ingestion's lock: concurrent callers on one table meet 409 there, not each other's
+    # passing slots. Its used-up window is refused now, before the listing.
+    if reserved_slots is not None:
+        slot = reserved_slots.use(ingestion=ingestion, kind=kind)
+    else:
+        rate_limit_check(actor=actor, ingestion=ingestion, kind=kind, only=("table",))
+        slot = rate_limit_slot(actor=actor, ingestion=ingestion, kind=kind, only=CEILINGS)
     with slot:
         engine = engine or load_engine(ingestion.engine)
         mode = effective_mode(kind=kind, mode=mode, auto_run=auto_run, engine=engine)
@@ -134,7 +137,14 @@ def refresh_execute(
             # A batch's member: its version is published by the batch (`refresh.batches`).
             request["batch_id"] = batch_id
         with_retention(plan, retain_days=request["retain_days"])
-        operation = _start(ingestion=ingestion, kind=kind, actor=actor, plan=plan, request=request)
+        operation = _start(
+            ingestion=ingestion,
+            kind=kind,
+            actor=actor,
+            plan=plan,
+            request=request,
+            table_slot=reserved_slots is None,
+        )
     run_steps(operation, ingestion=ingestion, actor=actor, engine=engine)
     return operation
 
@@ -185,7 +195,7 @@ def refresh_resume(*, operation: RefreshOperation, actor, engine=None) -> Refres
             )
         refuse_if_busy(ingestion)
         # Inside the transaction: a refusal from here on rolls the slot back with it.
-        with rate_limit_slot(user=actor, kind="resume"):
+        with rate_limit_slot(actor=actor, ingestion=ingestion, kind="resume"):
             _restart_if_loaded_since(operation, ingestion=ingestion)
             operation.status = OperationStatus.IN_PROGRESS
             operation.attempts += 1
@@ -231,9 +241,11 @@ def _restart_if_loaded_since(operation: RefreshOperation, *, ingestion: Ingestio
 
 
 def _start(
-    *, ingestion: Ingestion, kind: str, actor, plan: Plan, request: dict
+    *, ingestion: Ingestion, kind: str, actor, plan: Plan, request: dict, table_slot: bool
 ) -> RefreshOperation:
-    """Check the plan and the ingestion's state, then record the operation, atomically."""
+    """Check the plan and the ingestion's state, then record the operation, atomically:
+    with `table_slot`, taking a slot of the table's rate of `kind` (rolled back with the
+    rest when anything here refuses)."""
     with transaction.atomic():
         ingestion_lock(ingestion)
         expire_interrupted(ingestion)
@@ -241,6 +253,9 @@ def _start(
             ingestion=ingestion, kind=kind, plan=plan, plan_id=request["plan_id"]
         )
         refuse_if_busy(ingestion)
+        if table_slot:
+            with rate_limit_slot(actor=actor, ingestion=ingestion, kind=kind, only=("table",)):
+                pass  # kept: the transaction commits it with the operation, or rolls it back
         try:
             with transaction.atomic():
                 operation = RefreshOperation.objects.create(

@@ -163,7 +163,7 @@ def refresh_undo(*, operation: RefreshOperation, actor, confirm: bool, engine=No
                 raise blocker
             refuse_if_busy(ingestion)
             # Inside the transaction: a refusal from here on rolls the slot back with it.
-            with rate_limit_slot(user=actor, kind="undo"):
+            with rate_limit_slot(actor=actor, ingestion=ingestion, kind="undo"):
                 operation.undo = {
                     "requested_by": getattr(_user(actor), "username", None),
                     "started_at": timezone.now().isoformat(),

@@ -12,14 +12,13 @@ from django.utils import timezone
 
 from console.api_errors import api_exception_handler
 from ingestions.errors import EngineError
-from ingestions.models import ProcessedFile, PublishState, Role, Run, RunStatus
+from ingestions.models import ProcessedFile, PublishState, RateCounter, Role, Run, RunStatus
 from ingestions.run_executor import run_execute
 from refresh.batches import batch_sync, batches_sync_due
 from refresh.errors import RefreshInProgressError
 from refresh.models import (
     BatchStatus,
     OperationStatus,
-    RateLimitCounter,
     RefreshBatch,
     RefreshOperation,
     Retention,
@@ -40,6 +39,7 @@ BATCHES = "/api/v1/refresh-batches"
 @pytest.fixture(autouse=True)
 def unlimited(settings):
     settings.REFRESH_RATE_LIMITS = {}
+    settings.REFRESH_RATE_CEILINGS = {}
 
 
 @pytest.fixture
@@ -357,8 +357,16 @@ def test_a_member_with_failed_files_fails_the_batch_and_members_agree_with_opera
 # --- batches: all or nothing at the door -------------------------------------------------
 
 
+def refresh_slots_taken(applies_to: str = "user") -> int:
+    """Slots taken on the refresh counters of one kind of limit ("user", "tenant", or
+    "full_refresh" for the tables' rate of that kind)."""
+    counters = RateCounter.objects.filter(key__startswith=f"refresh:{applies_to}:")
+    return sum(counters.values_list("count", flat=True))
+
+
 def test_a_batch_beyond_the_rate_limit_is_refused_before_any_member_starts(settings, three, member):
-    settings.REFRESH_RATE_LIMITS = {"full_refresh": "2/h"}
+    settings.REFRESH_RATE_LIMITS = {"full_refresh": "5/h"}
+    settings.REFRESH_RATE_CEILINGS = {"user": "2/h"}
     admin = member(Role.ADMIN)
     body = {"ingestion_ids": ["orders", "users", "items"], "operation": "full_refresh"}
     runs_before = Run.objects.count()
@@ -366,8 +374,10 @@ def test_a_batch_beyond_the_rate_limit_is_refused_before_any_member_starts(setti
     preview = admin.post(BATCHES, {**body, "dry_run": True}, format="json").json()
     assert preview["quota"]["full_refresh"]["limit"] == 2
     assert preview["quota"]["full_refresh"]["remaining"] == 2
+    assert preview["quota"]["full_refresh"]["applies_to"] == "user"
+    assert preview["quota"]["full_refresh"]["members_startable"] == 2
     assert preview["quota"]["full_refresh"]["resets_at"]
-    assert any("rate limit" in warning for warning in preview["warnings"])
+    assert any("REFRESH_RATE_PER_USER" in warning for warning in preview["warnings"])
 
     refused = admin.post(BATCHES, {**body, "confirm": True}, format="json")
 
@@ -377,13 +387,14 @@ def test_a_batch_beyond_the_rate_limit_is_refused_before_any_member_starts(setti
     assert not RefreshOperation.objects.exists()
     assert not RefreshBatch.objects.exclude(status=BatchStatus.PLANNED).exists()
     assert Run.objects.count() == runs_before
-    assert sum(RateLimitCounter.objects.values_list("count", flat=True)) == 0  # unspent
+    assert refresh_slots_taken() == 0  # unspent
     assert [rows(ingestion) for ingestion in three] == [40, 30, 20]
 
     # What the quota covers still starts, and spends exactly its members' slots.
     two = {**body, "ingestion_ids": ["orders", "users"], "confirm": True}
     assert admin.post(BATCHES, two, format="json").status_code == 202
-    assert sum(RateLimitCounter.objects.values_list("count", flat=True)) == 2
+    assert refresh_slots_taken() == 2
+    assert refresh_slots_taken("full_refresh") == 2  # one of each member's table
     preview = admin.post(BATCHES, {**body, "dry_run": True}, format="json").json()
     assert preview["quota"]["full_refresh"]["remaining"] == 0
 
@@ -392,6 +403,7 @@ def test_a_batch_member_refused_while_starting_gives_back_the_slots_not_used(
     settings, three, member
 ):
     settings.REFRESH_RATE_LIMITS = {"full_refresh": "5/h"}
+    settings.REFRESH_RATE_CEILINGS = {"user": "5/h", "tenant": "5/h"}
     settings.REFRESH_PLAN_REQUIRED_ABOVE_USD = -1  # every member needs its plan
     admin = member(Role.ADMIN)
     body = {"ingestion_ids": ["orders", "users", "items"], "operation": "full_refresh"}
@@ -399,7 +411,8 @@ def test_a_batch_member_refused_while_starting_gives_back_the_slots_not_used(
     refused = admin.post(BATCHES, {**body, "confirm": True}, format="json")
 
     assert refused.status_code == 400 and refused.json()["error_code"] == "DRY_RUN_REQUIRED"
-    assert sum(RateLimitCounter.objects.values_list("count", flat=True)) == 0
+    assert refresh_slots_taken() == refresh_slots_taken("tenant") == 0
+    assert refresh_slots_taken("full_refresh") == 0
     assert not RefreshOperation.objects.filter(status=OperationStatus.ACCEPTED).exists()
 
 

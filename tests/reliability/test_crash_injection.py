@@ -232,6 +232,7 @@ def test_sigkilled_workers_never_duplicate_or_lose_a_row(
     settings, tenant, member, tmp_path, trial_rng, report
 ):
     settings.REFRESH_RATE_LIMITS = {}  # full refreshes every few seconds, on purpose
+    settings.REFRESH_RATE_CEILINGS = {}
     admin = member(Role.ADMIN)
     workers = WorkerLoop(tmp_path / "worker.log")
     killer = Killer(workers)

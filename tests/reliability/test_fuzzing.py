@@ -280,6 +280,7 @@ def test_the_schema_says_what_the_server_enforces(
 def settings_overrides(settings):
     """No rate limit in the way: the fuzz must reach the services, not the limiter."""
     settings.REFRESH_RATE_LIMITS = {}
+    settings.REFRESH_RATE_CEILINGS = {}
     return settings
 
 

@@ -92,6 +92,7 @@ def test_a_storm_of_refreshes_and_runs_on_one_ingestion_executes_exactly_once(
     settings, loaded, member, rng, report
 ):
     settings.REFRESH_RATE_LIMITS = {}
+    settings.REFRESH_RATE_CEILINGS = {}
     clients = [member(Role.ADMIN) for _ in range(CALLERS)]
     storms = max(2, TRIALS // 10)
     winners: Counter = Counter()

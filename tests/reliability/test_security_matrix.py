@@ -215,6 +215,7 @@ def database_state() -> dict:
 @pytest.fixture(autouse=True)
 def no_rate_limits(settings):
     settings.REFRESH_RATE_LIMITS = {}
+    settings.REFRESH_RATE_CEILINGS = {}
 
 
 @pytest.mark.django_db

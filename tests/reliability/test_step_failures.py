@@ -153,6 +153,7 @@ def fault_injected(case: Case, monkeypatch):
 def scene(settings, loaded, source_dir):
     """The loaded ingestion (4 files in table and history) plus 2 files not loaded yet."""
     settings.REFRESH_RATE_LIMITS = {}
+    settings.REFRESH_RATE_CEILINGS = {}
     settings.REFRESH_STALE_SECONDS = 60
     # Every step made to fail in turn: the drop-first steps, which each change something.
     # (Zero-downtime steps change nothing before the run: tests/refresh/test_zero_downtime.py

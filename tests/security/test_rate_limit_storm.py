@@ -1,5 +1,6 @@
-"""Rate limits hold under a storm: parallel executions of one user never exceed the rate,
-and a call refused for another reason gives its slot back.
+"""Rate limits hold under a storm: parallel executions of one user never exceed the user's
+ceiling, parallel executions on one table never exceed the table's rate, and a call refused
+for another reason gives its slots back.
 
 Every request goes through the real API (or console) and the real services; the storm runs
 on whatever database the suite runs on (SQLite, or PostgreSQL with scripts/with_postgres.sh).
@@ -29,7 +30,10 @@ PANEL = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "operation-panel"}
 
 @pytest.fixture
 def full_refresh_5_per_hour(settings):
+    """Five destructive operations per user and hour over every table (the ceiling), each
+    table's own rate out of the way: the storms below spread over many tables."""
     settings.REFRESH_RATE_LIMITS = {**settings.REFRESH_RATE_LIMITS, "full_refresh": "5/h"}
+    settings.REFRESH_RATE_CEILINGS = {"user": "5/h", "tenant": ""}
 
 
 @pytest.fixture
@@ -184,3 +188,43 @@ def test_a_refusal_by_a_direct_service_call_gives_the_slot_back_at_the_next_call
             auto_run=False,
         )
     assert RefreshOperation.objects.count() == 5
+
+
+def test_a_storm_on_one_table_never_exceeds_the_tables_rate(settings, ingestions, member):
+    settings.REFRESH_RATE_LIMITS = {**settings.REFRESH_RATE_LIMITS, "full_refresh": "2/h"}
+    settings.REFRESH_RATE_CEILINGS = {"user": "100/h", "tenant": "100/h"}
+    sales = ingestions[0]
+    tokens = [member(Role.ADMIN).token_key for _ in range(10)]  # ten users, one table
+    barrier = threading.Barrier(len(tokens))
+    answers: list[tuple[int, dict]] = []
+
+    def call(token: str) -> None:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        try:
+            barrier.wait()
+            for _ in range(3):
+                response = full_refresh(client, sales.public_id)
+                answers.append((response.status_code, response.json()))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=call, args=(token,)) for token in tokens]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert len(answers) == 30
+    assert {status for status, _ in answers} <= {200, 409, 429}, answers
+    executed = RefreshOperation.objects.filter(ingestion=sales).count()
+    assert 1 <= executed <= 2
+    assert sum(status == 200 for status, _ in answers) == executed
+    # Calm again: the table takes what its rate has left, and not one more.
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens[0]}")
+    after = [full_refresh(client, sales.public_id) for _ in range(3 - executed)]
+    assert [response.status_code for response in after] == [200] * (2 - executed) + [429]
+    answers.append((after[-1].status_code, after[-1].json()))
+    limited = [body for status, body in answers if status == 429]
+    assert limited and all("REFRESH_RATE_FULL_REFRESH" in body["detail"] for body in limited)

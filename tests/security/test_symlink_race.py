@@ -64,6 +64,7 @@ def race(tmp_path, tenant, other_tenant, settings):
     # Previews are rate-limited per user and tenant; this test is about the race, not that.
     settings.AUTOLOADER_PREVIEW_RATE_LIMITS = {}
     settings.REFRESH_RATE_LIMITS = {}
+    settings.REFRESH_RATE_CEILINGS = {}
     acme = tmp_path / "acme"
     (acme / "race").mkdir(parents=True)
     (acme / "race" / "a.csv").write_text("id,name,amount\n1,mine,1.5\n")
