@@ -120,8 +120,11 @@ DRY_RUN_SCHEMA = inline_serializer(
         ),
         "quota": serializers.DictField(
             allow_null=True,
-            help_text="limit, used, remaining and resets_at of the caller's executions of this "
-            "kind in the current window (per user); null when the kind is not rate-limited.",
+            help_text="Where the caller stands for one more execution: limit, used, remaining "
+            "and resets_at of the binding limit (the fewest left), applies_to (table: this "
+            "kind's rate on this table; user or tenant: the ceiling of destructive operations "
+            "over every table), its setting and description, and every limit in `limits`; "
+            "null when nothing limits the kind.",
         ),
         "next_steps": serializers.DictField(),
     },
