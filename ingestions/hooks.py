@@ -74,9 +74,10 @@ _ingestion_fields: dict[str, tuple[Callable, Callable]] = {}
 
 
 def register_ingestion_field(name: str, *, read: Callable, write: Callable) -> None:
-    """A field of the ingestion's API that another app keeps (refresh: the run `schedule`).
-    `read(ingestions)` -> {ingestion pk: value} for those that have one; `write(ingestion=,
-    actor=, value=)` sets it (None removes it) in the caller's transaction."""
+    """A field of the ingestion's API that another app keeps (refresh: the run `schedule`,
+    the PRD's `refresh_schedule`). `read(ingestions)` -> {ingestion pk: value} for those that
+    have one; `write(ingestion=, actor=, value=)` sets it (None removes it) in the caller's
+    transaction and returns what the response shows of it."""
     _ingestion_fields[name] = (read, write)
 
 
@@ -85,9 +86,9 @@ def ingestion_field_values(name: str, ingestions) -> dict:
     return read(ingestions)
 
 
-def ingestion_field_write(name: str, *, ingestion, actor, value) -> None:
+def ingestion_field_write(name: str, *, ingestion, actor, value):
     _read, write = _ingestion_fields[name]
-    write(ingestion=ingestion, actor=actor, value=value)
+    return write(ingestion=ingestion, actor=actor, value=value)
 
 
 # --- the worker -----------------------------------------------------------------------

@@ -19,7 +19,11 @@ class RefreshConfig(AppConfig):
         from .firing import schedules_fire_due
         from .guards import refuse_during_refresh, without_refreshes_in_flight
         from .reaper import refresh_reap
-        from .schedules import run_schedule_payloads, run_schedule_write
+        from .schedules import (
+            refresh_schedule_write,
+            run_schedule_payloads,
+            run_schedule_write,
+        )
         from .sync import operations_sync_due
         from .undo import retention_expire
 
@@ -29,6 +33,10 @@ class RefreshConfig(AppConfig):
         hooks.on_run_ended(run_ended_sync)
         hooks.register_ingestion_field(
             "schedule", read=run_schedule_payloads, write=run_schedule_write
+        )
+        # The PRD's spelling of a scheduled refresh; written only (GET shows `schedules`).
+        hooks.register_ingestion_field(
+            "refresh_schedule", read=lambda _ingestions: {}, write=refresh_schedule_write
         )
         # Schedules fire from the reaper: every AUTOLOADER_REAPER_INTERVAL_SECONDS (15 s),
         # so a firing comes at most that late; several workers fire each slot once.

@@ -48,6 +48,8 @@ class RefreshBatchListApi(TenantAPIView):
 
     @extend_schema(
         operation_id="refresh_batches_create",
+        description="The canonical spelling; POST /api/v1/batch-refresh (the requirements' "
+        "phase-2 shape) is the same endpoint under another name.",
         request=RefreshBatchInputSerializer,
         responses={
             200: OpenApiResponse(description="dry_run: each member's plan and the totals"),

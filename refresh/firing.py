@@ -1,6 +1,7 @@
 """Firing schedules: the worker's pass that fires each due slot once across workers, runs or
 refreshes as the schedule's owner, and records (and audits) what each firing did; a standing
-approval is checked, and voided, at the moment of firing."""
+approval is checked, and voided, at the moment of firing; a schedule's condition is measured
+then too, and a firing whose condition does not hold is skipped with its facts."""
 
 import logging
 from datetime import UTC, datetime
@@ -23,6 +24,8 @@ from ingestions.errors import (
 from ingestions.models import Membership, RunTrigger
 from ingestions.runs import run_request
 
+from .conditional import ConditionVerdict, condition_measure
+from .conditions import condition_parse
 from .errors import DryRunRequiredError, PlanStaleError, RateLimitedError
 from .models import FiringOutcome, Schedule, ScheduleAction, ScheduleFiring
 from .preview import refresh_preview
@@ -169,12 +172,21 @@ def _fire_refresh(firing: ScheduleFiring) -> None:
             raise PermissionDeniedError(
                 "The person who set this schedule no longer has an account: set it again."
             )
+        verdict = _condition_measured(firing, owner=owner) if schedule.condition else None
+        if verdict is not None and not verdict.holds:
+            firing.save(update_fields=["outcome", "reason", "detail", "facts"])
+            _audit_firing(firing)
+            return
         try:
             firing.operation = refresh_execute(
                 ingestion=ingestion, kind=kind, actor=owner, confirm=True
             )
         except DryRunRequiredError:
-            plan = refresh_preview(ingestion=ingestion, kind=kind, actor=owner, gate=None)
+            plan = (
+                verdict.plan
+                if verdict is not None
+                else refresh_preview(ingestion=ingestion, kind=kind, actor=owner, gate=None)
+            )
             cost = Decimal(str(plan.impact.estimated_cost_usd))
             approved = schedule.approved_max_cost_usd
             if approved is None or cost > approved:
@@ -199,8 +211,30 @@ def _fire_refresh(firing: ScheduleFiring) -> None:
         _settle(firing, FiringOutcome.REFUSED, exc)
     except AutoloaderError as exc:
         _settle(firing, FiringOutcome.FAILED, exc)
-    firing.save(update_fields=["operation", "outcome", "reason", "detail"])
+    firing.save(update_fields=["operation", "outcome", "reason", "detail", "facts"])
     _audit_firing(firing)
+
+
+def _condition_measured(firing: ScheduleFiring, *, owner) -> ConditionVerdict:
+    """Measure the schedule's condition on a preview made now (as its owner; not counted
+    against the preview rates, as the firing's own plan is not). Records the facts on the
+    firing; when the condition does not hold, the firing is settled as skipped."""
+    schedule = firing.schedule
+    verdict = condition_measure(
+        ingestion=schedule.ingestion,
+        kind=schedule.action,
+        actor=owner,
+        condition=condition_parse(schedule.condition),
+        gate=None,
+    )
+    firing.facts = verdict.facts
+    if not verdict.holds:
+        firing.outcome, firing.reason, firing.detail = (
+            FiringOutcome.SKIPPED,
+            "CONDITION_NOT_MET",
+            f"{verdict.summary()} Nothing ran.",
+        )
+    return verdict
 
 
 def _schedule_at_firing(firing: ScheduleFiring) -> tuple[Schedule, str | None]:
@@ -300,6 +334,7 @@ def _audit_firing(firing: ScheduleFiring) -> None:
             "reason": firing.reason or None,
             "detail": firing.detail or None,
             "skipped_slots": firing.skipped_slots,
+            "facts": firing.facts or None,
             "run_id": firing.run.public_id if firing.run_id else None,
             "operation_id": firing.operation.public_id if firing.operation_id else None,
             "fires_as": getattr(schedule.created_by, "username", None),

@@ -248,6 +248,8 @@ class Schedule(models.Model):
     cron = models.CharField(max_length=120)
     timezone = models.CharField(max_length=64, default="UTC")
     paused = models.BooleanField(default=False)
+    # A refresh fires only when this holds at its slot (`refresh.conditions`); "" always.
+    condition = models.CharField(max_length=500, blank=True, default="")
     next_fire_at = models.DateTimeField(null=True, blank=True)
     last_fired_at = models.DateTimeField(null=True, blank=True)
     last_slot = models.DateTimeField(null=True, blank=True)
@@ -298,7 +300,7 @@ class Schedule(models.Model):
 class FiringOutcome(models.TextChoices):
     PENDING = "pending"  # claimed; its action is being started (stays so if the worker died)
     FIRED = "fired"  # the run was queued / the operation executed
-    SKIPPED = "skipped"  # a run or refresh was in progress: nothing to add
+    SKIPPED = "skipped"  # a run or refresh in progress, or the condition did not hold
     REFUSED = "refused"  # protected, no permission, no approval, rate limited: audited
     FAILED = "failed"  # the action raised an unexpected domain error
 
@@ -316,6 +318,8 @@ class ScheduleFiring(models.Model):
     reason = models.CharField(max_length=64, blank=True, default="")  # an error code
     detail = models.TextField(blank=True, default="")
     skipped_slots = models.PositiveIntegerField(default=0)  # missed slots not fired (catch-up)
+    # A conditional schedule's facts at the firing (`refresh.conditional.plan_facts`).
+    facts = models.JSONField(default=dict, blank=True)
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     operation = models.ForeignKey(
         RefreshOperation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -1,7 +1,10 @@
 """Dry-run planning: what an operation would do and cost, from the real listing and history."""
 
 import math
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
@@ -101,9 +104,27 @@ class Plan:
     # The previewing actor's executions of this kind left in the current window
     # (`refresh.limits.Quota`); None when the kind is not rate-limited.
     quota: object | None = None
+    # The source listing the plan was made from, (path, size, modified_ns) before any scope:
+    # kept only inside `listings_kept()` (a conditional refresh's facts are read from it).
+    listing: list[tuple[str, int, int | None]] | None = field(default=None, repr=False)
 
     def as_record(self) -> dict:
         return asdict(self.impact)
+
+
+# Off by default: a batch preview holds up to fifty plans, and must not hold fifty listings.
+_keep_listing: ContextVar[bool] = ContextVar("keep_listing", default=False)
+
+
+@contextmanager
+def listings_kept() -> Iterator[None]:
+    """Within it, every plan made keeps the listing it was made from (`Plan.listing`), so a
+    caller reads facts from the very listing the preview counted instead of listing twice."""
+    token = _keep_listing.set(True)
+    try:
+        yield
+    finally:
+        _keep_listing.reset(token)
 
 
 # --- How long a load takes -------------------------------------------------------------
@@ -366,6 +387,8 @@ def plan_operation(
         mode=mode,
     )
     plan.quarantined = sum(1 for path, _, _ in entries if path in set_aside)
+    if listing is not None and _keep_listing.get():
+        plan.listing = listing.result()
     if scope is not None:
         plan.scope = _scope_impact(ingestion=ingestion, scope=scope, entries=entries, listed=listed)
     plan.would_perform = [_would_perform(step, plan) for step in steps]

@@ -21,6 +21,10 @@ Rules, all here:
   (`skipped_slots`), never fired N times.
 - **Bounds.** No expression may fire more often than every
   `AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS` (checked over its next firings).
+- **Conditions.** A refresh schedule may carry a condition (`refresh.conditions`, checked
+  when it is set): at each slot the refresh is previewed and fires only if the condition
+  holds on that listing; otherwise the firing is `skipped` (CONDITION_NOT_MET) with the
+  facts. A run schedule has none (a run loads only what is new anyway).
 - **Pause/resume.** A paused schedule has no next slot; resuming computes it from now (the
   slots passed while paused are not caught up).
 - **Authority.** A run schedule fires as the system (setting it needs `change_ingestion`).
@@ -51,6 +55,7 @@ from ingestions.errors import (
 )
 from ingestions.models import Ingestion
 
+from .conditions import condition_normalized
 from .models import Schedule, ScheduleAction
 from .specs import spec_of
 
@@ -143,6 +148,49 @@ def run_schedule_write(*, ingestion: Ingestion, actor, value: dict | None) -> No
         schedule_set(ingestion=ingestion, actor=actor, **value)
 
 
+def refresh_schedule_write(*, ingestion: Ingestion, actor, value: dict) -> dict:
+    """The PRD's `refresh_schedule` of `PUT/PATCH /api/v1/ingestions/{id}`: set the
+    ingestion's scheduled refresh of `value["operation"]` (the canonical door is
+    `POST /api/v1/ingestions/{id}/schedules`; this one calls the same `schedule_set`).
+
+    Idempotent, as a PUT must be: the ingestion's one schedule of that operation is changed
+    (given fields change, others keep their value), or created when it has none.
+
+    Returns:
+        The schedule's payload.
+
+    Raises:
+        ScheduleInvalidError: an unknown operation, or several schedules of it (which one
+            is meant cannot be told: change it by its id).
+        And whatever `schedule_set` raises.
+    """
+    value = dict(value)
+    action = value.pop("operation", None)
+    if action not in REFRESH_ACTIONS:
+        raise ScheduleInvalidError(
+            {"refresh_schedule": [f"operation: one of {', '.join(REFRESH_ACTIONS)}."]}
+        )
+    existing = list(Schedule.objects.filter(ingestion=ingestion, action=action)[:2])
+    if len(existing) > 1:
+        raise ScheduleInvalidError(
+            {
+                "refresh_schedule": [
+                    f"This ingestion has several {action} schedules: change one by its id "
+                    "(PATCH /api/v1/schedules/{id}; GET /api/v1/ingestions/{id}/schedules "
+                    "lists them)."
+                ]
+            }
+        )
+    schedule = schedule_set(
+        ingestion=ingestion,
+        actor=actor,
+        action=action,
+        schedule=existing[0] if existing else None,
+        **value,
+    )
+    return schedule_payload(schedule)
+
+
 def run_schedules_by_ingestion(ingestions) -> dict[int, Schedule]:
     """The run schedules of `ingestions` in one query: {ingestion pk: schedule}."""
     pks = [ingestion.pk for ingestion in ingestions]
@@ -179,10 +227,12 @@ def schedule_set(
     cron: str | None = None,
     timezone: str | None = None,
     paused: bool | None = None,
+    condition: str | None = None,
     schedule: Schedule | None = None,
     now: datetime | None = None,
 ) -> Schedule:
-    """Create or change a schedule; what is not given keeps its value.
+    """Create or change a schedule; what is not given keeps its value ("" clears a
+    condition).
 
     The `run` action has one schedule per ingestion: setting it again changes it. A refresh
     action creates a new schedule unless `schedule` names the one to change. Whoever sets
@@ -190,7 +240,9 @@ def schedule_set(
 
     Raises:
         PermissionDeniedError: the actor's role does not allow schedules of `action`.
-        ScheduleInvalidError: an invalid expression, time zone or action.
+        ScheduleInvalidError: an invalid expression, time zone or action, or a condition on
+            a run schedule.
+        ConditionInvalidError: the condition is not one of the condition language.
     """
     if action not in ScheduleAction.values:
         raise ScheduleInvalidError({"action": [f"Use one of {', '.join(ScheduleAction.values)}."]})
@@ -214,6 +266,12 @@ def schedule_set(
     schedule.cron, schedule.timezone = parsed.expression, parsed.timezone
     if paused is not None:
         schedule.paused = paused
+    if condition is not None:
+        if condition.strip() and action == ScheduleAction.RUN:
+            raise ScheduleInvalidError(
+                {"condition": ["A run schedule has no condition: a run loads only new files."]}
+            )
+        schedule.condition = condition_normalized(condition)
     if timing_changed:
         schedule.created_by = _user(actor)
         # An approval covered what it saw: another expression is another decision.
@@ -332,6 +390,7 @@ def _state(schedule: Schedule) -> dict:
         "cron": schedule.cron,
         "timezone": schedule.timezone,
         "paused": schedule.paused,
+        "condition": schedule.condition,
         "approved_max_cost_usd": None if approved is None else float(approved),
     }
 
@@ -382,6 +441,7 @@ def schedule_payload(schedule: Schedule, *, now: datetime | None = None) -> dict
         "timezone": schedule.timezone,
         "description": cron.describe(),
         "paused": schedule.paused,
+        "condition": schedule.condition or None,
         "next_fire_times": []
         if schedule.paused
         else [moment.isoformat() for moment in cron.following(now, NEXT_FIRE_TIMES)],
@@ -394,6 +454,7 @@ def schedule_payload(schedule: Schedule, *, now: datetime | None = None) -> dict
             "reason": last.reason or None,
             "detail": last.detail or None,
             "skipped_slots": last.skipped_slots,
+            "facts": last.facts or None,
             "run_id": last.run.public_id if last.run_id else None,
             "operation_id": last.operation.public_id if last.operation_id else None,
         },

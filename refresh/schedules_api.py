@@ -9,6 +9,7 @@ from ingestions.api import COMMON_ERRORS, ERROR_SCHEMA, TenantAPIView
 from ingestions.cron import time_zones
 from ingestions.serializers import CRON_PATTERN, AmountField, StrictSerializer
 
+from .conditions import FACTS, MAX_CONDITION_LENGTH, OPTIONAL_CONDITION_PATTERN
 from .models import ScheduleAction
 from .schedules import (
     REFRESH_ACTIONS,
@@ -30,6 +31,10 @@ SCHEDULE_SCHEMA = inline_serializer(
         "timezone": serializers.CharField(),
         "description": serializers.CharField(),
         "paused": serializers.BooleanField(),
+        "condition": serializers.CharField(
+            allow_null=True,
+            help_text="A scheduled refresh fires only when this holds at its slot; null: always.",
+        ),
         "next_fire_times": serializers.ListField(
             child=serializers.DateTimeField(),
             help_text="The next 3 slots in the schedule's time zone; empty while paused.",
@@ -37,8 +42,10 @@ SCHEDULE_SCHEMA = inline_serializer(
         "last_fired_at": serializers.DateTimeField(allow_null=True),
         "last_firing": serializers.DictField(
             allow_null=True,
-            help_text="slot, outcome (fired, skipped, refused, failed, pending), reason, "
-            "skipped_slots (missed slots not caught up), run_id, operation_id.",
+            help_text="slot, outcome (fired, skipped, refused, failed, pending), reason "
+            "(CONDITION_NOT_MET when a condition did not hold), skipped_slots (missed slots not "
+            "caught up), facts (a conditional schedule's facts at the firing), run_id, "
+            "operation_id.",
         ),
         "approval": serializers.DictField(
             allow_null=True, help_text="max_cost_usd, approved_by, approved_at."
@@ -51,7 +58,7 @@ SCHEDULE_SCHEMA = inline_serializer(
     },
 )
 SCHEDULE_ERRORS = {
-    400: OpenApiResponse(ERROR_SCHEMA, description="VALIDATION_ERROR"),
+    400: OpenApiResponse(ERROR_SCHEMA, description="VALIDATION_ERROR / INVALID_CONDITION"),
     **COMMON_ERRORS,
 }
 
@@ -61,6 +68,10 @@ class ScheduleInputSerializer(StrictSerializer):
         "properties": {
             "cron": {"pattern": CRON_PATTERN},
             "timezone": {"enum": sorted(time_zones())},
+            "condition": {
+                "pattern": OPTIONAL_CONDITION_PATTERN,
+                "maxLength": MAX_CONDITION_LENGTH,
+            },
         }
     }
 
@@ -69,6 +80,15 @@ class ScheduleInputSerializer(StrictSerializer):
     )
     timezone = serializers.CharField(max_length=64, default="UTC", help_text="IANA name.")
     paused = serializers.BooleanField(default=False)
+    condition = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,  # the condition language reads it (and refuses a blank one)
+        help_text="A scheduled refresh fires only when this holds at its slot, measured on "
+        "the refresh's preview, e.g. 'changed_files > 0'; otherwise the firing is skipped "
+        f"with the facts. Facts: {', '.join(FACTS)}. Compare with == != < <= > >=, combine "
+        'with and, or, not and parentheses. "" removes it.',
+    )
 
 
 class IngestionSchedulesApi(TenantAPIView):

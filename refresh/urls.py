@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import api, batches_api, operations_api, schedules_api
+from . import api, batches_api, operations_api, phase2_api, schedules_api
 
 urlpatterns = [
     path(
@@ -66,6 +66,18 @@ urlpatterns = [
         "refresh-batches/<str:batch_id>",
         batches_api.RefreshBatchDetailApi.as_view(),
         name="api-refresh-batch",
+    ),
+    # The requirements' phase-2 shapes (`phase2_api`): the first two are second doors.
+    path("batch-refresh", phase2_api.BatchRefreshApi.as_view(), name="api-batch-refresh"),
+    path(
+        "ingestions/<str:ingestion_id>/refresh-range",
+        phase2_api.RefreshRangeApi.as_view(),
+        name="api-refresh-range",
+    ),
+    path(
+        "ingestions/<str:ingestion_id>/refresh-if",
+        phase2_api.RefreshIfApi.as_view(),
+        name="api-refresh-if",
     ),
     path(
         "schedules/<str:schedule_id>/approve",
