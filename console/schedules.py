@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.http import Http404
 from django.shortcuts import redirect
 from django.utils.cache import patch_vary_headers
@@ -17,6 +18,8 @@ from django_htmx.http import trigger_client_event
 
 from ingestions.cron import ScheduleInvalidError, time_zones
 from ingestions.errors import AutoloaderError
+from refresh.conditional import facts_measure
+from refresh.conditions import FACTS, MAX_CONDITION_LENGTH, ConditionInvalidError
 from refresh.models import ScheduleAction
 from refresh.schedules import (
     APPROVE_PERMISSION,
@@ -39,8 +42,15 @@ from .plumbing import CHANGED_EVENT, _ingestion, render_in_place, tenant_view
 CRON_HELP = "Five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * * (02:00)."
 
 
+def cron_help() -> str:
+    """The cron field's help, with the minimum interval the server enforces (a setting)."""
+    seconds = settings.AUTOLOADER_SCHEDULE_MIN_INTERVAL_SECONDS
+    every = f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
+    return f"{CRON_HELP} It may fire at most once every {every}."
+
+
 class ScheduleForm(forms.Form):
-    cron = forms.CharField(label="Cron expression", max_length=120, help_text=CRON_HELP)
+    cron = forms.CharField(label="Cron expression", max_length=120)
     timezone = forms.CharField(
         label="Time zone",
         max_length=64,
@@ -50,12 +60,26 @@ class ScheduleForm(forms.Form):
     )
     paused = forms.BooleanField(label="Paused", required=False)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["cron"].help_text = cron_help()
+
 
 class RefreshScheduleForm(ScheduleForm):
     action = forms.ChoiceField(
         label="Refresh", choices=[(action, spec_of(action).label) for action in REFRESH_ACTIONS]
     )
-    field_order = ["action", "cron", "timezone", "paused"]
+    condition = forms.CharField(
+        label="Only when (optional)",
+        required=False,
+        strip=False,  # the condition language reads it (and refuses blanks)
+        max_length=MAX_CONDITION_LENGTH,
+        help_text="Fires only when this holds at the slot, e.g. changed_files > 0 or "
+        "new_files > 0; otherwise the firing is skipped with the facts. Compare facts with "
+        "== != < <= > >=, combine with and, or, not and parentheses. Empty: always.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    field_order = ["action", "cron", "timezone", "condition", "paused"]
 
 
 class ApproveForm(forms.Form):
@@ -163,6 +187,9 @@ def schedule_add(request, tenant, ingestion_id: str):
     except ScheduleInvalidError as exc:
         _with_field_errors(form, exc)
         return _card(request, tenant, ingestion, refresh_form=form, status=400)
+    except ConditionInvalidError as exc:
+        form.add_error("condition", exc.detail)
+        return _card(request, tenant, ingestion, refresh_form=form, status=400)
     except AutoloaderError as exc:
         status = exc.status_code
         return _card(request, tenant, ingestion, error=_refused(exc), status=status)
@@ -208,3 +235,32 @@ def schedule_action(request, tenant, schedule_id: str, action: str):
         return _card(request, tenant, ingestion, error=_refused(exc), status=status)
     response = _card(request, tenant, ingestion, done=done)
     return _after_change(request, response, ingestion.public_id)
+
+
+@require_POST
+@tenant_view
+def schedule_facts(request, tenant, ingestion_id: str):
+    """The facts a condition is measured on, now, for the refresh chosen on the form: a
+    preview of it (POST: it records a plan, and is gated and counted as a dry-run is)."""
+    ingestion = _ingestion(tenant, ingestion_id)
+    action = request.POST.get("action", "")
+    context = {"ingestion": ingestion, "action": action, "facts": None, "error": None}
+    status = 200
+    if action not in REFRESH_ACTIONS:
+        context["error"] = {"code": "VALIDATION_ERROR", "detail": "Choose a refresh first."}
+        status = 400
+    else:
+        try:
+            plan, facts = facts_measure(ingestion=ingestion, kind=action, actor=request.user)
+        except AutoloaderError as exc:
+            context["error"] = _refused(exc)
+            status = exc.status_code
+        else:
+            context["facts"] = [
+                {"name": name, "value": facts[name], "meaning": meaning}
+                for name, meaning in FACTS.items()
+            ]
+            context["plan_id"] = plan.plan_id
+    response = render_in_place(request, "partials/schedule-facts.html", context, status=status)
+    patch_vary_headers(response, ("HX-Request",))
+    return response

@@ -76,6 +76,11 @@ urlpatterns = [
         "ingestions/<str:ingestion_id>/schedules/add/", schedules.schedule_add, name="schedule-add"
     ),
     path(
+        "ingestions/<str:ingestion_id>/schedules/facts/",
+        schedules.schedule_facts,
+        name="schedule-facts",
+    ),
+    path(
         "schedules/<str:schedule_id>/<slug:action>/",
         schedules.schedule_action,
         name="schedule-action",

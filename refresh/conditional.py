@@ -120,13 +120,26 @@ def condition_measure(
     Raises:
         As `refresh.preview.refresh_preview`.
     """
+    plan, facts = facts_measure(ingestion=ingestion, kind=kind, actor=actor, gate=gate)
+    return ConditionVerdict(
+        condition=condition, facts=facts, holds=condition.evaluate(facts), plan=plan
+    )
+
+
+def facts_measure(
+    *, ingestion: Ingestion, kind: str, actor, gate: str | None = "request"
+) -> tuple[Plan, dict[str, float]]:
+    """The facts now, from a preview of `kind` (recorded, gated and counted as a dry-run
+    unless `gate` says otherwise): what the console shows beside a schedule's condition.
+
+    Raises:
+        As `refresh.preview.refresh_preview`.
+    """
     with listings_kept():
         plan = refresh_preview(ingestion=ingestion, kind=kind, actor=actor, gate=gate)
     facts = plan_facts(plan)
     plan.listing = None  # read: let it go
-    return ConditionVerdict(
-        condition=condition, facts=facts, holds=condition.evaluate(facts), plan=plan
-    )
+    return plan, facts
 
 
 def refresh_if(
