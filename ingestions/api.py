@@ -557,6 +557,11 @@ class IngestionDetailApi(TenantAPIView):
             payload = {**payload, "refresh_schedule": refresh_schedule}
         return Response(payload)
 
+    class PutInputSerializer(InputSerializer):
+        # The same fields as PATCH's, under a name of its own: "InputRequest" is the create
+        # view's component, and a PUT's request is not a PATCH's "PatchedInputRequest".
+        pass
+
     @extend_schema(
         operation_id="ingestions_update_put",
         summary="The PRD's PUT: the same partial update as PATCH (canonical)",
@@ -564,7 +569,7 @@ class IngestionDetailApi(TenantAPIView):
         '{"refresh_schedule": {...}}`: exactly PATCH /api/v1/ingestions/{id} (the fields '
         "given change, the others keep their value; nothing is replaced wholesale). PATCH is "
         "the canonical spelling.",
-        request=InputSerializer,
+        request=PutInputSerializer,
         responses={
             200: IngestionOutputSerializer,
             400: OpenApiResponse(ERROR_SCHEMA, description="VALIDATION_ERROR / SOURCE_NOT_ALLOWED"),

@@ -97,7 +97,8 @@ class RefreshRangeInputSerializer(RefreshInputSerializer):
     )
     end_date = serializers.CharField(
         help_text="The last day (YYYY-MM-DD, a UTC day, included): files modified before the "
-        "next day's 00:00:00 UTC. The same as start_date for one day."
+        "next day's 00:00:00 UTC. The same as start_date for one day; given before "
+        "start_date, the two are swapped (the same days)."
     )
     operation = serializers.ChoiceField(
         choices=["reprocess"],
@@ -118,11 +119,9 @@ class RefreshRangeInputSerializer(RefreshInputSerializer):
     def validate(self, attrs):
         start = self._day(attrs["start_date"], "start_date")
         end = self._day(attrs["end_date"], "end_date")
-        if end < start:
-            raise serializers.ValidationError(
-                {"end_date": ["On or after start_date (both days are included)."]}
-            )
-        return {**attrs, "scope": range_scope(start, end)}
+        # The days between the two, whichever comes first: the schema cannot say that one
+        # date must follow the other, so the server does not ask it (the preview shows them).
+        return {**attrs, "scope": range_scope(min(start, end), max(start, end))}
 
 
 class RefreshRangeApi(FullRefreshApi):
@@ -146,19 +145,15 @@ class RefreshRangeApi(FullRefreshApi):
         request=RefreshRangeInputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER],
         examples=[
+            # A preview only: executing refuses a range in which no file was modified.
             OpenApiExample(
-                "January",
+                "January, previewed",
                 value={
                     "start_date": "2025-01-01",
                     "end_date": "2025-01-31",
                     "operation": "reprocess",
-                    "confirm": True,
+                    "dry_run": True,
                 },
-                request_only=True,
-            ),
-            OpenApiExample(
-                "Dry run",
-                value={"start_date": "2025-01-01", "end_date": "2025-01-31", "dry_run": True},
                 request_only=True,
             ),
         ],
@@ -251,7 +246,11 @@ class RefreshIfApi(TenantAPIView):
             ),
             OpenApiExample(
                 "The PRD's example",
-                value={"condition": "file_count > 100", "operation": "full_refresh"},
+                value={
+                    "condition": "file_count > 100",
+                    "operation": "full_refresh",
+                    "confirm": True,
+                },
                 request_only=True,
             ),
         ],
