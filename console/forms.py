@@ -20,7 +20,7 @@ from ingestions.errors import (
     SourceNotAllowedError,
     TableExistsError,
 )
-from ingestions.locations import location_list, location_prefix, source_resolve
+from ingestions.locations import location_folder, location_list, location_prefix, source_resolve
 from ingestions.models import (
     MAX_SNAPSHOT_RETENTION_HOURS,
     ChangedFiles,
@@ -209,7 +209,8 @@ class SourceForm(forms.Form):
         label="Folder inside the location",
         required=False,
         max_length=1024,
-        help_text="For example sales/daily. Blank: the whole location.",
+        help_text="For example sales/daily, or its full path inside the location. Blank: the "
+        "whole location.",
     )
     source_format = forms.ChoiceField(label="Format", choices=SourceFormat.choices, initial="csv")
     source_pattern = forms.CharField(
@@ -248,18 +249,9 @@ class SourceForm(forms.Form):
             for file_format, options in READER_OPTIONS.items()
         ]
 
-    def clean_sub_path(self) -> str:
-        sub_path = self.cleaned_data["sub_path"].strip()
-        if sub_path.startswith("/") or "://" in sub_path:
-            raise forms.ValidationError(
-                "Give a folder inside the chosen location, like sales/daily: not a full path "
-                "or URI.",
-                code="not_relative",
-            )
-        return sub_path
-
     def clean(self):
         cleaned = super().clean()
+        self._clean_folder(cleaned)
         # One option at a time through the reader's own check: each error on its field.
         for option, value in self.reader_options().items():
             try:
@@ -269,6 +261,27 @@ class SourceForm(forms.Form):
             except ValueError as exc:
                 self.add_error(reader_option_field_name(cleaned["source_format"], option), str(exc))
         return cleaned
+
+    def _clean_folder(self, cleaned: dict) -> None:
+        """A full path or URI pasted as the folder is taken when it lies inside the chosen
+        location (`location_folder` makes it relative; a link or ".." out is refused)."""
+        sub_path = (cleaned.get("sub_path") or "").strip()
+        if not (sub_path.startswith("/") or "://" in sub_path):
+            return
+        location = self.locations.get(cleaned.get("location") or "")
+        if location is None:
+            return  # the location's own error says it
+        try:
+            cleaned["sub_path"] = location_folder(location=location, path=sub_path)
+        except ValueError as exc:
+            self.add_error(
+                "sub_path",
+                forms.ValidationError(
+                    f"{exc} Give a folder inside it, like sales/daily, or a full path that "
+                    "starts with the location's.",
+                    code="not_inside",
+                ),
+            )
 
     def reader_options(self, *, stated: frozenset = frozenset()) -> dict:
         """The selected format's options that were filled in (other formats' are ignored);

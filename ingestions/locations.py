@@ -54,9 +54,11 @@ class StoragePath:
         return f"s3://{self.path.rstrip('/')}/"
 
     def as_uri(self) -> str:
-        """The normalized URI in the user's own spelling (a bare path stays a bare path)."""
+        """The normalized URI, in one form: a local source is `file:///abs/path` whether it
+        was given so or as a bare path (the API accepts both, and shows what the console
+        shows); S3 keeps the scheme it was given (s3 or s3a)."""
         if self.scheme == "file":
-            return self.path if not self.spelling else "file://" + quote(self.path)
+            return "file://" + quote(self.path)
         return f"{self.spelling}://{self.path}"
 
 
@@ -392,6 +394,25 @@ def source_resolve(*, tenant: Tenant, uri: str) -> tuple[str, StorageLocation]:
         if _inside(real, parse_storage_uri(location.uri)):
             return storage.as_uri(), location
     raise _not_allowed(tenant, f"{storage.as_uri()} is outside your tenant's storage locations.")
+
+
+def location_folder(*, location: StorageLocation, path: str) -> str:
+    """`path`, an absolute path or URI inside `location`, as the folder relative to it
+    ("sales/daily"; "" for the location itself): what a form that asks for the folder
+    inside a chosen location makes of a full path pasted into it.
+
+    Decided like `source_resolve`, on the real path: ".." and "//" are collapsed and local
+    symlinks resolved first, so a path that only looks inside (a link out, a "..") is
+    refused; the folder returned is the real one.
+
+    Raises:
+        ValueError: not a file/s3 path or URI, or not inside `location`.
+    """
+    storage = _resolved(parse_storage_uri(path))
+    boundary = parse_storage_uri(location.uri)
+    if not _inside(storage, boundary):
+        raise ValueError(f"{storage.as_uri()} is not inside the location {location.uri}.")
+    return storage.prefix[len(boundary.prefix) :].rstrip("/")
 
 
 def _not_allowed(tenant: Tenant, reason: str) -> SourceNotAllowedError:

@@ -534,12 +534,12 @@ def test_check_source_refuses_a_folder_outside_the_location(
 
 
 @pytest.mark.parametrize("sub_path", ["file:///etc", "/etc", "s3://bucket/key"])
-def test_check_source_refuses_a_path_or_uri_instead_of_a_folder(
+def test_check_source_refuses_a_path_or_uri_outside_the_location(
     sub_path, location, admin_console, never_read
 ):
     response = admin_console.post(CHECK, form_data(location, sub_path=sub_path), **HX)
     assert response.status_code == 400
-    assert "not a full path or URI" in response.content.decode()
+    assert f"is not inside the location {location.uri}" in response.content.decode()
     assert "passwd" not in response.content.decode()
 
 

@@ -26,7 +26,7 @@ def test_create_returns_the_ingestion_with_its_table_and_last_run(admin_client, 
     body = response.json()
     assert body["id"].startswith("ing-")
     assert body["source"] == {
-        "uri": str(source_dir),
+        "uri": source_dir.as_uri(),  # given as a bare path: returned in the one form
         "format": "csv",
         "pattern": "*.csv",
         "options": {},

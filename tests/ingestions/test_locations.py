@@ -21,8 +21,8 @@ from ..factories import TenantFactory
 @pytest.mark.parametrize(
     ("uri", "normalized"),
     [
-        ("/data//acme/./in/", "/data/acme/in"),
-        ("/data/acme/in/../out", "/data/acme/out"),
+        ("/data//acme/./in/", "file:///data/acme/in"),  # a bare path: the one form
+        ("/data/acme/in/../out", "file:///data/acme/out"),
         ("FILE:///data/acme", "file:///data/acme"),
         ("file://localhost/data/a%20b", "file:///data/a%20b"),
         ("s3://bucket//in///2025/", "s3://bucket/in/2025"),
@@ -65,7 +65,7 @@ def test_a_source_must_lie_inside_one_of_the_tenants_locations(tmp_path):
     location_grant(tenant=globex, uri=(tmp_path / "globex").as_uri())
 
     uri, location = source_resolve(tenant=acme, uri=f"{tmp_path}/acme//in/")
-    assert uri == f"{tmp_path}/acme/in" and location.tenant == acme
+    assert uri == f"file://{tmp_path}/acme/in" and location.tenant == acme  # the one form
     for outside in [
         str(tmp_path / "globex"),
         f"{tmp_path}/acme/../globex",

@@ -74,6 +74,8 @@ def test_a_refused_url_is_rendered_in_place(console, settings):
     assert response["X-Console-Fragment"] == "error"
     html = response.content.decode()
     assert 'id="webhook-panel"' in html and "non-public address" in html
+    # The refusal names the setting that would allow the host, and who can change it.
+    assert "AUTOLOADER_WEBHOOK_ALLOWED_HOSTS" in html and "platform administrator" in html
     assert not Webhook.objects.exists()
 
 
