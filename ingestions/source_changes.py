@@ -14,7 +14,6 @@ from . import hooks
 from .engines import Engine
 from .models import ChangeAction, ChangedFiles, GoneFiles, Ingestion, ProcessedFile, Run
 from .runs import SNAPSHOT_INGESTION_KEY, SNAPSHOT_RUN_KEY
-from .selectors import processed_file_signatures
 from .sources import SourceFile
 
 logger = logging.getLogger("ingestions.runs")  # one logger for a run's whole life
@@ -24,19 +23,23 @@ MAX_CHANGED_LISTED = 1000
 
 
 def changed_files_classify(
-    *, run: Run, ingestion: Ingestion, listing: list[SourceFile], set_aside: set[str]
+    *,
+    run: Run,
+    ingestion: Ingestion,
+    listing: list[SourceFile],
+    signatures: dict[str, tuple],
+    set_aside: set[str],
 ) -> list[SourceFile]:
     """Files in the history whose size, modification time or ETag changed since they loaded:
     recorded on the run with what the ingestion's policy did with each; returns those
-    to reload (policy `reload`)."""
-    signatures = processed_file_signatures(ingestion=ingestion)
-    changed = [
-        source
-        for source in listing
-        if source.path in signatures
-        and source.path not in set_aside
-        and file_changed(signatures[source.path], source)
-    ]
+    to reload (policy `reload`). `signatures` is the history as
+    `processed_file_signatures` reads it: one dict lookup per listed file, no I/O."""
+    changed = []
+    for source in listing:
+        recorded = signatures.get(source.path)
+        changed_here = recorded is not None and file_changed(recorded, source)
+        if changed_here and source.path not in set_aside:
+            changed.append(source)
     if not changed:
         return []
     policy = ingestion.changed_files
@@ -123,8 +126,6 @@ def file_changed(recorded: tuple, source: SourceFile) -> bool:
         return True
     if etag and source.etag and etag != source.etag:
         return True
-    return (
-        modified_at is not None
-        and source.modified_at is not None
-        and (modified_at != source.modified_at)
-    )
+    if modified_at is None or source.modified_ns is None:
+        return False
+    return modified_at != source.modified_at
