@@ -108,15 +108,22 @@ def audit_entry_list(
     return entries.select_related("actor").order_by("-timestamp", "-id")
 
 
-def audit_entries_named(entries, *, tenant: Tenant) -> list[LogEntry]:
+def audit_entries_named(
+    entries, *, tenant: Tenant, ingestion: Ingestion | None = None
+) -> list[LogEntry]:
     """The entries, each with the name of its ingestion: `ingestion_name` is the name it has
     now (or, once deleted, the one the entry recorded) and `ingestion_exists` says which.
-    One query whatever the number of entries."""
+    One query whatever the number of entries; none for one ingestion's trail (`ingestion`)."""
     entries = list(entries)
-    ids = {(entry.additional_data or {}).get("ingestion_id") for entry in entries} - {None}
-    names = dict(
-        Ingestion.objects.filter(tenant=tenant, public_id__in=ids).values_list("public_id", "name")
-    )
+    if ingestion is not None:
+        names = {ingestion.public_id: ingestion.name}
+    else:
+        ids = {(entry.additional_data or {}).get("ingestion_id") for entry in entries} - {None}
+        names = dict(
+            Ingestion.objects.filter(tenant=tenant, public_id__in=ids).values_list(
+                "public_id", "name"
+            )
+        )
     for entry in entries:
         data = entry.additional_data or {}
         ingestion_id = data.get("ingestion_id")

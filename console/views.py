@@ -205,7 +205,9 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
         context["engine_maintains"] = ingestion.engine in MAINTAINED_ENGINES
     if "audit-trail" in parts:
         context["audit_entries"] = audit_entries_named(
-            audit_entry_list(tenant=tenant, ingestion=ingestion)[:AUDIT_TRAIL_SHOWN], tenant=tenant
+            audit_entry_list(tenant=tenant, ingestion=ingestion)[:AUDIT_TRAIL_SHOWN],
+            tenant=tenant,
+            ingestion=ingestion,
         )
     return context
 

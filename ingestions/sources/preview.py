@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
+from ingestions.engines.type_names import iceberg_type_name
 from ingestions.errors import FileReadError
 from ingestions.locations import source_open
 from ingestions.models import Tenant
@@ -103,7 +104,9 @@ def _result(source, entries, *, file_format: str, options: dict) -> dict:
         return result
     result["sample"] = {
         "path": path,
-        "columns": [{"name": field.name, "type": str(field.type)} for field in data.schema],
+        "columns": [
+            {"name": field.name, "type": iceberg_type_name(field.type)} for field in data.schema
+        ],
         "rows": [
             [shown_cell(row.get(name)) for name in data.column_names]
             for row in data.slice(0, CHECK_SAMPLE_ROWS).to_pylist()

@@ -443,7 +443,7 @@ def test_check_source_lists_samples_and_infers_a_schema(location, sales, admin_c
         assert f"part-{index:04d}.csv" in page
     assert "notes.txt" not in page
     schema = page.split('data-table="check-schema"', 1)[1].split("</table>")[0]
-    for column, kind in (("id", "int64"), ("name", "string"), ("amount", "double")):
+    for column, kind in (("id", "long"), ("name", "string"), ("amount", "double")):  # Iceberg
         assert f"<code>{column}</code></td><td><code>{kind}</code>" in schema
     sample = page.split('data-table="check-sample"', 1)[1].split("</table>")[0]
     assert sample.count("<tr>") == 1 + 20  # header and the first 20 rows

@@ -20,7 +20,7 @@ def test_it_lists_the_matches_and_reads_a_sample_with_its_schema(admin_client, s
     assert result["files"]["count"] == 2
     assert result["files"]["names"] == ["part-0000.csv", "part-0001.csv"]
     assert result["sample"]["columns"] == [
-        {"name": "id", "type": "int64"},
+        {"name": "id", "type": "long"},  # Iceberg's names, as on the table page
         {"name": "name", "type": "string"},
         {"name": "amount", "type": "double"},
     ]
