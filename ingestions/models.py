@@ -408,6 +408,9 @@ class ProcessedFile(models.Model):
     size_bytes = models.BigIntegerField(default=0)
     modified_at = models.DateTimeField(null=True, blank=True)
     etag = models.CharField(max_length=128, blank=True, default="")
+    # The changed version of this file a run already reported (policy warn or ignore):
+    # "size:mtime_ns:etag". The next runs do not report it again; another change does.
+    noticed_change = models.CharField(max_length=200, blank=True, default="", db_default="")
     rows = models.BigIntegerField(default=0)
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     loaded_at = models.DateTimeField()

@@ -72,7 +72,7 @@ def processed_file_paths(*, ingestion: Ingestion) -> set[str]:
 
 def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
     """Every path in the history with the (size, modification time, ETag) it had when
-    loaded ("" when the store gave no ETag).
+    loaded ("" when the store gave no ETag), and the change a run already reported.
 
     Read with the queryset's own SQL on a plain cursor: a run compares every listed file,
     and Django's per-row converters (a datetime parsed and made aware in Python per row)
@@ -80,7 +80,7 @@ def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
     """
     query = (
         ProcessedFile.objects.filter(ingestion=ingestion)
-        .values_list("path", "size_bytes", "modified_at", "etag")
+        .values_list("path", "size_bytes", "modified_at", "etag", "noticed_change")
         .query
     )
     sql, params = query.sql_with_params()
@@ -88,8 +88,8 @@ def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         while rows := cursor.fetchmany(10_000):
-            for path, size, modified_at, etag in rows:
-                signatures[path] = (size, _stored_moment(modified_at), etag)
+            for path, size, modified_at, etag, noticed in rows:
+                signatures[path] = (size, _stored_moment(modified_at), etag, noticed)
     return signatures
 
 

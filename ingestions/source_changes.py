@@ -40,9 +40,15 @@ def changed_files_classify(
         changed_here = recorded is not None and file_changed(recorded, source)
         if changed_here and source.path not in set_aside:
             changed.append(source)
+    policy = ingestion.changed_files
+    if policy != ChangedFiles.RELOAD:
+        # Reported once per change: a file warned about (or ignored) stays as loaded, and
+        # flagging it on every later run would bury the next real change.
+        changed = [
+            source for source in changed if signatures[source.path][3] != change_mark(source)
+        ]
     if not changed:
         return []
-    policy = ingestion.changed_files
     action = {
         ChangedFiles.RELOAD: ChangeAction.RELOADED,
         ChangedFiles.WARN: ChangeAction.WARNED,
@@ -61,6 +67,11 @@ def changed_files_classify(
         Run.objects.filter(pk=run.pk).update(files_changed=len(changed), changed_files=listed)
         if policy == ChangedFiles.WARN:
             hooks.publish("file.changed", run=run, files=listed, count=len(changed))
+        if policy != ChangedFiles.RELOAD:
+            for source in changed:  # changed files only: a handful, not the listing
+                ProcessedFile.objects.filter(ingestion=ingestion, path=source.path).update(
+                    noticed_change=change_mark(source)
+                )
     logger.info("run %s: %d changed files (%s)", run.public_id, len(changed), action)
     return changed if policy == ChangedFiles.RELOAD else []
 
@@ -119,7 +130,7 @@ def file_changed(recorded: tuple, source: SourceFile) -> bool:
     ETag catches what size and time miss: a rewrite of the same size within the store's
     one-second time resolution.
     """
-    size, modified_at, etag = recorded
+    size, modified_at, etag = recorded[:3]
     if not size and modified_at is None and not etag:
         return False  # recorded without a signature (a table adopted by file name)
     if size != source.size_bytes:
@@ -129,3 +140,8 @@ def file_changed(recorded: tuple, source: SourceFile) -> bool:
     if modified_at is None or source.modified_ns is None:
         return False
     return modified_at != source.modified_at
+
+
+def change_mark(source: SourceFile) -> str:
+    """The version of a listed file, as `ProcessedFile.noticed_change` remembers it."""
+    return f"{source.size_bytes}:{source.modified_ns}:{source.etag or ''}"

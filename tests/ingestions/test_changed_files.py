@@ -121,6 +121,34 @@ def test_warn_and_ignore_load_nothing_and_say_so_on_the_run(loaded, source_dir, 
     assert amounts_by_file(loaded)["part-0002.csv"] == OLD_AMOUNTS  # the old rows stay
 
 
+@pytest.mark.parametrize("policy", [ChangedFiles.WARN, ChangedFiles.IGNORE])
+def test_a_change_is_reported_by_the_first_run_that_sees_it_and_again_only_if_it_changes_again(
+    loaded, source_dir, policy
+):
+    from webhooks.models import WebhookEvent
+
+    loaded.changed_files = policy
+    loaded.save(update_fields=["changed_files"])
+    correct_in_place(source_dir / "part-0002.csv")
+    first = run_execute(run_id=run_request(ingestion=loaded).public_id)
+    events = WebhookEvent.objects.filter(event="file.changed").count()
+
+    second = run_execute(run_id=run_request(ingestion=loaded).public_id)
+
+    assert first.files_changed == 1
+    # Not flagged again, no second file.changed: the file is as the first run reported it.
+    assert (second.files_changed, second.changed_files) == (0, [])
+    assert WebhookEvent.objects.filter(event="file.changed").count() == events
+    # The old rows stay, and the verify report still counts the file as changed.
+    assert amounts_by_file(loaded)["part-0002.csv"] == OLD_AMOUNTS
+    assert ProcessedFile.objects.get(ingestion=loaded, path="part-0002.csv").noticed_change
+
+    # Changed once more: reported once more.
+    correct_in_place(source_dir / "part-0002.csv")
+    third = run_execute(run_id=run_request(ingestion=loaded).public_id)
+    assert [item["path"] for item in third.changed_files] == ["part-0002.csv"]
+
+
 @pytest.mark.parametrize("after_real_call", [True, False], ids=["after-commit", "before-commit"])
 def test_a_worker_killed_mid_reload_leaves_the_new_content_exactly_once(
     loaded, source_dir, after_real_call
