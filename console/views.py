@@ -241,9 +241,13 @@ def run_detail(request, tenant, run_id: str):
         "run": run,
         "can_cancel": runs.run_allowed(actor=request.user, ingestion=run.ingestion),
     }
-    template = (
-        "partials/run-summary.html" if _fragment(request) == "run-summary" else "run_detail.html"
-    )
+    fragment = _fragment(request)
+    if fragment == "run-banner":
+        # The "Run … queued" banner follows its run; the answer that finds it ended tells
+        # the run table and the table and history cards to reload, so they settle together.
+        response = render(request, "partials/run-banner.html", context)
+        return response if run.is_active else _changed(response)
+    template = "partials/run-summary.html" if fragment == "run-summary" else "run_detail.html"
     return render(request, template, context)
 
 
