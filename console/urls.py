@@ -19,6 +19,7 @@ from . import (
     ingestion_changes,
     operations,
     schedules,
+    selective,
     tokens,
     verify,
     views,
@@ -84,6 +85,12 @@ urlpatterns = [
         "schedules/<str:schedule_id>/<slug:action>/",
         schedules.schedule_action,
         name="schedule-action",
+    ),
+    # Before the generic operation route: a full refresh with a scope, chosen in the console.
+    path(
+        "ingestions/<str:ingestion_id>/selective-refresh/",
+        selective.selective_refresh,
+        name="selective-refresh",
     ),
     path(
         "ingestions/<str:ingestion_id>/<slug:action>/",

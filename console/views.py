@@ -42,6 +42,7 @@ from ingestions.selectors import (
 from ingestions.tenancy import SESSION_TENANT_KEY
 from refresh.offers import ingestion_offers, operation_offers
 from refresh.selectors import operation_list
+from refresh.specs import SELECTIVE_REFRESH
 from refresh.sync import operation_as_of_run
 
 from .failed_files import failed_files_context
@@ -121,6 +122,7 @@ def ingestion_detail(request, tenant, ingestion_id: str):
     else:
         context = _detail_context(request, tenant, ingestion, parts=set(DETAIL_FRAGMENTS))
         context["actions"] = ingestion_offers(ingestion=ingestion, actor=request.user)
+        context["selective_refused"] = SELECTIVE_REFRESH not in context["actions"]
         context["can_run"] = runs.run_allowed(actor=request.user, ingestion=ingestion)
         context["can_change"] = request.user.has_perm("ingestions.change_ingestion", ingestion)
         context["can_delete"] = request.user.has_perm("ingestions.delete_ingestion", ingestion)

@@ -7,8 +7,8 @@ from django.utils import timezone
 
 from ingestions.models import Ingestion
 
-from .models import OperationStatus, RefreshOperation, Retention
-from .specs import SPECS, spec_of
+from .models import OperationKind, OperationStatus, RefreshOperation, Retention
+from .specs import SELECTIVE_REFRESH, SPECS, spec_of
 from .undo import NOTHING_CHANGED
 
 RESUMABLE_STATUSES = (OperationStatus.PARTIAL_FAILURE, OperationStatus.FAILED)
@@ -72,5 +72,12 @@ def operation_settled(*, operation: RefreshOperation) -> bool:
 
 
 def ingestion_offers(*, ingestion: Ingestion, actor) -> list:
-    """The refresh operations (specs) the actor's role allows on the ingestion."""
-    return [spec for spec in SPECS.values() if actor.has_perm(spec.permission, ingestion)]
+    """The refresh operations (specs) the actor's role allows on the ingestion; a selective
+    refresh follows the full refresh whose permission it is."""
+    offers = []
+    for spec in SPECS.values():
+        if actor.has_perm(spec.permission, ingestion):
+            offers.append(spec)
+            if spec.kind == OperationKind.FULL_REFRESH:
+                offers.append(SELECTIVE_REFRESH)
+    return offers

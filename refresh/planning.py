@@ -18,6 +18,7 @@ from ingestions.scope import Scope, scope_replacing
 from ingestions.selectors import processed_file_paths, processed_file_summary
 from ingestions.sources import list_source_entries
 
+from .end_state import plan_end_state
 from .models import OperationKind, StepName
 from .specs import spec_of
 
@@ -107,9 +108,15 @@ class Plan:
     # The source listing the plan was made from, (path, size, modified_ns) before any scope:
     # kept only inside `listings_kept()` (a conditional refresh's facts are read from it).
     listing: list[tuple[str, int, int | None]] | None = field(default=None, repr=False)
+    # What the table holds once it is done (`refresh.end_state.plan_end_state`).
+    end_state: dict | None = None
 
     def as_record(self) -> dict:
-        return asdict(self.impact)
+        record = asdict(self.impact)
+        if self.scope is not None:
+            # A plan_id vouches for this scope only (`refresh.preview.check_plan`).
+            record["scope"] = self.scope["scope"]
+        return record
 
 
 # Off by default: a batch preview holds up to fifty plans, and must not hold fifty listings.
@@ -394,6 +401,7 @@ def plan_operation(
     plan.would_perform = [_would_perform(step, plan) for step in steps]
     plan.warnings = _warnings(plan)
     plan.notes = _notes(plan)
+    plan.end_state = plan_end_state(plan)
     return plan
 
 

@@ -42,6 +42,8 @@ def preview_payload(plan: Plan) -> dict:
         # Where the caller stands against this kind's rate: what is left and when it refills.
         "quota": None if plan.quota is None else plan.quota.as_response(),
         **({"scope": plan.scope} if plan.scope is not None else {}),
+        # What the table holds once it is done (`refresh.end_state`), beside the PRD's fields.
+        "end_state": plan.end_state,
         "next_steps": {
             "to_proceed": f"{endpoint(plan.kind, ingestion_id)} with confirm=true"
             + (f' and plan_id="{plan.plan_id}"' if plan.plan_required else ""),
@@ -215,7 +217,7 @@ def _message(operation: RefreshOperation, steps) -> str:
         return "The run failed; nothing was published: the table is unchanged"
     if operation.status == OperationStatus.ACCEPTED and is_staged(operation):
         return (
-            f"{spec_of(operation.kind).label} accepted: run {operation.run.public_id} "
+            f"{operation.label} accepted: run {operation.run.public_id} "
             "builds the new version beside the live table, published when it ends"
         )
     if operation.status in (OperationStatus.ACCEPTED, OperationStatus.SUCCESS):
@@ -272,6 +274,7 @@ def batch_payload(batch, operations: dict, plans: list | None = None) -> dict:
                 plan_required=plan.plan_required,
                 impact=plan.impact.as_response(),
                 warnings=plan.warnings,
+                end_state=plan.end_state,
             )
         elif operation is not None:
             item.update(
@@ -323,6 +326,8 @@ def step_description(item: dict, plan) -> str:
     rounded GB figures, without rounding a small table down to "0.0 GB".
     """
     step, details = item["operation"], item["details"]
+    if getattr(plan, "scope", None) is not None and step != StepName.RUN_TRIGGERED:
+        return _scoped_step_description(step, details, plan)
     if step == StepName.TABLE_DROPPED and getattr(plan, "mode", "") == RefreshMode.ATOMIC:
         if not details["table_exists"]:
             return f"Create table {details['table_name']} when the new version is published"
@@ -353,8 +358,24 @@ def step_description(item: dict, plan) -> str:
     return f"Trigger a run that loads {files} files ({data})"
 
 
+def _scoped_step_description(step: str, details: dict, plan) -> str:
+    """A selective refresh's step: it replaces the rows and history entries of its files."""
+    if step == StepName.TABLE_DROPPED:
+        return (
+            f"Replace the {thousands(details['rows_replaced'])} rows of {details['scope']} in "
+            f"{details['table_name']} when the new version is published; the "
+            f"{thousands(details['rows_kept'])} other rows stay as they are"
+        )
+    return (
+        f"Replace the history entries of those files ({thousands(details['files_to_clear'])} "
+        "now) at publish; every other entry stays"
+    )
+
+
 def blast_radius(plan) -> dict:
     """What a planned operation deletes and what it keeps, each as plain sentences."""
+    if getattr(plan, "scope", None) is not None:
+        return _scoped_blast_radius(plan)
     lost, kept = [], []
     table, history = plan.table, plan.history
     table_name = table["table_name"]
@@ -397,6 +418,38 @@ def blast_radius(plan) -> dict:
             f"History of {thousands(count)} files is kept: those files are not loaded again"
         )
     kept.append("Source files are never touched; past runs and operations stay on record")
+    days = getattr(plan, "retain_days", 0)
+    if days:
+        kept.append(
+            f"It can be undone for {days} day{'s' if days != 1 else ''}: "
+            f"{spec_of(plan.kind).kept_for_undo}"
+        )
+    return {"lost": lost, "kept": kept}
+
+
+def _scoped_blast_radius(plan) -> dict:
+    """A selective refresh loses only the rows of the files in its scope."""
+    scope, table = plan.scope, plan.table
+    rows_now = table["row_count"] or 0
+    lost = []
+    if scope["rows_replaced"]:
+        files = thousands(scope["history_files_in_scope"])
+        lost.append(
+            f"{thousands(scope['rows_replaced'])} rows of {files} files in scope "
+            f"({scope['description']}) will be replaced when the run ends by what "
+            "those files hold now (readers keep the current rows until then; a failed run "
+            "replaces nothing)"
+        )
+    if scope["files_gone_from_source"]:
+        lost.append(
+            f"The rows of {thousands(scope['files_gone_from_source'])} files in scope that are "
+            "no longer in the source are removed, with their history entries"
+        )
+    kept = [
+        f"{thousands(max(0, rows_now - scope['rows_replaced']))} rows of the files out of the "
+        f"scope in {table['table_name']}, and their history entries, are not touched",
+        "Source files are never touched; past runs and operations stay on record",
+    ]
     days = getattr(plan, "retain_days", 0)
     if days:
         kept.append(

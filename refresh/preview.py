@@ -172,6 +172,14 @@ def check_plan(*, ingestion: Ingestion, kind: str, plan: Plan, plan_id: str | No
             f"the last {settings.REFRESH_PLAN_TTL_SECONDS // 60} minutes (or it was used "
             "already). Run the dry-run again."
         )
+    planned_scope = record.impact.get("scope")
+    if planned_scope != (plan.scope["scope"] if plan.scope is not None else None):
+        # A preview of one scope does not vouch for another (a changed form, a replayed id).
+        raise PlanStaleError(
+            f"plan_id {plan_id!r} previewed "
+            + (f"the scope {planned_scope}" if planned_scope else "no scope")
+            + ", not the scope of this call. Run the dry-run of this scope again."
+        )
     growth = settings.REFRESH_PLAN_MAX_GROWTH
     planned_files = record.impact.get("files_to_process", 0)
     planned_bytes = record.impact.get("bytes_to_process", 0)

@@ -4,7 +4,7 @@ Planning, services, presenters, the REST API and the console read their steps, p
 run trigger, endpoint, words and undo from here, so an operation is described once.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ingestions.models import RunTrigger
 
@@ -151,3 +151,15 @@ SPEC_BY_SLUG = {spec.slug: spec for spec in SPECS.values()}
 def spec_of(kind: str) -> OperationSpec:
     """The spec of `kind`; ValueError for an unknown kind."""
     return SPECS[OperationKind(kind)]
+
+
+# A full refresh with a scope (`ingestions.scope`), as the console offers it: the same kind,
+# permission and steps, its own words and console URL. Not in SPEC_BY_SLUG: the generic
+# operation view would run it without a scope.
+SELECTIVE_REFRESH = replace(
+    SPECS[OperationKind.FULL_REFRESH],
+    label="Selective refresh",
+    slug="selective-refresh",
+    summary="Reload only some files (a path prefix, a time range or files you choose) and "
+    "replace their rows; every other row stays.",
+)

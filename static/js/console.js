@@ -25,9 +25,11 @@
     input.setAttribute("aria-invalid", input.value && !matches ? "true" : "false");
     var hint = form.querySelector("[data-match-hint]");
     if (hint) {
+      // The hint's own words while it does not match; data-matched once it does.
+      if (!hint.hasAttribute("data-waiting")) hint.setAttribute("data-waiting", hint.textContent);
       hint.textContent = matches
-        ? "The name matches. Confirming executes the operation."
-        : "The button unlocks when the name matches exactly.";
+        ? (hint.getAttribute("data-matched") || "The name matches. Confirming executes the operation.")
+        : hint.getAttribute("data-waiting");
     }
   }
 
@@ -63,7 +65,22 @@
 
   document.addEventListener("input", function (event) {
     if (event.target.matches("input[data-expected]")) syncConfirm(event.target);
+    // Typing in one kind of a selective refresh's scope chooses that kind.
+    var kind = event.target.closest("[data-scope-kind]");
+    if (kind && event.target.type !== "radio") {
+      var radio = kind.querySelector("input[type=radio]");
+      if (radio) radio.checked = true;
+    }
   });
+
+  // A confirmation on the page itself (the batch preview's typed count) is locked until it
+  // matches, like the dialogs: from the start, and again when the browser restores a form.
+  function syncAll(root) {
+    Array.prototype.forEach.call(root.querySelectorAll("input[data-expected]"), syncConfirm);
+  }
+  syncAll(document);
+  window.addEventListener("pageshow", function () { syncAll(document); });
+  document.addEventListener("htmx:load", function (event) { syncAll(event.detail.elt); });
 
   // A closed dialog (Esc, Cancel) forgets what was typed and gives focus back to its opener.
   document.addEventListener("close", function (event) {
