@@ -35,6 +35,7 @@ def test_refresh_two_tables_together_from_the_list(page, new_page, three, user_o
         phone.screenshot(path=str(SCREENSHOTS / "batch-preview-phone.png"), full_page=True)
     box = page.get_by_label("the number of tables")
     button = page.get_by_role("button", name="Refresh 2 tables")
+    expect(button).to_be_disabled()  # before anything is typed, not only after a wrong count
     box.fill("3")
     expect(button).to_be_disabled()
     box.fill("2")

@@ -66,6 +66,8 @@ def test_no_page_is_wider_than_a_phone(new_page, lived_in):
         f"{base}/edit/",
         f"{base}/schedules/",
         f"{base}/full-refresh/",
+        f"{base}/selective-refresh/",
+        f"{base}/selective-refresh/?kind=prefix&prefix=2026-12-0&preview=1",
         f"/runs/{run.public_id}/",
         f"/runs/{ingestion.runs.order_by('created_at')[5].public_id}/",
         f"/operations/{operation.public_id}/",

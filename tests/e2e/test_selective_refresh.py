@@ -100,7 +100,7 @@ def test_reload_one_file_chosen_from_the_history(
 
     request.getfixturevalue("worker")  # the real worker loads and publishes it
     expect(page.locator("[data-operation-status]")).to_have_attribute(
-        "data-operation-status", "published", timeout=60_000
+        "data-operation-status", "published", timeout=120_000
     )
     operation.refresh_from_db()
     assert operation.status == OperationStatus.PUBLISHED
