@@ -217,7 +217,8 @@ def table_overview(*, ingestion: Ingestion) -> dict:
         schema = engine.table_schema(name)
         if schema is None:
             return {"exists": False, "error": ""}
-        snapshots = engine.list_snapshots(name)[-TABLE_SNAPSHOTS_SHOWN:][::-1]
+        every = engine.list_snapshots(name)
+        lineage = engine.table_lineage(name)
         sample = engine.sample_rows(name, limit=TABLE_SAMPLE_ROWS)
     except AutoloaderError as exc:
         return {"exists": None, "error": str(exc)}
@@ -238,18 +239,51 @@ def table_overview(*, ingestion: Ingestion) -> dict:
         "error": "",
         "columns": columns,
         "rows": rows,
-        "snapshots": [
+        **_snapshot_history(
+            every, lineage, run_key=SNAPSHOT_RUN_KEY, maintenance_key=SNAPSHOT_MAINTENANCE_KEY
+        ),
+    }
+
+
+def _snapshot_history(every, lineage, *, run_key: str, maintenance_key: str) -> dict:
+    """Main's history as readers saw it, newest first (with each row's change in rows from
+    the one before), and the other branches and tags in their own list. Without a lineage
+    (an engine that cannot tell) every snapshot is main's."""
+
+    def shown(snapshot) -> dict:
+        return {
+            "snapshot_id": snapshot.snapshot_id,
+            "committed_at": snapshot.committed_at,
+            "operation": snapshot.properties.get("operation", ""),
+            "run_id": snapshot.properties.get(run_key, ""),
+            "maintenance": snapshot.properties.get(maintenance_key, ""),
+            "added_records": snapshot.properties.get("added-records", ""),
+            "total_records": snapshot.properties.get("total-records", ""),
+        }
+
+    by_id = {snapshot.snapshot_id: snapshot for snapshot in every}
+    main_ids = lineage.main if lineage is not None else [s.snapshot_id for s in every]
+    main = [shown(by_id[snapshot_id]) for snapshot_id in main_ids if snapshot_id in by_id]
+    previous = None
+    for row in main:
+        total = int(row["total_records"]) if row["total_records"] != "" else None
+        row["rows_change"] = None if total is None or previous is None else total - previous
+        previous = total if total is not None else previous
+    refs = []
+    for ref in lineage.refs if lineage is not None else []:
+        snapshot = by_id.get(ref.snapshot_id)
+        refs.append(
             {
-                "snapshot_id": snapshot.snapshot_id,
-                "committed_at": snapshot.committed_at,
-                "operation": snapshot.properties.get("operation", ""),
-                "run_id": snapshot.properties.get(SNAPSHOT_RUN_KEY, ""),
-                "maintenance": snapshot.properties.get(SNAPSHOT_MAINTENANCE_KEY, ""),
-                "added_records": snapshot.properties.get("added-records", ""),
-                "total_records": snapshot.properties.get("total-records", ""),
+                "name": ref.name,
+                "kind": ref.kind,
+                **(shown(snapshot) if snapshot else {"snapshot_id": ref.snapshot_id}),
             }
-            for snapshot in snapshots
-        ],
+        )
+    return {
+        "snapshots": main[-TABLE_SNAPSHOTS_SHOWN:][::-1],
+        # Commits neither on main nor the head of a branch or tag: a staged version's own.
+        "snapshots_hidden": len(set(by_id) - set(main_ids) - {ref["snapshot_id"] for ref in refs}),
+        "refs": refs,
     }
 
 

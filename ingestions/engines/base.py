@@ -104,6 +104,26 @@ class SnapshotInfo:
 
 
 @dataclass(frozen=True)
+class TableRef:
+    """A branch or tag of a table other than main: a staged version being built, or a
+    version kept for undo."""
+
+    name: str
+    kind: str  # "branch" or "tag"
+    snapshot_id: int
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What readers of a table saw: main's snapshots, oldest first (ancestors of main's
+    current snapshot that were main's current at some time; a staged version's own
+    commits were never seen, only the one it was published as), and the other refs."""
+
+    main: list[int]
+    refs: list[TableRef]
+
+
+@dataclass(frozen=True)
 class Stage:
     """Where a new version of a table is built beside the live one, until it is published.
 
@@ -248,6 +268,11 @@ class Tables(ABC):
         Args:
             table_name: "namespace.table".
         """
+
+    def table_lineage(self, table_name: str) -> Lineage | None:
+        """Main's history and the table's other branches and tags; None when the engine
+        cannot tell (callers then show every snapshot) or the table is missing."""
+        return None
 
     def sample_rows(self, table_name: str, *, limit: int) -> pa.Table | None:
         """Up to `limit` rows of the table's current snapshot (whichever come first), for

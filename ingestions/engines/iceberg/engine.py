@@ -16,9 +16,11 @@ from pyiceberg.table import Table
 from ingestions.engines.base import (
     MAX_PHYSICAL_NAME_PART_LENGTH,
     Engine,
+    Lineage,
     SnapshotInfo,
     Stage,
     TableInfo,
+    TableRef,
     table_location,
     validate_table_name,
 )
@@ -412,6 +414,32 @@ class IcebergEngine(IcebergMaintenance, Engine):
             key=lambda snapshot: (snapshot.sequence_number or 0, snapshot.timestamp_ms),
         )
         return [snapshot_info(snapshot) for snapshot in snapshots]
+
+    def table_lineage(self, table_name: str) -> Lineage | None:
+        table = self._load_table(table_name)
+        if table is None:
+            return None
+        metadata = table.metadata
+        parents = {
+            snapshot.snapshot_id: snapshot.parent_snapshot_id for snapshot in metadata.snapshots
+        }
+        ancestors, snapshot_id = [], metadata.current_snapshot_id
+        while snapshot_id is not None and snapshot_id in parents and snapshot_id not in ancestors:
+            ancestors.append(snapshot_id)
+            snapshot_id = parents[snapshot_id]
+        # Iceberg's snapshot log: each snapshot main's current one became, so what readers saw.
+        seen = {entry.snapshot_id for entry in metadata.snapshot_log}
+        main = [
+            snapshot_id
+            for snapshot_id in reversed(ancestors)
+            if not seen or snapshot_id in seen or snapshot_id == metadata.current_snapshot_id
+        ]
+        refs = [
+            TableRef(name=name, kind=ref.snapshot_ref_type.value, snapshot_id=ref.snapshot_id)
+            for name, ref in sorted(metadata.refs.items())
+            if name != MAIN
+        ]
+        return Lineage(main=main, refs=refs)
 
     def _load_table(self, table_name: str) -> Table | None:
         validate_table_name(table_name)

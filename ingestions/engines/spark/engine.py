@@ -163,6 +163,14 @@ class SparkEngine(SparkFileReading, Engine):
             own=metadata.snapshots,
         )
 
+    def table_lineage(self, table_name: str):
+        return self._metadata(
+            table_name,
+            f"read the branches of {table_name}",
+            shared=lambda engine: engine.table_lineage(table_name),
+            own=lambda spark, qualified: None,  # a cluster's own catalog: every snapshot shown
+        )
+
     def sample_rows(self, table_name: str, *, limit: int) -> pa.Table | None:
         return self._metadata(
             table_name,
