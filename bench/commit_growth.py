@@ -1,0 +1,122 @@
+"""Commit growth: does a run cost more as its table's history grows (issue 26)?
+
+N back-to-back one-file runs of one ingestion at default settings, each a real product
+run (run_request + the executor), with the worker's maintenance pass (`maintenance_due`, untimed)
+between them as the reaper would call it. Reports the median time of the first 15 and
+the last 15 runs and their ratio (taken within one run, so machine noise falls on both),
+and the table's snapshots, manifests and metadata files at the end. Prints a table and
+writes bench/results/commit_growth.json.
+
+    .venv/bin/python bench/commit_growth.py [--runs 150] [--rows-per-file 1000] [--window 15]
+"""
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import grant_source, median, print_table, setup_django, temp_dir, write_results
+
+
+def write_file(folder: Path, index: int, rows: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = pa.array(range(index * rows, (index + 1) * rows), pa.int64())
+    pq.write_table(
+        pa.table({"order_id": ids, "quantity": ids}), folder / f"part-{index:05d}.parquet"
+    )
+
+
+def table_shape(ingestion) -> dict:
+    """Snapshots, manifests of the current snapshot, and metadata files left on disk."""
+    from ingestions.engines import load_engine
+
+    engine = load_engine(ingestion.engine)
+    table = engine._load_table(ingestion.table_identifier)
+    snapshot = table.current_snapshot()
+    manifests = len(snapshot.manifests(table.io)) if snapshot else 0
+    metadata_dir = Path(table.metadata_location.removeprefix("file://")).parent
+    return {
+        "snapshots": len(table.metadata.snapshots),
+        "manifests": manifests,
+        "metadata_log": len(table.metadata.metadata_log),
+        "metadata_files": len(list(metadata_dir.glob("*.metadata.json"))),
+        "manifest_files": len(list(metadata_dir.glob("*.avro"))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=150)
+    parser.add_argument("--rows-per-file", type=int, default=1000)
+    parser.add_argument("--window", type=int, default=15)
+    parser.add_argument("--profile-last", action="store_true", help="cProfile the last run")
+    args = parser.parse_args()
+
+    work = temp_dir("autoloader-bench-")
+    setup_django(work / "product")
+    from ingestions.maintenance import maintenance_due
+    from ingestions.models import RunStatus, Tenant
+    from ingestions.run_executor import run_execute
+    from ingestions.runs import run_request
+    from ingestions.services import ingestion_create
+
+    source = work / "source"
+    source.mkdir()
+    tenant, _ = Tenant.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
+    grant_source(tenant, source.as_uri())
+    ingestion = ingestion_create(
+        tenant=tenant,
+        actor=None,
+        name="commit growth",
+        source_uri=source.as_uri(),
+        source_format="parquet",
+        destination_table="raw.commit_growth",
+    )
+    times, maintained = [], 0
+    for index in range(args.runs):
+        write_file(source, index, args.rows_per_file)
+        profiler = cProfile.Profile() if args.profile_last and index == args.runs - 1 else None
+        start = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        run = run_execute(run_id=run_request(ingestion=ingestion).public_id)
+        times.append(time.perf_counter() - start)
+        if profiler:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        maintained += len(maintenance_due())  # the worker's reaper, between runs, untimed
+        assert run.status == RunStatus.SUCCESS, run.error
+
+    window = min(args.window, args.runs)
+    first, last = median(times[:window]), median(times[-window:])
+    shape = table_shape(ingestion)
+    print_table(
+        ["runs", f"first {window} (s)", f"last {window} (s)", "ratio", "snapshots", "manifests",
+         "metadata files", "maintenance actions"],
+        [[args.runs, f"{first:.3f}", f"{last:.3f}", f"{last / first:.2f}", shape["snapshots"],
+          shape["manifests"], shape["metadata_files"], maintained]],
+    )  # fmt: skip
+    write_results(
+        "commit_growth",
+        {
+            "runs": args.runs,
+            "rows_per_file": args.rows_per_file,
+            "window": window,
+            "median_first": round(first, 4),
+            "median_last": round(last, 4),
+            "ratio": round(last / first, 3),
+            "maintenance_actions": maintained,
+            "table": shape,
+            "seconds": [round(value, 4) for value in times],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
