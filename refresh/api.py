@@ -126,6 +126,11 @@ DRY_RUN_SCHEMA = inline_serializer(
             "over every table), its setting and description, and every limit in `limits`; "
             "null when nothing limits the kind.",
         ),
+        "end_state": serializers.DictField(
+            help_text="What the table holds once it is done: rows (null while they depend on "
+            "files not loaded yet), rows_kept, files, history_files, table_exists, empty, "
+            "sentence.",
+        ),
         "next_steps": serializers.DictField(),
     },
 )
