@@ -119,9 +119,7 @@ def test_the_dry_run_names_the_binding_limit_and_every_limit(limits, three, memb
     assert not [w for w in other_table["warnings"] if w.startswith("RATE_LIMITED")]
 
 
-def test_a_batch_takes_one_slot_of_each_table_and_refuses_a_used_up_one(
-    settings, three, member
-):
+def test_a_batch_takes_one_slot_of_each_table_and_refuses_a_used_up_one(settings, three, member):
     settings.REFRESH_RATE_LIMITS = {**settings.REFRESH_RATE_LIMITS, "full_refresh": "1/h"}
     settings.REFRESH_RATE_CEILINGS = {"user": "10/h", "tenant": "10/h"}
     admin = member(Role.ADMIN)
