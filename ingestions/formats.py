@@ -27,3 +27,10 @@ def size(value) -> str:
     if unit == "bytes":
         return f"{int(amount):,} bytes"
     return f"{amount:,.1f} {unit}"
+
+
+def counted(value, noun: str, plural: str | None = None) -> str:
+    """A count with its noun in the right number: (1, "file") -> "1 file",
+    (4800, "row") -> "4,800 rows"; irregular plurals are given: (2, "entry", "entries")."""
+    many = plural if plural is not None else f"{noun}s"
+    return f"{thousands(value)} {noun if value == 1 else many}"

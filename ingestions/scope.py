@@ -13,6 +13,7 @@ from functools import cached_property
 
 from django.core.exceptions import ValidationError
 
+from .formats import counted
 from .models import Ingestion, ProcessedFile
 
 MAX_SCOPE_FILES = 10_000
@@ -90,7 +91,7 @@ class Scope:
         if self.prefix:
             return f'files under "{self.prefix}"'
         if self.files:
-            return f"{len(self.files):,} named files"
+            return counted(len(self.files), "named file")
         bounds = []
         if self.modified_after:
             bounds.append(f"after {self.modified_after:%Y-%m-%d %H:%M} UTC")

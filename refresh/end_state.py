@@ -7,7 +7,7 @@ table will then hold nothing at all.
 
 from typing import TYPE_CHECKING
 
-from ingestions.formats import thousands
+from ingestions.formats import counted, thousands
 
 from .models import OperationKind, RefreshMode
 
@@ -102,7 +102,8 @@ def _selective(plan: "Plan", *, name: str, rows_now: int) -> dict:
     )
     if reloaded:
         sentence += (
-            f", and holds the rows the {thousands(reloaded)} files in scope have now instead "
+            f", and holds the rows the {counted(reloaded, 'file')} in scope "
+            f"{'has' if reloaded == 1 else 'have'} now instead "
             f"of their {thousands(replaced)} current rows"
         )
     if scope["files_gone_from_source"]:

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db.models import F
 
 from ingestions.engines import load_engine
+from ingestions.formats import counted
 from ingestions.locations import source_open
 from ingestions.models import Ingestion, Run, RunStatus
 from ingestions.quarantine import quarantined_paths
@@ -500,25 +501,28 @@ def _warnings(plan: Plan) -> list[str]:
     if plan.scope is not None:
         scope = plan.scope
         warnings.append(
-            f"This will reprocess {scope['files_to_reload']:,} files in scope "
+            f"This will reprocess {counted(scope['files_to_reload'], 'file')} in scope "
             f"({scope['description']}, {size_text(impact.bytes_to_process)}) and replace "
-            f"{scope['rows_replaced']:,} rows of {plan.table['table_name']} when the run ends"
+            f"{counted(scope['rows_replaced'], 'row')} of {plan.table['table_name']} "
+            "when the run ends"
         )
-        if scope["unknown_files"]:
+        if unknown := scope["unknown_files"]:
             warnings.append(
-                f"{len(scope['unknown_files']):,} named files are neither in the source nor "
-                f"in the history (e.g. {scope['unknown_files'][0]}): executing is refused"
+                f"{counted(len(unknown), 'named file')} {'is' if len(unknown) == 1 else 'are'} "
+                f"neither in the source nor in the history (e.g. {unknown[0]}): "
+                "executing is refused"
             )
         elif not scope["files_in_scope"]:
             warnings.append("No file of the source or the history is in the scope")
         if scope["files_gone_from_source"]:
             warnings.append(
-                f"{scope['files_gone_from_source']:,} files in scope are no longer in the "
+                f"{counted(scope['files_gone_from_source'], 'file')} in scope "
+                f"{'is' if scope['files_gone_from_source'] == 1 else 'are'} no longer in the "
                 "source: their rows are removed"
             )
     elif plan.kind == OperationKind.FULL_REFRESH:
         warnings.append(
-            f"This will reprocess ALL {impact.files_to_process:,} files from scratch "
+            f"This will reprocess ALL {counted(impact.files_to_process, 'file')} from scratch "
             f"({size_text(impact.bytes_to_process)})"
         )
     if impact.estimated_cost_usd > settings.REFRESH_HIGH_COST_USD:
@@ -590,7 +594,7 @@ def _kind_notes(plan: Plan) -> list[str]:
     history_count = plan.history["count"]
     if plan.scope is not None:
         return [
-            f"Only the rows of the {plan.scope['files_in_scope']:,} files in scope are "
+            f"Only the rows of the {counted(plan.scope['files_in_scope'], 'file')} in scope are "
             "replaced (found by _source_file), in one commit when the run ends; every other "
             "row and history entry is untouched"
         ]

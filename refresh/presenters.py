@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from ingestions.formats import size, thousands
+from ingestions.formats import counted, size, thousands
 from ingestions.models import ACTIVE_RUN_STATUSES, PublishState
 
 from .models import (
@@ -350,19 +350,20 @@ def step_description(item: dict, plan) -> str:
         span = ""
         if details.get("oldest_file"):
             span = f": {details['oldest_file']} … {details['newest_file']}"
-        return f"Clear the history of {thousands(count)} processed files{span}"
-    files = thousands(details["files_to_process"])
+        return f"Clear the history of {counted(count, 'processed file')}{span}"
+    files = counted(details["files_to_process"], "file")
+    new_files = counted(details["files_to_process"], "new file")
     data = size(plan.impact.bytes_to_process)
     if details.get("new_files_only"):
-        return f"Trigger a run that loads the {files} new files ({data})"
-    return f"Trigger a run that loads {files} files ({data})"
+        return f"Trigger a run that loads the {new_files} ({data})"
+    return f"Trigger a run that loads {files} ({data})"
 
 
 def _scoped_step_description(step: str, details: dict, plan) -> str:
     """A selective refresh's step: it replaces the rows and history entries of its files."""
     if step == StepName.TABLE_DROPPED:
         return (
-            f"Replace the {thousands(details['rows_replaced'])} rows of {details['scope']} in "
+            f"Replace the {counted(details['rows_replaced'], 'row')} of {details['scope']} in "
             f"{details['table_name']} when the new version is published; the "
             f"{thousands(details['rows_kept'])} other rows stay as they are"
         )
@@ -433,16 +434,16 @@ def _scoped_blast_radius(plan) -> dict:
     rows_now = table["row_count"] or 0
     lost = []
     if scope["rows_replaced"]:
-        files = thousands(scope["history_files_in_scope"])
+        files = counted(scope["history_files_in_scope"], "file")
         lost.append(
-            f"{thousands(scope['rows_replaced'])} rows of {files} files in scope "
+            f"{counted(scope['rows_replaced'], 'row')} of {files} in scope "
             f"({scope['description']}) will be replaced when the run ends by what "
             "those files hold now (readers keep the current rows until then; a failed run "
             "replaces nothing)"
         )
-    if scope["files_gone_from_source"]:
+    if gone := scope["files_gone_from_source"]:
         lost.append(
-            f"The rows of {thousands(scope['files_gone_from_source'])} files in scope that are "
+            f"The rows of {counted(gone, 'file')} in scope that {'is' if gone == 1 else 'are'} "
             "no longer in the source are removed, with their history entries"
         )
     kept = [

@@ -97,6 +97,17 @@ def test_preview_names_the_files_and_the_rows_replaced(loaded_by_month, member):
     assert not any("ALL" in warning for warning in preview["warnings"])
 
 
+def test_a_one_file_scope_is_told_in_the_singular(loaded_by_month, member):
+    body = {"dry_run": True, "scope": {"files": ["2025-06/c.csv"]}}
+
+    preview = member(Role.ADMIN).post(URL, body, format="json").json()
+
+    told = " ".join([*preview["warnings"], *preview["notes"], preview["end_state"]["sentence"]])
+    assert "This will reprocess 1 file in scope (1 named file," in told
+    assert "the rows the 1 file in scope has now" in told
+    assert "1 files" not in told and "1 named files" not in told
+
+
 def test_only_the_scoped_rows_and_history_are_replaced_in_one_commit_and_undo_restores_them(
     loaded_by_month, member
 ):
