@@ -41,7 +41,7 @@ from ingestions.selectors import (
 )
 from ingestions.tenancy import SESSION_TENANT_KEY
 from refresh.offers import ingestion_offers, operation_offers
-from refresh.selectors import operation_list
+from refresh.selectors import operation_list, operations_behind_table
 from refresh.specs import SELECTIVE_REFRESH
 from refresh.sync import operation_as_of_run
 
@@ -139,7 +139,9 @@ def ingestion_table(request, tenant, ingestion_id: str):
     context = {
         "tenant": tenant,
         "ingestion": ingestion,
-        "overview": table_overview(ingestion=ingestion),
+        "overview": operations_behind_table(
+            ingestion=ingestion, overview=table_overview(ingestion=ingestion)
+        ),
         "sample_limit": TABLE_SAMPLE_ROWS,
     }
     return render(request, "ingestion_table.html", context)

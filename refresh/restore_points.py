@@ -10,10 +10,12 @@ from ingestions.services import history_mark
 
 from .models import OperationKind, RefreshOperation, Retention
 
+UNDO_TAG_PREFIX = "autoloader_undo_"
+
 
 def restore_point_name(operation: RefreshOperation) -> str:
     """The tag (or set-aside table suffix) holding what `operation` replaced."""
-    return "autoloader_undo_" + operation.public_id.replace("-", "_")
+    return UNDO_TAG_PREFIX + operation.public_id.replace("-", "_")
 
 
 def keeps_table_by_tag(operation: RefreshOperation) -> bool:

@@ -15,10 +15,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_a_zero_downtime_refresh_shows_as_one_step_in_mains_history(loaded, console):
     admin = console(Role.ADMIN)
-    refresh_execute(
+    result = refresh_execute(
         ingestion=loaded, kind=OperationKind.FULL_REFRESH, actor=admin.user, confirm=True
     )
     drain_queue()
+    operation_id = result.public_id
 
     overview = table_overview(ingestion=loaded)
 
@@ -32,6 +33,16 @@ def test_a_zero_downtime_refresh_shows_as_one_step_in_mains_history(loaded, cons
     assert "delete" not in history
     refs = page.split('data-section="refs"', 1)[1].split("</section>", 1)[0]
     assert "restore point" in refs and overview["refs"][0]["name"] in refs
+    # Each names the operation behind it, linked: the published version and the restore point.
+    link = f'href="/operations/{operation_id}/" data-operation="{operation_id}"'
+    assert link in history.split("<tbody>", 1)[1].split("</tr>", 1)[0] and link in refs
+    assert "Full refresh</a>, run" in history
+
+
+def test_a_version_no_operation_made_names_no_operation(loaded, console):
+    page = console(Role.ADMIN).get(f"/ingestions/{loaded.public_id}/table/").content.decode()
+
+    assert "data-operation=" not in page and "run <a href=" in page
 
 
 def test_a_plain_table_lists_every_snapshot_and_no_refs(loaded):
