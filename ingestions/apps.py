@@ -1,6 +1,6 @@
 """App config of the ingestions domain: the worker's own periodic passes (recovery of runs
-whose worker died, stopping an idle Spark application, table maintenance). The apps above
-register theirs (`ingestions.hooks`)."""
+and verifications whose worker died, stopping an idle Spark application, table maintenance).
+The apps above register theirs (`ingestions.hooks`)."""
 
 from django.apps import AppConfig
 
@@ -13,8 +13,11 @@ class IngestionsConfig(AppConfig):
         from . import hooks
         from .maintenance import maintenance_due
         from .runs import runs_recover_stale
+        from .verify_jobs import verify_jobs_recover_stale
 
-        hooks.register_periodic("recovery", runs_recover_stale, spark_stop_idle)
+        hooks.register_periodic(
+            "recovery", runs_recover_stale, verify_jobs_recover_stale, spark_stop_idle
+        )
         hooks.register_periodic("maintenance", maintenance_due)
 
 

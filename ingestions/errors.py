@@ -33,6 +33,14 @@ class RunNotFoundError(AutoloaderError):
     help = "Check the run id; list an ingestion's runs with GET /api/v1/ingestions/{id}/runs."
 
 
+class VerifyJobNotFoundError(AutoloaderError):
+    """No verification with this id for this ingestion is visible to the caller's tenant."""
+
+    error_code = "VERIFY_JOB_NOT_FOUND"
+    status_code = 404
+    help = 'Start one with POST /api/v1/ingestions/{id}/verify {"async": true}.'
+
+
 class RunInProgressError(AutoloaderError):
     """The ingestion already has a queued or running run."""
 

@@ -1,11 +1,15 @@
 """REST views around an ingestion's table and storage: the tenant's storage locations, the
 verification of a table against its source, the maintenance the worker ran."""
 
+from django.urls import reverse
 from drf_spectacular.utils import (
+    OpenApiParameter,
     OpenApiResponse,
     extend_schema,
+    extend_schema_field,
+    inline_serializer,
 )
-from rest_framework import serializers
+from rest_framework import serializers, status
 from rest_framework.response import Response
 
 # The form of a source URI (`ingestions.locations`): an absolute path, file:// or s3://, no
@@ -16,11 +20,10 @@ from .api import COMMON_ERRORS, ERROR_SCHEMA, TenantAPIView
 # kept by refresh (`refresh.schedules`, registered as an ingestion field).
 from .locations import location_list
 from .maintenance import maintenance_list
-from .models import (
-    MaintenanceAction,
-)
+from .models import MaintenanceAction, VerifyStage, VerifyStatus
 from .pagination import StrictLimitOffsetPagination
 from .verify import ingestion_verify
+from .verify_jobs import RETRY_HELP, verify_job_get, verify_job_start
 
 
 class LocationListApi(TenantAPIView):
@@ -41,6 +44,52 @@ class LocationListApi(TenantAPIView):
         return Response(self.OutputSerializer(location_list(tenant=self.tenant), many=True).data)
 
 
+# `async` is a Python keyword: the request's serializer is built with `type`.
+VerifyInputSerializer = type(
+    "VerifyRequest",
+    (serializers.Serializer,),
+    {
+        "async": serializers.BooleanField(
+            required=False,
+            default=False,
+            help_text="Run the verification in the worker: 202 with the job and a Location "
+            "to follow (GET .../verifies/{job_id}). Same as the header Prefer: respond-async.",
+        )
+    },
+)
+
+
+class VerifyJobOutputSerializer(serializers.Serializer):
+    job_id = serializers.CharField(source="public_id")
+    ingestion_id = serializers.CharField(source="ingestion.public_id")
+    status = serializers.ChoiceField(choices=VerifyStatus.choices)
+    stage = serializers.ChoiceField(choices=VerifyStage.choices)
+    stage_label = serializers.CharField(source="get_stage_display")
+    done = serializers.IntegerField(
+        help_text="Units of the stage done (history entries, data files)"
+    )
+    total = serializers.IntegerField(
+        allow_null=True, help_text="null while the stage's size is unknown"
+    )
+    fraction = serializers.FloatField(allow_null=True, help_text="done / total, 0..1")
+    attempts = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    heartbeat_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.SerializerMethodField()
+    report = serializers.JSONField(
+        allow_null=True,
+        help_text="The verification report (as the synchronous verify's) once SUCCESS",
+    )
+
+    @extend_schema_field(ERROR_SCHEMA)
+    def get_error(self, job) -> dict | None:
+        if not job.error_code:
+            return None
+        return {"detail": job.error, "error_code": job.error_code, "help": RETRY_HELP}
+
+
 class IngestionVerifyApi(TenantAPIView):
     """The table against its history and its source, per file (`ingestions.verify`)."""
 
@@ -51,12 +100,38 @@ class IngestionVerifyApi(TenantAPIView):
         "files changed since they loaded, gone from the source or never loaded; rows whose "
         "_source_file the history does not know. `consistent` is true when the table holds "
         "exactly what the history says. Lists the source (rate-limited like a dry-run) and "
-        "scans the table's _source_file column once; changes nothing.",
-        request=None,
+        "scans the table's _source_file column once; changes nothing.\n\n"
+        "Without a body this answers 200 with the report when done (synchronous). With "
+        '`{"async": true}` or the header `Prefer: respond-async` it answers 202 at once with '
+        "a job the worker runs, and a `Location` to follow its progress and read its report "
+        "(GET /ingestions/{id}/verifies/{job_id}). One job at a time per ingestion: while one "
+        "is queued or running, a new start answers 202 with that job (`already_running`: "
+        "true) and costs no rate slot.",
+        request=VerifyInputSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Prefer",
+                str,
+                OpenApiParameter.HEADER,
+                required=False,
+                description='respond-async: run in the worker (202), as with {"async": true}',
+            )
+        ],
         responses={
             200: OpenApiResponse(description="the verification report"),
+            202: OpenApiResponse(
+                inline_serializer(
+                    name="VerifyJobStarted",
+                    fields={
+                        **VerifyJobOutputSerializer().get_fields(),
+                        "already_running": serializers.BooleanField(),
+                    },
+                ),
+                description="the job (new, or the one already under way); header Location",
+            ),
             400: OpenApiResponse(
-                ERROR_SCHEMA, description="SOURCE_UNAVAILABLE / SOURCE_LISTING_LIMIT"
+                ERROR_SCHEMA,
+                description="SOURCE_UNAVAILABLE / SOURCE_LISTING_LIMIT / VALIDATION_ERROR",
             ),
             429: OpenApiResponse(ERROR_SCHEMA, description="RATE_LIMITED (Retry-After)"),
             **COMMON_ERRORS,
@@ -64,7 +139,39 @@ class IngestionVerifyApi(TenantAPIView):
     )
     def post(self, request, ingestion_id: str):
         ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
-        return Response(ingestion_verify(ingestion=ingestion, actor=request.user).as_response())
+        form = VerifyInputSerializer(data=request.data or {})
+        form.is_valid(raise_exception=True)
+        wants_async = "respond-async" in request.headers.get("Prefer", "").lower()
+        if not (form.validated_data["async"] or wants_async):
+            return Response(ingestion_verify(ingestion=ingestion, actor=request.user).as_response())
+        job, created = verify_job_start(ingestion=ingestion, actor=request.user)
+        payload = {**VerifyJobOutputSerializer(job).data, "already_running": not created}
+        location = reverse("api-verify-job", args=[ingestion.public_id, job.public_id])
+        headers = {"Location": request.build_absolute_uri(location)}
+        if wants_async:
+            headers["Preference-Applied"] = "respond-async"
+        return Response(payload, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+class VerifyJobDetailApi(TenantAPIView):
+    """One verification job: its progress while it runs, then its report or its error."""
+
+    @extend_schema(
+        operation_id="ingestions_verify_job",
+        summary="A verification job's progress and, when done, its report",
+        description="stage (queued, listing, history, scanning, done) with done/total units "
+        "of that stage, written by the worker as it goes; `report` once SUCCESS (the same "
+        "report as the synchronous verify), `error` with how to retry once FAILED. Another "
+        "tenant's job, or a job of another ingestion, is 404. Reads only.",
+        responses={
+            200: VerifyJobOutputSerializer,
+            **COMMON_ERRORS,
+        },
+    )
+    def get(self, request, ingestion_id: str, job_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
+        job = verify_job_get(ingestion=ingestion, job_id=job_id)
+        return Response(VerifyJobOutputSerializer(job).data)
 
 
 class IngestionMaintenanceApi(TenantAPIView):

@@ -17,3 +17,12 @@ def execute_run(run_id: str) -> str:
 
         run_ended(run)
     return run.status if run is not None else "SKIPPED"
+
+
+@task()
+def execute_verify_job(job_id: str) -> str:
+    """Run one verification of a table against its source (`ingestions.verify_jobs`)."""
+    from .verify_jobs import verify_job_execute
+
+    job = verify_job_execute(job_id=job_id)
+    return job.status if job is not None else "SKIPPED"

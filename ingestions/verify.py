@@ -7,6 +7,7 @@ rows whose `_source_file` the history does not know. Read-only: it changes no ta
 or run, and is gated like a dry-run (it lists the source).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.utils import timezone
@@ -17,7 +18,7 @@ from .locations import source_open
 from .models import Ingestion, ProcessedFile
 from .ratelimits import expensive_read
 from .source_changes import file_changed
-from .sources import list_source_files
+from .sources import SourceFile, list_source_files
 
 # Files named per category (all are counted).
 LISTED_PER_CATEGORY = 100
@@ -60,31 +61,89 @@ class Verification:
         }
 
 
+# Verification's stages, as `report(stage, done, total)` hears them (`models.VerifyStage`).
+LISTING, HISTORY, SCANNING = "listing", "history", "scanning"
+HISTORY_CHUNK = 10_000
+
+ProgressReport = Callable[[str, int, int | None], None]
+
+
 def ingestion_verify(*, ingestion: Ingestion, actor, engine=None) -> Verification:
-    """Compare the table, the history and the source of `ingestion`.
+    """Compare the table, the history and the source of `ingestion`, now (the synchronous
+    form; `verify_jobs` runs the same in the worker, with progress).
 
     Raises:
         PermissionDeniedError: the actor cannot view the ingestion.
         RateLimitedError: the actor's or the tenant's listings are used up.
         SourceUnavailableError, SourceListingLimitError: the source cannot be listed.
     """
+    verify_authorize(actor=actor, ingestion=ingestion)
+    with expensive_read(tenant=ingestion.tenant, actor=actor):
+        listing = source_listing(ingestion=ingestion)
+    return verification_compute(
+        ingestion=ingestion, engine=engine or load_engine(ingestion.engine), listing=listing
+    )
+
+
+def verify_authorize(*, actor, ingestion: Ingestion) -> None:
+    """Who may verify: who may view the ingestion (it changes nothing).
+
+    Raises:
+        PermissionDeniedError: the actor cannot view the ingestion.
+    """
     if actor is not None and not actor.has_perm("ingestions.view_ingestion", ingestion):
         raise PermissionDeniedError("Your role does not allow this action (view ingestion).")
-    engine = engine or load_engine(ingestion.engine)
-    with expensive_read(tenant=ingestion.tenant, actor=actor):
-        source = source_open(tenant=ingestion.tenant, uri=ingestion.source_uri)
-        listing = {
-            item.path: item
-            for item in list_source_files(source=source, pattern=ingestion.source_pattern or None)
-        }
-    history = {
-        path: ((size, modified_at, etag), rows)
-        for path, size, modified_at, etag, rows in ProcessedFile.objects.filter(ingestion=ingestion)
-        .values_list("path", "size_bytes", "modified_at", "etag", "rows")
-        .iterator(chunk_size=10_000)
+
+
+def source_listing(*, ingestion: Ingestion) -> dict[str, SourceFile]:
+    """The ingestion's source files by relative path (one listing).
+
+    Raises:
+        SourceUnavailableError, SourceListingLimitError: the source cannot be listed.
+    """
+    source = source_open(tenant=ingestion.tenant, uri=ingestion.source_uri)
+    return {
+        item.path: item
+        for item in list_source_files(source=source, pattern=ingestion.source_pattern or None)
     }
+
+
+def verification_compute(
+    *,
+    ingestion: Ingestion,
+    engine,
+    listing: dict[str, SourceFile],
+    report: ProgressReport | None = None,
+) -> Verification:
+    """The report from a listing of the source: the history read in chunks, the table's
+    `_source_file` counted in one scan; `report(stage, done, total)` hears the progress.
+
+    Raises:
+        EngineError: the engine cannot read the table.
+    """
+    report = report or (lambda stage, done, total: None)
+    history_total = ProcessedFile.objects.filter(ingestion=ingestion).count()
+    report(HISTORY, 0, history_total)
+    history = {}
+    entries = (
+        ProcessedFile.objects.filter(ingestion=ingestion)
+        .values_list("path", "size_bytes", "modified_at", "etag", "rows")
+        .iterator(chunk_size=HISTORY_CHUNK)
+    )
+    for path, size, modified_at, etag, rows in entries:
+        history[path] = ((size, modified_at, etag), rows)
+        if len(history) % HISTORY_CHUNK == 0:
+            report(HISTORY, len(history), max(history_total, len(history)))
+    report(HISTORY, len(history), len(history))
     table_exists = engine.table_exists(ingestion.table_identifier)
-    in_table = engine.source_file_rows(ingestion.table_identifier) if table_exists else {}
+    in_table = (
+        engine.source_file_rows(
+            ingestion.table_identifier,
+            progress=lambda done, total: report(SCANNING, done, total),
+        )
+        if table_exists
+        else {}
+    )
     found: dict[str, list] = {name: [] for name in CATEGORIES}
     for path, (recorded, rows) in sorted(history.items()):
         held = in_table.get(path, 0)

@@ -11,16 +11,19 @@ from pyiceberg import exceptions as iceberg_errors
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.expressions import AlwaysTrue, EqualTo, In
 from pyiceberg.io.pyarrow import schema_to_pyarrow
-from pyiceberg.table import Table
+from pyiceberg.table import Table, TableProperties, Transaction
+from pyiceberg.utils.properties import property_as_bool
 
 from ingestions.engines.base import (
     MAX_PHYSICAL_NAME_PART_LENGTH,
+    DataWriter,
     Engine,
     Lineage,
     SnapshotInfo,
     Stage,
     TableInfo,
     TableRef,
+    WrittenData,
     table_location,
     validate_table_name,
 )
@@ -41,6 +44,7 @@ from ingestions.engines.iceberg.snapshots import (
     snapshots_to_expire,
     summary_int,
 )
+from ingestions.engines.iceberg.writer import IcebergDataWriter, check_written_schema
 from ingestions.errors import (
     AutoloaderError,
     EngineError,
@@ -50,6 +54,9 @@ from ingestions.errors import (
 
 # A concurrent writer to the same table makes a commit fail; the data is rewritten and retried.
 COMMIT_ATTEMPTS = 3
+
+# Data files a verification's scan reads at once (`rows_per_source_file_by_data_file`).
+PARALLEL_FILE_READS = 4
 
 # Every commit writes a new metadata file; keep the last few, not all of them.
 NEW_TABLE_PROPERTIES = {
@@ -131,10 +138,26 @@ class IcebergEngine(IcebergMaintenance, Engine):
                 return False
         return True
 
+    def open_writer(self, table_name: str, *, branch: str | None = None) -> DataWriter | None:
+        validate_table_name(table_name)
+        with self._errors(f"write to {table_name}"):
+            try:
+                table = self._catalog().load_table(table_name)
+            except iceberg_errors.NoSuchTableError:
+                table = None
+        if table is not None and not IcebergDataWriter.supports(table):
+            return None  # a partitioned table (not ours): appended whole, pyiceberg splits it
+        return IcebergDataWriter(
+            table=table,
+            create=lambda schema: self._table_for_append(table_name, schema),
+            transaction=MemoTransaction,
+            errors=self._errors,
+        )
+
     def append(
         self,
         table_name: str,
-        data: pa.Table,
+        data: pa.Table | WrittenData,
         *,
         properties: dict[str, str],
         branch: str | None = None,
@@ -143,8 +166,12 @@ class IcebergEngine(IcebergMaintenance, Engine):
         validate_table_name(table_name)
         if not all(isinstance(item, str) for pair in properties.items() for item in pair):
             raise TypeError("Snapshot properties must map strings to strings.")
+        written = data.handle if isinstance(data, WrittenData) else None
         with self._errors(f"append to {table_name}"):
-            table = self._table_for_append(table_name, data.schema)
+            if written is not None:
+                table = self._catalog().load_table(table_name)  # the writer created it
+            else:
+                table = self._table_for_append(table_name, data.schema)
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
                     with MemoTransaction(table) as transaction:
@@ -152,6 +179,9 @@ class IcebergEngine(IcebergMaintenance, Engine):
                             # Adds columns and widens types in the same commit as the data.
                             with transaction.update_schema() as schema_update:
                                 schema_update.union_by_name(data.schema)
+                        if written is not None:
+                            schema = transaction.table_metadata.schema()
+                            check_written_schema(schema, written.schema)
                         if replacing and "_source_file" in table.schema().column_names:
                             # The files' old rows go in the same commit as their new ones.
                             transaction.delete(
@@ -159,9 +189,14 @@ class IcebergEngine(IcebergMaintenance, Engine):
                                 snapshot_properties=properties,
                                 branch=branch or MAIN,
                             )
-                        transaction.append(
-                            data, snapshot_properties=properties, branch=branch or MAIN
-                        )
+                        if written is None:
+                            transaction.append(
+                                data, snapshot_properties=properties, branch=branch or MAIN
+                            )
+                        else:
+                            _append_data_files(
+                                transaction, written.data_files, properties, branch or MAIN
+                            )
                 except iceberg_errors.CommitFailedException:
                     if attempt == COMMIT_ATTEMPTS:
                         raise
@@ -366,13 +401,15 @@ class IcebergEngine(IcebergMaintenance, Engine):
                 return 0
             return expire_and_delete(table, snapshots_to_expire(table, before=expire_before))
 
-    def source_file_rows(self, table_name: str) -> dict[str, int]:
+    def source_file_rows(self, table_name: str, *, progress=None) -> dict[str, int]:
         table = self._load_table(table_name)
         if table is None or "_source_file" not in table.schema().column_names:
             return {}
+        scan = table.scan(selected_fields=("_source_file",))
         with self._errors(f"read {table_name}"):
-            lineage = table.scan(selected_fields=("_source_file",)).to_arrow()
-            counts = lineage.group_by("_source_file").aggregate([([], "count_all")])
+            if progress is not None:
+                return rows_per_source_file_by_data_file(scan, progress)
+            counts = scan.to_arrow().group_by("_source_file").aggregate([([], "count_all")])
         return {
             path: count
             for path, count in zip(
@@ -475,6 +512,22 @@ class IcebergEngine(IcebergMaintenance, Engine):
             raise EngineError(f"Iceberg could not {action}: {failure_reason(exc)}") from exc
 
 
+def _append_data_files(
+    transaction: Transaction, data_files: list, properties: dict[str, str], branch: str
+) -> None:
+    """Add data files written by `IcebergDataWriter` as one snapshot: the snapshot producer
+    pyiceberg's own append picks (a merge append when the table merges manifests)."""
+    merge = property_as_bool(
+        transaction.table_metadata.properties,
+        TableProperties.MANIFEST_MERGE_ENABLED,
+        TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT,
+    )
+    update = transaction.update_snapshot(snapshot_properties=properties, branch=branch)
+    with update.merge_append() if merge else update.fast_append() as producer:
+        for data_file in data_files:
+            producer.append_data_file(data_file)
+
+
 def _has_schema(table: Table, schema: pa.Schema) -> bool:
     """Whether `schema` is the table's (as Arrow types): then there is nothing to merge."""
     return schema.equals(schema_to_pyarrow(table.schema(), include_field_ids=False))
@@ -483,3 +536,38 @@ def _has_schema(table: Table, schema: pa.Schema) -> bool:
 def _retired_name(table_name: str, name: str) -> str:
     namespace, table = table_name.split(".")
     return f"{namespace}.{table}__{name}"[: len(namespace) + 1 + MAX_PHYSICAL_NAME_PART_LENGTH]
+
+
+def rows_per_source_file_by_data_file(scan, progress) -> dict[str, int]:
+    """`source_file_rows` one data file at a time, calling `progress(done, total)` after each:
+    the same one scan of `_source_file`, planned once from the manifests (Iceberg metadata),
+    each file's values counted as its batches arrive (memory: one batch per thread)."""
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.compute as pc
+    from pyiceberg.io.pyarrow import ArrowScan
+
+    tasks = list(scan.plan_files())
+    progress(0, len(tasks))
+    reader = ArrowScan(
+        scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive
+    )
+
+    def count(task) -> Counter:
+        counts: Counter = Counter()
+        for batch in reader.to_record_batches([task]):
+            found = pc.value_counts(batch.column(0))
+            values, tallies = found.field("values"), found.field("counts")
+            counts.update(dict(zip(values.to_pylist(), tallies.to_pylist(), strict=True)))
+        return counts
+
+    totals: Counter = Counter()
+    # A pool of its own: `to_record_batches` runs on pyiceberg's shared executor, and
+    # waiting on it from that executor's own threads could take every thread and deadlock.
+    with ThreadPoolExecutor(max_workers=PARALLEL_FILE_READS) as pool:
+        for done, counts in enumerate(pool.map(count, tasks), start=1):
+            totals.update(counts)
+            progress(done, len(tasks))
+    totals.pop(None, None)
+    return dict(totals)

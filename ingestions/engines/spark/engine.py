@@ -179,12 +179,21 @@ class SparkEngine(SparkFileReading, Engine):
             own=lambda spark, qualified: metadata.sample(spark, qualified, limit=limit),
         )
 
-    def source_file_rows(self, table_name: str) -> dict[str, int]:
+    def source_file_rows(self, table_name: str, *, progress=None) -> dict[str, int]:
+        def own(spark, qualified: str) -> dict[str, int]:
+            # One Spark job: its progress is the whole job, done or not.
+            if progress is not None:
+                progress(0, 1)
+            counts = metadata.rows_per_source_file(spark, qualified)
+            if progress is not None:
+                progress(1, 1)
+            return counts
+
         return self._metadata(
             table_name,
             f"count the rows of {table_name} per source file",
-            shared=lambda engine: engine.source_file_rows(table_name),
-            own=metadata.rows_per_source_file,
+            shared=lambda engine: engine.source_file_rows(table_name, progress=progress),
+            own=own,
         )
 
     def remove_source_files(
