@@ -62,7 +62,11 @@ class Limit:
     def described(self) -> str:
         rate = parse_rate(self.rate)
         period = PERIOD_WORDS.get(rate.period_seconds, f"{rate.period_seconds} s")
-        return f"{rate.limit} {self.counts} per {period}"
+        # "1 full refresh operation of raw.orders", "5 ... operations of ...".
+        counts = (
+            self.counts.replace("operations", "operation", 1) if rate.limit == 1 else self.counts
+        )
+        return f"{rate.limit} {counts} per {period}"
 
 
 @dataclass(frozen=True)

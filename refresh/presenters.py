@@ -435,11 +435,11 @@ def _scoped_blast_radius(plan) -> dict:
     lost = []
     if scope["rows_replaced"]:
         files = counted(scope["history_files_in_scope"], "file")
+        hold = "that file holds" if scope["history_files_in_scope"] == 1 else "those files hold"
         lost.append(
             f"{counted(scope['rows_replaced'], 'row')} of {files} in scope "
-            f"({scope['description']}) will be replaced when the run ends by what "
-            "those files hold now (readers keep the current rows until then; a failed run "
-            "replaces nothing)"
+            f"({scope['description']}) will be replaced when the run ends by what {hold} "
+            "now (readers keep the current rows until then; a failed run replaces nothing)"
         )
     if gone := scope["files_gone_from_source"]:
         lost.append(
