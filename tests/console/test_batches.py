@@ -64,6 +64,24 @@ def test_a_refused_member_is_said_on_the_preview_and_nothing_starts(console, thr
     assert not RefreshOperation.objects.exists()
 
 
+def test_a_used_up_table_is_said_on_the_preview_and_no_confirmation_is_offered(
+    console, three, settings
+):
+    settings.REFRESH_RATE_LIMITS = {**settings.REFRESH_RATE_LIMITS, "full_refresh": "1/h"}
+    client = console(Role.ADMIN)
+    fresh = client.get(NEW + CHOSEN).content.decode()
+    assert 'data-quota="left"' in fresh and 'name="typed_count"' in fresh
+
+    client.post(NEW, confirm_body(fresh, "2"))  # takes each table's only slot
+    drain_queue()
+    page = client.get(NEW + CHOSEN).content.decode()
+
+    assert "RATE_LIMITED" in page and "REFRESH_RATE_FULL_REFRESH" in page
+    assert 'data-quota="exhausted"' in page
+    assert 'name="typed_count"' not in page and "data-confirm-button" not in page
+    assert RefreshOperation.objects.count() == 2  # the first batch's two, nothing more
+
+
 def test_bad_choices_and_other_tenants(console, three, other_tenant):
     client = console(Role.ADMIN)
     assert client.get(NEW).status_code == 400
