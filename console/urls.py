@@ -39,6 +39,11 @@ urlpatterns = [
     path("ingestions/<str:ingestion_id>/table/", views.ingestion_table, name="ingestion-table"),
     path("ingestions/<str:ingestion_id>/verify/", verify.verify, name="ingestion-verify"),
     path(
+        "ingestions/<str:ingestion_id>/verifies/<str:job_id>/",
+        verify.verify_job,
+        name="verify-job",
+    ),
+    path(
         "ingestions/<str:ingestion_id>/history/",
         views.ingestion_history,
         name="ingestion-history",

@@ -1,12 +1,16 @@
-"""Console view of a table's verification against its source and history (issue 24)."""
+"""Console view of a table's verification against its source and history (issue 24): the
+Verify button starts a job the worker runs (`ingestions.verify_jobs`); its page shows a
+progress bar that follows the job and swaps in the report when it ends."""
 
-from django.shortcuts import render
-from django.views.decorators.http import require_POST
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
-from ingestions.errors import AutoloaderError
-from ingestions.verify import ingestion_verify
+from ingestions.errors import AutoloaderError, VerifyJobNotFoundError
+from ingestions.models import VerifyStage
+from ingestions.verify_jobs import verify_job_get, verify_job_start
 
-from .plumbing import _ingestion, tenant_view
+from .plumbing import _fragment, _ingestion, tenant_view
 
 CATEGORY_TITLES = {
     "missing_from_table": "In the history, no rows in the table",
@@ -16,23 +20,52 @@ CATEGORY_TITLES = {
     "gone": "Gone from the source",
     "never_loaded": "In the source, never loaded",
 }
+# Categories that make the table and the history disagree (the others: the source moved on).
+DISAGREEING = ("missing_from_table", "rows_differ", "unknown")
 
 
 @require_POST
 @tenant_view
 def verify(request, tenant, ingestion_id: str):
-    """Verify the table (a POST: it lists the source and counts against the preview rate)."""
+    """Start a verification in the worker (or join the one under way) and follow it."""
     ingestion = _ingestion(tenant, ingestion_id)
-    context, status = {"tenant": tenant, "ingestion": ingestion}, 200
     try:
-        report = ingestion_verify(ingestion=ingestion, actor=request.user)
+        job, _created = verify_job_start(ingestion=ingestion, actor=request.user)
     except AutoloaderError as exc:
-        context["error"] = {"code": exc.error_code, "detail": exc.detail, "help": exc.help}
-        status = exc.status_code
-    else:
-        context["report"] = report
+        context = {
+            "tenant": tenant,
+            "ingestion": ingestion,
+            "error": {"code": exc.error_code, "detail": exc.detail, "help": exc.help},
+        }
+        return render(request, "verify.html", context, status=exc.status_code)
+    return redirect("verify-job", ingestion_id=ingestion.public_id, job_id=job.public_id)
+
+
+@require_GET
+@tenant_view
+def verify_job(request, tenant, ingestion_id: str, job_id: str):
+    """A verification: its progress while the worker runs it, then its report (the
+    `verify-job` fragment polls itself until then). Reads only."""
+    ingestion = _ingestion(tenant, ingestion_id)
+    try:
+        job = verify_job_get(ingestion=ingestion, job_id=job_id)
+    except VerifyJobNotFoundError:
+        raise Http404("No such verification.") from None
+    stages = [(stage.value, stage.label) for stage in VerifyStage if stage != VerifyStage.DONE]
+    order = [stage for stage, _label in stages]
+    context = {
+        "tenant": tenant,
+        "ingestion": ingestion,
+        "job": job,
+        "stages": stages,
+        "passed": order[: order.index(job.stage)] if job.stage in order else order,
+    }
+    if job.report:
         context["sections"] = [
-            (name, title, report.counts[name], report.files[name])
+            (name, title, job.report["counts"][name], job.report["files"][name])
             for name, title in CATEGORY_TITLES.items()
         ]
-    return render(request, "verify.html", context, status=status)
+        context["disagreeing"] = DISAGREEING
+    if _fragment(request) == "verify-job":
+        return render(request, "partials/verify-job.html", context)
+    return render(request, "verify.html", context)

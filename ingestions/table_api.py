@@ -83,7 +83,17 @@ class VerifyJobOutputSerializer(serializers.Serializer):
         help_text="The verification report (as the synchronous verify's) once SUCCESS",
     )
 
-    @extend_schema_field(ERROR_SCHEMA)
+    @extend_schema_field(
+        inline_serializer(
+            name="VerifyJobError",
+            fields={
+                "detail": serializers.CharField(),
+                "error_code": serializers.CharField(),
+                "help": serializers.CharField(),
+            },
+            allow_null=True,
+        )
+    )
     def get_error(self, job) -> dict | None:
         if not job.error_code:
             return None
@@ -139,7 +149,7 @@ class IngestionVerifyApi(TenantAPIView):
     )
     def post(self, request, ingestion_id: str):
         ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
-        form = VerifyInputSerializer(data=request.data or {})
+        form = VerifyInputSerializer(data=request.data)  # no body: an empty form
         form.is_valid(raise_exception=True)
         wants_async = "respond-async" in request.headers.get("Prefer", "").lower()
         if not (form.validated_data["async"] or wants_async):

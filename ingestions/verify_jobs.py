@@ -96,7 +96,7 @@ def verify_job_get(*, ingestion: Ingestion, job_id: str) -> VerifyJob:
         VerifyJobNotFoundError: no such job for this ingestion.
     """
     try:
-        return VerifyJob.objects.select_related("ingestion").get(
+        return VerifyJob.objects.select_related("ingestion", "requested_by").get(
             ingestion=ingestion, public_id=job_id
         )
     except VerifyJob.DoesNotExist:

@@ -303,11 +303,14 @@ def test_another_tenants_history_page_is_a_404(loaded, console, other_tenant):
     assert outsider.get("/ingestions/sales/history/").status_code == 404
 
 
-def test_verify_from_the_table_card_shows_the_report(admin_console, loaded):
+def test_verify_from_the_table_card_starts_a_job_whose_page_shows_the_report(admin_console, loaded):
     page = admin_console.get(f"/ingestions/{loaded.public_id}/")
     assert b"Verify against the source" in page.content
 
-    report = admin_console.post(f"/ingestions/{loaded.public_id}/verify/")
+    started = admin_console.post(f"/ingestions/{loaded.public_id}/verify/")
+    assert started.status_code == 302
+    drain_queue()
+    report = admin_console.get(started["Location"])
 
     assert report.status_code == 200
     assert b"The table holds exactly what the history says" in report.content
