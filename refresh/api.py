@@ -8,6 +8,7 @@ every rule lives in the services.
 """
 
 import json
+from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -63,6 +64,8 @@ ESTIMATE_SCHEMA = inline_serializer(
         "estimated_duration_seconds": serializers.FloatField(allow_null=True),
         "source": serializers.ChoiceField(["measured", "default"], allow_null=True),
         "basis": serializers.CharField(allow_null=True),
+        # Part of the seconds: the worker's Spark application has to start first (0: no).
+        "engine_startup_seconds": serializers.FloatField(allow_null=True),
     },
     required=False,
 )
@@ -315,11 +318,7 @@ class RefreshApiView(TenantAPIView):
         query = request.query_params
         # Checked before the dry-run branch: a header the execution would refuse is refused
         # on the dry-run too, so a client's dry-run-then-execute never fails half-way.
-        key = request.headers.get(IDEMPOTENCY_HEADER)
-        if key and len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
-            raise serializers.ValidationError(
-                {IDEMPOTENCY_HEADER: [f"At most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."]}
-            )
+        idempotency_key(request)
         flags = query_flags(request, "confirm", "dry_run")
         dry_run = data.get("dry_run", False) or flags.get("dry_run", False)
         if dry_run:
@@ -334,21 +333,8 @@ class RefreshApiView(TenantAPIView):
             return Response(preview_payload(plan))
 
         confirm = data.get("confirm") is True or flags.get("confirm", False)
-        if key:
-            replay = idempotency_begin(
-                user=request.user,
-                key=key,
-                request_fingerprint=fingerprint(
-                    method=request.method, path=request.path, body={**body, **query.dict()}
-                ),
-            )
-            if replay is not None:
-                return Response(
-                    replay.response,
-                    status=replay.status_code,
-                    headers={**replay.headers, "Idempotent-Replayed": "true"},
-                )
-        try:
+
+        def execute() -> Response:
             operation = refresh_execute(
                 ingestion=ingestion,
                 kind=self.kind,
@@ -361,21 +347,53 @@ class RefreshApiView(TenantAPIView):
                 retain_days=data.get("retain_days"),
                 scope=data.get("scope"),
             )
-        except BaseException:
-            if key:
-                idempotency_release(user=request.user, key=key)
-            raise
-        response = operation_response(operation)
-        if key:
-            idempotency_complete(
-                user=request.user,
-                key=key,
-                status_code=response.status_code,
-                # Stored as rendered, so the replay is byte-for-byte the same JSON.
-                body=json.loads(JSONRenderer().render(response.data)),
-                headers={"X-Operation-ID": operation.public_id},
-            )
-        return response
+            return operation_response(operation)
+
+        return idempotent(request, body={**body, **query.dict()}, answer=execute)
+
+
+def idempotency_key(request) -> str | None:
+    """The request's `Idempotency-Key`, refused (400) when longer than can be kept. Checked
+    on dry-runs too: a header the execution would refuse is refused on the preview, so a
+    client's dry-run-then-execute never fails half-way."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key and len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise serializers.ValidationError(
+            {IDEMPOTENCY_HEADER: [f"At most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."]}
+        )
+    return key
+
+
+def idempotent(request, *, body: dict, answer: Callable[[], Response]) -> Response:
+    """`answer()` once per `Idempotency-Key` (when the request has one): the same key and
+    body within the TTL replay the first response, byte for byte; another body with the key
+    is a 422, a retry while the first is answering a 409. A refusal (an exception) keeps
+    nothing, so the client may retry with the key."""
+    key = idempotency_key(request)
+    if not key:
+        return answer()
+    request_fingerprint = fingerprint(method=request.method, path=request.path, body=body)
+    replay = idempotency_begin(user=request.user, key=key, request_fingerprint=request_fingerprint)
+    if replay is not None:
+        return Response(
+            replay.response,
+            status=replay.status_code,
+            headers={**replay.headers, "Idempotent-Replayed": "true"},
+        )
+    try:
+        response = answer()
+    except BaseException:
+        idempotency_release(user=request.user, key=key)
+        raise
+    idempotency_complete(
+        user=request.user,
+        key=key,
+        status_code=response.status_code,
+        # Stored as rendered, so the replay is byte-for-byte the same JSON.
+        body=json.loads(JSONRenderer().render(response.data)),
+        headers={name: response[name] for name in ("X-Operation-ID",) if response.has_header(name)},
+    )
+    return response
 
 
 def operation_response(operation) -> Response:

@@ -30,6 +30,8 @@ from .api import (
     REFRESH_ERRORS,
     FullRefreshApi,
     RefreshInputSerializer,
+    idempotency_key,
+    idempotent,
     operation_response,
 )
 from .batches_api import RefreshBatchInputSerializer, RefreshBatchListApi
@@ -232,8 +234,11 @@ class RefreshIfApi(TenantAPIView):
         "plan_id (needed above the cost threshold, from a dry-run); when it does not, "
         "nothing starts and no rate slot is used. A call that executes is refused as the "
         "refresh would be (permission, confirm, protection, a run in progress) before "
-        "anything is listed. dry_run=true previews and says whether it would run.",
+        "anything is listed. dry_run=true previews and says whether it would run. With an "
+        "Idempotency-Key, a retried execution replays the first answer (ran or skipped) "
+        "instead of measuring the facts again.",
         request=RefreshIfInputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
         examples=[
             OpenApiExample(
                 "Only when files changed",
@@ -272,6 +277,18 @@ class RefreshIfApi(TenantAPIView):
         serializer = RefreshIfInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        idempotency_key(request)
+        if data["dry_run"]:
+            return self.answer(request, ingestion, data)
+        # An execution with a key answers once: a retry replays the first answer, ran or
+        # skipped, instead of measuring the facts again.
+        return idempotent(
+            request,
+            body=request.data.dict() if hasattr(request.data, "dict") else dict(request.data),
+            answer=lambda: self.answer(request, ingestion, data),
+        )
+
+    def answer(self, request, ingestion, data) -> Response:
         outcome = refresh_if(
             ingestion=ingestion,
             kind=data["operation"],

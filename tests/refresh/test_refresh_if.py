@@ -9,6 +9,7 @@ import pytest
 from auditlog.models import LogEntry
 from django.db import connection
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from ingestions.models import FileFailure, Role, Run
 from refresh.firing import schedules_fire_due
@@ -23,8 +24,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 URL = "/api/v1/ingestions/sales/refresh-if"
 
 
-def call(client, body, ingestion_id="sales"):
-    return client.post(f"/api/v1/ingestions/{ingestion_id}/refresh-if", body, format="json")
+def call(client, body, ingestion_id="sales", key=None):
+    headers = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+    return client.post(
+        f"/api/v1/ingestions/{ingestion_id}/refresh-if", body, format="json", **headers
+    )
 
 
 def test_it_runs_when_the_condition_holds_and_says_why(loaded, member, source_dir):
@@ -262,6 +266,66 @@ def test_ten_workers_firing_a_conditional_slot_record_one_outcome(loaded, member
     (firing,) = ScheduleFiring.objects.filter(schedule=schedule)
     assert firing.reason == "CONDITION_NOT_MET"
     assert LogEntry.objects.filter(additional_data__operation="schedule_fired").count() == 1
+
+
+def test_a_key_replays_the_first_answer_ran_or_skipped(loaded, member, source_dir):
+    admin = member(Role.ADMIN)
+    body = {"condition": "new_files > 0", "operation": "full_refresh", "confirm": True}
+    skipped = call(admin, body, key="airflow-2026-12-06-skip")
+    write_csv_files(source_dir, files=1, rows=25, start=4)  # now the condition holds
+    replayed = call(admin, body, key="airflow-2026-12-06-skip")
+
+    assert skipped.status_code == replayed.status_code == 200
+    assert replayed.json() == skipped.json() and replayed.json()["ran"] is False
+    assert replayed["Idempotent-Replayed"] == "true"
+    assert not RefreshOperation.objects.exists()  # the retry did not measure again
+
+    ran = call(admin, body, key="airflow-2026-12-06-run")
+    again = call(admin, body, key="airflow-2026-12-06-run")
+    assert ran.status_code == again.status_code == 202
+    assert again.json() == ran.json() and again["X-Operation-ID"] == ran.json()["operation_id"]
+    assert RefreshOperation.objects.count() == 1
+
+    other = call(admin, {**body, "condition": "new_files > 5"}, key="airflow-2026-12-06-run")
+    assert other.status_code == 422 and other.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert other.json()["operation_id"] == ran.json()["operation_id"]
+    too_long = call(admin, {**body, "dry_run": True, "confirm": None}, key="k" * 1000)
+    assert too_long.status_code == 400 and too_long.json()["error_code"] == "VALIDATION_ERROR"
+
+
+def test_ten_callers_with_one_key_start_one_refresh(loaded, member, source_dir):
+    admin = member(Role.ADMIN)
+    write_csv_files(source_dir, files=1, rows=25, start=4)
+    body = {"condition": "new_files > 0", "operation": "full_refresh", "confirm": True}
+    callers = 10
+    barrier = threading.Barrier(callers)
+    answers: list[int] = []
+    errors: list[BaseException] = []
+
+    def caller():
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {admin.token_key}")
+        try:
+            barrier.wait()
+            answers.append(call(client, body, key="one-nightly-run").status_code)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    # The one that answered first started it; the others replayed it or were told (409)
+    # that it is still answering: never a second refresh, never a 500.
+    assert answers.count(202) >= 1 and set(answers) <= {202, 409}
+    assert RefreshOperation.objects.count() == 1
+    audited = LogEntry.objects.filter(additional_data__operation="full_refresh")
+    assert audited.count() == 1
 
 
 @pytest.mark.parametrize(
