@@ -318,12 +318,24 @@ REFRESH_PLAN_REQUIRED_ABOVE_USD = env_float("REFRESH_PLAN_REQUIRED_ABOVE_USD", 5
 # ... made at most this many seconds ago, and is refused if the impact grew by more than this.
 REFRESH_PLAN_TTL_SECONDS = env_int("REFRESH_PLAN_TTL_SECONDS", 15 * 60)
 REFRESH_PLAN_MAX_GROWTH = env_float("REFRESH_PLAN_MAX_GROWTH", 0.10)
-# Duration estimates: seconds = start + per file x files + bytes / throughput, fitted on
-# the ingestion's last REFRESH_ESTIMATE_RUNS measured runs (at least REFRESH_ESTIMATE_MIN_RUNS
-# of different shapes); these defaults until then (12 ms a file: 200,000 small files ~40 min).
-REFRESH_DEFAULT_THROUGHPUT_MB_PER_S = env_float("REFRESH_DEFAULT_THROUGHPUT_MB_PER_S", 20.0)
-REFRESH_DEFAULT_SECONDS_PER_FILE = env_float("REFRESH_DEFAULT_SECONDS_PER_FILE", 0.012)
-REFRESH_DEFAULT_START_SECONDS = env_float("REFRESH_DEFAULT_START_SECONDS", 1.0)
+# Duration estimates (`refresh.estimates`): seconds = start + per file x files + bytes /
+# throughput, fitted on the ingestion's last REFRESH_ESTIMATE_RUNS measured runs; with fewer
+# than REFRESH_ESTIMATE_MIN_RUNS the fit is blended with the engine's calibrated costs below,
+# which alone make the estimate before a first run. Derived on a 2-core machine reading a
+# local disk by `bench/estimate_error.py --calibrate` (docs/benchmarks.md section 8): re-run it
+# on your hardware and storage, and set these, when estimates before a first run are off.
+REFRESH_DEFAULT_START_SECONDS = env_float("REFRESH_DEFAULT_START_SECONDS", 0.3)
+REFRESH_DEFAULT_SECONDS_PER_FILE = env_float("REFRESH_DEFAULT_SECONDS_PER_FILE", 0.0004)
+REFRESH_DEFAULT_THROUGHPUT_MB_PER_S = env_float("REFRESH_DEFAULT_THROUGHPUT_MB_PER_S", 100.0)
+REFRESH_SPARK_DEFAULT_START_SECONDS = env_float("REFRESH_SPARK_DEFAULT_START_SECONDS", 2.0)
+REFRESH_SPARK_DEFAULT_SECONDS_PER_FILE = env_float("REFRESH_SPARK_DEFAULT_SECONDS_PER_FILE", 0.005)
+REFRESH_SPARK_DEFAULT_THROUGHPUT_MB_PER_S = env_float(
+    "REFRESH_SPARK_DEFAULT_THROUGHPUT_MB_PER_S", 10.0
+)
+# What the worker's Spark application takes to start (driver, executors, jars), added to a
+# spark run's estimate when the worker has none live (AUTOLOADER_SPARK_IDLE_SECONDS): ~10 s
+# for local[*] here, 30-100 s measured on a standalone cluster (issue 23).
+REFRESH_SPARK_STARTUP_SECONDS = env_float("REFRESH_SPARK_STARTUP_SECONDS", 10.0)
 REFRESH_ESTIMATE_RUNS = env_int("REFRESH_ESTIMATE_RUNS", 20)
 REFRESH_ESTIMATE_MIN_RUNS = env_int("REFRESH_ESTIMATE_MIN_RUNS", 3)
 # Full refresh / fresh start: "atomic" builds the new table beside the live one and

@@ -8,18 +8,18 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
-from django.db.models import F
 
 from ingestions.engines import load_engine
 from ingestions.formats import counted
 from ingestions.locations import source_open
-from ingestions.models import Ingestion, Run, RunStatus
+from ingestions.models import Ingestion
 from ingestions.quarantine import quarantined_paths
 from ingestions.scope import Scope, scope_replacing
 from ingestions.selectors import processed_file_paths, processed_file_summary
 from ingestions.sources import list_source_entries
 
 from .end_state import plan_end_state
+from .estimates import duration_model, size_text
 from .models import OperationKind, StepName
 from .specs import spec_of
 
@@ -28,14 +28,6 @@ BYTES_PER_GB = 1_000_000_000  # decimal GB, as cloud bills count them
 
 def gigabytes(size_bytes: int) -> float:
     return round(size_bytes / BYTES_PER_GB, 3)
-
-
-def size_text(size_bytes: int) -> str:
-    """A size for people: GB with one decimal from 1 GB, else MB or KB (decimal units)."""
-    for unit, factor in (("GB", 1e9), ("MB", 1e6)):
-        if size_bytes >= factor:
-            return f"{size_bytes / factor:,.1f} {unit}"
-    return f"{size_bytes / 1e3:,.1f} KB"
 
 
 # The PRD's `impact` fields; the stored record also keeps bytes, seconds and the estimate's basis.
@@ -63,6 +55,8 @@ def public_estimate(record: dict) -> dict:
         "estimated_duration_seconds": record.get("estimated_duration_seconds"),
         "source": record.get("throughput_source"),
         "basis": record.get("estimate_basis"),
+        # Included in the seconds: the worker's Spark application must start first.
+        "engine_startup_seconds": record.get("engine_startup_seconds"),
     }
 
 
@@ -74,9 +68,10 @@ class Impact:
     estimated_data_size_gb: float
     estimated_cost_usd: float
     estimated_duration_minutes: int
-    throughput_source: str  # "measured" (past runs) or "default" (settings)
+    throughput_source: str  # "measured" (past runs) or "default" (the engine's calibration)
     estimated_duration_seconds: float = 0.0
     estimate_basis: str = ""  # e.g. "from the last 5 runs: 0.4 ms per file + 25.0 MB/s"
+    engine_startup_seconds: float = 0.0  # in the seconds: the Spark application's start
 
     def as_response(self) -> dict:
         """The PRD's `impact` object (internal fields left out)."""
@@ -135,169 +130,6 @@ def listings_kept() -> Iterator[None]:
         _keep_listing.reset(token)
 
 
-# --- How long a load takes -------------------------------------------------------------
-# A run costs a fixed start (listing, history, the run's records), a cost per file (open,
-# parse, history row, a share of a batch's commit) and a cost per byte (read, write). Bytes
-# alone cannot tell 200,000 small files from one large one, so both are fitted on the
-# ingestion's own past runs.
-
-
-@dataclass(frozen=True)
-class DurationModel:
-    """`seconds = start_seconds + seconds_per_file * files + seconds_per_byte * bytes`."""
-
-    start_seconds: float
-    seconds_per_file: float
-    seconds_per_byte: float
-    source: str  # "measured" (past runs) or "default" (settings)
-    basis: str  # where the costs come from, for people: "from the last 5 runs"
-
-    def seconds(self, *, files: int, size_bytes: int) -> float:
-        """Expected seconds to load `files` files of `size_bytes` in all (0 for nothing)."""
-        if not files:
-            return 0.0
-        return (
-            self.start_seconds + self.seconds_per_file * files + self.seconds_per_byte * size_bytes
-        )
-
-    def explained(self) -> str:
-        """The basis and the costs: "from the last 5 runs: 0.4 ms per file + 25.0 MB/s"."""
-        terms = []
-        if self.seconds_per_file:
-            terms.append(f"{self.seconds_per_file * 1000:.2g} ms per file")
-        if self.seconds_per_byte:
-            terms.append(f"{size_text(round(1 / self.seconds_per_byte))}/s")
-        if self.start_seconds:
-            terms.append(f"{self.start_seconds:.2g} s to start")
-        return f"{self.basis}: {' + '.join(terms) or 'no measurable cost'}"
-
-
-def default_duration_model() -> DurationModel:
-    return DurationModel(
-        start_seconds=settings.REFRESH_DEFAULT_START_SECONDS,
-        seconds_per_file=settings.REFRESH_DEFAULT_SECONDS_PER_FILE,
-        seconds_per_byte=1 / (settings.REFRESH_DEFAULT_THROUGHPUT_MB_PER_S * 1_000_000),
-        source="default",
-        basis="from defaults (no measured run yet)",
-    )
-
-
-def measured_runs(ingestion: Ingestion) -> list[tuple[int, int, float]]:
-    """(files, bytes, seconds) of the ingestion's last finished runs that loaded something.
-
-    Resumed runs are left out: their wall time includes the time their first worker was dead.
-    """
-    recent = (
-        Run.objects.filter(
-            ingestion=ingestion,
-            status__in=(RunStatus.SUCCESS, RunStatus.PARTIAL_SUCCESS),
-            files_loaded__gt=0,
-            attempts__lte=1,
-            started_at__isnull=False,
-            finished_at__gt=F("started_at"),
-        )
-        .order_by("-finished_at", "-id")
-        .values("files_loaded", "files_failed", "bytes_read", "started_at", "finished_at")
-    )[: settings.REFRESH_ESTIMATE_RUNS]
-    return [
-        (
-            run["files_loaded"] + run["files_failed"],
-            run["bytes_read"],
-            (run["finished_at"] - run["started_at"]).total_seconds(),
-        )
-        for run in recent
-    ]
-
-
-def duration_model(ingestion: Ingestion) -> DurationModel:
-    """The ingestion's costs: fitted on its last runs, else the defaults scaled to them.
-
-    - At least `REFRESH_ESTIMATE_MIN_RUNS` runs of two or more shapes (files, bytes): the
-      costs are a non-negative least-squares fit of the runs' measured seconds.
-    - Fewer runs, runs all of one shape, or a fit with no cost per file or byte: the default
-      costs, scaled by one factor so that they add up to the runs' measured seconds.
-    - No run: the defaults (`REFRESH_DEFAULT_*`).
-    """
-    runs = measured_runs(ingestion)
-    default = default_duration_model()
-    if not runs:
-        return default
-    label = "the last run" if len(runs) == 1 else f"the last {len(runs)} runs"
-    shapes = {(files, size_bytes) for files, size_bytes, _ in runs}
-    if len(runs) >= settings.REFRESH_ESTIMATE_MIN_RUNS and len(shapes) >= 2:
-        fitted = fit_costs(runs)
-        if fitted is not None and (fitted[1] > 0 or fitted[2] > 0):
-            return DurationModel(*fitted, source="measured", basis=f"from {label}")
-    predicted = sum(default.seconds(files=files, size_bytes=size) for files, size, _ in runs)
-    factor = sum(seconds for *_, seconds in runs) / predicted if predicted else 1.0
-    return DurationModel(
-        start_seconds=default.start_seconds * factor,
-        seconds_per_file=default.seconds_per_file * factor,
-        seconds_per_byte=default.seconds_per_byte * factor,
-        source="measured",
-        basis=f"from the defaults scaled to {label}",
-    )
-
-
-def fit_costs(runs: list[tuple[int, int, float]]) -> tuple[float, float, float] | None:
-    """(start, per file, per byte) seconds, all >= 0, that best explain the runs' seconds.
-
-    Least squares on seconds: long runs weigh most, as they should (they are what an
-    estimate is for, and their times are the least noisy). Non-negative: every subset of
-    the three costs is fitted, and the best one with no negative cost wins (exact for three
-    unknowns; ties go to more costs). None when no subset can be fitted.
-    """
-    # Columns scaled to at most 1, so that bytes (1e9) and the start (1) are solved alike.
-    rows = [(1.0, float(files), float(size)) for files, size, _ in runs]
-    seconds = [seconds for *_, seconds in runs]
-    scale = [max(row[column] for row in rows) or 1.0 for column in range(3)]
-    rows = [[value / scale[column] for column, value in enumerate(row)] for row in rows]
-    best = None
-    for columns in ((0, 1, 2), (0, 1), (0, 2), (1, 2), (1,), (2,), (0,)):
-        solution = _least_squares([[row[c] for c in columns] for row in rows], seconds)
-        if solution is None or min(solution) < 0:
-            continue
-        costs = [0.0, 0.0, 0.0]
-        for column, value in zip(columns, solution, strict=True):
-            costs[column] = value
-        residual = sum(
-            (sum(c * v for c, v in zip(costs, row, strict=True)) - measured) ** 2
-            for row, measured in zip(rows, seconds, strict=True)
-        )
-        if best is None or residual < best[0] * (1 - 1e-9):
-            best = (residual, costs)
-    if best is None:
-        return None
-    start, per_file, per_byte = (cost / scale[column] for column, cost in enumerate(best[1]))
-    return start, per_file, per_byte
-
-
-def _least_squares(rows: list[list[float]], target: list[float]) -> list[float] | None:
-    """x minimizing |rows · x - target|, by the normal equations; None if they are singular."""
-    size = len(rows[0])
-    gram = [[sum(row[i] * row[j] for row in rows) for j in range(size)] for i in range(size)]
-    moments = [
-        sum(row[i] * value for row, value in zip(rows, target, strict=True)) for i in range(size)
-    ]
-    tolerance = 1e-10 * max(gram[i][i] for i in range(size))
-    # Gaussian elimination with partial pivoting on an at most 3 x 3 system.
-    for pivot in range(size):
-        best = max(range(pivot, size), key=lambda r: abs(gram[r][pivot]))
-        if abs(gram[best][pivot]) <= tolerance:
-            return None
-        gram[pivot], gram[best] = gram[best], gram[pivot]
-        moments[pivot], moments[best] = moments[best], moments[pivot]
-        for r in range(pivot + 1, size):
-            ratio = gram[r][pivot] / gram[pivot][pivot]
-            gram[r] = [a - ratio * b for a, b in zip(gram[r], gram[pivot], strict=True)]
-            moments[r] -= ratio * moments[pivot]
-    solution = [0.0] * size
-    for r in reversed(range(size)):
-        known = sum(gram[r][c] * solution[c] for c in range(r + 1, size))
-        solution[r] = (moments[r] - known) / gram[r][r]
-    return solution
-
-
 def estimate_impact(
     *, ingestion: Ingestion, files_to_process: int, bytes_to_process: int, files_skipped: int
 ) -> Impact:
@@ -316,6 +148,7 @@ def estimate_impact(
         throughput_source=model.source,
         estimated_duration_seconds=round(seconds, 2),
         estimate_basis=model.explained(),
+        engine_startup_seconds=model.startup_seconds if files_to_process else 0.0,
     )
 
 

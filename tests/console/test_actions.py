@@ -291,3 +291,17 @@ def test_forms_need_the_csrf_token(loaded, tenant):
 def test_an_unknown_action_is_not_found(loaded, admin_console):
     assert admin_console.get(f"{PAGE}explode/").status_code == 404
     assert admin_console.post(f"{PAGE}explode/", {"typed_name": "raw.sales"}).status_code == 404
+
+
+def test_a_spark_preview_says_it_includes_the_start_of_spark(loaded, admin_console, settings):
+    settings.REFRESH_SPARK_STARTUP_SECONDS = 40
+    loaded.engine = "spark"
+    loaded.save(update_fields=["engine"])
+    Run.objects.filter(ingestion=loaded).delete()  # its one run was not a spark run
+
+    html = admin_console.get(f"{PAGE}full-refresh/", **PANEL).content.decode()
+
+    duration = html[html.index("Estimated duration") :].split("</div>")[0]
+    assert "the engine's calibrated speed, no past run yet; includes ~40 s to start Spark" in (
+        duration
+    )

@@ -1,4 +1,5 @@
-"""Duration estimates that learn: costs per file and per byte fitted on an ingestion's runs."""
+"""Duration estimates that learn: each engine's calibrated costs before a first run, blended
+into the costs per file and per byte fitted on the ingestion's own runs as they accumulate."""
 
 import math
 from datetime import timedelta
@@ -8,7 +9,12 @@ from django.utils import timezone
 
 from ingestions.models import Run, RunStatus
 from ingestions.runs import run_request
-from refresh.planning import duration_model, estimate_impact, fit_costs, measured_runs
+from refresh.estimates import (
+    duration_model,
+    fit_costs,
+    measured_runs,
+)
+from refresh.planning import estimate_impact
 
 from ..factories import IngestionFactory, RunFactory
 from ..helpers import drain_queue, write_csv_files
@@ -82,7 +88,7 @@ def test_many_small_files_cost_more_than_their_bytes(ingestion, finished_run):
     assert large.estimated_duration_minutes == 1
 
 
-def test_without_runs_the_defaults_count_files_too(ingestion, settings):
+def test_without_runs_the_engine_calibration_counts_files_too(ingestion, settings):
     settings.REFRESH_DEFAULT_SECONDS_PER_FILE = 0.012
     settings.REFRESH_DEFAULT_THROUGHPUT_MB_PER_S = 20
     settings.REFRESH_DEFAULT_START_SECONDS = 1
@@ -95,7 +101,10 @@ def test_without_runs_the_defaults_count_files_too(ingestion, settings):
     assert impact.throughput_source == "default"
     assert impact.estimated_duration_seconds == pytest.approx(2411)
     assert impact.estimated_duration_minutes == 41
-    assert impact.estimate_basis.startswith("from defaults (no measured run yet): 12 ms per file")
+    assert impact.estimate_basis.startswith(
+        "from the embedded engine's calibrated costs (no measured run yet): 12 ms per file"
+    )
+    assert impact.engine_startup_seconds == 0
 
 
 def test_nothing_to_load_takes_no_time(ingestion, finished_run):
@@ -163,31 +172,13 @@ def test_a_partial_run_counts_its_failed_files(ingestion, finished_run):
     assert measured_runs(ingestion) == [(100, 1_000, 1.0)]
 
 
-def test_too_few_runs_scale_the_defaults_to_them(ingestion, finished_run, settings):
-    settings.REFRESH_ESTIMATE_MIN_RUNS = 3
-    finished_run(100, 10_000_000, 0.4)
-    finished_run(1_000, 1_000_000, 3.0)
-    default = duration_model(IngestionFactory(tenant=ingestion.tenant))
-
-    model = duration_model(ingestion)
-
-    factor = 3.4 / (
-        default.seconds(files=100, size_bytes=10**7) + default.seconds(files=1000, size_bytes=10**6)
-    )
-    assert model.source == "measured"
-    assert model.basis == "from the defaults scaled to the last 2 runs"
-    assert model.seconds_per_file == pytest.approx(default.seconds_per_file * factor)
-    assert model.seconds_per_byte == pytest.approx(default.seconds_per_byte * factor)
-    assert model.start_seconds == pytest.approx(default.start_seconds * factor)
-
-
 def test_runs_all_of_one_shape_scale_the_defaults(ingestion, finished_run):
     for seconds in (1.0, 1.2, 0.8):
         finished_run(100, 10_000_000, seconds)
 
     model = duration_model(ingestion)
 
-    assert model.basis == "from the defaults scaled to the last 3 runs"
+    assert model.basis == "from the embedded engine's calibration scaled to the last 3 runs"
     assert model.seconds(files=100, size_bytes=10_000_000) == pytest.approx(1.0)
 
 
@@ -198,7 +189,7 @@ def test_runs_whose_time_does_not_grow_with_the_load_scale_the_defaults(ingestio
     model = duration_model(ingestion)
 
     # A fit would be "2 s whatever the load": no cost per file or byte to extrapolate with.
-    assert model.basis == "from the defaults scaled to the last 4 runs"
+    assert model.basis == "from the embedded engine's calibration scaled to the last 4 runs"
     assert model.seconds_per_file > 0 and model.seconds_per_byte > 0
 
 
@@ -238,8 +229,9 @@ def test_the_preview_shows_seconds_and_where_they_come_from(loaded, admin_client
     assert body["estimate"] == {
         "estimated_duration_seconds": pytest.approx(seconds, abs=0.01),
         "source": "measured",
-        # Fitted, or the defaults scaled if these quick runs' times do not tell costs apart.
+        # Fitted, or the calibration scaled if these quick runs' times do not tell costs apart.
         "basis": model.explained(),
+        "engine_startup_seconds": 0.0,
     }
     assert "the last 3 runs: " in body["estimate"]["basis"]
     assert body["impact"]["estimated_duration_minutes"] == max(1, math.ceil(seconds / 60))
@@ -257,4 +249,6 @@ def test_the_executed_operation_keeps_its_estimate(loaded, admin_client):
     assert response.status_code == 202, body
     assert body["estimate"]["source"] == "measured"
     assert body["estimate"]["estimated_duration_seconds"] > 0
-    assert body["estimate"]["basis"].startswith("from the defaults scaled to the last run: ")
+    assert body["estimate"]["basis"].startswith(
+        "from the last run blended with the embedded engine's calibration: "
+    )
