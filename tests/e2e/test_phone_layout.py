@@ -4,6 +4,7 @@ inside its card; the page itself never scrolls sideways."""
 
 import pytest
 
+from ingestions.maintenance import maintenance_run
 from ingestions.models import Role
 from ingestions.runs import run_request
 from refresh.models import RefreshOperation
@@ -30,7 +31,7 @@ OFFENDERS = """() => {
 @pytest.fixture
 def lived_in(tenant, source_dir, user_of):
     """An ingestion with a history: eight runs (one with a failed file), a corrected file,
-    a zero-downtime full refresh."""
+    a zero-downtime full refresh, a maintenance pass."""
     admin = user_of(Role.ADMIN)
     ingestion = IngestionFactory(
         tenant=tenant,
@@ -49,6 +50,7 @@ def lived_in(tenant, source_dir, user_of):
         drain_queue()
     refresh_execute(ingestion=ingestion, kind="full_refresh", actor=admin, confirm=True)
     drain_queue()
+    assert maintenance_run(ingestion=ingestion)  # its table of actions is on the page
     return ingestion, admin
 
 
