@@ -70,7 +70,7 @@ class RefreshScheduleForm(ScheduleForm):
         label="Refresh", choices=[(action, spec_of(action).label) for action in REFRESH_ACTIONS]
     )
     condition = forms.CharField(
-        label="Only when (optional)",
+        label="Only when",
         required=False,
         strip=False,  # the condition language reads it (and refuses blanks)
         max_length=MAX_CONDITION_LENGTH,
