@@ -37,7 +37,7 @@ def operations_behind_table(*, ingestion: Ingestion, overview: dict) -> dict:
     there is one: a main snapshot its run published, a restore point it keeps for undo
     (`autoloader_undo_<id>`), a staging branch it builds (`autoloader_<id>`). One query;
     `overview` is `ingestions.selectors.table_overview`'s, annotated in place with an
-    `operation` ({public_id, label}) and returned."""
+    `refresh_operation` ({public_id, label}) and returned."""
     from .restore_points import restore_point_name
     from .steps import stage_name_for
 
@@ -57,9 +57,9 @@ def operations_behind_table(*, ingestion: Ingestion, overview: dict) -> dict:
             by_run[operation.run.public_id] = shown
         by_ref[restore_point_name(operation)] = by_ref[stage_name_for(operation)] = shown
     for row in snapshots:
-        row["operation"] = by_run.get(row.get("run_id"))
+        row["refresh_operation"] = by_run.get(row.get("run_id"))
     for ref in refs:
-        ref["operation"] = by_ref.get(ref["name"])
+        ref["refresh_operation"] = by_ref.get(ref["name"])
     return overview
 
 

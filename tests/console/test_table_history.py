@@ -37,12 +37,14 @@ def test_a_zero_downtime_refresh_shows_as_one_step_in_mains_history(loaded, cons
     link = f'href="/operations/{operation_id}/" data-operation="{operation_id}"'
     assert link in history.split("<tbody>", 1)[1].split("</tr>", 1)[0] and link in refs
     assert "Full refresh</a>, run" in history
+    assert '<td data-label="Operation">–</td>' not in history  # each names Iceberg's too
 
 
 def test_a_version_no_operation_made_names_no_operation(loaded, console):
     page = console(Role.ADMIN).get(f"/ingestions/{loaded.public_id}/table/").content.decode()
 
     assert "data-operation=" not in page and "run <a href=" in page
+    assert '<td data-label="Operation">append</td>' in page  # Iceberg's own operation
 
 
 def test_a_plain_table_lists_every_snapshot_and_no_refs(loaded):
