@@ -40,6 +40,7 @@ from ingestions.selectors import (
     table_state,
 )
 from ingestions.tenancy import SESSION_TENANT_KEY
+from ingestions.verify_jobs import verify_job_list
 from refresh.offers import ingestion_offers, operation_offers
 from refresh.selectors import operation_list, operations_behind_table
 from refresh.specs import SELECTIVE_REFRESH
@@ -182,6 +183,7 @@ def _detail_context(request, tenant, ingestion, *, parts: set[str]) -> dict:
         )
     if "table-card" in parts:
         context["table"] = table_state(ingestion=ingestion)
+        context["last_verify"] = verify_job_list(ingestion=ingestion).first()
     if "history-card" in parts:
         context["history"] = processed_file_summary(ingestion=ingestion)
         context["failure_counts"] = quarantine.failure_counts(ingestion=ingestion)

@@ -23,7 +23,7 @@ from .maintenance import maintenance_list
 from .models import MaintenanceAction, VerifyStage, VerifyStatus
 from .pagination import StrictLimitOffsetPagination
 from .verify import ingestion_verify
-from .verify_jobs import RETRY_HELP, verify_job_get, verify_job_start
+from .verify_jobs import RETRY_HELP, verify_job_get, verify_job_list, verify_job_start
 
 
 class LocationListApi(TenantAPIView):
@@ -161,6 +161,35 @@ class IngestionVerifyApi(TenantAPIView):
         if wants_async:
             headers["Preference-Applied"] = "respond-async"
         return Response(payload, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+class VerifyJobListApi(TenantAPIView):
+    """The ingestion's verification jobs, newest first, without their reports."""
+
+    Pagination = StrictLimitOffsetPagination
+
+    pagination_class = Pagination  # read by the schema: the list is paginated
+
+    class VerifyJobSummarySerializer(VerifyJobOutputSerializer):
+        report = None  # read one job for its report
+        consistent = serializers.SerializerMethodField()
+
+        def get_consistent(self, job) -> bool | None:
+            return job.report["consistent"] if job.report else None
+
+    @extend_schema(
+        operation_id="ingestions_verify_jobs_list",
+        summary="The ingestion's verification jobs, newest first",
+        description="Each job's status and progress, and `consistent` once it succeeded; "
+        "read one job (GET .../verifies/{job_id}) for its report. Reads only.",
+        responses={200: VerifyJobSummarySerializer(many=True), **COMMON_ERRORS},
+    )
+    def get(self, request, ingestion_id: str):
+        ingestion = self.get_ingestion(ingestion_id, "view_ingestion")
+        paginator = self.Pagination()
+        page = paginator.paginate_queryset(verify_job_list(ingestion=ingestion), request, view=self)
+        payload = self.VerifyJobSummarySerializer(page, many=True).data
+        return paginator.get_paginated_response(payload)
 
 
 class VerifyJobDetailApi(TenantAPIView):

@@ -25,6 +25,11 @@ urlpatterns = [
         name="api-ingestion-verify",
     ),
     path(
+        "ingestions/<str:ingestion_id>/verifies",
+        table_api.VerifyJobListApi.as_view(),
+        name="api-verify-jobs",
+    ),
+    path(
         "ingestions/<str:ingestion_id>/verifies/<str:job_id>",
         table_api.VerifyJobDetailApi.as_view(),
         name="api-verify-job",

@@ -103,8 +103,13 @@ def verify_job_get(*, ingestion: Ingestion, job_id: str) -> VerifyJob:
         raise VerifyJobNotFoundError() from None
 
 
-def verify_job_latest(*, ingestion: Ingestion) -> VerifyJob | None:
-    return VerifyJob.objects.filter(ingestion=ingestion).first()
+def verify_job_list(*, ingestion: Ingestion):
+    """The ingestion's jobs, newest first."""
+    return (
+        VerifyJob.objects.filter(ingestion=ingestion)
+        .select_related("ingestion")
+        .order_by("-created_at", "-id")
+    )
 
 
 class _Progress:

@@ -175,10 +175,10 @@ def test_the_page_issues_a_bounded_number_of_queries(
     for _ in range(history):
         RunFactory(ingestion=loaded, status=RunStatus.SUCCESS, requested_by=admin_console.user)
         admin_console.post(f"{PAGE}drop-table/", {"typed_name": "raw.sales"})
-    # 13 today, for 1 or 30 runs and operations: session, user, tenant, ingestion, roles,
+    # 14 today, for 1 or 30 runs and operations: session, user, tenant, ingestion, roles,
     # runs, history, failed files, operations and their steps, audit, the audit's
-    # ingestion names (one query), tenant menu.
-    with django_assert_max_num_queries(14):
+    # ingestion names (one query), the last verification, tenant menu.
+    with django_assert_max_num_queries(15):
         assert admin_console.get(PAGE).status_code == 200
 
 
@@ -314,4 +314,7 @@ def test_verify_from_the_table_card_starts_a_job_whose_page_shows_the_report(adm
 
     assert report.status_code == 200
     assert b"The table holds exactly what the history says" in report.content
+    card = admin_console.get(f"/ingestions/{loaded.public_id}/", **hx("table-card"))
+    assert b'data-last-verify="SUCCESS"' in card.content
+    assert started["Location"].encode() in card.content
     assert admin_console.get(f"/ingestions/{loaded.public_id}/verify/").status_code == 405

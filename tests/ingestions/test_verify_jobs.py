@@ -268,3 +268,21 @@ def test_a_job_whose_worker_died_is_queued_again_then_given_up_after_its_attempt
     verify_jobs_recover_stale()
     gave_up = VerifyJob.objects.get(public_id=job_id)
     assert gave_up.status == VerifyStatus.FAILED and gave_up.error_code == "WORKER_LOST"
+
+
+def test_the_jobs_of_an_ingestion_are_listed_newest_first_without_their_reports(
+    loaded, admin_client, member, other_tenant
+):
+    failing = FaultingEngine({"source_file_rows": EngineError("the cluster went away")})
+    first = admin_client.post(url(loaded), {"async": True}, format="json").json()["job_id"]
+    verify_job_execute(job_id=first, engine=failing)
+    second = admin_client.post(url(loaded), {"async": True}, format="json").json()["job_id"]
+    drain_queue()
+
+    listed = admin_client.get(url(loaded, "verifies")).json()
+
+    assert listed["count"] == 2
+    assert [job["job_id"] for job in listed["results"]] == [second, first]
+    assert [job["consistent"] for job in listed["results"]] == [True, None]
+    assert all("report" not in job for job in listed["results"])
+    assert member(Role.ADMIN, other_tenant).get(url(loaded, "verifies")).status_code == 404
