@@ -2,12 +2,15 @@
 Verify button starts a job the worker runs (`ingestions.verify_jobs`); its page shows a
 progress bar that follows the job and swaps in the report when it ends."""
 
+from datetime import timedelta
+
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from ingestions.errors import AutoloaderError, VerifyJobNotFoundError
-from ingestions.models import VerifyStage
+from ingestions.models import VerifyStage, VerifyStatus
 from ingestions.verify_jobs import verify_job_get, verify_job_start
 
 from .plumbing import _fragment, _ingestion, tenant_view
@@ -20,6 +23,8 @@ CATEGORY_TITLES = {
     "gone": "Gone from the source",
     "never_loaded": "In the source, never loaded",
 }
+# A job queued this long with no worker taking it: the page asks whether one is running.
+WORKER_HINT_AFTER_SECONDS = 10
 # Categories that make the table and the history disagree (the others: the source moved on).
 DISAGREEING = ("missing_from_table", "rows_differ", "unknown")
 
@@ -59,6 +64,8 @@ def verify_job(request, tenant, ingestion_id: str, job_id: str):
         "job": job,
         "stages": stages,
         "passed": order[: order.index(job.stage)] if job.stage in order else order,
+        "no_worker_yet": job.status == VerifyStatus.QUEUED
+        and timezone.now() - job.created_at > timedelta(seconds=WORKER_HINT_AFTER_SECONDS),
     }
     if job.report:
         context["sections"] = [

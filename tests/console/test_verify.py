@@ -72,3 +72,18 @@ def test_another_tenants_job_page_is_a_404(admin_console, console, loaded, other
 
     assert console(Role.ADMIN, tenant_obj=other_tenant).get(page_url).status_code == 404
     assert admin_console.get(f"/ingestions/{loaded.public_id}/verifies/vfy-0/").status_code == 404
+
+
+def test_a_job_no_worker_took_says_to_check_the_worker(admin_console, loaded):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    page_url = start(admin_console, loaded)
+    VerifyJob.objects.update(created_at=timezone.now() + timedelta(minutes=1))  # just queued
+    assert "data-no-worker" not in admin_console.get(page_url).content.decode()
+
+    VerifyJob.objects.update(created_at=timezone.now() - timedelta(minutes=1))
+
+    fragment = admin_console.get(page_url, **hx("verify-job")).content.decode()
+    assert "data-no-worker" in fragment and "autoloader_worker" in fragment
