@@ -25,6 +25,7 @@ from .models import (
     StorageLocation,
     TableMaintenance,
     Tenant,
+    VerifyJob,
 )
 from .services import ingestion_update
 
@@ -159,6 +160,15 @@ class TableMaintenanceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ["action"]
     list_select_related = ["ingestion"]
     readonly_fields = [field.name for field in TableMaintenance._meta.fields]
+
+
+@admin.register(VerifyJob)
+class VerifyJobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["public_id", "ingestion", "status", "stage", "requested_by", "created_at"]
+    list_filter = ["status", "ingestion__tenant"]
+    search_fields = ["public_id", "ingestion__public_id"]
+    list_select_related = ["ingestion", "requested_by"]
+    readonly_fields = [field.name for field in VerifyJob._meta.fields]
 
 
 # --- storage locations ------------------------------------------------------------------

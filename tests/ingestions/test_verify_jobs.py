@@ -286,3 +286,19 @@ def test_the_jobs_of_an_ingestion_are_listed_newest_first_without_their_reports(
     assert [job["consistent"] for job in listed["results"]] == [True, None]
     assert all("report" not in job for job in listed["results"])
     assert member(Role.ADMIN, other_tenant).get(url(loaded, "verifies")).status_code == 404
+
+
+def test_the_admin_shows_jobs_read_only(loaded, admin_client):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    job_id = admin_client.post(url(loaded), {"async": True}, format="json").json()["job_id"]
+    staff = Client()
+    staff.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "x"))
+    pk = VerifyJob.objects.get(public_id=job_id).pk
+
+    assert job_id in staff.get("/admin/ingestions/verifyjob/").content.decode()
+    assert staff.get("/admin/ingestions/verifyjob/add/").status_code == 403
+    staff.post(f"/admin/ingestions/verifyjob/{pk}/change/", {"status": "SUCCESS"})
+    staff.post(f"/admin/ingestions/verifyjob/{pk}/delete/", {"post": "yes"})
+    assert VerifyJob.objects.get(pk=pk).status == VerifyStatus.QUEUED
