@@ -7,7 +7,7 @@ table will then hold nothing at all.
 
 from typing import TYPE_CHECKING
 
-from ingestions.formats import counted, thousands
+from ingestions.formats import counted
 
 from .models import OperationKind, RefreshMode
 
@@ -43,14 +43,14 @@ def plan_end_state(plan: "Plan") -> dict:
             table_exists=False,
             sentence=f"After it, {name} does not exist (0 rows) until the next run creates it "
             f"again, and that run loads only files not in the history: the "
-            f"{thousands(history['count'])} files of the history stay marked as processed "
+            f"{counted(history['count'], 'file')} of the history stay marked as processed "
             "and are not loaded again",
         )
     if plan.kind == OperationKind.CLEAR_PROCESSED_FILES:
         if not table["exists"]:
             words = f"{name} does not exist"
         else:
-            words = f"{name} still holds its {thousands(rows_now)} rows"
+            words = f"{name} still holds its {counted(rows_now, 'row')}"
         return _state(
             rows=rows_now,
             rows_kept=rows_now,
@@ -62,7 +62,11 @@ def plan_end_state(plan: "Plan") -> dict:
         )
     # A full refresh or a fresh start: a new table of the files its run loads.
     new_only = plan.kind == OperationKind.FRESH_START
-    replaced = f"its {thousands(rows_now)} current rows are replaced" if rows_now else ""
+    replaced = (
+        f"its {counted(rows_now, 'current row')} {'is' if rows_now == 1 else 'are'} replaced"
+        if rows_now
+        else ""
+    )
     if not files:
         why = "there is no new file" if new_only else "the source has no file to load"
         return _state(
@@ -74,11 +78,14 @@ def plan_end_state(plan: "Plan") -> dict:
             sentence=f"After it, {name} will be EMPTY: {why}, so it holds 0 rows until new "
             f"files arrive and a run loads them" + (f"; {replaced} by nothing" if replaced else ""),
         )
-    which = f"the {thousands(files)} {'new' if new_only else 'source'} files"
+    which = f"the {counted(files, 'new file' if new_only else 'source file')}"
     sentence = f"After it, {name} holds only the rows of {which}"
     if rows_now:
-        sentence += f", none of its {thousands(rows_now)} current rows"
-    sentence += " (how many rows they hold is known once they are loaded)"
+        sentence += f", none of its {counted(rows_now, 'current row')}"
+    sentence += (
+        f" (how many rows {'it holds' if files == 1 else 'they hold'} is known once "
+        f"{'it is' if files == 1 else 'they are'} loaded)"
+    )
     if plan.mode == RefreshMode.DROP_FIRST:
         sentence += "; it is empty from the start until the run has loaded them"
     return _state(
@@ -97,19 +104,19 @@ def _selective(plan: "Plan", *, name: str, rows_now: int) -> dict:
     kept = max(0, rows_now - replaced)
     history_after = plan.history["count"] - scope["history_files_in_scope"] + reloaded
     sentence = (
-        f"After it, {name} keeps the {thousands(kept)} rows of the files out of the scope, "
+        f"After it, {name} keeps the {counted(kept, 'row')} of the files out of the scope, "
         "untouched"
     )
     if reloaded:
         sentence += (
             f", and holds the rows the {counted(reloaded, 'file')} in scope "
             f"{'has' if reloaded == 1 else 'have'} now instead "
-            f"of their {thousands(replaced)} current rows"
+            f"of their {counted(replaced, 'current row')}"
         )
-    if scope["files_gone_from_source"]:
+    if gone := scope["files_gone_from_source"]:
         sentence += (
-            f"; the rows of the {thousands(scope['files_gone_from_source'])} files in scope "
-            "that are gone from the source are removed"
+            f"; the rows of the {counted(gone, 'file')} in scope that "
+            f"{'is' if gone == 1 else 'are'} gone from the source are removed"
         )
     return _state(
         rows=None if reloaded else kept,
