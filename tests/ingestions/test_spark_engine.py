@@ -303,6 +303,13 @@ def test_a_table_written_by_spark_is_adopted_file_by_file(spark_settings, tenant
     counts = load_engine("spark").source_file_rows(first.table_identifier)
 
     assert counts == {f"part-{index:04d}.csv": 5 for index in range(3)}
+    # A verification's form, data file by data file with progress: the same counts.
+    seen: list[tuple[int, int]] = []
+    counted = load_engine("spark").source_file_rows(
+        first.table_identifier, progress=lambda done, total: seen.append((done, total))
+    )
+    assert counted == counts
+    assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1] >= 1
 
 
 def test_spark_and_the_embedded_engine_share_a_postgresql_catalog(
