@@ -8,7 +8,7 @@ there). Rows are found by their lineage column, `_source_file`.
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 from django.core.exceptions import ValidationError
@@ -94,7 +94,12 @@ class Scope:
             return counted(len(self.files), "named file")
         bounds = []
         if self.modified_after:
-            bounds.append(f"after {self.modified_after:%Y-%m-%d %H:%M} UTC")
+            # A range of whole days (refresh-range) starts just before midnight: "from" it.
+            start = self.modified_after + timedelta(microseconds=1)
+            if start.microsecond == 0 and self.modified_after.microsecond:
+                bounds.append(f"from {start:%Y-%m-%d %H:%M:%S} UTC")
+            else:
+                bounds.append(f"after {self.modified_after:%Y-%m-%d %H:%M} UTC")
         if self.modified_before:
             bounds.append(f"before {self.modified_before:%Y-%m-%d %H:%M} UTC")
         return "files modified " + " and ".join(bounds)

@@ -299,6 +299,12 @@ def test_scope_times_are_kept_in_utc():
     assert scope.modified_after == datetime(2025, 5, 31, 18, 0, tzinfo=UTC)
     assert scope.modified_after.utcoffset() == timedelta(0)
     assert scope.describe() == "files modified after 2025-05-31 18:00 UTC"
+    days = Scope.parse(
+        {"modified_after": "2025-05-31T23:59:59.999999Z", "modified_before": "2025-06-02T00:00:00Z"}
+    )
+    assert days.describe() == (
+        "files modified from 2025-06-01 00:00:00 UTC and before 2025-06-02 00:00 UTC"
+    )
 
 
 def test_a_scope_needs_a_table_with_rows_and_is_only_for_full_refresh(
