@@ -46,7 +46,7 @@ class LocationListApi(TenantAPIView):
 
 # `async` is a Python keyword: the request's serializer is built with `type`.
 VerifyInputSerializer = type(
-    "VerifyRequest",
+    "Verify",  # the schema's component: "VerifyRequest"
     (serializers.Serializer,),
     {
         "async": serializers.BooleanField(
@@ -125,7 +125,14 @@ class IngestionVerifyApi(TenantAPIView):
                 OpenApiParameter.HEADER,
                 required=False,
                 description='respond-async: run in the worker (202), as with {"async": true}',
-            )
+            ),
+            OpenApiParameter(
+                "Location",
+                str,
+                OpenApiParameter.HEADER,
+                response=[202],
+                description="The job: GET it for its progress and report",
+            ),
         ],
         responses={
             200: OpenApiResponse(description="the verification report"),
