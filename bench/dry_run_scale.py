@@ -5,6 +5,13 @@ lists the source, subtracts the history and estimates the impact. Prints a table
 writes bench/results/dry_run_scale.json.
 
     .venv/bin/python bench/dry_run_scale.py [--sizes 10000 100000] [--trials 3]
+
+With `--folder DIR`, the files are those already in DIR (e.g. 1,000,000 in one folder,
+made once and kept); `--data-dir` keeps the product's database and its history between
+invocations. Each trial then runs the bare listing and the dry-run in child processes of
+their own, which also report their peak memory (the whole process, as a web worker's).
+
+    .venv/bin/python bench/dry_run_scale.py --folder /tmp/million --data-dir /tmp/million-db
 """
 
 import argparse
@@ -34,22 +41,26 @@ def bare_listing(folder: Path) -> int:
     return sum(1 for info in infos if info.type == pafs.FileType.File)
 
 
-def prepare(size: int, work: Path):
+def prepare(size: int, work: Path, folder: Path | None = None):
     from django.utils import timezone
 
     from ingestions.locations import source_open
-    from ingestions.models import Membership, ProcessedFile, Role, Tenant
+    from ingestions.models import Ingestion, Membership, ProcessedFile, Role, Tenant
     from ingestions.services import ingestion_create
     from ingestions.sources import list_source_files
 
-    folder = work / f"source-{size}"
-    make_files(folder, size)
+    if folder is None:
+        folder = work / f"source-{size}"
+        make_files(folder, size)
     tenant, _ = Tenant.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
     from django.contrib.auth import get_user_model
 
     user, _ = get_user_model().objects.get_or_create(username="bench-admin")
     Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": Role.ADMIN})
     grant_source(tenant, str(folder))
+    existing = Ingestion.objects.filter(public_id=f"scale-{size}").first()
+    if existing is not None:  # a kept --data-dir: its history is there already
+        return existing, user, folder
     ingestion = ingestion_create(
         tenant=tenant,
         actor=None,
@@ -63,19 +74,131 @@ def prepare(size: int, work: Path):
     listing = list_source_files(source=source_open(tenant=tenant, uri=str(folder)))
     ProcessedFile.objects.bulk_create(
         (
-            ProcessedFile(ingestion=ingestion, path=f.path, size_bytes=f.size_bytes, loaded_at=now)
+            ProcessedFile(
+                ingestion=ingestion,
+                path=f.path,
+                size_bytes=f.size_bytes,
+                modified_at=f.modified_at,
+                loaded_at=now,
+            )
             for f in listing
         ),
-        batch_size=5000,
+        batch_size=10_000,
     )
     return ingestion, user, folder
+
+
+def child(args) -> None:
+    """One measured call in a process of its own: prints its seconds and peak memory. The
+    call is made twice and the second one timed, as in a process that served requests
+    before (imports, connections and the first request's set-up are not the listing's)."""
+    import json
+    import resource
+
+    if args.child == "bare":
+        bare_listing(args.folder)
+        seconds = timed(lambda: bare_listing(args.folder))
+    else:
+        setup_django(args.data_dir, migrate=False)
+        from django.contrib.auth import get_user_model
+        from rest_framework.test import APIClient
+
+        client = APIClient()
+        client.force_authenticate(get_user_model().objects.get(username="bench-admin"))
+
+        def call():
+            response = client.post(
+                f"/api/v1/ingestions/{args.ingestion}/fresh-start", {"dry_run": True}, format="json"
+            )
+            assert response.status_code == 200, response.content
+            assert response.json()["impact"]["files_to_process"] == 0
+
+        call()
+        seconds = timed(call)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
+
+
+def in_child(what: str, **options) -> dict:
+    import json
+    import subprocess
+
+    command = [sys.executable, __file__, "--child", what]
+    for name, value in options.items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main_kept_folder(args) -> None:
+    """--folder: bare listing and dry-run, each in a child process, alternating."""
+    from django.db import connection
+
+    started = time.perf_counter()
+    size = bare_listing(args.folder)
+    ingestion, _, folder = prepare(size, args.data_dir, folder=args.folder)
+    print(f"{size:,} files; history ready in {time.perf_counter() - started:.1f} s")
+    bare, dry = [], []
+    for trial in range(args.trials):
+        contenders = [
+            (bare, lambda: in_child("bare", folder=folder)),
+            (
+                dry,
+                lambda: in_child(
+                    "dry-run", folder=folder, data_dir=args.data_dir, ingestion=ingestion.public_id
+                ),
+            ),
+        ]
+        if trial % 2:
+            contenders.reverse()
+        for results, function in contenders:
+            results.append(function())
+    bare_s = median([item["seconds"] for item in bare])
+    dry_s = median([item["seconds"] for item in dry])
+    bare_mb = max(item["peak_mb"] for item in bare)
+    dry_mb = max(item["peak_mb"] for item in dry)
+    print()
+    print_table(
+        ["files (= history)", "bare listing s", "dry-run API s", "ratio", "bare peak MB",
+         "dry-run peak MB"],
+        [[f"{size:,}", f"{bare_s:.3f}", f"{dry_s:.3f}", f"{dry_s / bare_s:.2f}",
+          f"{bare_mb:.0f}", f"{dry_mb:.0f}"]],
+    )  # fmt: skip
+    print("\ntarget at 1,000,000: dry-run <= 1.5 x bare listing (the issue), bounded memory")
+    write_results(
+        "dry_run_scale_million",
+        {
+            "command": " ".join(sys.argv),
+            "database": connection.vendor,
+            "files": size,
+            "history": size,
+            "folder": str(folder),
+            "bare": bare,
+            "dry_run": dry,
+            "ratio": round(dry_s / bare_s, 3),
+            "dry_run_peak_mb": round(dry_mb),
+            "bare_peak_mb": round(bare_mb),
+        },
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--folder", type=Path, help="files made already (kept between runs)")
+    parser.add_argument("--data-dir", type=Path, help="the product's data, kept between runs")
+    parser.add_argument("--child", choices=["bare", "dry-run"], help=argparse.SUPPRESS)
+    parser.add_argument("--ingestion", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if args.folder:
+        args.data_dir = args.data_dir or temp_dir("autoloader-bench-dryrun-")
+        setup_django(args.data_dir)
+        main_kept_folder(args)
+        return
 
     work = temp_dir("autoloader-bench-dryrun-")
     setup_django(work / "product")

@@ -1,9 +1,22 @@
 """Reads of the domain, always scoped to a tenant, with the joins their callers need."""
 
-from datetime import UTC, datetime
+from collections.abc import Container
 
 from django.db import connection
-from django.db.models import Count, Max, Min, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import (
+    Aggregate,
+    BigIntegerField,
+    Count,
+    F,
+    Func,
+    Max,
+    Min,
+    OuterRef,
+    QuerySet,
+    Subquery,
+    Sum,
+    TextField,
+)
 
 from .errors import IngestionNotFoundError, RunNotFoundError
 from .models import ACTIVE_RUN_STATUSES, Ingestion, Membership, ProcessedFile, Run, Tenant
@@ -70,17 +83,73 @@ def processed_file_paths(*, ingestion: Ingestion) -> set[str]:
     )
 
 
-def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
-    """Every path in the history with the (size, modification time, ETag) it had when
-    loaded ("" when the store gave no ETag), and the change a run already reported.
+# History rows joined into one string by the database per block of ids.
+HISTORY_BLOCK_IDS = 65_536
 
-    Read with the queryset's own SQL on a plain cursor: a run compares every listed file,
-    and Django's per-row converters (a datetime parsed and made aware in Python per row)
-    were most of what 10,000 unchanged files cost (`bench/changed_files.py`).
+
+def processed_file_paths_into(
+    paths: set[str], *, ingestion: Ingestion, leave_out: Container[str] = ()
+) -> None:
+    """Add every path in the history to `paths` (except those in `leave_out`), block by
+    block, so that another thread testing `paths` (a listing's `skip`) sees them arrive.
+
+    The database joins each block's paths into one string (GROUP_CONCAT / STRING_AGG over
+    ids in blocks of HISTORY_BLOCK_IDS): a million paths come as a few dozen rows, built
+    while this process waits without holding the GIL, instead of a million Python rows
+    that a listing thread would queue behind. A block whose count disagrees with its
+    pieces (a path with a newline in it) is read again row by row.
+    """
+    blocks = (
+        ProcessedFile.objects.filter(ingestion=ingestion)
+        .values(block=F("id") / HISTORY_BLOCK_IDS)
+        .annotate(joined=JoinedPaths("path"), count=Count("id"))
+        .values_list("block", "joined", "count")
+    )
+    for block, joined, count in blocks.iterator():
+        pieces = joined.split("\n")
+        if len(pieces) != count:
+            pieces = ProcessedFile.objects.filter(
+                ingestion=ingestion,
+                id__gte=block * HISTORY_BLOCK_IDS,
+                id__lt=(block + 1) * HISTORY_BLOCK_IDS,
+            ).values_list("path", flat=True)
+        if leave_out:
+            paths.update(path for path in pieces if path not in leave_out)
+        else:
+            paths.update(pieces)
+
+
+class JoinedPaths(Aggregate):
+    """A group's strings joined with newlines, in no particular order."""
+
+    function = "STRING_AGG"
+    template = "%(function)s(%(expressions)s, E'\\n')"
+    output_field = TextField()
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        return self.as_sql(
+            compiler,
+            connection,
+            function="GROUP_CONCAT",
+            template="%(function)s(%(expressions)s, char(10))",
+            **extra_context,
+        )
+
+
+def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
+    """Every path in the history with the signature it had when loaded: (size, modification
+    time in integer microseconds since the epoch or None, ETag or "", the change a run
+    already reported) — what `source_changes.file_changed` compares a listed file with.
+
+    One query whose rows are plain integers and strings: the database turns the stored
+    time into microseconds, so no row costs a datetime (Django's SQLite converter parsed
+    each one with a regular expression: most of what 10,000 unchanged files cost a run,
+    `bench/changed_files.py`), and the rows are read on a plain cursor, no model.
     """
     query = (
         ProcessedFile.objects.filter(ingestion=ingestion)
-        .values_list("path", "size_bytes", "modified_at", "etag", "noticed_change")
+        .annotate(modified_us=EpochMicros("modified_at"))
+        .values_list("path", "size_bytes", "modified_us", "etag", "noticed_change")
         .query
     )
     sql, params = query.sql_with_params()
@@ -88,21 +157,34 @@ def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         while rows := cursor.fetchmany(10_000):
-            for path, size, modified_at, etag, noticed in rows:
-                signatures[path] = (size, _stored_moment(modified_at), etag, noticed)
+            for row in rows:
+                signatures[row[0]] = row[1:]
     return signatures
 
 
-def _stored_moment(value) -> datetime | None:
-    """A DateTimeField's raw value as Django would give it: tz-aware UTC (SQLite stores
-    naive UTC text, PostgreSQL gives an aware datetime)."""
-    if isinstance(value, str):
-        # Django writes SQLite's datetimes as naive UTC text. Parsing with the offset is
-        # four times cheaper than `.replace(tzinfo=UTC)` afterwards (10,000 files a run).
-        return datetime.fromisoformat(value + "+00:00")
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+class EpochMicros(Func):
+    """A datetime column as integer microseconds since the epoch (NULL stays NULL), exact
+    on both databases: no floating point."""
+
+    arity = 1
+    output_field = BigIntegerField()
+    # EXTRACT gives numeric (exact) on PostgreSQL 14 and later.
+    template = "CAST(EXTRACT(EPOCH FROM %(expressions)s) * 1000000 AS BIGINT)"
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        # Django stores naive UTC text, "YYYY-MM-DD HH:MM:SS[.ffffff]": the whole seconds
+        # and the microseconds apart, since strftime('%s') of the whole text rounds
+        # ".9996" up to the next second. ("%%%%s" is strftime's %s once Func and the
+        # cursor have each unescaped it.)
+        return self.as_sql(
+            compiler,
+            connection,
+            template=(
+                "CAST(strftime('%%%%s', substr(%(expressions)s, 1, 19)) AS INTEGER) * 1000000"
+                " + CAST(substr(%(expressions)s, 21, 6) AS INTEGER)"
+            ),
+            **extra_context,
+        )
 
 
 def paths_loaded_before(*, ingestion: Ingestion, paths: list[str]) -> set[str]:

@@ -7,6 +7,7 @@ is **gone**: counted and named on the run, its rows removed when `gone_files` sa
 """
 
 import logging
+import math
 
 from django.db import transaction
 
@@ -15,6 +16,7 @@ from .engines import Engine
 from .models import ChangeAction, ChangedFiles, GoneFiles, Ingestion, ProcessedFile, Run
 from .runs import SNAPSHOT_INGESTION_KEY, SNAPSHOT_RUN_KEY
 from .sources import SourceFile
+from .sources.discovery import EPOCH, ONE_MICROSECOND
 
 logger = logging.getLogger("ingestions.runs")  # one logger for a run's whole life
 
@@ -126,20 +128,32 @@ def file_changed(recorded: tuple, source: SourceFile) -> bool:
     ETag or another modification time, each judged when both sides know it. An entry
     with no signature is not judged.
 
-    `recorded` is (size, modified_at, etag) as `processed_file_signatures` gives it. The
-    ETag catches what size and time miss: a rewrite of the same size within the store's
-    one-second time resolution.
+    `recorded` is (size, modified, etag): `modified` in integer microseconds as
+    `processed_file_signatures` gives it, or an aware datetime. The ETag catches what size
+    and time miss: a rewrite of the same size within the store's one-second resolution.
     """
-    size, modified_at, etag = recorded[:3]
-    if not size and modified_at is None and not etag:
+    size, modified, etag = recorded[:3]
+    if not size and modified is None and not etag:
         return False  # recorded without a signature (a table adopted by file name)
     if size != source.size_bytes:
         return True
     if etag and source.etag and etag != source.etag:
         return True
-    if modified_at is None or source.modified_ns is None:
+    if modified is None or source.modified_ns is None:
         return False
-    return modified_at != source.modified_at
+    if not isinstance(modified, int):
+        modified = (modified - EPOCH) // ONE_MICROSECOND
+    return modified != stored_micros(source.modified_ns)
+
+
+def stored_micros(modified_ns: int) -> int:
+    """A listed time as the history stored it, in integer microseconds: what
+    `(SourceFile.modified_at - EPOCH) // 1 µs` gives, without building the datetime.
+    `datetime.fromtimestamp` splits the float seconds and rounds the fraction's
+    microseconds half to even; so does this, for the same figure to the microsecond.
+    """
+    fraction, whole = math.modf(modified_ns / 1e9)
+    return int(whole) * 1_000_000 + round(fraction * 1e6)
 
 
 def change_mark(source: SourceFile) -> str:

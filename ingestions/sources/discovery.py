@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import posixpath
 import time
+from collections.abc import Container
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from stat import S_ISREG as stat_is_file
@@ -65,13 +66,20 @@ def list_source_files(*, source: SourceHandle, pattern: str | None = None) -> li
 
 
 def list_source_entries(
-    *, source: SourceHandle, pattern: str | None = None, with_etags: bool = False
+    *,
+    source: SourceHandle,
+    pattern: str | None = None,
+    with_etags: bool = False,
+    skip: Container[str] = (),
 ) -> list[tuple]:
     """`list_source_files` as plain `(path, size_bytes, modified_ns)` tuples, sorted by path
     (with `with_etags`, an object store's entries carry the ETag as a fourth item).
 
-    The fast form for callers that only count and sum (a dry-run over 100,000 files): it
-    builds no objects per file beyond the tuple.
+    The fast form for callers that only count and sum (a dry-run over 1,000,000 files): it
+    builds no objects per file beyond the tuple. A file whose path is in `skip` (checked
+    when the file is seen) is counted against the bound but neither examined nor returned:
+    a local file then costs no `stat` and no tuple. `skip` may grow while the listing runs
+    (another thread filling a set); a path added after its file was seen is listed.
 
     Raises:
         SourceUnavailableError, SourceListingLimitError: see `list_source_files`.
@@ -84,13 +92,19 @@ def list_source_entries(
         uri=source.uri,
     )
     if source.local_boundary is not None:
-        entries = _walk_local(source, bound)
+        entries = _walk_local(source, bound, skip)
     else:
-        entries = _list_store(source, bound, with_etags=with_etags)
+        entries = _list_store(source, bound, with_etags=with_etags, skip=skip)
     if pattern:
         entries = [entry for entry in entries if _matches(entry[0], pattern)]
-    entries.sort()
+    entries.sort(key=_path_of)  # paths are unique: sorting by them alone is the same order
     return entries
+
+
+def _path_of(entry: tuple) -> str:
+    # Sorting on a str key takes list.sort's string fast path: 2.5x faster than comparing
+    # the tuples at 1,000,000 entries.
+    return entry[0]
 
 
 class _Bound:
@@ -118,15 +132,14 @@ class _Bound:
             )
 
     def saw(self, count: int = 1) -> None:
-        """Any entry (file, folder, hidden): the wider bound, and the clock now and then."""
+        """Any entry (file, folder, hidden): the wider bound, and the clock."""
         self.seen += count
         if self.seen > self.max_entries:
             raise SourceListingLimitError(
                 f"Listing {self.uri} stopped: more than {self.max_entries:,} entries "
                 "(files, folders and hidden entries)."
             )
-        if self.seen % 512 == 0 or count > 1:
-            self.check_time()
+        self.check_time()
 
     def check_time(self) -> None:
         if time.monotonic() > self.deadline:
@@ -136,12 +149,20 @@ class _Bound:
             )
 
 
-def _walk_local(source: SourceHandle, bound: _Bound) -> list[tuple[str, int, int | None]]:
+# A local walk tells its bound what it saw every this many entries (and at each folder's
+# end): a method call and a clock read per entry were a tenth of a 1,000,000-file walk.
+BOUND_EVERY = 1024
+
+
+def _walk_local(
+    source: SourceHandle, bound: _Bound, skip: Container[str]
+) -> list[tuple[str, int, int | None]]:
     """Walk a local folder without ever following a directory symlink.
 
     A symlinked file is listed only when its target lies inside the location; a link to a
     directory is never entered, so a loop (`loop -> .`) lists nothing twice and a link out
-    of the location reads nothing.
+    of the location reads nothing. The loop is the listing's hot path (one pass per file):
+    counters are local and reported to the bound in blocks of BOUND_EVERY entries.
     """
     root = source.root
     try:
@@ -152,28 +173,38 @@ def _walk_local(source: SourceHandle, bound: _Bound) -> list[tuple[str, int, int
     except OSError as exc:
         raise SourceUnavailableError(f"Cannot list source {source.uri!r}: {exc.strerror}") from exc
     entries: list[tuple[str, int, int | None]] = []
+    append = entries.append
     pending = [(root, "")]
     while pending:
         folder, relative_folder = pending.pop()
+        seen = files = 0
         try:
             with os.scandir(folder) as listing:
                 for entry in listing:
-                    bound.saw()
-                    if entry.name.startswith(HIDDEN_PREFIXES):
+                    seen += 1
+                    if seen == BOUND_EVERY:
+                        bound.saw(seen)
+                        bound.add_files(files)
+                        seen = files = 0
+                    name = entry.name
+                    if name.startswith(HIDDEN_PREFIXES):
                         continue
-                    relative_path = relative_folder + entry.name
+                    relative_path = relative_folder + name
                     try:
-                        if entry.is_dir(follow_symlinks=False):
-                            pending.append((entry.path, relative_path + "/"))
-                        elif entry.is_file(follow_symlinks=False):
+                        if entry.is_file(follow_symlinks=False):
+                            files += 1
+                            if relative_path in skip:
+                                continue
                             stat = entry.stat(follow_symlinks=False)
-                            entries.append((relative_path, stat.st_size, stat.st_mtime_ns))
-                            bound.add_files()
+                            append((relative_path, stat.st_size, stat.st_mtime_ns))
+                        elif entry.is_dir(follow_symlinks=False):
+                            pending.append((entry.path, relative_path + "/"))
                         elif entry.is_symlink() and source.is_readable(entry.path):
                             target = _stat_link_target(entry.path)
                             if target is not None and stat_is_file(target.st_mode):
-                                entries.append((relative_path, target.st_size, target.st_mtime_ns))
-                                bound.add_files()
+                                files += 1
+                                if relative_path not in skip:
+                                    append((relative_path, target.st_size, target.st_mtime_ns))
                     except OSError:
                         # Renamed, removed or swapped while listed: not listed this time (a
                         # run lists again; the read checks what it opens in any case).
@@ -184,6 +215,8 @@ def _walk_local(source: SourceHandle, bound: _Bound) -> list[tuple[str, int, int
             raise SourceUnavailableError(
                 f"Cannot list source {source.uri!r}: {exc.strerror or type(exc).__name__}"
             ) from exc
+        bound.saw(seen)
+        bound.add_files(files)
     return entries
 
 
@@ -196,7 +229,7 @@ def _stat_link_target(path: str) -> os.stat_result | None:
 
 
 def _list_store(
-    source: SourceHandle, bound: _Bound, *, with_etags: bool
+    source: SourceHandle, bound: _Bound, *, with_etags: bool, skip: Container[str] = ()
 ) -> list[tuple[str, int, int | None] | tuple[str, int, int | None, str]]:
     """List an object store (no symlinks there) with S3's ListObjectsV2, 1,000 keys a page.
 
@@ -221,6 +254,7 @@ def _list_store(
             any_object = any_object or bool(contents)
             bound.saw(len(contents))
             found = len(entries)
+            skipped = 0
             # The hot loop of every listing of S3: plain string tests and tuples only.
             for item in contents:
                 full_key = item["Key"]
@@ -228,6 +262,9 @@ def _list_store(
                     continue  # a folder marker
                 relative_path = full_key[prefix_length:]
                 if _is_hidden(relative_path):
+                    continue
+                if relative_path in skip:
+                    skipped += 1
                     continue
                 stamp = item.get("LastModified")
                 if stamp not in times:
@@ -238,7 +275,7 @@ def _list_store(
                     entries.append((relative_path, item["Size"], modified_ns, etag))
                 else:
                     entries.append((relative_path, item["Size"], modified_ns))
-            bound.add_files(len(entries) - found)
+            bound.add_files(len(entries) - found + skipped)
         if not any_object and key and _is_object(client, bucket, key):
             raise SourceUnavailableError(f"Source {source.uri!r} is not a directory.")
     except ClientError as exc:
