@@ -2,7 +2,8 @@
 
 The worker's reaper calls `maintenance_due` on every pass. A table is maintained at most
 every AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS, while runs keep changing it (until a
-snapshot retention after its last run), and never while its ingestion is busy: a run queued
+snapshot retention after its last run), or sooner once AUTOLOADER_MAINTENANCE_AFTER_RUNS
+runs wrote to it since its last pass, and never while its ingestion is busy: a run queued
 or running, a refresh in flight, or a staged version waiting to be published. Each action
 is recorded as a `TableMaintenance` row (see docs/maintenance.md).
 """
@@ -86,10 +87,12 @@ def snapshot_retention(ingestion: Ingestion) -> timedelta:
 
 def ingestions_due_for_maintenance(*, now: datetime) -> list[Ingestion]:
     """Idle ingestions of a maintained engine, with maintenance on, whose table a run
-    changed, not maintained for an interval, and changed by a run within their snapshot
-    retention before the last pass (the pass after that is the one that expires the run's
-    snapshots)."""
+    changed, and either not maintained for an interval and changed by a run within their
+    snapshot retention before the last pass (the pass after that is the one that expires the
+    run's snapshots), or written to by AUTOLOADER_MAINTENANCE_AFTER_RUNS runs since the last
+    pass (frequent small runs: their data files are compacted before they pile up)."""
     interval = timedelta(seconds=settings.AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS)
+    after_runs = settings.AUTOLOADER_MAINTENANCE_AFTER_RUNS
     default = timedelta(hours=settings.AUTOLOADER_SNAPSHOT_RETENTION_HOURS)
     widest = timedelta(hours=MAX_SNAPSHOT_RETENTION_HOURS)
     last_pass = TableMaintenance.objects.filter(ingestion=OuterRef("pk")).order_by("-started_at")
@@ -110,25 +113,28 @@ def ingestions_due_for_maintenance(*, now: datetime) -> list[Ingestion]:
             last_change_at=Subquery(last_change.order_by("-finished_at").values("finished_at")[:1]),
         )
         .filter(last_change_at__isnull=False)
-        .filter(
-            Q(last_pass_at__isnull=True)
-            | (
-                Q(last_pass_at__lt=now - interval)
-                # An ingestion's own retention is checked below: hours times an interval
-                # is not portable SQL.
-                & (
-                    (
-                        Q(snapshot_retention_hours__isnull=True)
-                        & changed_since_last_pass_minus(default)
-                    )
-                    | (
-                        Q(snapshot_retention_hours__isnull=False)
-                        & changed_since_last_pass_minus(widest)
-                    )
-                )
-            )
+    )
+    due = Q(last_pass_at__isnull=True) | (
+        Q(last_pass_at__lt=now - interval)
+        # An ingestion's own retention is checked below: hours times an interval is not
+        # portable SQL.
+        & (
+            (Q(snapshot_retention_hours__isnull=True) & changed_since_last_pass_minus(default))
+            | (Q(snapshot_retention_hours__isnull=False) & changed_since_last_pass_minus(widest))
         )
     )
+    if after_runs > 0:
+        # The start of the `after_runs`-th newest run that wrote rows: once it is after the
+        # last pass, that many runs wrote since (an index range of `after_runs` rows, not a
+        # count of every run).
+        nth_writing_run = (
+            Run.objects.filter(ingestion=OuterRef("pk"), rows_written__gt=0)
+            .order_by("-created_at")
+            .values("created_at")[after_runs - 1 : after_runs]
+        )
+        ingestions = ingestions.annotate(nth_writing_run_at=Subquery(nth_writing_run))
+        due |= Q(nth_writing_run_at__gt=F("last_pass_at"))
+    ingestions = ingestions.filter(due)
     return [
         ingestion
         for ingestion in _idle(ingestions)

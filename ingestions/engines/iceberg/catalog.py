@@ -5,14 +5,33 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
+from datetime import datetime
 
 import pyarrow as pa
 import sqlalchemy.exc
 from pyiceberg import exceptions as iceberg_errors
-from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.catalog import Identifier
+from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException
-from pyiceberg.table import TableMetadata, Transaction
+from pyiceberg.table import (
+    CommitTableResponse,
+    StagedTable,
+    Table,
+    TableMetadata,
+    TableRequirement,
+    TableUpdate,
+    Transaction,
+)
+from pyiceberg.table.locations import load_location_provider
+from pyiceberg.table.update import (
+    SetPropertiesUpdate,
+    _apply_table_update,
+    _TableMetadataUpdateContext,
+    _update_table_metadata_log,
+)
+from pyiceberg.utils.datetime import datetime_to_millis
 
 from ingestions.engines.base import (
     redact_server_paths,
@@ -46,6 +65,39 @@ ENGINE_FAILURES = (
 )
 
 
+def metadata_updated(
+    base: TableMetadata,
+    updates: tuple[TableUpdate, ...],
+    *,
+    metadata_location: str | None = None,
+) -> TableMetadata:
+    """The table metadata `base` with `updates` applied: pyiceberg's `update_table_metadata`
+    (0.12) without the deep copy it ends with.
+
+    pyiceberg copies the whole result, every snapshot of the table included, so a commit
+    costs more with each snapshot the table keeps (three copies per append, half of an
+    append's time at 500 snapshots). The copy protects nothing: the metadata models are
+    frozen and every update builds new lists and dicts instead of changing the old ones, so
+    the result may share the snapshots it did not change with `base`. The steps are
+    pyiceberg's own (`_apply_table_update` per update, then the metadata log and the update
+    time); tests/ingestions/test_flat_commits.py checks that the result equals pyiceberg's
+    for every kind of update the engine commits.
+    """
+    context = _TableMetadataUpdateContext()
+    updated = base
+    for update in updates:
+        updated = _apply_table_update(update, updated, context)
+    if context.has_changes():
+        if metadata_location:
+            updated = _update_table_metadata_log(updated, metadata_location, base.last_updated_ms)
+        if base.last_updated_ms == updated.last_updated_ms:
+            now_ms = datetime_to_millis(datetime.now().astimezone())
+            updated = updated.model_copy(update={"last_updated_ms": now_ms})
+    updated.spec().check_compatible(updated.schema())
+    updated.sort_order().check_compatible(updated.schema())
+    return updated
+
+
 class MemoTransaction(Transaction):
     """A pyiceberg transaction that computes its pending metadata once per change.
 
@@ -53,7 +105,8 @@ class MemoTransaction(Transaction):
     each read of `Transaction.table_metadata`: about twenty times per append, so an append
     costs more the older the table. The metadata models are frozen and a read never changes
     them, so while neither the table's metadata nor the pending updates have changed, the
-    metadata computed last is still exact and is returned again.
+    metadata computed last is still exact and is returned again; and it is computed without
+    the copy (`metadata_updated`).
     """
 
     _memo: tuple[object, object, TableMetadata] | None = None
@@ -62,8 +115,140 @@ class MemoTransaction(Transaction):
     def table_metadata(self) -> TableMetadata:
         base, updates = self._table.metadata, self._updates
         if self._memo is None or self._memo[0] is not base or self._memo[1] is not updates:
-            self._memo = (base, updates, super().table_metadata)
+            self._memo = (base, updates, metadata_updated(base, updates))
         return self._memo[2]
+
+
+class ParsedMetadata:
+    """The table metadata files this process has parsed or written, by location (LRU).
+
+    A metadata file is written once under a name no other file takes (its version and a
+    UUID) and never changed, so the metadata parsed from a location is the file's for good.
+    Parsing it is most of what loading a table costs, and it grows with every snapshot the
+    table keeps (63 ms at 500): a run loads its table three times (its schema, the append,
+    the commit's check), and the next run loads the version this one wrote.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[str, TableMetadata] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, location: str) -> TableMetadata | None:
+        with self._lock:
+            metadata = self._entries.get(location)
+            if metadata is not None:
+                self._entries.move_to_end(location)
+            return metadata
+
+    def put(self, location: str, metadata: TableMetadata) -> None:
+        with self._lock:
+            self._entries[location] = metadata
+            self._entries.move_to_end(location)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+# Table properties every commit through the catalog gives its table when it lacks them
+# (a value the table has is kept): manifests merge on append, so the manifest list a commit
+# reads and writes stays short (at most the min count) however many appends the table took.
+FLAT_COMMIT_PROPERTIES = {
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "20",
+}
+
+
+# Versions of one table share every snapshot they have in common (nothing is copied), so
+# a few versions of a table cost little more than one; 64 covers the tables a worker and
+# the web process touch in turn.
+parsed_metadata = ParsedMetadata(size=64)
+
+
+class AutoloaderCatalog(SqlCatalog):
+    """pyiceberg's SQL catalog, whose commit costs the same on a table's thousandth
+    snapshot as on its first (issue 26). Two narrow overrides of pyiceberg 0.12, which has
+    no switch for either:
+
+    - a table's metadata is parsed once per metadata file (`parsed_metadata`), and the
+      metadata a commit writes is remembered as it is written, so loading the table again
+      costs one catalog query, not a JSON parse of every snapshot;
+    - a commit applies its updates without deep-copying the table's metadata
+      (`metadata_updated`);
+    - a commit gives its table the `FLAT_COMMIT_PROPERTIES` it lacks, in the same commit
+      (a table created before them merges manifests from its next append on).
+
+    Everything else (the catalog query, the optimistic concurrency check of the commit,
+    the metadata file written) is pyiceberg's.
+    """
+
+    def _convert_orm_to_iceberg(self, orm_table: IcebergTables) -> Table:
+        location = orm_table.metadata_location
+        metadata = parsed_metadata.get(location) if location else None
+        if metadata is None or not orm_table.table_namespace or not orm_table.table_name:
+            table = super()._convert_orm_to_iceberg(orm_table)
+            parsed_metadata.put(table.metadata_location, table.metadata)
+            return table
+        return Table(
+            identifier=(
+                *self.identifier_to_tuple(orm_table.table_namespace),
+                orm_table.table_name,
+            ),
+            metadata=metadata,
+            metadata_location=location,
+            io=self._load_file_io(metadata.properties, location),
+            catalog=self,
+        )
+
+    def _update_and_stage_table(
+        self,
+        current_table: Table | None,
+        table_identifier: Identifier,
+        requirements: tuple[TableRequirement, ...],
+        updates: tuple[TableUpdate, ...],
+    ) -> StagedTable:
+        if current_table is None:
+            # A new table: pyiceberg validates the whole metadata, there is no history yet.
+            return super()._update_and_stage_table(
+                current_table, table_identifier, requirements, updates
+            )
+        # pyiceberg's own steps, but for the metadata's deep copy.
+        for requirement in requirements:
+            requirement.validate(current_table.metadata)
+        updated = metadata_updated(
+            current_table.metadata, updates, metadata_location=current_table.metadata_location
+        )
+        version = self._parse_metadata_version(current_table.metadata_location) + 1
+        provider = load_location_provider(updated.location, updated.properties)
+        location = provider.new_table_metadata_file_location(version)
+        return StagedTable(
+            identifier=table_identifier,
+            metadata=updated,
+            metadata_location=location,
+            io=self._load_file_io(properties=updated.properties, location=location),
+            catalog=self,
+        )
+
+    def commit_table(
+        self,
+        table: Table,
+        requirements: tuple[TableRequirement, ...],
+        updates: tuple[TableUpdate, ...],
+    ) -> CommitTableResponse:
+        missing = {
+            key: value
+            for key, value in FLAT_COMMIT_PROPERTIES.items()
+            if key not in table.metadata.properties
+        }
+        if missing:
+            updates = (*updates, SetPropertiesUpdate(updates=missing))
+        response = super().commit_table(table, requirements, updates)
+        # Written and now the catalog's: the next load of the table need not parse it.
+        parsed_metadata.put(response.metadata_location, response.metadata)
+        return response
 
 
 def catalog_for(
@@ -86,7 +271,7 @@ def catalog_for(
         return catalog
 
 
-def open_catalog(name: str, **properties: str) -> SqlCatalog:
+def open_catalog(name: str, **properties: str) -> AutoloaderCatalog:
     """Open a SQL catalog, creating its tables if needed, safely beside another process.
 
     pyiceberg creates the catalog tables (two of them, one after the other) on first use;
@@ -96,7 +281,7 @@ def open_catalog(name: str, **properties: str) -> SqlCatalog:
     """
     for attempt in range(1, CATALOG_OPEN_ATTEMPTS + 1):
         try:
-            return SqlCatalog(name, **properties)
+            return AutoloaderCatalog(name, **properties)
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
             if "already exists" not in str(exc) or attempt == CATALOG_OPEN_ATTEMPTS:
                 raise

@@ -1,0 +1,275 @@
+"""Flat commits (issue 26): a commit does not pay for every snapshot the table keeps.
+
+The mechanisms, each tested so that it cannot silently stop working: the catalog parses a
+metadata file once and applies updates without deep-copying the metadata, appends merge
+manifests (the manifest list stays short), and frequent runs make a table due for
+maintenance before the interval is up; time travel within the retention window survives
+all of it. No timing assertions: `bench/commit_growth.py` measures the cost.
+"""
+
+import pyarrow as pa
+import pytest
+from pyiceberg.table import Transaction
+from pyiceberg.table.update import (
+    RemovePropertiesUpdate,
+    RemoveSnapshotRefUpdate,
+    RemoveSnapshotsUpdate,
+    SetPropertiesUpdate,
+    SetSnapshotRefUpdate,
+    update_table_metadata,
+)
+from pyiceberg.types import StringType
+
+from ingestions.engines.iceberg import IcebergEngine
+from ingestions.engines.iceberg.catalog import (
+    FLAT_COMMIT_PROPERTIES,
+    MemoTransaction,
+    metadata_updated,
+    parsed_metadata,
+)
+from ingestions.maintenance import maintenance_due, maintenance_run
+from ingestions.models import Ingestion, MaintenanceAction, Run, RunStatus, TableMaintenance
+from ingestions.runs import run_request
+
+from ..helpers import drain_queue, open_table, write_csv_files
+
+TABLE = "sales.orders"
+MIN_COUNT_TO_MERGE = int(FLAT_COMMIT_PROPERTIES["commit.manifest.min-count-to-merge"])
+
+
+@pytest.fixture
+def engine(tmp_path) -> IcebergEngine:
+    return IcebergEngine(
+        catalog_name="test",
+        catalog_uri=f"sqlite:///{tmp_path / 'catalog.db'}",
+        warehouse=(tmp_path / "warehouse").as_uri(),
+    )
+
+
+def orders(*ids: int) -> pa.Table:
+    return pa.table({"id": pa.array(ids, pa.int64()), "name": [f"order {i}" for i in ids]})
+
+
+def comparable(metadata) -> dict:
+    """The metadata without what depends on the clock (pyiceberg stamps 'now' when no
+    update sets the time)."""
+    dumped = metadata.model_dump(by_alias=False)
+    dumped.pop("last_updated_ms")
+    dumped["snapshot_log"] = [entry["snapshot_id"] for entry in dumped["snapshot_log"]]
+    return dumped
+
+
+def staged_updates(table, stage) -> tuple:
+    """The updates a plain pyiceberg transaction stages for `stage(transaction)`."""
+    transaction = Transaction(table, autocommit=False)
+    stage(transaction)
+    return transaction._updates
+
+
+def test_metadata_updated_is_pyiceberg_s_update_for_every_kind_the_engine_commits(engine):
+    for index in range(3):
+        engine.append(TABLE, orders(index), properties={"autoloader.batch-key": f"b{index}"})
+    table = engine._load_table(TABLE)
+    first, *_, last = [snapshot.snapshot_id for snapshot in table.metadata.snapshots]
+
+    def add_column(transaction):
+        with transaction.update_schema() as schema:
+            schema.add_column("region", StringType())
+
+    cases = {
+        "append": staged_updates(table, lambda tx: tx.append(orders(10, 11))),
+        "overwrite": staged_updates(table, lambda tx: tx.overwrite(orders(12))),
+        "schema": staged_updates(table, add_column),
+        "properties": (SetPropertiesUpdate(updates={"owner": "data team"}),),
+        "remove properties": (RemovePropertiesUpdate(removals=["owner"]),),
+        "tag": (SetSnapshotRefUpdate(ref_name="undo", type="tag", snapshot_id=first),),
+        "branch": (SetSnapshotRefUpdate(ref_name="stage", type="branch", snapshot_id=last),),
+        "rollback main": (SetSnapshotRefUpdate(ref_name="main", type="branch", snapshot_id=first),),
+        "expire": (RemoveSnapshotsUpdate(snapshot_ids=[first]),),
+        "remove ref": (RemoveSnapshotRefUpdate(ref_name="main"),),
+    }
+    base = table.metadata.model_copy(
+        update={"properties": {**table.metadata.properties, "owner": "x"}}
+    )
+    for kind, updates in cases.items():
+        assert updates, kind
+        ours = metadata_updated(base, updates, metadata_location=table.metadata_location)
+        pyiceberg = update_table_metadata(base, updates, metadata_location=table.metadata_location)
+        assert comparable(ours) == comparable(pyiceberg), kind
+
+
+def test_a_commit_shares_the_snapshots_it_did_not_change_instead_of_copying_them(engine):
+    engine.append(TABLE, orders(1), properties={})
+    engine.append(TABLE, orders(2), properties={})
+    table = engine._load_table(TABLE)
+    before = table.metadata
+
+    pending = MemoTransaction(table)
+    pending.append(orders(3))
+    assert pending.table_metadata.snapshots[0] is before.snapshots[0]
+
+    engine.append(TABLE, orders(3), properties={})
+    after = engine._load_table(TABLE).metadata
+    assert len(after.snapshots) == 3
+    # Neither parsed again nor deep-copied by the commit: the very same snapshot objects.
+    assert after.snapshots[0] is before.snapshots[0]
+    assert after.schemas[0] is before.schemas[0]
+
+
+def test_a_metadata_file_is_parsed_once_and_another_writer_s_commit_is_seen(engine, tmp_path):
+    engine.append(TABLE, orders(1), properties={})
+    first, again = engine._load_table(TABLE), engine._load_table(TABLE)
+    assert first.metadata is again.metadata
+    assert parsed_metadata.get(first.metadata_location) is first.metadata
+
+    # Another process's commit (plain pyiceberg, its own catalog object) writes a new
+    # metadata file: the engine reads the catalog's pointer, so it sees the new version.
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    outsider = SqlCatalog(
+        "test",
+        uri=f"sqlite:///{tmp_path / 'catalog.db'}",
+        warehouse=(tmp_path / "warehouse").as_uri(),
+    )
+    outsider.load_table(TABLE).append(orders(2))
+    seen = engine._load_table(TABLE)
+    assert seen.metadata_location != first.metadata_location
+    assert len(seen.metadata.snapshots) == 2
+    assert sorted(seen.scan().to_arrow().column("id").to_pylist()) == [1, 2]
+
+
+def test_appends_merge_manifests_so_the_manifest_list_stays_short(engine):
+    appends = 2 * MIN_COUNT_TO_MERGE + 5
+    for index in range(appends):
+        engine.append(TABLE, orders(index), properties={})
+    table = engine._load_table(TABLE)
+    manifests = table.current_snapshot().manifests(table.io)
+    assert len(table.metadata.snapshots) == appends
+    assert len(manifests) <= MIN_COUNT_TO_MERGE
+    assert table.scan().to_arrow().num_rows == appends
+
+
+def test_a_table_created_without_the_properties_gets_them_with_its_next_commit(engine, tmp_path):
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    outsider = SqlCatalog(
+        "test",
+        uri=f"sqlite:///{tmp_path / 'catalog.db'}",
+        warehouse=(tmp_path / "warehouse").as_uri(),
+    )
+    outsider.create_namespace("sales")
+    outsider.create_table(TABLE, schema=orders(0).schema, properties={"owner": "them"})
+    assert "commit.manifest-merge.enabled" not in outsider.load_table(TABLE).properties
+
+    engine.append(TABLE, orders(1), properties={})
+
+    properties = outsider.load_table(TABLE).properties
+    assert {key: properties[key] for key in FLAT_COMMIT_PROPERTIES} == FLAT_COMMIT_PROPERTIES
+    assert properties["owner"] == "them"
+
+
+def test_a_table_s_own_merge_setting_is_kept(engine, tmp_path):
+    engine.append(TABLE, orders(1), properties={})
+    with engine._load_table(TABLE).transaction() as transaction:
+        transaction.set_properties({"commit.manifest-merge.enabled": "false"})
+    for index in range(MIN_COUNT_TO_MERGE + 2):
+        engine.append(TABLE, orders(index + 2), properties={})
+    table = engine._load_table(TABLE)
+    assert table.properties["commit.manifest-merge.enabled"] == "false"
+    assert len(table.current_snapshot().manifests(table.io)) == MIN_COUNT_TO_MERGE + 3
+
+
+# --- through the product: runs, maintenance, time travel --------------------------------
+
+
+def run_once(ingestion, source_dir, index: int) -> Run:
+    write_csv_files(source_dir, files=1, rows=20, start=index)
+    run = run_request(ingestion=Ingestion.objects.get(pk=ingestion.pk))
+    drain_queue()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCESS, run.error
+    return run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_frequent_runs_make_a_table_due_before_the_interval(csv_ingestion, source_dir, settings):
+    settings.AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS = 3600
+    settings.AUTOLOADER_MAINTENANCE_AFTER_RUNS = 3
+    run_once(csv_ingestion, source_dir, 0)
+    assert maintenance_due()  # the first pass: never maintained
+    passes = TableMaintenance.objects.count()
+
+    run_once(csv_ingestion, source_dir, 1)
+    run_once(csv_ingestion, source_dir, 2)
+    assert maintenance_due() == []  # two runs since the pass, within the hour
+
+    run_once(csv_ingestion, source_dir, 3)
+    actions = maintenance_due()
+    assert [action.action for action in actions] == [
+        MaintenanceAction.COMPACT_FILES,
+        MaintenanceAction.EXPIRE_SNAPSHOTS,
+        MaintenanceAction.REMOVE_ORPHAN_FILES,
+    ]
+    assert all(not action.error for action in actions)
+    assert TableMaintenance.objects.count() == passes + 3
+    assert maintenance_due() == []  # the count starts again from this pass
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runs_that_wrote_nothing_do_not_count(csv_ingestion, source_dir, settings):
+    settings.AUTOLOADER_MAINTENANCE_AFTER_RUNS = 2
+    run_once(csv_ingestion, source_dir, 0)
+    maintenance_due()
+    for _ in range(3):  # no new file: nothing written
+        run = run_request(ingestion=Ingestion.objects.get(pk=csv_ingestion.pk))
+        drain_queue()
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCESS and run.rows_written == 0
+    assert maintenance_due() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_count_trigger_off_leaves_maintenance_to_the_interval(
+    csv_ingestion, source_dir, settings
+):
+    settings.AUTOLOADER_MAINTENANCE_AFTER_RUNS = 0
+    run_once(csv_ingestion, source_dir, 0)
+    maintenance_due()
+    for index in range(1, 4):
+        run_once(csv_ingestion, source_dir, index)
+    assert maintenance_due() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_snapshot_within_the_retention_stays_readable_through_merges_and_maintenance(
+    csv_ingestion, source_dir, settings
+):
+    settings.AUTOLOADER_SNAPSHOT_RETENTION_HOURS = 24
+    settings.AUTOLOADER_SNAPSHOT_RETAIN_LAST = 1
+    settings.AUTOLOADER_COMPACT_MIN_FILES = 3
+    settings.AUTOLOADER_ORPHAN_MIN_AGE_HOURS = 0
+    runs = [run_once(csv_ingestion, source_dir, index) for index in range(MIN_COUNT_TO_MERGE + 5)]
+    # Compaction rewrites the small files, expiry and orphan removal (of every unreferenced
+    # file) run; every snapshot is younger than the retention.
+    actions = maintenance_run(ingestion=csv_ingestion)
+    assert {action.action: action.error for action in actions} == {
+        MaintenanceAction.COMPACT_FILES: "",
+        MaintenanceAction.EXPIRE_SNAPSHOTS: "",
+        MaintenanceAction.REMOVE_ORPHAN_FILES: "",
+    }
+    assert (
+        TableMaintenance.objects.get(
+            ingestion=csv_ingestion, action=MaintenanceAction.COMPACT_FILES
+        ).files_compacted
+        >= 3
+    )
+
+    table = open_table(csv_ingestion.table_identifier)
+    manifests = table.current_snapshot().manifests(table.io)
+    assert len(manifests) <= MIN_COUNT_TO_MERGE
+    for number in (0, 1, MIN_COUNT_TO_MERGE):  # before, at and after the first merge
+        snapshot_id = runs[number].batches.get().snapshot_id
+        travelled = table.scan(snapshot_id=snapshot_id).to_arrow()
+        assert travelled.num_rows == 20 * (number + 1)
+        assert len(set(travelled.column("_source_file").to_pylist())) == number + 1
+    assert table.scan().to_arrow().num_rows == 20 * len(runs)
