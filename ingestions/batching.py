@@ -1,6 +1,8 @@
 """How a run cuts its files into batches (one Iceberg commit each), and how the embedded
 engine fits a batch's files to the table's schema with their lineage columns."""
 
+from collections.abc import Callable
+
 import pyarrow as pa
 from django.conf import settings
 from django.utils import timezone
@@ -18,11 +20,22 @@ class BatchFitter:
     fit is most of a small file's time); when that fails, file by file, so a bad file fails
     alone. A big file is fitted by itself as soon as it is read, so its raw rows are freed.
     With no table yet, the first file decides the schema and the others fit it.
+
+    With a `sink` (the engine's `DataWriter.write`), each fitted part goes to it at once and
+    is not kept: the batch is never whole in memory. A sink's failure is the batch's, not a
+    file's: it is raised.
     """
 
-    def __init__(self, *, schema: pa.Schema | None, failures: list[dict]):
+    def __init__(
+        self,
+        *,
+        schema: pa.Schema | None,
+        failures: list[dict],
+        sink: Callable[[pa.Table], None] | None = None,
+    ):
         self.schema = schema
         self.failures = failures
+        self.sink = sink
         self.ingested_at = timezone.now()
         self.parts: list[pa.Table] = []
         self.fitted: set[str] = set()
@@ -46,17 +59,27 @@ class BatchFitter:
         files, self.pending, self.pending_rows = self.pending, [], 0
         if len(files) > 1:
             try:
-                self._fit(files)
-                return
+                data = self._fit(files)
             except (AutoloaderError, pa.ArrowException, ValueError):
                 pass  # one of them does not fit: find which, file by file
+            else:
+                self._keep(data)
+                return
         for item in files:
             try:
-                self._fit([item])
+                data = self._fit([item])
             except AutoloaderError as exc:
                 self.failures.append(batch_failure(item[0], exc))
+            else:
+                self._keep(data)
 
-    def _fit(self, files: list[tuple[SourceFile, pa.Table]]) -> None:
+    def _keep(self, data: pa.Table) -> None:
+        if self.sink is None:
+            self.parts.append(data)
+        else:
+            self.sink(data)
+
+    def _fit(self, files: list[tuple[SourceFile, pa.Table]]) -> pa.Table:
         data = pa.concat_tables([data for _, data in files])
         paths = source_file_column([(source.path, part.num_rows) for source, part in files])
         data = with_metadata_columns(data, source_file=paths, ingested_at=self.ingested_at)
@@ -64,8 +87,8 @@ class BatchFitter:
             data = conform_to_schema(data, self.schema)
         else:
             self.schema = data.schema
-        self.parts.append(data)
         self.fitted.update(source.path for source, _ in files)
+        return data
 
 
 def batch_failure(source: SourceFile, exc: AutoloaderError) -> dict:

@@ -7,7 +7,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 from django.conf import settings
@@ -19,7 +19,7 @@ from django.utils import timezone
 from . import hooks
 from .batching import BatchFitter, batch_failure, split_batches
 from .engines import Engine, load_engine
-from .engines.base import FileBatch
+from .engines.base import DataWriter, FileBatch, WrittenData
 from .errors import AutoloaderError, RunCancelledError, RunOwnershipLostError
 from .locations import source_open
 from .models import (
@@ -373,15 +373,36 @@ class _RunExecutor:
             return self._load_batch_on_engine(batch)
         failures: list[dict] = []
         while batch:
-            data, loaded, batch = self._read_files(batch, failures)
+            # The engine's writer takes each file's rows as they are read and writes them as
+            # the table's data files; the commit then adds those files (`WrittenData`).
+            writer = self.engine.open_writer(
+                self.table_name, branch=self.stage.branch if self.stage else None
+            )
+            try:
+                data, loaded, batch, ingested_at = self._read_files(batch, failures, writer)
+                if writer is not None:
+                    data = writer.finish()
+                if loaded:
+                    self._check_cancel()
+            except BaseException:
+                if writer is not None:
+                    writer.discard()  # nothing was committed: no reader ever saw them
+                raise
             if loaded:
-                self._check_cancel()
-                self._commit(loaded, rows=data.num_rows if data is not None else 0, data=data)
+                self._commit(
+                    loaded,
+                    rows=_rows_of(data),
+                    data=data,
+                    ingested_at=ingested_at,
+                    writer=writer,
+                )
                 if data is not None and (
                     self.table_schema is None or not data.schema.equals(self.table_schema)
                 ):
                     # The commit created the table or changed its schema: read it again.
                     self.table_schema_known = False
+            elif writer is not None:
+                writer.discard()
         return failures
 
     def _load_batch_on_engine(self, batch: list[SourceFile]) -> list[dict]:
@@ -411,14 +432,18 @@ class _RunExecutor:
         return [batch_failure(files[path], exc) for path, exc in read.failures.items()]
 
     def _read_files(
-        self, files: list[SourceFile], failures: list[dict]
-    ) -> tuple[pa.Table | None, list[_LoadedFile], list[SourceFile]]:
+        self, files: list[SourceFile], failures: list[dict], writer: DataWriter | None
+    ) -> tuple[pa.Table | None, list[_LoadedFile], list[SourceFile], datetime]:
         """Read `files` until the batch's row or time bound; returns the data (None when no
-        file had rows), the files it holds and the files left unread. Failures are added
-        to `failures`."""
+        file had rows, or when `writer` took it), the files it holds, the files left unread
+        and the batch's `_ingested_at`. Failures are added to `failures`."""
         max_rows = max(1, settings.AUTOLOADER_BATCH_MAX_ROWS)
         deadline = time.monotonic() + settings.AUTOLOADER_BATCH_MAX_SECONDS
-        fitter = BatchFitter(schema=self._table_schema(), failures=failures)
+        fitter = BatchFitter(
+            schema=self._table_schema(),
+            failures=failures,
+            sink=writer.write if writer is not None else None,
+        )
         read: list[tuple[SourceFile, int]] = []
         rows, rest = 0, []
         for position, source in enumerate(files):
@@ -447,7 +472,7 @@ class _RunExecutor:
             for source, file_rows in read
             if not file_rows or source.path in fitted
         ]
-        return data, loaded, rest
+        return data, loaded, rest, fitter.ingested_at
 
     def _table_schema(self) -> pa.Schema | None:
         if not self.table_schema_known:
@@ -460,16 +485,75 @@ class _RunExecutor:
         loaded: list[_LoadedFile],
         *,
         rows: int,
-        data: pa.Table | None = None,
+        data: pa.Table | WrittenData | None = None,
         files: FileBatch | None = None,
+        ingested_at: datetime | None = None,
+        writer: DataWriter | None = None,
     ) -> None:
-        """Commit a batch (exactly-once protocol): `data` read here, or `files` read by the
-        engine; no commit to the table when the files have no rows."""
-        if data is not None and data.num_rows:
-            ingested_at = data.column("_ingested_at")[0].as_py()  # one value per batch
-        else:
-            ingested_at = timezone.now()
-        batch = RunBatch.objects.create(
+        """Commit a batch (exactly-once protocol): `data` read here (whole, or written by
+        the engine's `writer` as uncommitted data files), or `files` read by the engine; no
+        commit to the table when the files have no rows.
+
+        The writer's files are deleted when the batch does not commit: when anything fails
+        before the commit is attempted, and when the table, asked after a failed commit,
+        does not hold the batch. A worker killed in between leaves them unreferenced, never
+        visible: the orphan-file maintenance deletes them.
+        """
+        try:
+            batch = self._record_pending(loaded, rows=rows, ingested_at=ingested_at)
+            self.heartbeat.check()
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            raise
+        if not rows:
+            # No rows, so no Iceberg commit to wait for: the history is the whole batch.
+            batch_mark_committed(batch=batch, snapshot_id=None)
+            if writer is not None:
+                writer.discard()
+            return
+        properties = {
+            SNAPSHOT_RUN_KEY: self.run.public_id,
+            SNAPSHOT_BATCH_KEY: batch.batch_key,
+            SNAPSHOT_INGESTION_KEY: self.ingestion.public_id,
+        }
+        branch = self.stage.branch if self.stage else None
+        replacing = sorted(
+            item.source.path for item in loaded if item.source.path in self.replacing
+        )
+        try:
+            if files is not None:
+                snapshot_id = self.engine.append_files(
+                    self.table_name,
+                    files,
+                    properties=properties,
+                    ingested_at=batch.ingested_at,
+                    branch=branch,
+                    replacing=replacing or None,
+                )
+            else:
+                snapshot_id = self.engine.append(
+                    self.table_name,
+                    data,
+                    branch=branch,
+                    properties=properties,
+                    replacing=replacing or None,
+                )
+        except Exception:
+            # The commit may or may not have reached the table: let the table decide.
+            if batch_resolve(batch=batch, engine=self.engine) == CommitStatus.ABANDONED and (
+                writer is not None
+            ):
+                writer.discard()
+            self._check_cancel()  # an append interrupted by a cancel ends the run CANCELLED
+            raise
+        batch_mark_committed(batch=batch, snapshot_id=snapshot_id)
+
+    def _record_pending(
+        self, loaded: list[_LoadedFile], *, rows: int, ingested_at: datetime | None
+    ) -> RunBatch:
+        """The batch's PENDING record, written before its commit is attempted."""
+        return RunBatch.objects.create(
             run=self.run,
             batch_key=f"{self.run.public_id}.{uuid.uuid4().hex[:12]}",
             status=CommitStatus.PENDING,
@@ -489,43 +573,11 @@ class _RunExecutor:
             ],
             rows=rows,
             bytes=sum(item.source.size_bytes for item in loaded),
-            ingested_at=ingested_at,
+            ingested_at=ingested_at or timezone.now(),
         )
-        self.heartbeat.check()
-        if not rows:
-            # No rows, so no Iceberg commit to wait for: the history is the whole batch.
-            batch_mark_committed(batch=batch, snapshot_id=None)
-            return
-        properties = {
-            SNAPSHOT_RUN_KEY: self.run.public_id,
-            SNAPSHOT_BATCH_KEY: batch.batch_key,
-            SNAPSHOT_INGESTION_KEY: self.ingestion.public_id,
-        }
-        branch = self.stage.branch if self.stage else None
-        replacing = sorted(
-            item.source.path for item in loaded if item.source.path in self.replacing
-        )
-        try:
-            if files is not None:
-                snapshot_id = self.engine.append_files(
-                    self.table_name,
-                    files,
-                    properties=properties,
-                    ingested_at=ingested_at,
-                    branch=branch,
-                    replacing=replacing or None,
-                )
-            else:
-                snapshot_id = self.engine.append(
-                    self.table_name,
-                    data,
-                    branch=branch,
-                    properties=properties,
-                    replacing=replacing or None,
-                )
-        except Exception:
-            # The commit may or may not have reached the table: let the table decide.
-            batch_resolve(batch=batch, engine=self.engine)
-            self._check_cancel()  # an append interrupted by a cancel ends the run CANCELLED
-            raise
-        batch_mark_committed(batch=batch, snapshot_id=snapshot_id)
+
+
+def _rows_of(data: pa.Table | WrittenData | None) -> int:
+    if isinstance(data, WrittenData):
+        return data.rows
+    return data.num_rows if data is not None else 0

@@ -157,6 +157,44 @@ class FileBatch:
 
 
 @dataclass(frozen=True)
+class WrittenData:
+    """A batch's rows written as data files of a table by a `DataWriter`, not committed yet.
+
+    No reader sees them until `Tables.append` commits them (one snapshot); until then they
+    are the writer's, which deletes them if the batch does not commit (`DataWriter.discard`).
+    """
+
+    rows: int
+    schema: pa.Schema  # every written part's columns: what the commit makes the table's
+    handle: object = None  # the engine's own: the data files and the schema they carry
+
+
+class DataWriter(ABC):
+    """Writes a batch's rows to the table's data files part by part, so a batch of any size
+    costs the memory of a few parts; one `Tables.append` of `finish()` then commits them."""
+
+    @abstractmethod
+    def write(self, data: pa.Table) -> None:
+        """Write one part of the batch (rows with Iceberg-writable types, lineage included).
+
+        A part may add columns or widen types: the commit evolves the table's schema.
+
+        Raises:
+            SchemaMismatchError: The part's types cannot be merged into the table's schema.
+            EngineError: Writing failed; the writer must then be discarded.
+        """
+
+    @abstractmethod
+    def finish(self) -> WrittenData:
+        """Close the last data file; returns what `Tables.append` commits."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Delete every data file written (the batch does not commit); safe to call twice,
+        and after `finish`."""
+
+
+@dataclass(frozen=True)
 class MaintenanceResult:
     """What one maintenance action did to a table (zeros: nothing was due)."""
 
@@ -227,11 +265,17 @@ class Tables(ABC):
             EngineError: The engine refused or failed the drop.
         """
 
+    def open_writer(self, table_name: str, *, branch: str | None = None) -> DataWriter | None:
+        """A writer of the next batch's rows as data files of `table_name` (created from the
+        first part's schema when missing), committed by `append`; None when the engine has
+        none, or not for this table: then the batch is appended whole, as one `pa.Table`."""
+        return None
+
     @abstractmethod
     def append(
         self,
         table_name: str,
-        data: pa.Table,
+        data: pa.Table | WrittenData,
         *,
         properties: dict[str, str],
         branch: str | None = None,
@@ -246,7 +290,8 @@ class Tables(ABC):
         Args:
             table_name: "namespace.table".
             data: Rows with Iceberg-writable types (see `sources.readers`); may be empty,
-                which still commits a snapshot.
+                which still commits a snapshot. Or the data files of this table that the
+                engine's `DataWriter` wrote: they are committed as they are.
             properties: Custom snapshot summary properties, e.g. the run and batch ids.
             branch: Commit to this branch instead of main (a staged version, see `Stage`).
             replacing: Source files (`_source_file` values) whose rows the same commit

@@ -11,16 +11,19 @@ from pyiceberg import exceptions as iceberg_errors
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.expressions import AlwaysTrue, EqualTo, In
 from pyiceberg.io.pyarrow import schema_to_pyarrow
-from pyiceberg.table import Table
+from pyiceberg.table import Table, TableProperties, Transaction
+from pyiceberg.utils.properties import property_as_bool
 
 from ingestions.engines.base import (
     MAX_PHYSICAL_NAME_PART_LENGTH,
+    DataWriter,
     Engine,
     Lineage,
     SnapshotInfo,
     Stage,
     TableInfo,
     TableRef,
+    WrittenData,
     table_location,
     validate_table_name,
 )
@@ -41,6 +44,7 @@ from ingestions.engines.iceberg.snapshots import (
     snapshots_to_expire,
     summary_int,
 )
+from ingestions.engines.iceberg.writer import IcebergDataWriter, check_written_schema
 from ingestions.errors import (
     AutoloaderError,
     EngineError,
@@ -48,7 +52,8 @@ from ingestions.errors import (
     SchemaMismatchError,
 )
 
-# A concurrent writer to the same table makes a commit fail; the data is rewritten and retried.
+# A concurrent writer to the same table makes a commit fail: the data (or the data files a
+# writer wrote) is committed again on the reloaded table.
 COMMIT_ATTEMPTS = 3
 
 # Data files a verification's scan reads at once (`rows_per_source_file_by_data_file`).
@@ -134,10 +139,26 @@ class IcebergEngine(IcebergMaintenance, Engine):
                 return False
         return True
 
+    def open_writer(self, table_name: str, *, branch: str | None = None) -> DataWriter | None:
+        validate_table_name(table_name)
+        with self._errors(f"write to {table_name}"):
+            try:
+                table = self._catalog().load_table(table_name)
+            except iceberg_errors.NoSuchTableError:
+                table = None
+        if table is not None and not IcebergDataWriter.supports(table):
+            return None  # a partitioned table (not ours): appended whole, pyiceberg splits it
+        return IcebergDataWriter(
+            table=table,
+            create=lambda schema: self._table_for_append(table_name, schema),
+            transaction=MemoTransaction,
+            errors=self._errors,
+        )
+
     def append(
         self,
         table_name: str,
-        data: pa.Table,
+        data: pa.Table | WrittenData,
         *,
         properties: dict[str, str],
         branch: str | None = None,
@@ -146,8 +167,12 @@ class IcebergEngine(IcebergMaintenance, Engine):
         validate_table_name(table_name)
         if not all(isinstance(item, str) for pair in properties.items() for item in pair):
             raise TypeError("Snapshot properties must map strings to strings.")
+        written = data.handle if isinstance(data, WrittenData) else None
         with self._errors(f"append to {table_name}"):
-            table = self._table_for_append(table_name, data.schema)
+            if written is not None:
+                table = self._catalog().load_table(table_name)  # the writer created it
+            else:
+                table = self._table_for_append(table_name, data.schema)
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
                     with MemoTransaction(table) as transaction:
@@ -155,6 +180,9 @@ class IcebergEngine(IcebergMaintenance, Engine):
                             # Adds columns and widens types in the same commit as the data.
                             with transaction.update_schema() as schema_update:
                                 schema_update.union_by_name(data.schema)
+                        if written is not None:
+                            schema = transaction.table_metadata.schema()
+                            check_written_schema(schema, written.schema)
                         if replacing and "_source_file" in table.schema().column_names:
                             # The files' old rows go in the same commit as their new ones.
                             transaction.delete(
@@ -162,9 +190,14 @@ class IcebergEngine(IcebergMaintenance, Engine):
                                 snapshot_properties=properties,
                                 branch=branch or MAIN,
                             )
-                        transaction.append(
-                            data, snapshot_properties=properties, branch=branch or MAIN
-                        )
+                        if written is None:
+                            transaction.append(
+                                data, snapshot_properties=properties, branch=branch or MAIN
+                            )
+                        else:
+                            _append_data_files(
+                                transaction, written.data_files, properties, branch or MAIN
+                            )
                 except iceberg_errors.CommitFailedException:
                     if attempt == COMMIT_ATTEMPTS:
                         raise
@@ -478,6 +511,22 @@ class IcebergEngine(IcebergMaintenance, Engine):
             raise SchemaMismatchError(f"Could not {action}: {failure_reason(exc)}") from exc
         except ENGINE_FAILURES as exc:
             raise EngineError(f"Iceberg could not {action}: {failure_reason(exc)}") from exc
+
+
+def _append_data_files(
+    transaction: Transaction, data_files: list, properties: dict[str, str], branch: str
+) -> None:
+    """Add data files written by `IcebergDataWriter` as one snapshot: the snapshot producer
+    pyiceberg's own append picks (a merge append when the table merges manifests)."""
+    merge = property_as_bool(
+        transaction.table_metadata.properties,
+        TableProperties.MANIFEST_MERGE_ENABLED,
+        TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT,
+    )
+    update = transaction.update_snapshot(snapshot_properties=properties, branch=branch)
+    with update.merge_append() if merge else update.fast_append() as producer:
+        for data_file in data_files:
+            producer.append_data_file(data_file)
 
 
 def _has_schema(table: Table, schema: pa.Schema) -> bool:
