@@ -47,6 +47,8 @@ ENDPOINTS = [
     Endpoint("GET", "ingestions/{ingestion}/processed-files", 200, 200, 200, 404),
     Endpoint("DELETE", "ingestions/{ingestion}/processed-files?confirm=true", 403, 403, 200, 404),
     Endpoint("GET", "ingestions/{ingestion}/maintenance", 200, 200, 200, 404),
+    Endpoint("POST", "ingestions/{ingestion}/verify", 202, 202, 202, 404, body={"async": True}),
+    Endpoint("GET", "ingestions/{ingestion}/verifies", 200, 200, 200, 404),
 ]
 
 
