@@ -187,6 +187,8 @@ def plan_operation(
                 source=source,
                 pattern=ingestion.source_pattern or None,
                 skip=skip,
+                # Counted and summed here; only a kept listing is read in path order.
+                ordered=_keep_listing.get() or scope is not None,
             )
             if source is not None
             else None

@@ -71,6 +71,7 @@ def list_source_entries(
     pattern: str | None = None,
     with_etags: bool = False,
     skip: Container[str] = (),
+    ordered: bool = True,
 ) -> list[tuple]:
     """`list_source_files` as plain `(path, size_bytes, modified_ns)` tuples, sorted by path
     (with `with_etags`, an object store's entries carry the ETag as a fourth item).
@@ -79,7 +80,9 @@ def list_source_entries(
     builds no objects per file beyond the tuple. A file whose path is in `skip` (checked
     when the file is seen) is counted against the bound but neither examined nor returned:
     a local file then costs no `stat` and no tuple. `skip` may grow while the listing runs
-    (another thread filling a set); a path added after its file was seen is listed.
+    (another thread filling a set); a path added after its file was seen is listed. A
+    caller that only counts passes `ordered=False`: sorting 1,000,000 paths costs half a
+    second.
 
     Raises:
         SourceUnavailableError, SourceListingLimitError: see `list_source_files`.
@@ -97,7 +100,8 @@ def list_source_entries(
         entries = _list_store(source, bound, with_etags=with_etags, skip=skip)
     if pattern:
         entries = [entry for entry in entries if _matches(entry[0], pattern)]
-    entries.sort(key=_path_of)  # paths are unique: sorting by them alone is the same order
+    if ordered:
+        entries.sort(key=_path_of)  # paths are unique: sorting by them alone is the same order
     return entries
 
 
