@@ -302,3 +302,25 @@ def test_the_admin_shows_jobs_read_only(loaded, admin_client):
     staff.post(f"/admin/ingestions/verifyjob/{pk}/change/", {"status": "SUCCESS"})
     staff.post(f"/admin/ingestions/verifyjob/{pk}/delete/", {"post": "yes"})
     assert VerifyJob.objects.get(pk=pk).status == VerifyStatus.QUEUED
+
+
+def test_the_history_is_read_in_chunks_each_reported_then_the_scan(loaded, monkeypatch):
+    from ingestions import verify
+
+    monkeypatch.setattr(verify, "HISTORY_CHUNK", 3)
+    heard: list[tuple] = []
+
+    verify.verification_compute(
+        ingestion=loaded,
+        engine=load_engine(),
+        listing=verify.source_listing(ingestion=loaded),
+        report=lambda stage, done, total: heard.append((stage, done, total)),
+    )
+
+    assert heard == [
+        ("history", 0, 4),
+        ("history", 3, 4),
+        ("history", 4, 4),
+        ("history", 4, 4),
+        *[("scanning", done, DATA_FILES) for done in range(DATA_FILES + 1)],
+    ]
