@@ -287,7 +287,7 @@ def test_the_preview_shows_the_quota_and_offers_no_confirmation_once_it_is_used(
     settings.REFRESH_RATE_LIMITS = {**settings.REFRESH_RATE_LIMITS, "full_refresh": "1/h"}
     page = admin_console.get("/ingestions/sales/full-refresh/").content.decode()
     assert 'data-quota="left"' in page
-    assert "Rate limit: 1 of 1 full refresh operations of raw.sales per hour left" in page
+    assert "Rate limit: 1 of 1 full refresh operation of raw.sales per hour left" in page
 
     refresh_execute(ingestion=loaded, kind="full_refresh", actor=admin_console.user, confirm=True)
     page = admin_console.get("/ingestions/sales/full-refresh/").content.decode()
