@@ -11,16 +11,18 @@ of different shapes (its own runs, no calibration in it) for the same workload; 
 defaults* the settings used before a first run until issue 26 (1 s + 12 ms a file +
 20 MB/s). Ratios are estimated / measured (target: within 2x, 0.5-2.0).
 
-`--calibrate` first loads a few shapes (one tiny file, many tiny files, a few large
-files, many small ones), each by a new ingestion, fits start + per file + per byte
-(`refresh.estimates.fit_costs`) on them and prints the settings that ship as the engine's
-cold costs; on spark also the start-up of the Spark application (the first run's excess).
+`--calibrate` first loads a few shapes (one tiny file, 50,000 tiny files, 8 files of
+50 MB, 5,000 small files; --quick: a tenth of the files), each by a new ingestion, fits
+start + per file + per byte (`refresh.estimates.fit_costs`) on them and prints the
+settings that ship as the engine's cold costs; on spark also the start-up of the Spark
+application (the first run's excess over a warm one-file run). `--use-calibration`
+estimates the workloads with the costs just derived instead of the settings.
 
 Files live in a temp dir deleted at the end. Prints a table and writes
 bench/results/estimate_error[-spark][-quick].json.
 
     flock /tmp/bench.lock .venv/bin/python bench/estimate_error.py [--quick] [--calibrate]
-        [--engine iceberg|spark] [--skip-workloads]
+        [--use-calibration] [--engine iceberg|spark] [--skip-workloads]
 """
 
 import argparse
@@ -42,9 +44,9 @@ WORKLOADS = [
 ]
 CALIBRATION = [
     ("one tiny file", 1, "tiny"),
-    ("many tiny files", 10_000, "tiny"),
-    ("a few large files", 4, "large2"),
-    ("many small files", 2_000, "small"),
+    ("many tiny files", 50_000, "tiny"),
+    ("a few large files", 8, "large2"),
+    ("many small files", 5_000, "small"),
 ]
 # Warm: another ingestion learns from these loads (files, rows per file).
 TRAINING = [(20, 100), (1_000, 10), (2, 1_000_000), (100, 5_000)]
@@ -196,6 +198,11 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true", help="derive the cold costs first")
     parser.add_argument("--engine", choices=("iceberg", "spark"), default="iceberg")
     parser.add_argument("--skip-workloads", action="store_true", help="calibrate only")
+    parser.add_argument(
+        "--use-calibration",
+        action="store_true",
+        help="with --calibrate: estimate the workloads with the costs just derived",
+    )
     args = parser.parse_args()
 
     work = temp_dir("autoloader-bench-estimate-")
@@ -214,6 +221,12 @@ def run(args, work: Path) -> None:
     (work / "sources").mkdir()
     bench = Bench(work, args.engine)
     calibration = calibrate(bench, args.quick) if args.calibrate else None
+    if calibration and args.use_calibration:
+        from django.conf import settings
+
+        for name, value in calibration["derived"].items():
+            if value is not None:
+                setattr(settings, name, value)
     results = []
     if not args.skip_workloads:
         trained = train(bench)

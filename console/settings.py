@@ -327,18 +327,21 @@ REFRESH_PLAN_MAX_GROWTH = env_float("REFRESH_PLAN_MAX_GROWTH", 0.10)
 # which alone make the estimate before a first run. Derived on a 2-core machine reading a
 # local disk by `bench/estimate_error.py --calibrate` (docs/benchmarks.md section 8): re-run it
 # on your hardware and storage, and set these, when estimates before a first run are off.
-REFRESH_DEFAULT_START_SECONDS = env_float("REFRESH_DEFAULT_START_SECONDS", 0.3)
+REFRESH_DEFAULT_START_SECONDS = env_float("REFRESH_DEFAULT_START_SECONDS", 0.05)
 REFRESH_DEFAULT_SECONDS_PER_FILE = env_float("REFRESH_DEFAULT_SECONDS_PER_FILE", 0.0004)
-REFRESH_DEFAULT_THROUGHPUT_MB_PER_S = env_float("REFRESH_DEFAULT_THROUGHPUT_MB_PER_S", 100.0)
+REFRESH_DEFAULT_THROUGHPUT_MB_PER_S = env_float("REFRESH_DEFAULT_THROUGHPUT_MB_PER_S", 88.0)
 REFRESH_SPARK_DEFAULT_START_SECONDS = env_float("REFRESH_SPARK_DEFAULT_START_SECONDS", 2.0)
-REFRESH_SPARK_DEFAULT_SECONDS_PER_FILE = env_float("REFRESH_SPARK_DEFAULT_SECONDS_PER_FILE", 0.005)
+REFRESH_SPARK_DEFAULT_SECONDS_PER_FILE = env_float("REFRESH_SPARK_DEFAULT_SECONDS_PER_FILE", 0.01)
 REFRESH_SPARK_DEFAULT_THROUGHPUT_MB_PER_S = env_float(
     "REFRESH_SPARK_DEFAULT_THROUGHPUT_MB_PER_S", 10.0
 )
+# The spark engine's costs come from `--engine spark --quick` (local[*]): Spark's cost per
+# file is not linear (8 ms a tiny file at 20,000 files, 16 ms at 2,000 small ones).
 # What the worker's Spark application takes to start (driver, executors, jars), added to a
-# spark run's estimate when the worker has none live (AUTOLOADER_SPARK_IDLE_SECONDS): ~10 s
-# for local[*] here, 30-100 s measured on a standalone cluster (issue 23).
-REFRESH_SPARK_STARTUP_SECONDS = env_float("REFRESH_SPARK_STARTUP_SECONDS", 10.0)
+# spark run's estimate when the worker has none live (AUTOLOADER_SPARK_IDLE_SECONDS): ~20 s
+# for local[*] here (a first run against a warm one), 30-100 s on a standalone cluster
+# (issue 23): set what yours takes.
+REFRESH_SPARK_STARTUP_SECONDS = env_float("REFRESH_SPARK_STARTUP_SECONDS", 20.0)
 REFRESH_ESTIMATE_RUNS = env_int("REFRESH_ESTIMATE_RUNS", 20)
 REFRESH_ESTIMATE_MIN_RUNS = env_int("REFRESH_ESTIMATE_MIN_RUNS", 3)
 # Full refresh / fresh start: "atomic" builds the new table beside the live one and
