@@ -174,7 +174,8 @@ def measured_runs(ingestion: Ingestion) -> list[tuple[int, int, float]]:
         window = _spark_idle_window()
         if window is not None:
             before = before.filter(
-                Q(finished_at__isnull=True) | Q(finished_at__gte=OuterRef("started_at") - window)
+                Q(status=RunStatus.RUNNING, finished_at__isnull=True)
+                | Q(finished_at__gte=OuterRef("started_at") - window)
             )
         recent = recent.annotate(spark_live=Exists(before))
     fields = ["files_loaded", "files_failed", "bytes_read", "started_at", "finished_at"]

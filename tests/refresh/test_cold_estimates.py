@@ -155,6 +155,11 @@ def test_runs_that_started_spark_count_without_its_start(tenant, settings):
     run_of(spark, 200, 2 * 10**6, 12.0, ended=day + timedelta(seconds=20))  # 8 s after
 
     assert sorted(measured_runs(spark)) == [(100, 10**6, 10.0), (200, 2 * 10**6, 12.0)]
+    # An hour later, while another ingestion's spark run is still running: warm too.
+    other = IngestionFactory(tenant=tenant, engine="spark")
+    RunFactory(ingestion=other, status=RunStatus.RUNNING, started_at=day + timedelta(minutes=50))
+    run_of(spark, 300, 3 * 10**6, 14.0, ended=day + timedelta(hours=1))
+    assert (300, 3 * 10**6, 14.0) in measured_runs(spark)
     # The embedded engine's runs are taken as measured.
     embedded = IngestionFactory(tenant=tenant)
     run_of(embedded, 100, 10**6, 50.0, ended=day - timedelta(hours=1))
