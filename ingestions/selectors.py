@@ -7,7 +7,6 @@ from django.db.models import (
     Aggregate,
     BigIntegerField,
     Count,
-    F,
     Func,
     Max,
     Min,
@@ -83,8 +82,8 @@ def processed_file_paths(*, ingestion: Ingestion) -> set[str]:
     )
 
 
-# History rows joined into one string by the database per block of ids.
-HISTORY_BLOCK_IDS = 65_536
+# History paths joined into one string by the database per block of this many, in path order.
+HISTORY_BLOCK = 65_536
 
 
 def processed_file_paths_into(
@@ -94,33 +93,36 @@ def processed_file_paths_into(
     block, so that another thread testing `paths` (a listing's `skip`) sees them arrive.
 
     The database joins each block's paths into one string (GROUP_CONCAT / STRING_AGG over
-    ids in blocks of HISTORY_BLOCK_IDS): a million paths come as a few dozen rows, built
-    while this process waits without holding the GIL, instead of a million Python rows
-    that a listing thread would queue behind. A block whose count disagrees with its
-    pieces (a path with a newline in it) is read again row by row.
+    the next HISTORY_BLOCK paths after the last block's, a range of the history's unique
+    index): a million paths come as a few dozen rows, built while this process waits
+    without holding the GIL, instead of a million Python rows that a listing thread
+    would queue behind. A block whose count disagrees with its pieces (a path with a
+    newline in it) is read again row by row.
     """
-    blocks = (
-        ProcessedFile.objects.filter(ingestion=ingestion)
-        .values(block=F("id") / HISTORY_BLOCK_IDS)
-        .annotate(joined=JoinedPaths("path"), count=Count("id"))
-        .values_list("block", "joined", "count")
+    live = ProcessedFile.all_generations.filter(
+        ingestion=ingestion, generation=ingestion.history_generation
     )
-    for block, joined, count in blocks.iterator():
-        pieces = joined.split("\n")
-        if len(pieces) != count:
-            pieces = ProcessedFile.objects.filter(
-                ingestion=ingestion,
-                id__gte=block * HISTORY_BLOCK_IDS,
-                id__lt=(block + 1) * HISTORY_BLOCK_IDS,
-            ).values_list("path", flat=True)
+    after = None
+    while True:
+        block = live.filter(path__gt=after) if after is not None else live
+        block = block.order_by("path").values("path")[:HISTORY_BLOCK]
+        found = block.aggregate(joined=JoinedPaths("path"), count=Count("path"), last=Max("path"))
+        if not found["count"]:
+            return
+        pieces = found["joined"].split("\n")
+        if len(pieces) != found["count"]:
+            pieces = list(block.values_list("path", flat=True))
         if leave_out:
             paths.update(path for path in pieces if path not in leave_out)
         else:
             paths.update(pieces)
+        if found["count"] < HISTORY_BLOCK:
+            return
+        after = found["last"]
 
 
 class JoinedPaths(Aggregate):
-    """A group's strings joined with newlines, in no particular order."""
+    """A group's strings joined with newlines."""
 
     function = "STRING_AGG"
     template = "%(function)s(%(expressions)s, E'\\n')"

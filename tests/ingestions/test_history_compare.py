@@ -11,17 +11,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
+import ingestions.selectors
 import refresh.planning
 from ingestions.errors import SourceListingLimitError
 from ingestions.locations import source_open
 from ingestions.models import FileFailure, ProcessedFile, RunStatus
 from ingestions.run_executor import run_execute
 from ingestions.runs import run_request
-from ingestions.selectors import (
-    HISTORY_BLOCK_IDS,
-    processed_file_paths_into,
-    processed_file_signatures,
-)
+from ingestions.selectors import processed_file_paths_into, processed_file_signatures
 from ingestions.source_changes import file_changed, stored_micros
 from ingestions.sources import SourceFile, list_source_entries, list_source_files
 
@@ -132,40 +129,34 @@ def test_a_run_classifies_new_unchanged_changed_and_gone_past_one_read_batch(ten
 
 
 @pytest.mark.django_db
-def test_history_paths_arrive_whole_across_id_blocks(tenant, other_tenant):
-    """Paths joined by the database per block of ids: rows on both sides of block edges,
-    a path with a newline in it (its block is read again row by row), another
-    ingestion's and an archived generation's rows in the same blocks (never included),
-    and the paths left out."""
+@pytest.mark.parametrize("block", [2, 3, 7, 100])
+def test_history_paths_arrive_whole_across_blocks(tenant, other_tenant, monkeypatch, block):
+    """Paths joined by the database a block at a time (shrunk here to cross its edges):
+    full and partial blocks, a path with a newline in it (its block is read again row by
+    row), another ingestion's and an archived generation's rows (never included), and
+    the paths left out."""
+    monkeypatch.setattr(ingestions.selectors, "HISTORY_BLOCK", block)
     ingestion = IngestionFactory(tenant=tenant)
     other = IngestionFactory(tenant=other_tenant)
     now = timezone.now()
-    ids = [1, HISTORY_BLOCK_IDS - 1, HISTORY_BLOCK_IDS, 2 * HISTORY_BLOCK_IDS - 1]
-    ids += [2 * HISTORY_BLOCK_IDS, 5 * HISTORY_BLOCK_IDS + 7]
-    rows = [
-        ProcessedFile(id=row_id, ingestion=ingestion, path=f"f-{row_id}.csv", loaded_at=now)
-        for row_id in ids
-    ]
-    rows += [
-        ProcessedFile(id=3, ingestion=ingestion, path="odd\nname.csv", loaded_at=now),
-        ProcessedFile(id=4, ingestion=other, path="theirs.csv", loaded_at=now),
-        ProcessedFile(
-            id=HISTORY_BLOCK_IDS + 1,
-            ingestion=ingestion,
-            generation=ingestion.history_generation + 1,
-            path="archived.csv",
-            loaded_at=now,
-        ),
-        ProcessedFile(
-            id=HISTORY_BLOCK_IDS + 2, ingestion=ingestion, path="held.csv", loaded_at=now
-        ),
-    ]
-    ProcessedFile.all_generations.bulk_create(rows)
+    mine = [f"f-{index}.csv" for index in range(6)] + ["odd\nname.csv", "held.csv"]
+    ProcessedFile.all_generations.bulk_create(
+        [ProcessedFile(ingestion=ingestion, path=path, loaded_at=now) for path in mine]
+        + [
+            ProcessedFile(ingestion=other, path="f-10.csv", loaded_at=now),
+            ProcessedFile(
+                ingestion=ingestion,
+                generation=ingestion.history_generation + 1,
+                path="f-2b.csv",
+                loaded_at=now,
+            ),
+        ]
+    )
 
     paths: set[str] = {"already-there.csv"}
     processed_file_paths_into(paths, ingestion=ingestion, leave_out={"held.csv"})
 
-    assert paths == {"already-there.csv", "odd\nname.csv", *(f"f-{row_id}.csv" for row_id in ids)}
+    assert paths == {"already-there.csv", *mine} - {"held.csv"}
 
 
 def test_a_skipped_file_is_not_listed_but_counts_against_the_bound(
