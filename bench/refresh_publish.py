@@ -391,7 +391,7 @@ def main() -> None:
     setup_django(work / "product")
     from django.conf import settings
 
-    from refresh.planning import size_text
+    from ingestions.formats import size as size_text
 
     # Several refreshes an hour is the point here, not the per-user rate limit.
     settings.REFRESH_RATE_LIMITS = {

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from ingestions.formats import size
 from ingestions.models import Ingestion, Run, RunStatus
 
 # Each engine's cold costs: the settings of (start seconds, seconds per file, MB/s).
@@ -49,14 +50,6 @@ ENGINE_WORDS = {"iceberg": "the embedded engine", "spark": "the spark engine"}
 # 20,000 files and 1 GB had been measured at the calibrated costs. None for the start: it
 # is what every run measures (listing, history, the table's metadata), so it follows them.
 PRIOR_LOAD = (0.0, 20_000.0, 1e9)
-
-
-def size_text(size_bytes: int) -> str:
-    """A size for people: GB with one decimal from 1 GB, else MB or KB (decimal units)."""
-    for unit, factor in (("GB", 1e9), ("MB", 1e6)):
-        if size_bytes >= factor:
-            return f"{size_bytes / factor:,.1f} {unit}"
-    return f"{size_bytes / 1e3:,.1f} KB"
 
 
 @dataclass(frozen=True)
@@ -89,7 +82,7 @@ class DurationModel:
         if self.seconds_per_file:
             terms.append(f"{self.seconds_per_file * 1000:.2g} ms per file")
         if self.seconds_per_byte:
-            terms.append(f"{size_text(round(1 / self.seconds_per_byte))}/s")
+            terms.append(f"{size(round(1 / self.seconds_per_byte))}/s")
         if self.start_seconds:
             terms.append(f"{self.start_seconds:.2g} s to start")
         text = f"{self.basis}: {' + '.join(terms) or 'no measurable cost'}"

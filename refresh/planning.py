@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from django.conf import settings
 
 from ingestions.engines import load_engine
-from ingestions.formats import counted
+from ingestions.formats import counted, size
 from ingestions.locations import source_open
 from ingestions.models import Ingestion
 from ingestions.quarantine import quarantined_paths
@@ -19,7 +19,7 @@ from ingestions.selectors import processed_file_paths_into, processed_file_summa
 from ingestions.sources import list_source_entries
 
 from .end_state import plan_end_state
-from .estimates import duration_model, size_text
+from .estimates import duration_model
 from .models import OperationKind, StepName
 from .specs import spec_of
 
@@ -344,7 +344,7 @@ def _warnings(plan: Plan) -> list[str]:
         scope = plan.scope
         warnings.append(
             f"This will reprocess {counted(scope['files_to_reload'], 'file')} in scope "
-            f"({scope['description']}, {size_text(impact.bytes_to_process)}) and replace "
+            f"({scope['description']}, {size(impact.bytes_to_process)}) and replace "
             f"{counted(scope['rows_replaced'], 'row')} of {plan.table['table_name']} "
             "when the run ends"
         )
@@ -365,24 +365,26 @@ def _warnings(plan: Plan) -> list[str]:
     elif plan.kind == OperationKind.FULL_REFRESH:
         warnings.append(
             f"This will reprocess ALL {counted(impact.files_to_process, 'file')} from scratch "
-            f"({size_text(impact.bytes_to_process)})"
+            f"({size(impact.bytes_to_process)})"
         )
     if impact.estimated_cost_usd > settings.REFRESH_HIGH_COST_USD:
         warnings.append(f"HIGH COST OPERATION: Estimated ${impact.estimated_cost_usd:,.2f}")
     if impact.files_to_process > settings.REFRESH_LARGE_OPERATION_FILES:
-        warnings.append(f"LARGE OPERATION: Processing {impact.files_to_process:,} files")
+        warnings.append(f"LARGE OPERATION: Processing {counted(impact.files_to_process, 'file')}")
     if StepName.TABLE_DROPPED in plan.steps and plan.table["exists"] and plan.scope is None:
         fate = "replaced when the run ends" if plan.mode == "atomic" else "deleted"
         warnings.append(
-            f"Current table {plan.table['table_name']} ({plan.table['row_count']:,} rows, "
-            f"{size_text(plan.table['size_bytes'])}) will be {fate}"
+            f"Current table {plan.table['table_name']} ({counted(plan.table['row_count'], 'row')}, "
+            f"{size(plan.table['size_bytes'])}) will be {fate}"
         )
     if (
         StepName.PROCESSED_FILES_CLEARED in plan.steps
         and plan.history["count"]
         and plan.scope is None
     ):
-        warnings.append(f"The history of {plan.history['count']:,} processed files will be cleared")
+        warnings.append(
+            f"The history of {counted(plan.history['count'], 'processed file')} will be cleared"
+        )
         if (
             StepName.TABLE_DROPPED not in plan.steps
             and plan.table["exists"]
@@ -391,10 +393,10 @@ def _warnings(plan: Plan) -> list[str]:
             # The rows stay while the history goes: say what the next run will do to the
             # table before anyone confirms (issue 24).
             warnings.append(
-                f"RELOAD: {plan.table['table_name']} keeps its {plan.table['row_count']:,} "
-                "rows, and the next run loads every source file again, each replacing its own "
-                "rows in one commit: no row is there twice. Rows of files no longer in the "
-                "source stay"
+                f"RELOAD: {plan.table['table_name']} keeps its "
+                f"{counted(plan.table['row_count'], 'row')}, and the next run loads every "
+                "source file again, each replacing its own rows in one commit: no row is there "
+                "twice. Rows of files no longer in the source stay"
             )
     if plan.ingestion.protected:
         warnings.append("This ingestion is protected: executing will be refused (423)")
@@ -445,9 +447,10 @@ def _kind_notes(plan: Plan) -> list[str]:
             "Table will be replaced by a new version when the run ends"
             if plan.mode == "atomic"
             else "Table will be dropped and recreated",
-            f"Only {plan.impact.files_to_process:,} NEW files will be processed",
-            f"Processed file history preserved ({history_count:,} files remain marked as "
-            "processed and will be skipped)",
+            f"Only {counted(plan.impact.files_to_process, 'NEW file')} will be processed",
+            f"Processed file history preserved ({counted(history_count, 'file')} "
+            f"{'remains' if history_count == 1 else 'remain'} marked as processed and will be "
+            "skipped)",
         ]
     if plan.kind == OperationKind.FULL_REFRESH and plan.mode == "atomic":
         return ["Every source file is loaded again into a new version of the table"]
@@ -457,8 +460,8 @@ def _kind_notes(plan: Plan) -> list[str]:
         ]
     if plan.kind == OperationKind.DROP_TABLE:
         return [
-            f"Processed file history NOT affected ({history_count:,} files still marked as "
-            "processed)",
+            f"Processed file history NOT affected ({counted(history_count, 'file')} still "
+            "marked as processed)",
             "No ingestion run triggered",
             "Table will be recreated on next run",
         ]
