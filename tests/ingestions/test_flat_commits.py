@@ -7,6 +7,9 @@ maintenance before the interval is up; time travel within the retention window s
 all of it. No timing assertions: `bench/commit_growth.py` measures the cost.
 """
 
+import json
+from urllib.parse import urlparse
+
 import pyarrow as pa
 import pytest
 from pyiceberg.table import Transaction
@@ -26,6 +29,7 @@ from ingestions.engines.iceberg.catalog import (
     MemoTransaction,
     metadata_updated,
     parsed_metadata,
+    snapshot_json,
 )
 from ingestions.maintenance import maintenance_due, maintenance_run
 from ingestions.models import Ingestion, MaintenanceAction, Run, RunStatus, TableMaintenance
@@ -136,6 +140,23 @@ def test_a_metadata_file_is_parsed_once_and_another_writer_s_commit_is_seen(engi
     assert seen.metadata_location != first.metadata_location
     assert len(seen.metadata.snapshots) == 2
     assert sorted(seen.scan().to_arrow().column("id").to_pylist()) == [1, 2]
+
+
+def test_the_metadata_file_written_is_pyiceberg_s_with_each_snapshot_serialized_once(engine):
+    engine.append(TABLE, orders(1), properties={"autoloader.batch-key": "b1"})
+    engine.append(TABLE, orders(2), properties={"autoloader.batch-key": "b2"})
+    first = engine._load_table(TABLE).metadata.snapshots[0]
+    with engine._load_table(TABLE).manage_snapshots() as refs:
+        refs.create_tag(first.snapshot_id, "autoloader_undo_test")
+    engine.append(TABLE, orders(3), properties={}, replacing=None)
+
+    table = engine._load_table(TABLE)
+    written = urlparse(table.metadata_location).path
+    with open(written) as handle:
+        assert json.load(handle) == json.loads(table.metadata.model_dump_json())
+    assert table.metadata.snapshots[0] is first
+    assert id(first) in snapshot_json._entries  # written from its cached JSON
+    assert open_table(TABLE).metadata == table.metadata  # what any reader parses
 
 
 def test_appends_merge_manifests_so_the_manifest_list_stays_short(engine):
