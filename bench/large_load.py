@@ -14,6 +14,7 @@ farm-bench's wall time, CPU and peak memory are those of the load and nothing el
   peak memory: on spark, the worker's, without the JVM's.
 
     .venv/bin/python bench/large_load.py generate --folder /tmp/large
+    .venv/bin/python bench/large_load.py generate --folder /tmp/large4 --size-gb 4  # memory flat?
     farm-bench -n 3 --timeout 1800 \\
         --vs '.venv/bin/python bench/large_load.py bare --folder /tmp/large' \\
         -- .venv/bin/python bench/large_load.py product --folder /tmp/large
@@ -36,11 +37,16 @@ HEADER = "order_id,customer,region,quantity,unit_price,note\n"
 REGIONS = ("north", "south", "east", "west")
 
 
-def generate(folder: Path, files: int, rows_per_file: int) -> None:
+def generate(folder: Path, files: int, rows_per_file: int, unique: int | None = None) -> None:
+    """Write `files` CSV files; past the first `unique` ones, each is a copy of one of them
+    under its own name (a 4 GB folder in the time of a 1 GB one)."""
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(files):
         path = folder / f"part-{index:04d}.csv"
         if path.exists():
+            continue
+        if unique and index >= unique:
+            shutil.copyfile(folder / f"part-{index % unique:04d}.csv", path)
             continue
         with path.open("w") as out:
             out.write(HEADER)
@@ -123,10 +129,20 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, required=True)
     parser.add_argument("--files", type=int, default=40)
     parser.add_argument("--rows-per-file", type=int, default=500_000)
+    parser.add_argument(
+        "--size-gb",
+        type=int,
+        default=None,
+        help="generate: --files x this many files (40 x 4 = 160 files, ~4 GB); the files "
+        "past the first --files are copies under their own names",
+    )
     parser.add_argument("--engine", default="iceberg", help="the product's engine")
     args = parser.parse_args()
     if args.mode == "generate":
-        generate(args.folder, args.files, args.rows_per_file)
+        if args.size_gb:
+            generate(args.folder, args.files * args.size_gb, args.rows_per_file, args.files)
+        else:
+            generate(args.folder, args.files, args.rows_per_file)
         template = args.folder.parent / f"{args.folder.name}-product-template"
         if not template.exists():
             setup_django(template)
