@@ -416,6 +416,7 @@ class _RunExecutor:
                 file_format=self.ingestion.source_format,
                 options=self.ingestion.source_options or {},
                 sizes={path: source.size_bytes for path, source in files.items()},
+                table_name=self.table_name,
             )
         except Exception:
             self._check_cancel()  # a read interrupted by a cancel ends the run CANCELLED
@@ -426,7 +427,8 @@ class _RunExecutor:
             ]
             if loaded:
                 self._check_cancel()
-                self._commit(loaded, rows=read.total_rows, files=read)
+                # An engine that wrote the rows while reading them set their `_ingested_at`.
+                self._commit(loaded, rows=read.total_rows, files=read, ingested_at=read.ingested_at)
         finally:
             self.engine.release_files(read)
         return [batch_failure(files[path], exc) for path, exc in read.failures.items()]

@@ -150,6 +150,9 @@ class FileBatch:
     rows: dict[str, int]  # relative path -> rows, for each file that loads
     failures: dict[str, FileReadError]  # relative path -> why it does not load
     handle: object = None  # the engine's own: what `append_files` writes
+    # When the engine wrote the rows while reading them (unpublished until `append_files`):
+    # the `_ingested_at` they carry, which the batch's record must name.
+    ingested_at: datetime | None = None
 
     @property
     def total_rows(self) -> int:
@@ -522,10 +525,13 @@ class FileReading:
         file_format: str,
         options: dict,
         sizes: Mapping[str, int] | None = None,
+        table_name: str | None = None,
     ) -> FileBatch:
         """Read and count the files at `paths` (relative to the checked `source`), where the
         engine runs; only engines with `reads_files` implement it. `sizes`: the listing's
-        size of each, where known (what an engine may sample to infer types).
+        size of each, where known (what an engine may sample to infer types). `table_name`:
+        the table the batch goes to, where the engine may write the rows already, unseen
+        by its readers until `append_files` (then the batch's `ingested_at` is set).
 
         A file that cannot be read, or has a malformed row, fails alone: it is in
         `failures`, the others in `rows`. Call `release_files` when done with the batch.

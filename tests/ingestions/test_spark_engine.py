@@ -185,6 +185,8 @@ def test_a_malformed_file_fails_alone_and_a_new_column_is_merged(
         "c-wider.csv": 1,
     }
     assert "region" in open_table(table).schema().column_names
+    # Reading them once gave up (a malformed row): its scratch branch is gone.
+    assert set(open_table(table).metadata.refs) == {"main"}
     assert set(
         ProcessedFile.objects.filter(ingestion=spark_ingestion).values_list("path", flat=True)
     ) == {"part-0000.csv", "part-0001.csv", "part-0002.csv", "c-wider.csv"}
@@ -255,17 +257,23 @@ def test_cancelling_a_run_interrupts_its_spark_job(
     spark_settings.AUTOLOADER_RUN_STALE_SECONDS = 1.2  # the heartbeat looks every 0.2 s
     write_csv_files(source_dir, files=2, rows=3)
     real_frame = spark_reading.Reader._frame
+    real_strict = spark_reading.Reader.read_strictly
+
+    def sleepy(batches):
+        # A Spark job that would take a minute: each partition sleeps in a Python worker.
+        time.sleep(60)
+        yield from batches
 
     def slow_frame(reader, uris, sample):
-        # A Spark job that would take a minute: each partition sleeps in a Python worker.
-        def sleepy(batches):
-            time.sleep(60)
-            yield from batches
-
         frame = real_frame(reader, uris, sample)
         return frame.mapInArrow(sleepy, frame.schema)
 
+    def slow_strict(reader, uris, schema):  # the same for a batch read once
+        frame = real_strict(reader, uris, schema)
+        return frame.mapInArrow(sleepy, frame.schema)
+
     monkeypatch.setattr(spark_reading.Reader, "_frame", slow_frame)
+    monkeypatch.setattr(spark_reading.Reader, "read_strictly", slow_strict)
     run = run_request(ingestion=spark_ingestion)
     finished = []
     worker = threading.Thread(
@@ -734,7 +742,7 @@ def test_a_corrected_file_is_reloaded_by_spark_in_one_overwrite(spark_ingestion,
     assert run_execute(run_id=run_request(ingestion=spark_ingestion).public_id).status == (
         RunStatus.SUCCESS
     )
-    versions = len(open_table(spark_ingestion.table_identifier).metadata.metadata_log)
+    versions = main_heads(spark_ingestion.table_identifier)
     path = source_dir / "part-0001.csv"
     mtime = path.stat().st_mtime_ns
     path.write_text("id,name,amount\n1,corrected,1275.0\n2,corrected,20.0\n")
@@ -750,4 +758,82 @@ def test_a_corrected_file_is_reloaded_by_spark_in_one_overwrite(spark_ingestion,
         "part-0000.csv": 5,
         "part-0001.csv": 2,
     }
-    assert len(open_table(spark_ingestion.table_identifier).metadata.metadata_log) == versions + 1
+    # Readers of main see one change: the scratch branch the rows were written to first
+    # (read once) is no version of main.
+    heads = main_heads(spark_ingestion.table_identifier)
+    assert heads[: len(versions)] == versions
+    assert len(set(heads[len(versions) :]) - set(versions)) == 1
+    assert set(open_table(spark_ingestion.table_identifier).metadata.refs) == {"main"}
+
+
+def main_heads(table_name: str) -> list[int | None]:
+    """Main's snapshot in each version of the table's metadata, oldest first, repeats
+    collapsed: what a reader polling main could have seen."""
+    from pyiceberg.serializers import FromInputFile
+
+    table = open_table(table_name)
+    heads: list[int | None] = []
+    for entry in table.metadata.metadata_log:
+        metadata = FromInputFile.table_metadata(table.io.new_input(entry.metadata_file))
+        heads.append(metadata.current_snapshot_id)
+    heads.append(table.metadata.current_snapshot_id)
+    return [head for index, head in enumerate(heads) if index == 0 or heads[index - 1] != head]
+
+
+def records_read(spark_session) -> int:
+    """Rows Spark's scans have read from files since the application started (its stages'
+    input records, once its listeners have seen every event)."""
+    context = spark_session.sparkContext
+    context._jsc.sc().listenerBus().waitUntilEmpty()
+    jvm = context._jvm
+    stages = (
+        context._jsc.sc()
+        .statusStore()
+        .stageList(
+            None, False, False, context._gateway.new_array(jvm.double, 0), jvm.java.util.ArrayList()
+        )
+    )
+    return sum(stages.apply(index).inputRecords() for index in range(stages.size()))
+
+
+def test_a_spark_run_reads_each_csv_file_once(
+    spark_settings, spark_session, spark_ingestion, source_dir, monkeypatch
+):
+    """Issue 23: the rows are written in the pass that reads them (to a scratch branch,
+    counted from what was written, then committed): a new table's types come from the
+    first file; once the table exists, from the table itself, and no file is read twice."""
+    monkeypatch.setattr(spark_reading, "INFER_SAMPLE_BYTES", 1)  # the sample: one file
+    write_csv_files(source_dir, files=4, rows=25)
+
+    before = records_read(spark_session)
+    first = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+    first_read = records_read(spark_session) - before
+
+    assert first.status == RunStatus.SUCCESS, first.error
+    assert first.rows_written == 100
+    # Each file once, and the one file of the inference sample a second time (at most).
+    assert 100 <= first_read <= 100 + 2 * (25 + 1)
+    write_csv_files(source_dir, files=3, rows=40, start=10)
+
+    before = records_read(spark_session)
+    second = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+    second_read = records_read(spark_session) - before
+
+    assert second.status == RunStatus.SUCCESS, second.error
+    assert (second.files_loaded, second.rows_written) == (3, 120)
+    assert second_read == 120  # the table's types: no inference pass, each file once
+    table = spark_ingestion.table_identifier
+    assert rows_by_file(table) == {
+        **{f"part-{index:04d}.csv": 25 for index in range(4)},
+        **{f"part-{index:04d}.csv": 40 for index in range(10, 13)},
+    }
+    assert set(open_table(table).metadata.refs) == {"main"}  # no scratch branch left
+    snapshots = load_engine("spark").list_snapshots(table)
+    assert [snapshot.properties[SNAPSHOT_BATCH_KEY] for snapshot in snapshots] == list(
+        RunBatch.objects.filter(run__ingestion=spark_ingestion)
+        .order_by("id")
+        .values_list("batch_key", flat=True)
+    )
+    # Each batch names the `_ingested_at` its rows carry (what recovery counts by).
+    for batch in RunBatch.objects.filter(run__ingestion=spark_ingestion):
+        assert load_engine("spark").holds_rows_ingested_at(table, batch.ingested_at)

@@ -18,7 +18,8 @@ The tables are Iceberg tables in the Spark catalog AUTOLOADER_SPARK_CATALOG:
   through AUTOLOADER_SPARK_CONF (`spark.sql.catalog.<name>.*`, passed through verbatim).
 
 The package: `engine` (the Engine interface on Spark), `files` (its FileReading: a batch's
-files read by the executors), `reading` (one pass over the files, per format), `sessions`
+files read by the executors), `once` (a CSV batch read once, written to a scratch branch,
+counted from what was written), `reading` (one pass over the files, per format), `sessions`
 (the process's Spark application and the catalog's jars and settings), `metadata` (a
 cluster's own catalog read with Spark SQL), `schemas` (what an append may change), `sql`
 (quoting, column definitions, failure messages).

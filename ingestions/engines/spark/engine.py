@@ -27,7 +27,7 @@ from ingestions.engines.base import (
     table_location,
     validate_table_name,
 )
-from ingestions.engines.spark import metadata, sessions
+from ingestions.engines.spark import metadata, once, sessions
 from ingestions.engines.spark.files import SparkFileReading
 from ingestions.engines.spark.reading import (
     CORRUPT_COLUMN,
@@ -277,6 +277,17 @@ class SparkEngine(SparkFileReading, Engine):
 
         validate_table_name(table_name)
         check_properties(properties)
+        if isinstance(batch.handle, once.ScratchWrite):
+            # Read once (`once`): the rows are written already; this is the commit.
+            with self._errors(f"append to {table_name}"):
+                self._raise_if_cancelled()
+                return once.publish(
+                    self._iceberg_table(table_name),
+                    batch.handle,
+                    properties=properties,
+                    branch=branch or "main",
+                    replacing=replacing,
+                )
         frame, loading, _ = batch.handle or (None, {}, [])
         if frame is None:
             raise EngineError("The batch has no rows to write.")
@@ -383,20 +394,7 @@ class SparkEngine(SparkFileReading, Engine):
                 raise EngineError(f"{table_name} has no branch {branch}: it does not exist.")
             merge_schemas(table_schema, frame.schema)
         elif table_schema is None:
-            namespace = table_name.split(".")[0]
-            spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {quote(self.catalog)}.{quote(namespace)}")
-            location = table_location(self.warehouse, table_name)
-            spark.sql(
-                f"CREATE TABLE IF NOT EXISTS {qualified} ({ddl(frame.schema)}) "
-                "USING iceberg"
-                + (f" LOCATION {literal(location)}" if location else "")
-                + " TBLPROPERTIES ("
-                + ", ".join(
-                    f"{literal(key)} = {literal(value)}"
-                    for key, value in NEW_TABLE_PROPERTIES.items()
-                )
-                + ")"
-            )
+            self._create_table(spark, table_name, frame.schema)
         else:
             merge_schemas(table_schema, frame.schema)  # refuses what Iceberg cannot widen
         commit_id = uuid.uuid4().hex
@@ -423,6 +421,27 @@ class SparkEngine(SparkFileReading, Engine):
         if not rows:
             raise EngineError(f"The append to {table_name} left no snapshot.")
         return int(rows[0]["snapshot_id"])
+
+    def _create_table(self, spark: SparkSession, table_name: str, schema: StructType) -> None:
+        """Create the table (and its namespace) with `schema`, as the embedded engine would."""
+        namespace = table_name.split(".")[0]
+        spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {quote(self.catalog)}.{quote(namespace)}")
+        location = table_location(self.warehouse, table_name)
+        spark.sql(
+            f"CREATE TABLE IF NOT EXISTS {self._qualified(table_name)} ({ddl(schema)}) "
+            "USING iceberg"
+            + (f" LOCATION {literal(location)}" if location else "")
+            + " TBLPROPERTIES ("
+            + ", ".join(
+                f"{literal(key)} = {literal(value)}" for key, value in NEW_TABLE_PROPERTIES.items()
+            )
+            + ")"
+        )
+
+    def _iceberg_table(self, table_name: str):
+        """The table as pyiceberg loads it from the shared catalog (its metadata, now)."""
+        engine = self._catalog_engine()
+        return engine._catalog().load_table(table_name)
 
     # --- configuration -----------------------------------------------------------------
 

@@ -1,14 +1,20 @@
 """The spark engine's FileReading interface: a batch's files read by Spark's executors,
-counted per file (rows, malformed rows), each checked again after the read."""
+counted per file (rows, malformed rows), each checked again after the read.
+
+A CSV batch on the shared catalog is read once (`once`): its rows are written to a scratch
+branch of the table in the same pass, and counted from what was written. When that pass
+gives up (a malformed row, a file that does not fit the others, one that changed), the
+batch is read the careful way: kept by Spark, counted per file, then written."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ingestions.engines.base import FileBatch
-from ingestions.engines.spark import sessions
+from ingestions.engines.spark import once, sessions
 from ingestions.engines.spark.reading import (
     INPUT_COLUMN,
     SPARK_CSV_OPTIONS,
@@ -19,12 +25,13 @@ from ingestions.engines.spark.reading import (
     spark_uri,
     still_pinned,
 )
-from ingestions.engines.spark.sql import failure_reason
+from ingestions.engines.spark.schemas import conform_to_table, merge_schemas
+from ingestions.engines.spark.sql import failure_reason, quote
 from ingestions.errors import FileReadError
 from ingestions.sources.discovery import first_line
 
 if TYPE_CHECKING:  # pragma: no cover - types only
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
     from ingestions.locations import SourceHandle
 
@@ -42,6 +49,7 @@ class SparkFileReading:
         file_format: str,
         options: dict,
         sizes: Mapping[str, int] | None = None,
+        table_name: str | None = None,
     ) -> FileBatch:
         failures: dict[str, FileReadError] = {}
         unsupported = sorted(set(options) - set(SPARK_CSV_OPTIONS) - {"null_values"})
@@ -74,6 +82,19 @@ class SparkFileReading:
             reader = Reader(
                 spark, file_format=file_format, options=options, check=self._raise_if_cancelled
             )
+            if table_name is not None and file_format == "csv" and self.can_stage:
+                batch = self._read_once(
+                    spark,
+                    reader,
+                    source=source,
+                    table_name=table_name,
+                    files=(uris, keys, pins),
+                    options=options,
+                    sizes=sizes,
+                    failures=failures,
+                )
+                if batch is not None:
+                    return batch
             sample = inference_sample(list(uris), sizes)
             try:
                 frame, counts = reader.read(
@@ -117,11 +138,131 @@ class SparkFileReading:
         return batch
 
     def release_files(self, batch: FileBatch) -> None:
+        if isinstance(batch.handle, once.ScratchWrite):
+            if not batch.handle.done:  # not published: its rows go, and a table it made
+                self._drop_scratch(batch.handle)
+                if batch.handle.created_table:
+                    self._drop_if_empty(batch.handle.table_name)
+            return
         for frame in (batch.handle or (None, {}, []))[2]:
             try:
                 frame.unpersist()
             except Exception as exc:  # the session may be gone: nothing left to free
                 logger.debug("could not unpersist a batch: %s", first_line(exc))
+
+    def _read_once(
+        self,
+        spark: SparkSession,
+        reader: Reader,
+        *,
+        source: SourceHandle,
+        table_name: str,
+        files: tuple[dict[str, str], dict[str, str], dict[str, tuple[int, int]]],
+        options: dict,
+        sizes: Mapping[str, int] | None,
+        failures: dict[str, FileReadError],
+    ) -> FileBatch | None:
+        """Read the CSV files once, writing their rows to a scratch branch of the table, and
+        count each file's rows in what was written; None (nothing left behind) when the
+        batch must be read the careful way."""
+        from pyspark.sql import functions as F
+
+        uris, keys, pins = files
+        scratch, created = None, False
+        try:
+            table_schema = self._spark_schema(spark, table_name)
+            schema = None
+            if table_schema is not None:
+                # The table's types, by the first file's header: no inference pass.
+                names = once.header_names(source, keys[next(iter(uris))], options)
+                schema = once.table_read_schema(table_schema, names or [])
+            if schema is None:
+                sample = inference_sample(list(uris), sizes)
+                schema = reader.infer([uri for path, uri in uris.items() if path in sample])
+            frame = reader.read_strictly(list(uris.values()), schema)
+            # Spark's own name of each file (what `input_file_name()` gives), from its listing.
+            inputs = {input_key(name): name for name in frame.inputFiles()}
+            if any(keys[path] not in inputs for path in uris):
+                raise FileReadError(table_name, "Spark listed the files under other names")
+            source_files = F.create_map(
+                *[F.lit(item) for path in uris for item in (inputs[keys[path]], path)]
+            )
+            ingested_at = datetime.now(UTC)
+            rows = frame.select(
+                *[F.col(quote(name)) for name in frame.columns],
+                F.coalesce(
+                    F.element_at(source_files, F.input_file_name()),
+                    F.raise_error(F.lit("a file outside the batch was read")),
+                ).alias("_source_file"),
+                F.lit(ingested_at).cast("timestamp_ltz").alias("_ingested_at"),
+            )
+            if table_schema is None:
+                self._create_table(spark, table_name, rows.schema)
+                created = True
+            else:
+                rows = conform_to_table(rows, table_schema)
+                merge_schemas(table_schema, rows.schema)  # what Iceberg cannot widen: carefully
+            table = self._iceberg_table(table_name)
+            main = table.metadata.refs.get("main")
+            scratch = once.ScratchWrite(
+                table_name=table_name,
+                branch=once.scratch_branch_name(),
+                base_snapshot_id=main.snapshot_id if main else None,
+                created_table=created,
+            )
+            qualified = self._qualified(table_name)
+            spark.sql(f"ALTER TABLE {qualified} CREATE BRANCH {quote(scratch.branch)}")
+            self._raise_if_cancelled()
+            rows.writeTo(f"{qualified}.{quote(f'branch_{scratch.branch}')}").options(
+                mergeSchema="true"
+            ).append()
+            # What Spark read by path must be what was checked before (see `read_files`).
+            if any(not still_pinned(source, keys[path], pin) for path, pin in pins.items()):
+                raise FileReadError(table_name, "a file changed while it was read")
+            table = self._iceberg_table(table_name)
+            once.read_scratch(table, scratch)
+            counts = once.rows_per_source_file(table, scratch.data_files)
+            if not set(counts) <= set(uris):
+                raise FileReadError(table_name, "rows of a file outside the batch were written")
+        except Exception as exc:
+            if scratch is not None:
+                self._drop_scratch(scratch)
+            if created:
+                self._drop_if_empty(table_name)
+            if self._interrupted(exc):
+                raise
+            logger.info(
+                "reading %d files once into %s gave up (%s): reading them carefully",
+                len(uris),
+                table_name,
+                failure_reason(exc),
+            )
+            return None
+        return FileBatch(
+            rows={path: counts.get(path, 0) for path in uris},
+            failures=failures,
+            handle=scratch,
+            ingested_at=ingested_at,
+        )
+
+    def _drop_scratch(self, scratch: once.ScratchWrite) -> None:
+        try:
+            once.drop(self._iceberg_table(scratch.table_name), scratch)
+        except Exception as exc:  # left behind: `once.SCRATCH_BRANCH_PREFIX` names it
+            logger.warning(
+                "could not drop the scratch branch %s of %s: %s",
+                scratch.branch,
+                scratch.table_name,
+                first_line(exc),
+            )
+
+    def _drop_if_empty(self, table_name: str) -> None:
+        """Drop a table this read created when nothing was committed to it since."""
+        try:
+            if self._iceberg_table(table_name).metadata.current_snapshot_id is None:
+                self._catalog_engine().drop_table(table_name)
+        except Exception as exc:
+            logger.warning("could not drop the empty table %s: %s", table_name, first_line(exc))
 
     def _read_one_by_one(
         self, reader: Reader, uris: dict[str, str], failures: dict[str, FileReadError]

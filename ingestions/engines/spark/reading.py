@@ -15,6 +15,7 @@ from ingestions.locations import OutsideLocationError
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
     from ingestions.locations import SourceHandle
 
@@ -101,17 +102,34 @@ class Reader:
         # infers), then read every file once with them and a column that catches malformed
         # rows; a file whose header differs from the others' fails the read, and is read
         # by itself instead.
-        self.check()
-        inferred = reader.option("inferSchema", "true").csv(sample).schema
-        self.check()
-        schema = StructType(
-            [*map(long_integers, inferred.fields), StructField(CORRUPT_COLUMN, StringType())]
-        )
+        schema = StructType([*self.infer(sample).fields, StructField(CORRUPT_COLUMN, StringType())])
         return (
             self.spark.read.options(**self.options)
             .schema(schema)
             .option("mode", "PERMISSIVE")
             .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
+            .option("enforceSchema", "false")
+            .csv(uris)
+        )
+
+    def infer(self, sample: list[str]) -> StructType:
+        """The CSV types of `sample`'s files (one Spark job over them), integers 64 bits wide
+        as the embedded engine infers them."""
+        from pyspark.sql.types import StructType
+
+        self.check()
+        inferred = self.spark.read.options(**self.options).option("inferSchema", "true")
+        fields = inferred.csv(sample).schema.fields
+        self.check()
+        return StructType(list(map(long_integers, fields)))
+
+    def read_strictly(self, uris: list[str], schema: StructType) -> DataFrame:
+        """The CSV files' rows by `schema`, lazily: running it fails on the first malformed
+        row, or on a header that does not name `schema`'s columns in order."""
+        return (
+            self.spark.read.options(**self.options)
+            .schema(schema)
+            .option("mode", "FAILFAST")
             .option("enforceSchema", "false")
             .csv(uris)
         )
