@@ -22,7 +22,7 @@ from ingestions.selectors import processed_file_paths_into, processed_file_signa
 from ingestions.source_changes import file_changed, stored_micros
 from ingestions.sources import SourceFile, list_source_entries, list_source_files
 
-from ..factories import IngestionFactory
+from ..factories import IngestionFactory, grant_location
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
@@ -218,3 +218,19 @@ def test_a_fresh_start_preview_counts_the_new_files_whoever_wins_the_race(
     assert response.status_code == 200, response.content
     impact = response.json()["impact"]
     assert (impact["files_to_process"], impact["files_skipped"]) == (1, 3)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_object_store_listing_skips_known_keys_and_counts_them(tenant, s3_bucket, settings):
+    """S3's paged listing skips the keys it is told to, as the local walk does, and they
+    still count against the bound."""
+    s3_bucket.seed([f"in/part-{index}.csv" for index in range(5)])
+    assert grant_location(tenant, s3_bucket.uri("in")) is not None
+    source = source_open(tenant=tenant, uri=s3_bucket.uri("in"))
+
+    listed = list_source_entries(source=source, skip={"part-1.csv", "part-3.csv"})
+
+    assert [entry[0] for entry in listed] == ["part-0.csv", "part-2.csv", "part-4.csv"]
+    settings.AUTOLOADER_LISTING_MAX_ENTRIES = 4
+    with pytest.raises(SourceListingLimitError, match="more than 4 files"):
+        list_source_entries(source=source, skip={"part-0.csv", "part-1.csv", "part-2.csv"})
