@@ -21,6 +21,7 @@ from .batching import BatchFitter, batch_failure, split_batches
 from .engines import Engine, load_engine
 from .engines.base import DataWriter, FileBatch, WrittenData
 from .errors import AutoloaderError, RunCancelledError, RunOwnershipLostError
+from .formats import counted
 from .locations import source_open
 from .models import (
     CommitStatus,
@@ -212,7 +213,7 @@ class _RunExecutor:
             failed = self.run.files_failed
             self._finish_staged(
                 RunStatus.PARTIAL_SUCCESS if failed else RunStatus.SUCCESS,
-                error=f"{failed} files failed to load." if failed else "",
+                error=failed_to_load(failed) if failed else "",
             )
             return
         # Checked against the tenant's locations now, not only when the ingestion was saved:
@@ -294,9 +295,14 @@ class _RunExecutor:
             self._gone_files(gone, history_size=len(history))
         self.run.refresh_from_db()
         if failed and self.run.files_loaded == 0 and len(failed) == len(new_files):
-            status, error = RunStatus.FAILED, f"All {len(failed)} files failed to load."
+            status = RunStatus.FAILED
+            error = (
+                "The file failed to load."
+                if len(failed) == 1
+                else f"All {failed_to_load(len(failed))}"
+            )
         elif failed:
-            status, error = RunStatus.PARTIAL_SUCCESS, f"{len(failed)} files failed to load."
+            status, error = RunStatus.PARTIAL_SUCCESS, failed_to_load(len(failed))
         else:
             status, error = RunStatus.SUCCESS, ""
         if self.run.stage_name:
@@ -583,3 +589,8 @@ def _rows_of(data: pa.Table | WrittenData | None) -> int:
     if isinstance(data, WrittenData):
         return data.rows
     return data.num_rows if data is not None else 0
+
+
+def failed_to_load(count: int) -> str:
+    """A run's error line: "1 file failed to load.", "5 files failed to load."."""
+    return f"{counted(count, 'file')} failed to load."

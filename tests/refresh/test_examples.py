@@ -249,7 +249,7 @@ def test_airflow_example_failure_lists_each_failed_file_with_its_error():
         "status": "PARTIAL_SUCCESS",
         "files_found": 3,
         "files_failed": 1,
-        "error": "1 files failed to load.",
+        "error": "1 file failed to load.",
         "failed_files": [
             {
                 "path": "/landing/b-broken-utf8.csv",
