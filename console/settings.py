@@ -242,6 +242,7 @@ SPECTACULAR_SETTINGS = {
         "MaintenanceActionEnum": "ingestions.models.MaintenanceAction",
         "ScheduleActionEnum": "refresh.models.ScheduleAction",
         "BatchOperationEnum": ["full_refresh", "fresh_start"],
+        "VerifyStatusEnum": "ingestions.models.VerifyStatus",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

@@ -100,6 +100,12 @@ class VerifyJobOutputSerializer(serializers.Serializer):
         return {"detail": job.error, "error_code": job.error_code, "help": RETRY_HELP}
 
 
+class VerifyJobStartedSerializer(VerifyJobOutputSerializer):
+    """A started job (202): the job, and whether it was already under way."""
+
+    already_running = serializers.BooleanField()
+
+
 class IngestionVerifyApi(TenantAPIView):
     """The table against its history and its source, per file (`ingestions.verify`)."""
 
@@ -137,13 +143,7 @@ class IngestionVerifyApi(TenantAPIView):
         responses={
             200: OpenApiResponse(description="the verification report"),
             202: OpenApiResponse(
-                inline_serializer(
-                    name="VerifyJobStarted",
-                    fields={
-                        **VerifyJobOutputSerializer().get_fields(),
-                        "already_running": serializers.BooleanField(),
-                    },
-                ),
+                VerifyJobStartedSerializer,
                 description="the job (new, or the one already under way); header Location",
             ),
             400: OpenApiResponse(
