@@ -187,8 +187,8 @@ def _walk_local(
                 for entry in listing:
                     seen += 1
                     if seen == BOUND_EVERY:
+                        bound.add_files(files)  # files first: the bound a user sets
                         bound.saw(seen)
-                        bound.add_files(files)
                         seen = files = 0
                     name = entry.name
                     if name.startswith(HIDDEN_PREFIXES):
@@ -219,8 +219,8 @@ def _walk_local(
             raise SourceUnavailableError(
                 f"Cannot list source {source.uri!r}: {exc.strerror or type(exc).__name__}"
             ) from exc
-        bound.saw(seen)
         bound.add_files(files)
+        bound.saw(seen)
     return entries
 
 
@@ -256,7 +256,6 @@ def _list_store(
         for page in pages:
             contents = page.get("Contents") or ()
             any_object = any_object or bool(contents)
-            bound.saw(len(contents))
             found = len(entries)
             skipped = 0
             # The hot loop of every listing of S3: plain string tests and tuples only.
@@ -279,7 +278,8 @@ def _list_store(
                     entries.append((relative_path, item["Size"], modified_ns, etag))
                 else:
                     entries.append((relative_path, item["Size"], modified_ns))
-            bound.add_files(len(entries) - found + skipped)
+            bound.add_files(len(entries) - found + skipped)  # files first, as a walk's
+            bound.saw(len(contents))
         if not any_object and key and _is_object(client, bucket, key):
             raise SourceUnavailableError(f"Source {source.uri!r} is not a directory.")
     except ClientError as exc:
