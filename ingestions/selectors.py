@@ -144,9 +144,10 @@ def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
     already reported) — what `source_changes.file_changed` compares a listed file with.
 
     One query whose rows are plain integers and strings: the database turns the stored
-    time into microseconds, so no row costs a datetime (Django's SQLite converter parsed
-    each one with a regular expression: most of what 10,000 unchanged files cost a run,
-    `bench/changed_files.py`), and the rows are read on a plain cursor, no model.
+    time into microseconds, so no row costs a datetime (Django's SQLite converter parses
+    each with a regular expression), and the rows are read on a plain cursor, no model.
+    What a row still costs is mostly the GIL it shares with the listing thread
+    (`bench/changed_files.py`, docs/benchmarks.md §11).
     """
     query = (
         ProcessedFile.objects.filter(ingestion=ingestion)
