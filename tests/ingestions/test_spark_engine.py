@@ -837,3 +837,36 @@ def test_a_spark_run_reads_each_csv_file_once(
     # Each batch names the `_ingested_at` its rows carry (what recovery counts by).
     for batch in RunBatch.objects.filter(run__ingestion=spark_ingestion):
         assert load_engine("spark").holds_rows_ingested_at(table, batch.ingested_at)
+
+
+def test_a_scratch_branch_a_killed_worker_left_is_dropped_by_the_next_read(
+    spark_settings, spark_ingestion, source_dir
+):
+    """A worker killed between the one-pass read and its commit leaves its scratch branch
+    (rows no reader of main sees): the next batch on that table drops it, with the snapshot
+    only it held, and main's rows are exactly the files' once."""
+    write_csv_files(source_dir, files=2, rows=10)
+    assert run_execute(run_id=run_request(ingestion=spark_ingestion).public_id).status == (
+        RunStatus.SUCCESS
+    )
+    table = open_table(spark_ingestion.table_identifier)
+    main_before = table.metadata.current_snapshot_id
+    left = "autoloader_read_" + "0" * 16
+    table.manage_snapshots().create_branch(main_before, left).commit()
+    written = table.scan().to_arrow().slice(0, 5)  # a batch that never reached main
+    table.append(written, branch=left)
+    orphan_snapshot = open_table(spark_ingestion.table_identifier).metadata.refs[left].snapshot_id
+    write_csv_files(source_dir, files=1, rows=7, start=5)
+
+    run = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+
+    assert run.status == RunStatus.SUCCESS, run.error
+    after = open_table(spark_ingestion.table_identifier).metadata
+    assert set(after.refs) == {"main"}
+    assert orphan_snapshot not in {snapshot.snapshot_id for snapshot in after.snapshots}
+    assert main_before in {snapshot.snapshot_id for snapshot in after.snapshots}  # main's kept
+    assert rows_by_file(spark_ingestion.table_identifier) == {
+        "part-0000.csv": 10,
+        "part-0001.csv": 10,
+        "part-0005.csv": 7,
+    }

@@ -203,6 +203,8 @@ class SparkFileReading:
                 rows = conform_to_table(rows, table_schema)
                 merge_schemas(table_schema, rows.schema)  # what Iceberg cannot widen: carefully
             table = self._iceberg_table(table_name)
+            if once.drop_left_behind(table):  # a killed worker's: never committed
+                table = self._iceberg_table(table_name)
             main = table.metadata.refs.get("main")
             scratch = once.ScratchWrite(
                 table_name=table_name,

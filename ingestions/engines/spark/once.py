@@ -178,6 +178,42 @@ def drop(table: Table, scratch: ScratchWrite) -> None:
     scratch.done = True
 
 
+def drop_left_behind(table: Table) -> list[str]:
+    """Drop the scratch branches a killed worker left on `table` (its batch was never
+    committed: recovery reads it again), with the snapshots only they hold; returns their
+    names. Called before a batch makes its own: one run at a time writes a table, so a
+    scratch branch there now is nobody's. Their data files become orphans, which the
+    cluster's `remove_orphan_files` (or the worker's maintenance) deletes."""
+    from pyiceberg.table.update.snapshot import ExpireSnapshots, ManageSnapshots
+
+    metadata = table.metadata
+    left = sorted(name for name in metadata.refs if name.startswith(SCRATCH_BRANCH_PREFIX))
+    if not left:
+        return []
+    parents = {snapshot.snapshot_id: snapshot.parent_snapshot_id for snapshot in metadata.snapshots}
+
+    def chain(snapshot_id: int | None) -> set[int]:
+        seen: set[int] = set()
+        while snapshot_id is not None and snapshot_id not in seen:
+            seen.add(snapshot_id)
+            snapshot_id = parents.get(snapshot_id)
+        return seen
+
+    kept = set().union(
+        *(chain(ref.snapshot_id) for name, ref in metadata.refs.items() if name not in left)
+    )
+    own = set().union(*(chain(metadata.refs[name].snapshot_id) for name in left)) - kept
+    with table.transaction() as transaction:
+        manage = ManageSnapshots(transaction)
+        for name in left:
+            manage.remove_branch(name)
+        manage.commit()
+        if own:
+            ExpireSnapshots(transaction).by_ids(sorted(own)).commit()
+    logger.warning("dropped %d scratch branch(es) left on %s: %s", len(left), table.name(), left)
+    return left
+
+
 def _delete_files(table: Table, paths: list[str]) -> None:
     """Best effort: a file left behind is an orphan, which `remove_orphan_files` finds."""
     for path in paths:
