@@ -16,7 +16,7 @@
 | AUTOLOADER_PREVIEW_RATE_PER_USER / _PER_TENANT | 30/m / 120/m | check-sources and dry-runs |
 | AUTOLOADER_LISTINGS_PER_TENANT | 2 | a tenant's source listings at once for web requests |
 | AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS | 3600 | how often a table is maintained at most |
-| AUTOLOADER_MAINTENANCE_AFTER_RUNS | 100 | runs writing to a table that make it due within the interval (0: off) |
+| AUTOLOADER_MAINTENANCE_AFTER_RUNS | 100 | writing runs that make a table due sooner (0: off) |
 | AUTOLOADER_SNAPSHOT_RETENTION_HOURS / _RETAIN_LAST | 24 / 10 | snapshots kept |
 | AUTOLOADER_COMPACT_SMALL_FILE_BYTES / _MIN_FILES / _MAX_BYTES | 32 MiB / 10 / 512 MiB | |
 | AUTOLOADER_ORPHAN_MIN_AGE_HOURS | 1 | age before an unreferenced file is deleted |

@@ -37,7 +37,7 @@ def test_a_zero_downtime_refresh_shows_as_one_step_in_mains_history(loaded, cons
     link = f'href="/operations/{operation_id}/" data-operation="{operation_id}"'
     assert link in history.split("<tbody>", 1)[1].split("</tr>", 1)[0] and link in refs
     assert "Full refresh</a>, run" in history
-    assert '<td data-label="Operation">–</td>' not in history  # each names Iceberg's too
+    assert '<td data-label="Operation">\N{EN DASH}</td>' not in history  # Iceberg's named
 
 
 def test_a_version_no_operation_made_names_no_operation(loaded, console):
