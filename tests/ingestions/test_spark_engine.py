@@ -839,6 +839,35 @@ def test_a_spark_run_reads_each_csv_file_once(
         assert load_engine("spark").holds_rows_ingested_at(table, batch.ingested_at)
 
 
+def test_a_batch_read_once_after_spark_merged_mains_manifests_keeps_every_row(
+    spark_settings, spark_ingestion, source_dir
+):
+    """Past `commit.manifest.min-count-to-merge`, Spark's append to the scratch branch writes
+    one merged manifest that also lists main's files as EXISTING: only the files the write
+    ADDED are the batch's. Taking the others published them twice or, when the pass gave
+    up, deleted main's live data files (found by review: at the 20th batch, with the
+    catalog's min count of 20; here the count is 2)."""
+    write_csv_files(source_dir, files=1, rows=10)
+    assert run_execute(run_id=run_request(ingestion=spark_ingestion).public_id).status == (
+        RunStatus.SUCCESS
+    )
+    table = open_table(spark_ingestion.table_identifier)
+    with table.transaction() as transaction:
+        transaction.set_properties({"commit.manifest.min-count-to-merge": "2"})
+    for start in (1, 2, 3):
+        write_csv_files(source_dir, files=1, rows=10 + start, start=start)
+        run = run_execute(run_id=run_request(ingestion=spark_ingestion).public_id)
+        assert run.status == RunStatus.SUCCESS, run.error
+
+    assert rows_by_file(spark_ingestion.table_identifier) == {
+        "part-0000.csv": 10,
+        "part-0001.csv": 11,
+        "part-0002.csv": 12,
+        "part-0003.csv": 13,
+    }
+    assert set(open_table(spark_ingestion.table_identifier).metadata.refs) == {"main"}
+
+
 def test_a_scratch_branch_a_killed_worker_left_is_dropped_by_the_next_read(
     spark_settings, spark_ingestion, source_dir
 ):

@@ -93,7 +93,14 @@ def table_read_schema(table: StructType, names: list[str]) -> StructType | None:
 def read_scratch(table: Table, scratch: ScratchWrite) -> None:
     """Fill in what the scratch branch holds over its base: its own snapshots (the write's,
     and the empty one Iceberg makes to branch a table without any), the data files the
-    write added and the manifest lists and manifests only those snapshots hold."""
+    write added and the manifest lists and manifests only those snapshots hold.
+
+    Only entries ADDED by the write's snapshot are its data files: Spark's append merges
+    manifests (past `commit.manifest.min-count-to-merge`), and a manifest the write made by
+    merging also lists the base's files as EXISTING. Taking those too would publish main's
+    files twice and, on a drop, delete them."""
+    from pyiceberg.manifest import ManifestEntryStatus
+
     snapshot = table.snapshot_by_name(scratch.branch)
     scratch.snapshot_ids, scratch.data_files, scratch.metadata_files = [], [], []
     head = snapshot
@@ -108,6 +115,8 @@ def read_scratch(table: Table, scratch: ScratchWrite) -> None:
                 scratch.data_files += [
                     entry.data_file
                     for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+                    if entry.status == ManifestEntryStatus.ADDED
+                    and entry.snapshot_id == snapshot.snapshot_id
                 ]
         parent = snapshot.parent_snapshot_id
         snapshot = table.snapshot_by_id(parent) if parent is not None else None
