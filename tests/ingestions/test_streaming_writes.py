@@ -100,6 +100,21 @@ def test_a_batch_of_many_files_is_one_snapshot_of_data_files_with_ids_and_statis
     assert set(found.column("_source_file").to_pylist()) == {"part-0003.csv"}
 
 
+def test_the_first_batch_of_a_new_table_is_one_data_file(settings, csv_ingestion, source_dir):
+    """A part read from a file has `string` columns where the table's Arrow schema has
+    `large_string`: the same Iceberg type, not a schema change that closes the data file
+    (found by review: a new table's first batch was one data file per part)."""
+    settings.AUTOLOADER_BATCH_MAX_FILES = 100
+    write_csv_files(source_dir, files=5, rows=20_000)  # each file its own part
+
+    run = run_execute(run_id=run_request(ingestion=csv_ingestion).public_id)
+
+    assert run.status == RunStatus.SUCCESS
+    table = open_table(csv_ingestion.table_identifier)
+    assert table.current_snapshot().summary["added-data-files"] == "1"
+    assert table.current_snapshot().summary["added-records"] == "100000"
+
+
 def test_a_file_with_a_new_column_evolves_the_schema_in_the_same_commit(
     settings, csv_ingestion, source_dir
 ):

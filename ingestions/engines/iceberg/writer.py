@@ -213,7 +213,8 @@ class IcebergDataWriter(DataWriter):
             return False
         names = set(self._arrow_schema.names)
         return any(
-            item.name not in names or self._arrow_schema.field(item.name).type != item.type
+            item.name not in names
+            or _large(self._arrow_schema.field(item.name).type) != _large(item.type)
             for item in schema
         )
 
@@ -323,3 +324,21 @@ def check_written_schema(table_schema: Schema, written: Schema) -> None:
                 "The table's schema changed while the batch was written; the batch will be "
                 "loaded again."
             )
+
+
+def _large(kind: pa.DataType) -> pa.DataType:
+    """`kind` with its string, binary and list types in their large form: the table's Arrow
+    schema has them large (`schema_to_pyarrow`), a part read from a file may not, and they
+    are the same Iceberg type (a part of a new table was taken for a schema change, which
+    closed its data file: one data file per part)."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pa.large_string()
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return pa.large_binary()
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return pa.large_list(_large(kind.value_type))
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(_large(field.type)) for field in kind])
+    if pa.types.is_map(kind):
+        return pa.map_(_large(kind.key_type), _large(kind.item_type))
+    return kind
