@@ -74,6 +74,10 @@ def verify_job_start(*, ingestion: Ingestion, actor) -> tuple[VerifyJob, bool]:
             if attempt == START_ATTEMPTS:
                 raise
             continue
+        except BaseException:
+            for key in taken:  # nothing was queued: the slot is not spent
+                rate_give_back(key)
+            raise
         logger.info("verification %s queued for %s", job.public_id, ingestion.public_id)
         return job, True
     raise AssertionError("unreachable")  # pragma: no cover
