@@ -21,7 +21,6 @@ from . import hooks
 # kept by refresh (`refresh.schedules`, registered as an ingestion field).
 from .cron import ScheduleInvalidError, cron_parse, time_zones
 from .engines import ENGINE_CHOICES
-from .engines.base import MAX_TABLE_NAME_PART_LENGTH, validate_table_name
 from .errors import PermissionDeniedError
 from .models import (
     PUBLIC_ID_VALIDATOR,
@@ -42,32 +41,25 @@ from .selectors import (
 )
 from .serializers import (
     CRON_PATTERN,
+    SOURCE_URI_PATTERN,
     AmountField,
+    DestinationInputSerializer,
     IngestionOutputSerializer,
+    SourceInputSerializer,
     StrictSerializer,
     maintenance_enabled_field,
+    options_by_format,
+    reject_null_characters,
     retain_days_field,
     snapshot_retention_hours_field,
 )
 from .services import ExistingTable, ingestion_create, ingestion_delete, ingestion_update
 from .sources.preview import source_check
-from .sources.readers import (
-    MAX_LIST_OPTION_ITEMS,
-    MAX_OPTION_TEXT_LENGTH,
-    MAX_SKIP_ROWS,
-    READER_OPTIONS,
-)
 from .tenancy import tenant_for_request
 
-# The form of a source URI (`ingestions.locations`): an absolute path, file:// or s3://, no
-# control character, query string or fragment. Where it may point is the tenant's locations.
-SOURCE_URI_PATTERN = r"^(/|[Ff][Ii][Ll][Ee]://|[Ss]3://)[^\x00-\x1f?#]*$"
-# Text encodings the schema offers for the csv reader's `encoding` (the server knows more).
-TEXT_ENCODINGS = ["ascii", "cp1252", "iso-8859-1", "latin-1", "utf-16", "utf-8", "utf8"]
 # The refreshes a schedule can fire (`refresh.schedules.REFRESH_ACTIONS`): the operations of
 # the PRD's `refresh_schedule`.
 REFRESH_SCHEDULE_OPERATIONS = ["full_refresh", "fresh_start"]
-TABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,63}\.[a-z_][a-z0-9_]{0,63}$"
 ERROR_SCHEMA = inline_serializer(
     name="Error",
     fields={
@@ -147,84 +139,6 @@ def query_flags(request, *names: str) -> dict[str, bool]:
             raise serializers.ValidationError({name: ["Use true or false."]})
         flags[name] = value == "true"
     return flags
-
-
-def reject_null_characters(value) -> None:
-    """PostgreSQL's jsonb cannot store a NUL character, in a key or in a string value."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, str) and "\x00" in item:
-            raise serializers.ValidationError("Null characters are not allowed.")
-
-
-def reader_options_schema(file_format: str) -> dict:
-    """The reader options `validate_reader_options` accepts for `file_format`, as a schema."""
-    text = {"type": "string", "pattern": r"^[^\x00]*$"}
-    character = {"type": "string", "pattern": r"^[^\x00]$"}
-    texts = {
-        "type": "array",
-        "items": {**text, "maxLength": MAX_OPTION_TEXT_LENGTH},
-        "maxItems": MAX_LIST_OPTION_ITEMS,
-    }
-    kinds = {
-        bool: {"type": "boolean"},
-        int: {"type": "integer", "minimum": 0, "maximum": MAX_SKIP_ROWS},
-        list: texts,
-        str: {"type": "string", "enum": TEXT_ENCODINGS},  # encoding: a few of the many
-    }
-    properties = {
-        name: character if name in ("delimiter", "quote_char") else kinds[kind]
-        for name, kind in READER_OPTIONS[file_format].items()
-    }
-    return {"type": "object", "properties": properties, "additionalProperties": False}
-
-
-# Each format with its own reader options; `absent` adds the case of no format given (a
-# PATCH keeps the ingestion's, so no option is known to be valid).
-def options_by_format(*, absent: bool = False) -> list[dict]:
-    cases = [
-        {"properties": {"format": {"enum": [name]}, "options": reader_options_schema(name)}}
-        for name in SourceFormat.values
-    ]
-    if absent:
-        no_options = {"type": "object", "additionalProperties": False}
-        cases.append({"properties": {"format": {"not": {}}, "options": no_options}})
-    return cases
-
-
-class SourceInputSerializer(StrictSerializer):
-    openapi_extra = {
-        "properties": {"uri": {"pattern": SOURCE_URI_PATTERN}},
-        "anyOf": options_by_format(),
-    }
-
-    uri = serializers.CharField(max_length=1024)
-    format = serializers.ChoiceField(choices=SourceFormat.choices)
-    pattern = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
-    options = serializers.DictField(
-        required=False, default=dict, validators=[reject_null_characters]
-    )
-
-
-class DestinationInputSerializer(StrictSerializer):
-    # The pattern is declared for the OpenAPI schema; validate_table gives the clear message.
-    table = serializers.RegexField(
-        TABLE_NAME_PATTERN,
-        max_length=129,
-        error_messages={"invalid": "Use 'namespace.table' in lowercase letters, digits and _."},
-    )
-
-    def validate_table(self, value: str) -> str:
-        try:
-            return validate_table_name(value, max_part_length=MAX_TABLE_NAME_PART_LENGTH)
-        except ValueError as exc:
-            raise serializers.ValidationError(str(exc)) from None
 
 
 class IngestionListCreateApi(TenantAPIView):

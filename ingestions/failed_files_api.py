@@ -9,16 +9,11 @@ from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-# The form of a source URI (`ingestions.locations`): an absolute path, file:// or s3://, no
-# control character, query string or fragment. Where it may point is the tenant's locations.
 from .api import (
     COMMON_ERRORS,
     ERROR_SCHEMA,
     TenantAPIView,
 )
-
-# The run schedule is the ingestion's `schedule`: its cron is checked here, the schedule is
-# kept by refresh (`refresh.schedules`, registered as an ingestion field).
 from .pagination import StrictLimitOffsetPagination
 from .quarantine import (
     failure_get,

@@ -568,109 +568,12 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
 
-class RateCounter(models.Model):
-    """Slots taken under one key (who, what, period, window start) in one fixed window.
-
-    Taking a slot is a single conditional UPDATE of `count` (`ingestions.ratelimits`), so
-    parallel requests in any number of processes can never take more than the rate.
-    """
-
-    key = models.CharField(max_length=200, unique=True)
-    window_start = models.DateTimeField()
-    expires_at = models.DateTimeField(db_index=True)
-    count = models.PositiveIntegerField(default=0)
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.count}"
-
-
-class ConcurrencyLease(models.Model):
-    """One of the numbered slots of a concurrency cap, held until released or expired."""
-
-    scope = models.CharField(max_length=200)
-    slot = models.PositiveIntegerField()
-    holder = models.CharField(max_length=32)
-    expires_at = models.DateTimeField()
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["scope", "slot"], name="one_holder_per_slot")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.scope}#{self.slot}"
-
-
 def new_verify_job_id() -> str:
     return new_public_id("vfy")
 
 
-class VerifyStatus(models.TextChoices):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCESS = "SUCCESS"
-    FAILED = "FAILED"
-
-
-class VerifyStage(models.TextChoices):
-    """What a verification job is doing; `done`/`total` count that stage's units."""
-
-    QUEUED = "queued", "Waiting for the worker"
-    LISTING = "listing", "Listing the source"  # units: none (the listing is one call)
-    HISTORY = "history", "Reading the history"  # units: history entries
-    SCANNING = "scanning", "Scanning the table"  # units: the table's data files
-    DONE = "done", "Done"
-
-
-class VerifyJob(models.Model):
-    """A verification of an ingestion's table run by the worker (`ingestions.verify_jobs`):
-    its progress while it runs, then its report (`ingestions.verify.Verification`) or error.
-    At most one queued or running per ingestion, enforced by the database."""
-
-    public_id = models.CharField(max_length=63, unique=True, default=new_verify_job_id)
-    ingestion = models.ForeignKey(Ingestion, on_delete=models.CASCADE, related_name="verify_jobs")
-    requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    status = models.CharField(
-        max_length=16, choices=VerifyStatus.choices, default=VerifyStatus.QUEUED
-    )
-    stage = models.CharField(max_length=16, choices=VerifyStage.choices, default=VerifyStage.QUEUED)
-    done = models.BigIntegerField(default=0)
-    total = models.BigIntegerField(null=True, blank=True)  # None: not known (yet)
-    report = models.JSONField(null=True, blank=True)
-    error = models.TextField(blank=True, default="")
-    error_code = models.CharField(max_length=64, blank=True, default="")
-    attempts = models.PositiveSmallIntegerField(default=0)
-    worker_id = models.CharField(max_length=64, blank=True, default="")
-    task_id = models.CharField(max_length=64, blank=True, default="")
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["ingestion"],
-                condition=Q(status__in=["QUEUED", "RUNNING"]),
-                name="one_active_verify_per_ingestion",
-            )
-        ]
-
-    def __str__(self) -> str:
-        return self.public_id
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in (VerifyStatus.QUEUED, VerifyStatus.RUNNING)
-
-    @property
-    def fraction(self) -> float | None:
-        """How far the current stage is, 0..1; None when its size is not known."""
-        if self.status == VerifyStatus.SUCCESS:
-            return 1.0
-        if not self.total:
-            return None
-        return round(min(1.0, self.done / self.total), 4)
+# Models of their own modules, imported here as a models package would, so that Django
+# registers them with the app (and `ingestions.models` names them): the rate limits' and
+# concurrency caps' counters, and the verification job.
+from .ratelimit_models import ConcurrencyLease, RateCounter  # noqa: E402, F401
+from .verify_models import VerifyJob, VerifyStage, VerifyStatus  # noqa: E402, F401

@@ -30,7 +30,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .errors import RateLimitedError
-from .models import ConcurrencyLease, RateCounter
+from .ratelimit_models import ConcurrencyLease, RateCounter
 
 logger = logging.getLogger(__name__)
 

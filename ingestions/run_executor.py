@@ -19,7 +19,8 @@ from django.utils import timezone
 from . import hooks
 from .batching import BatchFitter, batch_failure, split_batches
 from .engines import Engine, load_engine
-from .engines.base import DataWriter, FileBatch, WrittenData
+from .engines.base import FileBatch
+from .engines.writing import DataWriter, WrittenData
 from .errors import AutoloaderError, RunCancelledError, RunOwnershipLostError
 from .formats import counted
 from .locations import source_open

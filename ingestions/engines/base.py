@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from ingestions.errors import FileReadError
     from ingestions.locations import SourceHandle
 
+    from .writing import DataWriter, WrittenData
+
 TABLE_NAME_PART = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_TABLE_NAME_PART_LENGTH = 64
 # Physical names carry the tenant's prefix ("acme__raw.orders"): engines accept longer parts
@@ -157,44 +159,6 @@ class FileBatch:
     @property
     def total_rows(self) -> int:
         return sum(self.rows.values())
-
-
-@dataclass(frozen=True)
-class WrittenData:
-    """A batch's rows written as data files of a table by a `DataWriter`, not committed yet.
-
-    No reader sees them until `Tables.append` commits them (one snapshot); until then they
-    are the writer's, which deletes them if the batch does not commit (`DataWriter.discard`).
-    """
-
-    rows: int
-    schema: pa.Schema  # every written part's columns: what the commit makes the table's
-    handle: object = None  # the engine's own: the data files and the schema they carry
-
-
-class DataWriter(ABC):
-    """Writes a batch's rows to the table's data files part by part, so a batch of any size
-    costs the memory of a few parts; one `Tables.append` of `finish()` then commits them."""
-
-    @abstractmethod
-    def write(self, data: pa.Table) -> None:
-        """Write one part of the batch (rows with Iceberg-writable types, lineage included).
-
-        A part may add columns or widen types: the commit evolves the table's schema.
-
-        Raises:
-            SchemaMismatchError: The part's types cannot be merged into the table's schema.
-            EngineError: Writing failed; the writer must then be discarded.
-        """
-
-    @abstractmethod
-    def finish(self) -> WrittenData:
-        """Close the last data file; returns what `Tables.append` commits."""
-
-    @abstractmethod
-    def discard(self) -> None:
-        """Delete every data file written (the batch does not commit); safe to call twice,
-        and after `finish`."""
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,12 @@ from pyiceberg.utils.properties import property_as_bool
 
 from ingestions.engines.base import (
     MAX_PHYSICAL_NAME_PART_LENGTH,
-    DataWriter,
     Engine,
     Lineage,
     SnapshotInfo,
     Stage,
     TableInfo,
     TableRef,
-    WrittenData,
     table_location,
     validate_table_name,
 )
@@ -45,6 +43,7 @@ from ingestions.engines.iceberg.snapshots import (
     summary_int,
 )
 from ingestions.engines.iceberg.writer import IcebergDataWriter, check_written_schema
+from ingestions.engines.writing import DataWriter, WrittenData
 from ingestions.errors import (
     AutoloaderError,
     EngineError,

@@ -47,7 +47,7 @@ from pyiceberg.typedef import Record
 from pyiceberg.utils.config import Config
 from pyiceberg.utils.properties import property_as_int
 
-from ingestions.engines.base import DataWriter, WrittenData
+from ingestions.engines.writing import DataWriter, WrittenData
 from ingestions.errors import EngineError
 
 logger = logging.getLogger("ingestions.engines.iceberg")
