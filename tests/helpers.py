@@ -200,3 +200,16 @@ OTHER_TENANTS_ADMIN = "other-tenants-admin"
 class Expected(NamedTuple):
     status: int
     error_code: str | None = None
+
+
+def run_once(ingestion, source_dir: Path, index: int):
+    """Land one new file (20 rows, `part-{index}`) and load it with the real queue."""
+    from ingestions.models import Ingestion, RunStatus
+    from ingestions.runs import run_request
+
+    write_csv_files(source_dir, files=1, rows=20, start=index)
+    run = run_request(ingestion=Ingestion.objects.get(pk=ingestion.pk))
+    drain_queue()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCESS, run.error
+    return run

@@ -32,10 +32,10 @@ from ingestions.engines.iceberg.catalog import (
     snapshot_json,
 )
 from ingestions.maintenance import maintenance_due, maintenance_run
-from ingestions.models import Ingestion, MaintenanceAction, Run, RunStatus, TableMaintenance
+from ingestions.models import Ingestion, MaintenanceAction, RunStatus, TableMaintenance
 from ingestions.runs import run_request
 
-from ..helpers import drain_queue, open_table, write_csv_files
+from ..helpers import drain_queue, open_table, run_once
 
 TABLE = "sales.orders"
 MIN_COUNT_TO_MERGE = int(FLAT_COMMIT_PROPERTIES["commit.manifest.min-count-to-merge"])
@@ -201,15 +201,6 @@ def test_a_table_s_own_merge_setting_is_kept(engine, tmp_path):
 
 
 # --- through the product: runs, maintenance, time travel --------------------------------
-
-
-def run_once(ingestion, source_dir, index: int) -> Run:
-    write_csv_files(source_dir, files=1, rows=20, start=index)
-    run = run_request(ingestion=Ingestion.objects.get(pk=ingestion.pk))
-    drain_queue()
-    run.refresh_from_db()
-    assert run.status == RunStatus.SUCCESS, run.error
-    return run
 
 
 @pytest.mark.django_db(transaction=True)

@@ -27,7 +27,6 @@ from ingestions.models import (
     MaintenanceAction,
     ProcessedFile,
     Role,
-    Run,
     RunBatch,
     RunStatus,
     TableMaintenance,
@@ -37,7 +36,7 @@ from ingestions.runs import SNAPSHOT_BATCH_KEY, run_request
 from ingestions.staging import batch_resolve
 
 from ..factories import IngestionFactory
-from ..helpers import drain_queue, open_table, write_csv_files
+from ..helpers import open_table, run_once, write_csv_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,16 +49,6 @@ def maintenance_policy(settings):
     settings.AUTOLOADER_COMPACT_MIN_FILES = 3
     settings.AUTOLOADER_MAINTENANCE_INTERVAL_SECONDS = 3600
     return settings
-
-
-def run_once(ingestion, source_dir, index: int) -> Run:
-    """Land one new file and load it with the real worker."""
-    write_csv_files(source_dir, files=1, rows=20, start=index)
-    run = run_request(ingestion=Ingestion.objects.get(pk=ingestion.pk))
-    drain_queue()
-    run.refresh_from_db()
-    assert run.status == RunStatus.SUCCESS, run.error
-    return run
 
 
 def lineage(ingestion) -> Counter:
