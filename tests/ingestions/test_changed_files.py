@@ -60,7 +60,8 @@ def test_a_corrected_file_replaces_its_rows_in_one_commit_and_a_reader_sees_old_
     loaded, source_dir
 ):
     was_size = (source_dir / "part-0001.csv").stat().st_size
-    versions_before = len(open_table(loaded.table_identifier).metadata.metadata_log)
+    before = open_table(loaded.table_identifier).metadata
+    versions_before, snapshots_before = len(before.metadata_log), len(before.snapshots)
     correct_in_place(source_dir / "part-0001.csv")
     seen, stop = [], threading.Event()
 
@@ -92,7 +93,17 @@ def test_a_corrected_file_replaces_its_rows_in_one_commit_and_a_reader_sees_old_
     assert by_file["part-0001.csv"] == NEW_AMOUNTS
     assert by_file["part-0000.csv"] == by_file["part-0002.csv"] == OLD_AMOUNTS
     # One commit (one new metadata version): the old rows out and the new in, together.
-    assert len(open_table(loaded.table_identifier).metadata.metadata_log) == versions_before + 1
+    table = open_table(loaded.table_identifier)
+    assert len(table.metadata.metadata_log) == versions_before + 1
+    # ... and one snapshot: an overwrite that names the run, like any batch's commit.
+    assert len(table.metadata.snapshots) == snapshots_before + 1
+    summary = table.current_snapshot().summary
+    assert summary.operation.value == "overwrite"
+    assert summary["autoloader.run-id"] == run.public_id
+    # Copy-on-write: the data file of all three files out (15 rows), its 10 other rows
+    # written again with the file's 3 new ones.
+    assert (summary["deleted-records"], summary["added-records"]) == ("15", "13")
+    assert summary["total-records"] == "13"
     # Never neither, never both: every state a reader saw is the old file or the new one.
     assert seen and all(state in (OLD_AMOUNTS, NEW_AMOUNTS) for state in seen), seen
     # The history knows the new file, and which run replaced it.
@@ -103,6 +114,37 @@ def test_a_corrected_file_replaces_its_rows_in_one_commit_and_a_reader_sees_old_
     # Nothing changed since: the next run finds nothing to do.
     again = run_execute(run_id=run_request(ingestion=loaded).public_id)
     assert (again.files_found, again.files_changed) == (0, 0)
+
+
+def test_a_reload_leaves_data_files_without_the_files_rows_untouched(tenant, source_dir):
+    """Only data files holding the changed file's rows are dropped or rewritten. A later
+    run's data file of `a.csv` and `z.csv` (whose `_source_file` bounds take in
+    `part-0000.csv`, so metadata alone cannot rule it out) stays in the new snapshot."""
+    write_csv_files(source_dir, files=1, rows=5)
+    ingestion = IngestionFactory(
+        tenant=tenant, public_id="sales", source_uri=str(source_dir), destination_table="raw.sales"
+    )
+    run_execute(run_id=run_request(ingestion=ingestion).public_id)
+    for name in ("a", "z"):
+        (source_dir / f"{name}.csv").write_text("id,name,amount\n9,later,9.00\n")
+    run_execute(run_id=run_request(ingestion=ingestion).public_id)
+    table = open_table(ingestion.table_identifier)
+    later = {task.file.file_path for task in table.scan(row_filter="name == 'later'").plan_files()}
+    assert len(later) == 1
+    correct_in_place(source_dir / "part-0000.csv")
+
+    run = run_execute(run_id=run_request(ingestion=ingestion).public_id)
+
+    assert (run.status, run.files_changed) == (RunStatus.SUCCESS, 1)
+    now = {
+        task.file.file_path for task in open_table(ingestion.table_identifier).scan().plan_files()
+    }
+    assert later <= now  # neither dropped nor rewritten
+    assert amounts_by_file(ingestion) == {
+        "part-0000.csv": NEW_AMOUNTS,
+        "a.csv": [9.0],
+        "z.csv": [9.0],
+    }
 
 
 @pytest.mark.parametrize("policy", [ChangedFiles.WARN, ChangedFiles.IGNORE])
@@ -119,6 +161,31 @@ def test_warn_and_ignore_load_nothing_and_say_so_on_the_run(loaded, source_dir, 
         ("part-0002.csv", "warned" if policy == ChangedFiles.WARN else "ignored")
     ]
     assert amounts_by_file(loaded)["part-0002.csv"] == OLD_AMOUNTS  # the old rows stay
+
+
+def test_a_reload_leaves_data_files_without_the_files_rows_untouched(tenant, source_dir):
+    """Only data files holding the changed file's rows are dropped or rewritten: a data file
+    of other source files (here a later run's) stays, unread, in the new snapshot."""
+    write_csv_files(source_dir, files=1, rows=5)
+    ingestion = IngestionFactory(
+        tenant=tenant, public_id="sales", source_uri=str(source_dir), destination_table="raw.sales"
+    )
+    run_execute(run_id=run_request(ingestion=ingestion).public_id)
+    (source_dir / "later.csv").write_text("id,name,amount\n9,later,9.00\n")
+    run_execute(run_id=run_request(ingestion=ingestion).public_id)
+    table = open_table(ingestion.table_identifier)
+    later_files = {
+        task.file.file_path for task in table.scan(row_filter="name == 'later'").plan_files()
+    }
+    correct_in_place(source_dir / "part-0000.csv")
+
+    run = run_execute(run_id=run_request(ingestion=ingestion).public_id)
+
+    assert (run.status, run.files_changed) == (RunStatus.SUCCESS, 1)
+    table = open_table(ingestion.table_identifier)
+    now = {task.file.file_path for task in table.scan().plan_files()}
+    assert later_files <= now  # the later file's data file was neither dropped nor rewritten
+    assert amounts_by_file(ingestion) == {"part-0000.csv": NEW_AMOUNTS, "later.csv": [9.0]}
 
 
 @pytest.mark.parametrize("policy", [ChangedFiles.WARN, ChangedFiles.IGNORE])

@@ -33,6 +33,7 @@ from ingestions.engines.iceberg.catalog import (
     failure_reason,
 )
 from ingestions.engines.iceberg.maintenance import IcebergMaintenance
+from ingestions.engines.iceberg.replace import replace_source_files, table_data_files
 from ingestions.engines.iceberg.snapshots import (
     MAIN,
     expire_and_delete,
@@ -183,13 +184,23 @@ class IcebergEngine(IcebergMaintenance, Engine):
                             schema = transaction.table_metadata.schema()
                             check_written_schema(schema, written.schema)
                         if replacing and "_source_file" in table.schema().column_names:
-                            # The files' old rows go in the same commit as their new ones.
-                            transaction.delete(
-                                In("_source_file", replacing),
-                                snapshot_properties=properties,
-                                branch=branch or MAIN,
+                            # The files' old rows go in the same snapshot as their new ones.
+                            data_files = (
+                                written.data_files
+                                if written is not None
+                                else table_data_files(transaction, data)
                             )
-                        if written is None:
+                            if not replace_source_files(
+                                transaction,
+                                paths=replacing,
+                                data_files=data_files,
+                                properties=properties,
+                                branch=branch or MAIN,
+                            ):
+                                _append_data_files(
+                                    transaction, data_files, properties, branch or MAIN
+                                )
+                        elif written is None:
                             transaction.append(
                                 data, snapshot_properties=properties, branch=branch or MAIN
                             )
