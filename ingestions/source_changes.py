@@ -37,10 +37,23 @@ def changed_files_classify(
     to reload (policy `reload`). `signatures` is the history as
     `processed_file_signatures` reads it: one dict lookup per listed file, no I/O."""
     changed = []
+    get, modf = signatures.get, math.modf
     for source in listing:
-        recorded = signatures.get(source.path)
-        changed_here = recorded is not None and file_changed(recorded, source)
-        if changed_here and source.path not in set_aside:
+        recorded = get(source.path)
+        if recorded is None:
+            continue  # new
+        # The common case inline, no call (a third of this loop's time at 10,000 files):
+        # same size, no ETag to judge, and the listed time as `stored_micros` gives it.
+        if (
+            recorded[0] == source.size_bytes
+            and not (recorded[2] and source.etag)
+            and recorded[1] is not None
+            and source.modified_ns is not None
+        ):
+            fraction, whole = modf(source.modified_ns / 1e9)
+            if int(whole) * 1_000_000 + round(fraction * 1e6) == recorded[1]:
+                continue
+        if file_changed(recorded, source) and source.path not in set_aside:
             changed.append(source)
     policy = ingestion.changed_files
     if policy != ChangedFiles.RELOAD:
@@ -151,6 +164,7 @@ def stored_micros(modified_ns: int) -> int:
     `(SourceFile.modified_at - EPOCH) // 1 µs` gives, without building the datetime.
     `datetime.fromtimestamp` splits the float seconds and rounds the fraction's
     microseconds half to even; so does this, for the same figure to the microsecond.
+    (`changed_files_classify` computes it inline in its loop: change both together.)
     """
     fraction, whole = math.modf(modified_ns / 1e9)
     return int(whole) * 1_000_000 + round(fraction * 1e6)
