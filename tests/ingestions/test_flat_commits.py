@@ -159,6 +159,28 @@ def test_the_metadata_file_written_is_pyiceberg_s_with_each_snapshot_serialized_
     assert open_table(TABLE).metadata == table.metadata  # what any reader parses
 
 
+@pytest.mark.parametrize("expired", ["none", "first", "middle"])
+def test_a_metadata_file_extended_from_the_last_one_written_is_still_pyiceberg_s(engine, expired):
+    """The snapshots array is extended from the text written for the version before
+    (`snapshots_json`) only when the list starts with exactly those snapshots: after an
+    expiry that removed the first or a middle one, it is written whole, and every file is
+    what pyiceberg itself would write."""
+    for index in range(4):
+        engine.append(TABLE, orders(index), properties={"autoloader.batch-key": f"b{index}"})
+    table = engine._load_table(TABLE)
+    ids = [snapshot.snapshot_id for snapshot in table.metadata.snapshots]
+    if expired != "none":
+        gone = ids[0] if expired == "first" else ids[1]
+        table.maintenance.expire_snapshots().by_ids([gone]).commit()
+    for index in range(4, 6):
+        engine.append(TABLE, orders(index), properties={"autoloader.batch-key": f"b{index}"})
+        table = engine._load_table(TABLE)
+        with open(urlparse(table.metadata_location).path) as handle:
+            assert json.load(handle) == json.loads(table.metadata.model_dump_json())
+    assert len(table.metadata.snapshots) == (6 if expired == "none" else 5)
+    assert open_table(TABLE).metadata == table.metadata  # what any reader parses
+
+
 def test_appends_merge_manifests_so_the_manifest_list_stays_short(engine):
     appends = 2 * MIN_COUNT_TO_MERGE + 5
     for index in range(appends):
