@@ -407,6 +407,10 @@ class ProcessedFile(models.Model):
     path = models.CharField(max_length=1024)
     size_bytes = models.BigIntegerField(default=0)
     modified_at = models.DateTimeField(null=True, blank=True)
+    # The same time exactly as the listing gave it (integer nanoseconds): what a run compares
+    # a listed file with, no date arithmetic per file. Null for entries written before it
+    # and for files listed without a time: they are compared by `modified_at`.
+    modified_ns = models.BigIntegerField(null=True, blank=True)
     etag = models.CharField(max_length=128, blank=True, default="")
     # The changed version of this file a run already reported (policy warn or ignore):
     # "size:mtime_ns:etag". The next runs do not report it again; another change does.

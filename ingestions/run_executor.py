@@ -525,6 +525,7 @@ class _RunExecutor:
                     "modified_at": item.source.modified_at.isoformat()
                     if item.source.modified_at
                     else None,
+                    "modified_ns": item.source.modified_ns,
                     "rows": item.rows,
                     **({"etag": item.source.etag} if item.source.etag else {}),
                     **({"replaces": True} if item.source.path in self.replacing else {}),

@@ -6,6 +6,7 @@ from django.db import connection
 from django.db.models import (
     Aggregate,
     BigIntegerField,
+    Case,
     Count,
     Func,
     Max,
@@ -15,6 +16,7 @@ from django.db.models import (
     Subquery,
     Sum,
     TextField,
+    When,
 )
 
 from .errors import IngestionNotFoundError, RunNotFoundError
@@ -141,25 +143,33 @@ class JoinedPaths(Aggregate):
 def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
     """Every path in the history with the signature it had when loaded: (size, modification
     time in integer microseconds since the epoch or None, ETag or "", the change a run
-    already reported) — what `source_changes.file_changed` compares a listed file with.
+    already reported, the listed time in nanoseconds or None) — what
+    `source_changes.file_changed` compares a listed file with.
 
-    One query whose rows are plain integers and strings: the database turns the stored
-    time into microseconds, so no row costs a datetime (Django's SQLite converter parses
-    each with a regular expression), and the rows are read on a plain cursor, no model.
-    What a row still costs is mostly the GIL it shares with the listing thread
+    One query whose rows are plain integers and strings, read on a plain cursor, no model:
+    an entry's listed time comes as it was stored (`modified_ns`); the database turns
+    `modified_at` into microseconds only for entries without it (written before it was
+    kept), so no row costs a datetime (Django's SQLite converter parses each with a regular
+    expression) and none costs SQLite's date functions, which took half of this read
     (`bench/changed_files.py`, docs/benchmarks.md §11).
     """
     query = (
         ProcessedFile.objects.filter(ingestion=ingestion)
-        .annotate(modified_us=EpochMicros("modified_at"))
-        .values_list("path", "size_bytes", "modified_us", "etag", "noticed_change")
+        .annotate(
+            modified_us=Case(
+                When(modified_ns__isnull=True, then=EpochMicros("modified_at")),
+                default=None,
+                output_field=BigIntegerField(),
+            )
+        )
+        .values_list("path", "size_bytes", "modified_us", "etag", "noticed_change", "modified_ns")
         .query
     )
     sql, params = query.sql_with_params()
     signatures = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        while rows := cursor.fetchmany(10_000):
+        while rows := cursor.fetchmany(10_000):  # a million entries never as one list too
             for row in rows:
                 signatures[row[0]] = row[1:]
     return signatures

@@ -364,6 +364,7 @@ HISTORY_COPY_COLUMNS = (
     "path",
     "size_bytes",
     "modified_at",
+    "modified_ns",
     "etag",
     "rows",
     "run_id",

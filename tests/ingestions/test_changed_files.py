@@ -109,6 +109,7 @@ def test_a_corrected_file_replaces_its_rows_in_one_commit_and_a_reader_sees_old_
     # The history knows the new file, and which run replaced it.
     entry = ProcessedFile.objects.get(ingestion=loaded, path="part-0001.csv")
     assert (entry.size_bytes, entry.rows, entry.run_id) == (len(NEW_CONTENT), 3, run.pk)
+    assert entry.modified_ns == (source_dir / "part-0001.csv").stat().st_mtime_ns  # as listed
     assert ProcessedFile.objects.filter(ingestion=loaded).count() == 3
 
     # Nothing changed since: the next run finds nothing to do.

@@ -28,8 +28,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
 
-def record_history(ingestion, listing, **fields) -> None:
-    """The history a run would have written for `listing` (its sizes and times)."""
+def record_history(ingestion, listing, *, with_ns: bool = True, **fields) -> None:
+    """The history a run would have written for `listing` (its sizes and times); without
+    `with_ns`, as entries written before the listed nanoseconds were kept."""
     now = timezone.now()
     ProcessedFile.objects.bulk_create(
         ProcessedFile(
@@ -37,6 +38,7 @@ def record_history(ingestion, listing, **fields) -> None:
             path=item.path,
             size_bytes=item.size_bytes,
             modified_at=item.modified_at,
+            modified_ns=item.modified_ns if with_ns else None,
             loaded_at=now,
             **fields,
         )
@@ -73,6 +75,25 @@ def test_history_signatures_are_the_stored_times_to_the_microsecond(tenant):
         for path, moment in moments.items()
     }
     assert all(signature[0] == 7 and signature[2] == "" for signature in signatures.values())
+    assert all(signature[4] is None for signature in signatures.values())
+
+
+@pytest.mark.django_db
+def test_an_entry_with_its_listed_nanoseconds_is_read_without_date_arithmetic(tenant):
+    """An entry a run wrote keeps the listed time as given: the signature carries those
+    nanoseconds and no microseconds (nothing computed from `modified_at`), and a listing
+    with another time in the same microsecond is not a change, as before."""
+    ingestion = IngestionFactory(tenant=tenant)
+    listed = SourceFile("a.csv", 7, 1_796_586_542_999_573_400)
+    record_history(ingestion, [listed])
+
+    signature = processed_file_signatures(ingestion=ingestion)["a.csv"]
+
+    assert (signature[0], signature[1], signature[4]) == (7, None, listed.modified_ns)
+    assert not file_changed(signature, listed)
+    assert not file_changed(signature, listed._replace(modified_ns=listed.modified_ns + 100))
+    assert file_changed(signature, listed._replace(modified_ns=listed.modified_ns + 1000))
+    assert file_changed(signature, listed._replace(size_bytes=8))
 
 
 def test_a_listed_time_compares_as_the_datetime_a_run_records():
@@ -93,10 +114,14 @@ def test_a_listed_time_compares_as_the_datetime_a_run_records():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_run_classifies_new_unchanged_changed_and_gone_past_one_read_batch(tenant, source_dir):
+@pytest.mark.parametrize("with_ns", [True, False], ids=["listed-ns", "written-before-ns"])
+def test_a_run_classifies_new_unchanged_changed_and_gone_past_one_read_batch(
+    tenant, source_dir, with_ns
+):
     """A history longer than one read batch (10,000 rows): of 10,004 loaded files, one
     grew, one only moved by a microsecond, one is gone; one new file appears. The run
-    names exactly those, loads the new one, and flags nothing else."""
+    names exactly those, loads the new one, and flags nothing else — whether the history
+    kept the listed nanoseconds or only the stored time (entries written before)."""
     base_ns = 1_796_586_542_123_456_000  # whole microseconds: no rounding to argue about
     for index in range(10_004):
         path = source_dir / f"part-{index:05d}.csv"
@@ -106,7 +131,9 @@ def test_a_run_classifies_new_unchanged_changed_and_gone_past_one_read_batch(ten
         tenant=tenant, source_uri=str(source_dir), changed_files="warn", gone_files="keep"
     )
     record_history(
-        ingestion, list_source_files(source=source_open(tenant=tenant, uri=str(source_dir)))
+        ingestion,
+        list_source_files(source=source_open(tenant=tenant, uri=str(source_dir))),
+        with_ns=with_ns,
     )
     grown, moved, gone = (source_dir / f"part-{index:05d}.csv" for index in (0, 5_000, 10_003))
     grown.write_text("id\n0\n1\n")
