@@ -10,7 +10,8 @@ alone: a file holding none of the paths costs that one column and stays, a file 
 only them is dropped unread, and only a file holding both is read whole and written again
 without them (copy-on-write, as pyiceberg deletes). The deletes, the rewritten files and the
 batch's data files then go in one overwrite — pyiceberg's snapshot producer, which writes
-the manifests and checks concurrent commits.
+the manifests and checks concurrent commits, less the manifests that hold no live file
+(`_ReplaceFiles`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from pyiceberg.io.pyarrow import (
     _check_pyarrow_schema_compatible,
     _dataframe_to_data_files,
 )
-from pyiceberg.manifest import DataFile
+from pyiceberg.manifest import DataFile, ManifestFile
 from pyiceberg.table import Transaction
+from pyiceberg.table.snapshots import Operation
+from pyiceberg.table.update.snapshot import _OverwriteFiles
 
 from ingestions.engines.iceberg.snapshots import MAIN
 
@@ -70,8 +73,14 @@ def replace_source_files(
         kept_rows.append(rows.filter(pc.invert(pc.is_in(rows[LINEAGE_COLUMN], value_set=wanted))))
     if not deleted:
         return False
-    update = transaction.update_snapshot(snapshot_properties=properties, branch=branch)
-    with update.overwrite() as overwrite:
+    overwrite = _ReplaceFiles(
+        operation=Operation.OVERWRITE,
+        transaction=transaction,
+        io=io,
+        snapshot_properties=properties,
+        branch=branch,
+    )
+    with overwrite:
         # The predicate scopes pyiceberg's check of concurrent commits to these paths.
         overwrite.delete_by_predicate(In(LINEAGE_COLUMN, paths))
         for data_file in deleted:
@@ -84,6 +93,23 @@ def replace_source_files(
         for data_file in data_files:
             overwrite.append_data_file(data_file)
     return True
+
+
+class _ReplaceFiles(_OverwriteFiles):
+    """pyiceberg's overwrite, less the manifests of earlier snapshots that hold no live
+    file: pyiceberg 0.12 carries each one forward, so every reload left one more manifest of
+    DELETED entries for every later commit to read (its merge on append drops them; an
+    overwrite never merges). Their entries only describe the snapshot that wrote them,
+    which keeps them in its own manifest list: time travel and history are unchanged (as in
+    Iceberg's Java `MergingSnapshotProducer`, which keeps only manifests with live files or
+    written by the commit itself)."""
+
+    def _existing_manifests(self) -> list[ManifestFile]:
+        return [
+            manifest
+            for manifest in super()._existing_manifests()
+            if manifest.has_added_files() or manifest.has_existing_files()
+        ]
 
 
 def table_data_files(transaction: Transaction, rows: pa.Table) -> list[DataFile]:
