@@ -6,7 +6,11 @@ untimed) between them as the reaper would call it, and Django's query log (kept 
 on) emptied as a request would. Reports the median time of the first 15 and the last 15
 runs and their ratio (taken within one run, so machine noise falls on both), in wall time
 and in the process's CPU time (which other processes on a shared machine disturb less),
-and the table's snapshots, manifests and metadata files at the end. Prints a table and
+the same for the commit alone (the engine's `append`, timed inside each run), and the
+table's snapshots, manifests and metadata files at the end. Then the same growth side by
+side: 15 more runs of the grown ingestion alternate with 15 runs of a fresh one, so the
+machine's noise of those minutes falls on both (the first and last 15 are minutes apart,
+and a shared machine's load moves the ratio by ±0.3 between identical runs). Prints a table and
 writes bench/results/commit_growth.json.
 
     .venv/bin/python bench/commit_growth.py [--runs 150] [--rows-per-file 1000] [--window 15]
@@ -70,28 +74,47 @@ def main() -> None:
     from ingestions.runs import run_request
     from ingestions.services import ingestion_create
 
-    source = work / "source"
-    source.mkdir()
     tenant, _ = Tenant.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
-    grant_source(tenant, source.as_uri())
-    ingestion = ingestion_create(
-        tenant=tenant,
-        actor=None,
-        name="commit growth",
-        source_uri=source.as_uri(),
-        source_format="parquet",
-        destination_table="raw.commit_growth",
-    )
-    times, cpu_times, maintained = [], [], 0
-    for index in range(args.runs):
+
+    def new_ingestion(name: str):
+        source = work / name
+        source.mkdir()
+        grant_source(tenant, source.as_uri())
+        return source, ingestion_create(
+            tenant=tenant,
+            actor=None,
+            name=f"commit growth {name}",
+            source_uri=source.as_uri(),
+            source_format="parquet",
+            destination_table=f"raw.commit_growth_{name}",
+        )
+
+    # The commit alone, timed inside the run: the real engine's `append`, wrapped in a timer.
+    from ingestions.engines.iceberg import IcebergEngine
+
+    commit_times: list[float] = []
+    append = IcebergEngine.append
+
+    def timed_append(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return append(self, *args, **kwargs)
+        finally:
+            commit_times.append(time.perf_counter() - start)
+
+    IcebergEngine.append = timed_append
+    maintained = 0
+
+    def one_run(source, ingestion, index: int, profile: bool = False) -> tuple[float, float]:
+        """One file written, one run timed (wall, CPU), the maintenance pass untimed."""
+        nonlocal maintained
         write_file(source, index, args.rows_per_file)
-        profiler = cProfile.Profile() if args.profile_last and index == args.runs - 1 else None
+        profiler = cProfile.Profile() if profile else None
         start, cpu_start = time.perf_counter(), time.process_time()
         if profiler:
             profiler.enable()
         run = run_execute(run_id=run_request(ingestion=ingestion).public_id)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
@@ -101,18 +124,57 @@ def main() -> None:
         # first 200 runs in this process and has nothing to do with the table.
         reset_queries()
         assert run.status == RunStatus.SUCCESS, run.error
+        return elapsed, cpu
+
+    source, ingestion = new_ingestion("grown")
+    times, cpu_times = [], []
+    for index in range(args.runs):
+        elapsed, cpu = one_run(
+            source, ingestion, index, profile=args.profile_last and index == args.runs - 1
+        )
+        times.append(elapsed)
+        cpu_times.append(cpu)
+    grown_commits = commit_times[:]
 
     window = min(args.window, args.runs)
     first, last = median(times[:window]), median(times[-window:])
     cpu_first, cpu_last = median(cpu_times[:window]), median(cpu_times[-window:])
+    assert len(grown_commits) == args.runs, len(grown_commits)  # one commit per run
+    commit_first, commit_last = median(grown_commits[:window]), median(grown_commits[-window:])
     shape = table_shape(ingestion)
+
+    # The same growth measured side by side: runs of the grown ingestion alternate with runs
+    # of a fresh one (past its first few runs), so the machine's noise of the moment falls
+    # on both; the first/last figures above are minutes apart.
+    young_source, young = new_ingestion("young")
+    for index in range(5):
+        one_run(young_source, young, index)  # its table created, its first runs done
+    side: dict[str, list[float]] = {
+        "grown": [],
+        "young": [],
+        "grown_commit": [],
+        "young_commit": [],
+    }
+    contenders = [("grown", source, ingestion), ("young", young_source, young)]
+    for step in range(window):
+        for name, folder, target in contenders if step % 2 == 0 else contenders[::-1]:
+            side[name].append(one_run(folder, target, args.runs + 5 + step)[0])
+            side[f"{name}_commit"].append(commit_times[-1])
+    side_ratio = median(side["grown"]) / median(side["young"])
+    side_commit_ratio = median(side["grown_commit"]) / median(side["young_commit"])
     print_table(
-        ["runs", f"first {window} (s)", f"last {window} (s)", "ratio", "CPU ratio", "snapshots",
-         "manifests", "metadata files", "maintenance actions"],
+        ["runs", f"first {window} (s)", f"last {window} (s)", "ratio", "CPU ratio",
+         "commit ratio", "side by side", "commit side by side", "snapshots", "manifests",
+         "metadata files", "maintenance actions"],
         [[args.runs, f"{first:.3f}", f"{last:.3f}", f"{last / first:.2f}",
-          f"{cpu_last / cpu_first:.2f}", shape["snapshots"], shape["manifests"],
-          shape["metadata_files"], maintained]],
+          f"{cpu_last / cpu_first:.2f}", f"{commit_last / commit_first:.2f}",
+          f"{side_ratio:.2f}", f"{side_commit_ratio:.2f}", shape["snapshots"],
+          shape["manifests"], shape["metadata_files"], maintained]],
     )  # fmt: skip
+    print(
+        f"\nside by side: {window} runs of the grown ingestion alternating with {window} of a"
+        " fresh one (its runs 6 to 20), median over median"
+    )
     write_results(
         "commit_growth",
         {
@@ -125,10 +187,19 @@ def main() -> None:
             "cpu_median_first": round(cpu_first, 4),
             "cpu_median_last": round(cpu_last, 4),
             "cpu_ratio": round(cpu_last / cpu_first, 3),
+            "commit_median_first": round(commit_first, 4),
+            "commit_median_last": round(commit_last, 4),
+            "commit_ratio": round(commit_last / commit_first, 3),
+            "side_by_side_ratio": round(side_ratio, 3),
+            "side_by_side_commit_ratio": round(side_commit_ratio, 3),
+            "side_by_side_seconds": {
+                name: [round(value, 4) for value in values] for name, values in side.items()
+            },
             "maintenance_actions": maintained,
             "table": shape,
             "seconds": [round(value, 4) for value in times],
             "cpu_seconds": [round(value, 4) for value in cpu_times],
+            "commit_seconds": [round(value, 4) for value in grown_commits],
         },
     )
 
