@@ -466,12 +466,6 @@ class _RunExecutor:
             if writer is not None:
                 writer.discard()
             raise
-        if not rows:
-            # No rows, so no Iceberg commit to wait for: the history is the whole batch.
-            batch_mark_committed(batch=batch, snapshot_id=None)
-            if writer is not None:
-                writer.discard()
-            return
         properties = {
             SNAPSHOT_RUN_KEY: self.run.public_id,
             SNAPSHOT_BATCH_KEY: batch.batch_key,
@@ -481,8 +475,21 @@ class _RunExecutor:
         replacing = sorted(
             item.source.path for item in loaded if item.source.path in self.replacing
         )
+        if not rows and not replacing:
+            # No rows, so no Iceberg commit to wait for: the history is the whole batch.
+            batch_mark_committed(batch=batch, snapshot_id=None)
+            if writer is not None:
+                writer.discard()
+            return
         try:
-            if files is not None:
+            if not rows:
+                # Files reloaded with no rows now (a header alone): their old rows go, in a
+                # commit with the batch key (a killed worker's batch is resolved by it).
+                if writer is not None:
+                    writer.discard()
+                self.engine.remove_source_files(self.table_name, replacing, properties=properties)
+                snapshot_id = None
+            elif files is not None:
                 snapshot_id = self.engine.append_files(
                     self.table_name,
                     files,

@@ -164,31 +164,6 @@ def test_warn_and_ignore_load_nothing_and_say_so_on_the_run(loaded, source_dir, 
     assert amounts_by_file(loaded)["part-0002.csv"] == OLD_AMOUNTS  # the old rows stay
 
 
-def test_a_reload_leaves_data_files_without_the_files_rows_untouched(tenant, source_dir):
-    """Only data files holding the changed file's rows are dropped or rewritten: a data file
-    of other source files (here a later run's) stays, unread, in the new snapshot."""
-    write_csv_files(source_dir, files=1, rows=5)
-    ingestion = IngestionFactory(
-        tenant=tenant, public_id="sales", source_uri=str(source_dir), destination_table="raw.sales"
-    )
-    run_execute(run_id=run_request(ingestion=ingestion).public_id)
-    (source_dir / "later.csv").write_text("id,name,amount\n9,later,9.00\n")
-    run_execute(run_id=run_request(ingestion=ingestion).public_id)
-    table = open_table(ingestion.table_identifier)
-    later_files = {
-        task.file.file_path for task in table.scan(row_filter="name == 'later'").plan_files()
-    }
-    correct_in_place(source_dir / "part-0000.csv")
-
-    run = run_execute(run_id=run_request(ingestion=ingestion).public_id)
-
-    assert (run.status, run.files_changed) == (RunStatus.SUCCESS, 1)
-    table = open_table(ingestion.table_identifier)
-    now = {task.file.file_path for task in table.scan().plan_files()}
-    assert later_files <= now  # the later file's data file was neither dropped nor rewritten
-    assert amounts_by_file(ingestion) == {"part-0000.csv": NEW_AMOUNTS, "later.csv": [9.0]}
-
-
 @pytest.mark.parametrize("policy", [ChangedFiles.WARN, ChangedFiles.IGNORE])
 def test_a_change_is_reported_by_the_first_run_that_sees_it_and_again_only_if_it_changes_again(
     loaded, source_dir, policy
@@ -366,3 +341,26 @@ def test_verify_is_read_only_and_checks_who_asks(loaded, member, other_tenant):
     assert member(Role.VIEWER).post(url).status_code == 200  # a viewer may look
     assert member(Role.ADMIN, other_tenant).post(url).status_code == 404
     assert Run.objects.filter(ingestion=loaded).count() == 1  # nothing queued or changed
+
+
+def test_a_file_corrected_to_no_rows_loses_its_old_rows(tenant, source_dir):
+    """A changed file now holding its header alone: a batch of no rows, but its old rows
+    still go, in a commit of their own (the history says it was reloaded with 0 rows)."""
+    write_csv_files(source_dir, files=2, rows=5)
+    ingestion = IngestionFactory(
+        tenant=tenant, public_id="sales", source_uri=str(source_dir), destination_table="raw.sales"
+    )
+    assert run_execute(run_id=run_request(ingestion=ingestion).public_id).status == (
+        RunStatus.SUCCESS
+    )
+    path = source_dir / "part-0001.csv"
+    stat = path.stat()
+    path.write_text("id,name,amount\n")  # every row withdrawn
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+    run = run_execute(run_id=run_request(ingestion=ingestion).public_id)
+
+    assert (run.status, run.files_changed) == (RunStatus.SUCCESS, 1), run.error
+    entry = ProcessedFile.objects.get(ingestion=ingestion, path="part-0001.csv")
+    assert entry.rows == 0  # the history says: reloaded, no rows
+    assert "part-0001.csv" not in amounts_by_file(ingestion)  # ... so the table must agree

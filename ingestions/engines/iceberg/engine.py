@@ -208,7 +208,9 @@ class IcebergEngine(IcebergMaintenance, Engine):
                             _append_data_files(
                                 transaction, written.data_files, properties, branch or MAIN
                             )
-                except iceberg_errors.CommitFailedException:
+                except (iceberg_errors.CommitFailedException, iceberg_errors.ValidationException):
+                    # Another writer committed first (a conflicting one: pyiceberg's own
+                    # retries gave up): everything is planned again on the table as it is.
                     if attempt == COMMIT_ATTEMPTS:
                         raise
                     table = self._catalog().load_table(table_name)

@@ -16,6 +16,8 @@ the manifests and checks concurrent commits, less the manifests that hold no liv
 
 from __future__ import annotations
 
+import itertools
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import AlwaysTrue, In
@@ -25,9 +27,10 @@ from pyiceberg.io.pyarrow import (
     _dataframe_to_data_files,
 )
 from pyiceberg.manifest import DataFile, ManifestFile
-from pyiceberg.table import Transaction
+from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE, Transaction
 from pyiceberg.table.snapshots import Operation
 from pyiceberg.table.update.snapshot import _OverwriteFiles
+from pyiceberg.utils.config import Config
 
 from ingestions.engines.iceberg.snapshots import MAIN
 
@@ -51,8 +54,18 @@ def replace_source_files(
     io = transaction._table.io
     schema = metadata.schema()
     wanted = pa.array(sorted(set(paths)), pa.string())
+    overwrite = _ReplaceFiles(
+        operation=Operation.OVERWRITE,
+        transaction=transaction,
+        io=io,
+        snapshot_properties=properties,
+        branch=branch,
+    )
+    # One counter for every file this commit rewrites: each call of pyiceberg's writer
+    # would start again at 0 and write over the previous file of the same name.
+    counter = itertools.count(0)
     deleted: list[DataFile] = []
-    kept_rows: list[pa.Table] = []
+    rewritten: list[DataFile] = []
     tasks = transaction._scan(row_filter=In(LINEAGE_COLUMN, paths)).use_ref(branch).plan_files()
     for task in tasks:
         lineage = ArrowScan(
@@ -70,27 +83,25 @@ def replace_source_files(
         rows = ArrowScan(
             table_metadata=metadata, io=io, projected_schema=schema, row_filter=AlwaysTrue()
         ).to_table(tasks=[task])
-        kept_rows.append(rows.filter(pc.invert(pc.is_in(rows[LINEAGE_COLUMN], value_set=wanted))))
+        kept = rows.filter(pc.invert(pc.is_in(rows[LINEAGE_COLUMN], value_set=wanted)))
+        # Written at once, file by file: one mixed file's rows in memory at a time.
+        rewritten.extend(
+            _dataframe_to_data_files(
+                table_metadata=metadata,
+                df=kept,
+                io=io,
+                write_uuid=overwrite.commit_uuid,
+                counter=counter,
+            )
+        )
     if not deleted:
         return False
-    overwrite = _ReplaceFiles(
-        operation=Operation.OVERWRITE,
-        transaction=transaction,
-        io=io,
-        snapshot_properties=properties,
-        branch=branch,
-    )
     with overwrite:
         # The predicate scopes pyiceberg's check of concurrent commits to these paths.
         overwrite.delete_by_predicate(In(LINEAGE_COLUMN, paths))
         for data_file in deleted:
             overwrite.delete_data_file(data_file)
-        for rows in kept_rows:
-            for data_file in _dataframe_to_data_files(
-                table_metadata=metadata, df=rows, io=io, write_uuid=overwrite.commit_uuid
-            ):
-                overwrite.append_data_file(data_file)
-        for data_file in data_files:
+        for data_file in [*rewritten, *data_files]:
             overwrite.append_data_file(data_file)
     return True
 
@@ -117,7 +128,11 @@ def table_data_files(transaction: Transaction, rows: pa.Table) -> list[DataFile]
     as pyiceberg's append checks them."""
     metadata = transaction.table_metadata
     _check_pyarrow_schema_compatible(
-        metadata.schema(), provided_schema=rows.schema, format_version=metadata.format_version
+        metadata.schema(),
+        provided_schema=rows.schema,
+        downcast_ns_timestamp_to_us=Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE)
+        or False,
+        format_version=metadata.format_version,
     )
     if rows.num_rows == 0:
         return []
