@@ -383,20 +383,20 @@ def blast_radius(plan) -> dict:
     if StepName.TABLE_DROPPED in plan.steps:
         if table["exists"] and getattr(plan, "mode", "") == RefreshMode.ATOMIC:
             lost.append(
-                f"Table {table_name}, {thousands(table['row_count'])} rows, "
+                f"Table {table_name}, {counted(table['row_count'], 'row')}, "
                 f"{size(table['size_bytes'])} will be replaced when the run ends (readers keep "
                 "these rows until then; a failed run replaces nothing)"
             )
         elif table["exists"]:
             lost.append(
-                f"Table {table_name}, {thousands(table['row_count'])} rows, "
+                f"Table {table_name}, {counted(table['row_count'], 'row')}, "
                 f"{size(table['size_bytes'])} will be deleted"
             )
         else:
             kept.append(f"Table {table_name} does not exist: there is nothing to delete")
     elif table["exists"]:
         kept.append(
-            f"Table {table_name} ({thousands(table['row_count'])} rows, "
+            f"Table {table_name} ({counted(table['row_count'], 'row')}, "
             f"{size(table['size_bytes'])}) is not touched"
         )
     count = history["count"]
@@ -416,7 +416,7 @@ def blast_radius(plan) -> dict:
             kept.append("The processed-file history is already empty")
     else:
         kept.append(
-            f"History of {thousands(count)} files is kept: those files are not loaded again"
+            f"History of {counted(count, 'file')} is kept: those files are not loaded again"
         )
     kept.append("Source files are never touched; past runs and operations stay on record")
     days = getattr(plan, "retain_days", 0)
@@ -447,7 +447,7 @@ def _scoped_blast_radius(plan) -> dict:
             "no longer in the source are removed, with their history entries"
         )
     kept = [
-        f"{thousands(max(0, rows_now - scope['rows_replaced']))} rows of the files out of the "
+        f"{counted(max(0, rows_now - scope['rows_replaced']), 'row')} of the files out of the "
         f"scope in {table['table_name']}, and their history entries, are not touched",
         "Source files are never touched; past runs and operations stay on record",
     ]

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from console.plumbing import ERROR_TITLES
-from ingestions.formats import NOT_AVAILABLE, size, thousands
+from ingestions.formats import NOT_AVAILABLE, counted, size, thousands
 from ingestions.models import RunStatus
 from ingestions.selectors import memberships_of
 from refresh import presenters
@@ -218,9 +218,9 @@ def _table_words(record: dict) -> str:
     the history"."""
     parts = []
     if record.get("row_count") is not None:
-        parts.append(f"{thousands(record['row_count'])} rows")
+        parts.append(counted(record["row_count"], "row"))
     if record.get("history_files") is not None:
-        parts.append(f"{thousands(record['history_files'])} files in the history")
+        parts.append(f"{counted(record['history_files'], 'file')} in the history")
     return ", ".join(parts)
 
 
@@ -292,7 +292,7 @@ def run_chart(runs):
                 "tone": tone(run.status),
                 "title": (
                     f"{run.public_id} · {humanize_code(run.status)} · "
-                    f"{thousands(run.rows_written)} rows · {duration(run.duration_seconds)}"
+                    f"{counted(run.rows_written, 'row')} · {duration(run.duration_seconds)}"
                 ),
             }
         )
@@ -303,8 +303,8 @@ def run_chart(runs):
     if runs:
         latest = runs[-1]
         summary = (
-            f"{len(runs)} runs, oldest left. Latest: {humanize_code(latest.status)}, "
-            f"{thousands(latest.rows_written)} rows in {duration(latest.duration_seconds)}. "
+            f"{counted(len(runs), 'run')}, oldest left. Latest: {humanize_code(latest.status)}, "
+            f"{counted(latest.rows_written, 'row')} in {duration(latest.duration_seconds)}. "
             f"Most rows in one run: {thousands(most_rows)}; longest run: {duration(longest)}."
         )
     return {
@@ -375,12 +375,12 @@ def step_outcome(step) -> str:
         if not details.get("table_existed"):
             return f"Table {details.get('table_name', '')} does not exist yet: created at publish"
         return (
-            f"{details['table_name']} keeps its {thousands(details.get('row_count'))} rows "
+            f"{details['table_name']} keeps its {counted(details.get('row_count'), 'row')} "
             "until the new version is published"
         )
     if step.name == StepName.PROCESSED_FILES_CLEARED and details.get("cleared_at_publish"):
         return (
-            f"{thousands(details.get('files_cleared', 0))} files replaced in the history at publish"
+            f"{counted(details.get('files_cleared', 0), 'file')} replaced in the history at publish"
         )
     if step.name == StepName.RUN_TRIGGERED and details.get("publishes_when_run_ends"):
         return f"Run {details.get('run_id', '')} queued; it publishes the new version"
@@ -391,10 +391,10 @@ def step_outcome(step) -> str:
         # The record keeps GB rounded to 3 decimals: a small table is not "0.0 GB".
         shown = gb(size_gb) if size_gb or not details.get("row_count") else "under 0.001 GB"
         return (
-            f"Dropped {details['table_name']}: {thousands(details.get('row_count'))} rows, {shown}"
+            f"Dropped {details['table_name']}: {counted(details.get('row_count'), 'row')}, {shown}"
         )
     if step.name == StepName.PROCESSED_FILES_CLEARED:
-        return f"{thousands(details.get('files_cleared', 0))} files forgotten"
+        return f"{counted(details.get('files_cleared', 0), 'file')} forgotten"
     if step.name == StepName.RUN_TRIGGERED:
         return f"Run {details.get('run_id', '')} queued"
     return ""

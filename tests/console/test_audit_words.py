@@ -130,3 +130,41 @@ def test_a_full_refresh_says_what_it_did_and_what_its_run_loads(loaded, console)
     page = admin.get("/audit/?operation=full_refresh").content.decode()
     (row,) = _rows(page)
     assert "4 files" in row and "queued" in row and "to load" in row
+
+
+@pytest.mark.parametrize(
+    ("name", "details", "said"),
+    [
+        ("processed_files_cleared", {"files_cleared": 1}, "1 file forgotten"),
+        ("processed_files_cleared", {"files_cleared": 1200}, "1,200 files forgotten"),
+        (
+            "processed_files_cleared",
+            {"files_cleared": 1, "cleared_at_publish": True},
+            "1 file replaced in the history at publish",
+        ),
+        (
+            "table_dropped",
+            {"table_existed": True, "table_name": "raw.users", "row_count": 1},
+            "Dropped raw.users: 1 row, under 0.001 GB",
+        ),
+        (
+            "table_dropped",
+            {
+                "table_existed": True,
+                "table_name": "raw.users",
+                "row_count": 1,
+                "replaced_at_publish": True,
+            },
+            "raw.users keeps its 1 row until the new version is published",
+        ),
+    ],
+)
+def test_a_step_s_words_agree_with_its_counts(name, details, said):
+    """A history clear of one file is "1 file forgotten", a drop of one row "1 row"."""
+    from types import SimpleNamespace
+
+    from console.templatetags.console import step_outcome
+    from refresh.models import StepStatus
+
+    step = SimpleNamespace(name=name, status=StepStatus.SUCCESS, details=details)
+    assert step_outcome(step) == said
