@@ -38,6 +38,7 @@ from .scope import Scope, scope_replacing
 from .selectors import paths_loaded_before, processed_file_paths, processed_file_signatures
 from .source_changes import changed_files_classify, gone_files_apply
 from .sources import SourceFile, list_source_files, read_source_file
+from .sources.discovery import collector_paused
 from .staging import (
     BATCH_WAIT_NOTE,
     StagedRunFailedError,
@@ -265,15 +266,16 @@ class _RunExecutor:
         contending for the GIL took longer than one after the other (~80 ms against ~60 ms
         for 10,100 files, `bench/changed_files.py`)."""
         pattern = self.ingestion.source_pattern or None
-        if self.run.stage_name:
-            return list_source_files(source=self.source, pattern=pattern), None
-        if self.source.local_boundary is not None:
-            listing = list_source_files(source=self.source, pattern=pattern)
-            return listing, processed_file_signatures(ingestion=self.ingestion)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            listing_done = pool.submit(list_source_files, source=self.source, pattern=pattern)
-            signatures = processed_file_signatures(ingestion=self.ingestion)
-            return listing_done.result(), signatures
+        with collector_paused():  # an object per file, no cycles: see collector_paused
+            if self.run.stage_name:
+                return list_source_files(source=self.source, pattern=pattern), None
+            if self.source.local_boundary is not None:
+                listing = list_source_files(source=self.source, pattern=pattern)
+                return listing, processed_file_signatures(ingestion=self.ingestion)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                listing_done = pool.submit(list_source_files, source=self.source, pattern=pattern)
+                signatures = processed_file_signatures(ingestion=self.ingestion)
+                return listing_done.result(), signatures
 
     def _known_paths(self, signatures: dict | None) -> set[str]:
         """Files not to load: the history (unless the staged version replaces it) and what

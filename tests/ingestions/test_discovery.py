@@ -173,3 +173,26 @@ def test_a_tree_of_empty_folders_still_ends(source_dir, open_source, settings):
 
     with pytest.raises(SourceListingLimitError, match="more than 20 entries"):
         list_source_files(source=open_source())
+
+
+def test_the_collector_is_paused_for_a_listing_and_restored_as_it_was_found():
+    """`collector_paused`: off inside, back on after (an error included), and left off
+    when it was off already (another pause, or the process's own choice)."""
+    import gc
+
+    from ingestions.sources.discovery import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("a listing that failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
