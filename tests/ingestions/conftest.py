@@ -201,3 +201,16 @@ def postgres_catalog_uri(db):
             iceberg._catalogs.pop(key).engine.dispose()
         with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """The embedded engine on a catalog and warehouse of the test's own (no Django settings):
+    engine-level tests of commits (a test module may define its own `engine`)."""
+    from ingestions.engines.iceberg import IcebergEngine
+
+    return IcebergEngine(
+        catalog_name="test",
+        catalog_uri=f"sqlite:///{tmp_path / 'catalog.db'}",
+        warehouse=(tmp_path / "warehouse").as_uri(),
+    )

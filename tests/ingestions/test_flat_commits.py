@@ -23,7 +23,6 @@ from pyiceberg.table.update import (
 )
 from pyiceberg.types import StringType
 
-from ingestions.engines.iceberg import IcebergEngine
 from ingestions.engines.iceberg.catalog import (
     FLAT_COMMIT_PROPERTIES,
     MemoTransaction,
@@ -39,15 +38,6 @@ from ..helpers import drain_queue, open_table, run_once
 
 TABLE = "sales.orders"
 MIN_COUNT_TO_MERGE = int(FLAT_COMMIT_PROPERTIES["commit.manifest.min-count-to-merge"])
-
-
-@pytest.fixture
-def engine(tmp_path) -> IcebergEngine:
-    return IcebergEngine(
-        catalog_name="test",
-        catalog_uri=f"sqlite:///{tmp_path / 'catalog.db'}",
-        warehouse=(tmp_path / "warehouse").as_uri(),
-    )
 
 
 def orders(*ids: int) -> pa.Table:

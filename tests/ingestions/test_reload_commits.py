@@ -9,7 +9,6 @@ import collections
 import pyarrow as pa
 import pytest
 
-from ingestions.engines.iceberg import IcebergEngine
 from ingestions.models import RunStatus
 from ingestions.run_executor import run_execute
 from ingestions.runs import run_request
@@ -19,15 +18,6 @@ from ..helpers import open_table
 from .test_changed_files import NEW_AMOUNTS, amounts_by_file, correct_in_place
 
 TABLE = "sales.orders"
-
-
-@pytest.fixture
-def engine(tmp_path) -> IcebergEngine:
-    return IcebergEngine(
-        catalog_name="test",
-        catalog_uri=f"sqlite:///{tmp_path / 'catalog.db'}",
-        warehouse=(tmp_path / "warehouse").as_uri(),
-    )
 
 
 def rows(files: list[str], version: int) -> pa.Table:
