@@ -1,6 +1,6 @@
 """Reads of the domain, always scoped to a tenant, with the joins their callers need."""
 
-from collections.abc import Container
+from collections.abc import Container, Iterator
 
 from django.db import connection
 from django.db.models import (
@@ -144,7 +144,19 @@ def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
     """Every path in the history with the signature it had when loaded: (size, modification
     time in integer microseconds since the epoch or None, ETag or "", the change a run
     already reported, the listed time in nanoseconds or None) — what
-    `source_changes.file_changed` compares a listed file with.
+    `source_changes.file_changed` compares a listed file with."""
+    signatures = {}
+    for rows in processed_file_signature_rows(ingestion=ingestion):
+        for row in rows:
+            signatures[row[0]] = row[1:6]
+    return signatures
+
+
+def processed_file_signature_rows(
+    *, ingestion: Ingestion, chunk: int = 10_000
+) -> Iterator[list[tuple]]:
+    """The history in force, `chunk` rows at a time (a million entries never as one list):
+    (path, then the signature `processed_file_signatures` gives, then the rows loaded).
 
     One query whose rows are plain integers and strings, read on a plain cursor, no model:
     an entry's listed time comes as it was stored (`modified_ns`); the database turns
@@ -162,17 +174,16 @@ def processed_file_signatures(*, ingestion: Ingestion) -> dict[str, tuple]:
                 output_field=BigIntegerField(),
             )
         )
-        .values_list("path", "size_bytes", "modified_us", "etag", "noticed_change", "modified_ns")
+        .values_list(
+            "path", "size_bytes", "modified_us", "etag", "noticed_change", "modified_ns", "rows"
+        )
         .query
     )
     sql, params = query.sql_with_params()
-    signatures = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        while rows := cursor.fetchmany(10_000):  # a million entries never as one list too
-            for row in rows:
-                signatures[row[0]] = row[1:]
-    return signatures
+        while rows := cursor.fetchmany(chunk):
+            yield rows
 
 
 class EpochMicros(Func):

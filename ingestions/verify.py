@@ -10,7 +10,6 @@ or run, and is gated like a dry-run (it lists the source).
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from django.db import connection
 from django.utils import timezone
 
 from .engines import load_engine
@@ -18,7 +17,7 @@ from .errors import PermissionDeniedError
 from .locations import source_open
 from .models import Ingestion, ProcessedFile
 from .ratelimits import expensive_read
-from .selectors import EpochMicros
+from .selectors import processed_file_signature_rows
 from .source_changes import file_changed
 from .sources import SourceFile, list_source_files
 
@@ -127,20 +126,11 @@ def verification_compute(
     history_total = ProcessedFile.objects.filter(ingestion=ingestion).count()
     report(HISTORY, 0, history_total)
     history: dict[str, tuple] = {}
-    # Plain rows on a cursor, the time as integer microseconds (as a run reads the history,
-    # `selectors.processed_file_signatures`): no datetime parsed per entry.
-    sql, params = (
-        ProcessedFile.objects.filter(ingestion=ingestion)
-        .annotate(modified_us=EpochMicros("modified_at"))
-        .values_list("path", "size_bytes", "modified_us", "etag", "rows")
-        .query.sql_with_params()
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        while chunk := cursor.fetchmany(HISTORY_CHUNK):
-            for path, size, modified_us, etag, rows in chunk:
-                history[path] = ((size, modified_us, etag), rows)
-            report(HISTORY, len(history), max(history_total, len(history)))
+    # The history as a run reads it (`selectors.processed_file_signature_rows`).
+    for chunk in processed_file_signature_rows(ingestion=ingestion, chunk=HISTORY_CHUNK):
+        for row in chunk:
+            history[row[0]] = (row[1:6], row[6])
+        report(HISTORY, len(history), max(history_total, len(history)))
     report(HISTORY, len(history), len(history))
     table_exists = engine.table_exists(ingestion.table_identifier)
     in_table = (
