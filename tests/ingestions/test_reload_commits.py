@@ -112,3 +112,38 @@ def test_removing_gone_files_of_two_earlier_runs_keeps_their_neighbours(tenant, 
     assert amounts_by_file(ingestion) == {
         name: [1.0] for name in ("b.csv", "d.csv", "e.csv", "f.csv")
     }
+
+
+def test_a_reload_racing_a_conflicting_writer_is_planned_again_and_keeps_both(engine, monkeypatch):
+    """Another writer reloads `m.csv` (rewriting the data file `a.csv` shares with it)
+    between this reload's plan and its commit: pyiceberg refuses the stale overwrite, the
+    engine plans it again on the new table, and both reloads hold, each row once."""
+    from pyiceberg.table import Table
+
+    from ingestions.engines.iceberg import IcebergEngine
+
+    engine.append(TABLE, rows(["a.csv", "b.csv", "m.csv", "z.csv"], 0), properties={})
+    other = IcebergEngine(
+        catalog_name=engine.catalog_name,
+        catalog_uri=engine.catalog_uri,
+        warehouse=engine.warehouse,
+    )
+    commit, raced = Table._do_commit, []
+
+    def commit_after_a_rival(self, updates, requirements):
+        if not raced:
+            raced.append(True)
+            other.append(TABLE, rows(["m.csv"], 7), properties={}, replacing=["m.csv"])
+        return commit(self, updates, requirements)
+
+    monkeypatch.setattr(Table, "_do_commit", commit_after_a_rival)
+
+    engine.append(TABLE, rows(["a.csv"], 1), properties={}, replacing=["a.csv"])
+
+    got = engine._load_table(TABLE).scan().to_arrow().select(["_source_file", "version"])
+    assert sorted((row["_source_file"], row["version"]) for row in got.to_pylist()) == [
+        ("a.csv", 1),
+        ("b.csv", 0),
+        ("m.csv", 7),
+        ("z.csv", 0),
+    ]
